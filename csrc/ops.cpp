@@ -1,0 +1,21 @@
+// Schemas of the native ops; each backend (csrc/cpu, csrc/cuda) registers its dispatch-key implementations.
+// Python module stub: importing dwconv._C runs the static registrations below and in the other files.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY_FRAGMENT(dwconv, m) {
+  // Out-variants: the caller allocates every output (so tests can poison it) in the layout of x / grad_out
+  // (NCHW- or channels_last-contiguous). padding is (top, bottom, left, right). Kernel size comes from
+  // weight / grad_w, input size from x / grad_x. grad_w is fp32 (fp64 for double inputs) and is fully
+  // overwritten (never accumulated into).
+  m.def("native_fwd(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[4] padding, int[2] dilation, Tensor(a!) y) -> ()");
+  m.def("native_dgrad(Tensor grad_out, Tensor weight, int[2] stride, int[4] padding, int[2] dilation, Tensor(a!) grad_x) -> ()");
+  m.def("native_wgrad(Tensor grad_out, Tensor x, int[2] stride, int[4] padding, int[2] dilation, bool deterministic, Tensor(a!) grad_w) -> ()");
+}

@@ -1,0 +1,48 @@
+"""The "torch" backend: PyTorch's own convolution, the reference every other backend is tested against."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from .._conv_args import ConvArgs
+from .base import Backend
+
+
+def _pad_input(x: torch.Tensor, args: ConvArgs):
+    """Asymmetric padding is applied explicitly; symmetric padding goes to the conv itself."""
+    pt, pb, pl, pr = args.padding
+    if pt == pb and pl == pr:
+        return x, (pt, pl)
+    return F.pad(x, (pl, pr, pt, pb)), (0, 0)
+
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def unavailable_reason(self, device: torch.device) -> Optional[str]:
+        return None
+
+    def forward(self, x, weight, bias, args):
+        x, padding = _pad_input(x, args)
+        return F.conv2d(x, weight, bias, args.stride, padding, args.dilation, groups=args.channels)
+
+    def dgrad(self, grad_out, weight, args):
+        pt, pb, pl, pr = args.padding
+        padded_shape = (args.batch, args.channels, args.height + pt + pb, args.width + pl + pr)
+        dx = torch.nn.grad.conv2d_input(padded_shape, weight, grad_out, args.stride, 0, args.dilation,
+                                        groups=args.channels)
+        return dx[:, :, pt:pt + args.height, pl:pl + args.width].contiguous(
+            memory_format=_layout_of(grad_out))
+
+    def wgrad(self, grad_out, x, args):
+        x, padding = _pad_input(x, args)
+        return torch.nn.grad.conv2d_weight(x, args.weight_shape, grad_out, args.stride, padding,
+                                           args.dilation, groups=args.channels)
+
+
+def _layout_of(t: torch.Tensor) -> torch.memory_format:
+    if not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
