@@ -1,0 +1,56 @@
+"""The "triton" backend: the kernels of `dwconv/triton/` (on CUDA, or in Triton's interpreter on the CPU)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .._conv_args import ConvArgs, is_channels_last
+from .base import Backend
+
+_SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def _import_error() -> Optional[str]:
+    try:
+        import triton  # noqa: F401
+    except Exception as exc:  # ImportError, or a broken install raising anything else
+        return f"triton is not importable: {exc}"
+    return None
+
+
+class TritonBackend(Backend):
+    name = "triton"
+
+    def unavailable_reason(self, device: torch.device) -> Optional[str]:
+        device = torch.device(device)
+        error = _import_error()
+        if error is not None:
+            return error
+        from ..triton.common import INTERPRET
+        if device.type == "cuda":
+            return None
+        if device.type == "cpu":
+            if INTERPRET:
+                return None
+            return ("the triton backend runs on CPU tensors only in Triton's interpreter "
+                    "(set TRITON_INTERPRET=1 before triton is imported)")
+        return f"the triton backend does not run on {device.type} devices"
+
+    def unsupported_reason(self, x: torch.Tensor, weight: torch.Tensor, args: ConvArgs) -> Optional[str]:
+        if x.dtype not in _SUPPORTED_DTYPES:
+            return f"the triton backend does not support dtype {x.dtype}"
+        return None
+
+    def forward(self, x, weight, bias, args):
+        from .. import triton as kernels
+        return kernels.forward(x, weight, bias, args, channels_last=is_channels_last(x))
+
+    def dgrad(self, grad_out, weight, args):
+        from .. import triton as kernels
+        return kernels.dgrad(grad_out, weight, args, channels_last=is_channels_last(grad_out))
+
+    def wgrad(self, grad_out, x, args):
+        from .. import triton as kernels
+        return kernels.wgrad(grad_out, x, args, channels_last=is_channels_last(x),
+                             deterministic=torch.are_deterministic_algorithms_enabled())

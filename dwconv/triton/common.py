@@ -1,0 +1,50 @@
+"""Helpers shared by the Triton launchers."""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+# Triton decides at decoration time (i.e. when these modules are imported) whether @triton.jit builds GPU
+# kernels or interpreter functions; this mirrors that decision.
+INTERPRET: bool = (bool(triton.knobs.runtime.interpret) if hasattr(triton, "knobs")
+                   else os.environ.get("TRITON_INTERPRET", "0") == "1")
+
+_INT32_LIMIT = 2 ** 31 - 1
+
+_ACC_DTYPE = {
+    torch.float32: tl.float32,
+    torch.float16: tl.float32,
+    torch.bfloat16: tl.float32,
+    torch.float64: tl.float64,
+}
+
+
+def acc_dtype(dtype: torch.dtype):
+    """Triton accumulation dtype for an input dtype: fp32 for fp32/fp16/bf16, fp64 for fp64."""
+    try:
+        return _ACC_DTYPE[dtype]
+    except KeyError:
+        raise RuntimeError(f"the triton backend does not support dtype {dtype}") from None
+
+
+def acc_torch_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def needs_int64(*tensors: torch.Tensor) -> bool:
+    """True when some element offset of these tensors does not fit in int32."""
+    return any(t.numel() > _INT32_LIMIT for t in tensors)
+
+
+def strides4(t: torch.Tensor):
+    """(n, c, h, w) element strides: one kernel serves NCHW and channels_last through these."""
+    return tuple(int(s) for s in t.stride())
+
+
+def phase_offset(k: int, d: int, s: int) -> int:
+    """Smallest multiple of s that is >= (k-1)*d: added before a floor division by s so that the
+    dividend is never negative (integer division of negatives differs between the GPU and the interpreter)."""
+    return s * triton.cdiv((k - 1) * d, s)

@@ -1,0 +1,2 @@
+def dgrad(*a, **k):
+    raise NotImplementedError

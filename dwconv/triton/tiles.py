@@ -1,0 +1,102 @@
+"""Every tile-size choice of the Triton kernels, in one place.
+
+A tile is BLOCK_C channels x BLOCK_H rows x BLOCK_W columns of the map a kernel iterates over (the output
+for forward and wgrad, one stride phase of the input for dgrad). The same kernel serves both layouts through
+its strides, so the tile shapes decide the vectorisation: NCHW tiles are wide along W (contiguous there),
+channels_last tiles are wide along C (16-byte vectors over channels) and small in space.
+Small maps (<= 16 wide, the Robust-ResNet 7x7 and 14x14 planes) get whole-row tiles: one program covers
+full rows of several channels, so filter rows that fall entirely into padding are skipped.
+"""
+from __future__ import annotations
+
+from typing import List
+
+import triton
+
+from .common import INTERPRET
+
+# (BLOCK_C, BLOCK_H, BLOCK_W, num_warps); "W" in a small-map entry means the map width rounded up to 2^k.
+_NCHW_LARGE = [(1, 8, 64, 4), (1, 16, 64, 8), (1, 4, 128, 4), (1, 16, 32, 4), (1, 8, 32, 2)]
+# BLOCK_H 0: the whole height, rounded up to 2^k, at most 16.
+_NCHW_SMALL = [(8, 0, "W", 4), (4, 0, "W", 2), (16, 4, "W", 4), (8, 2, "W", 2)]
+_NHWC_LARGE = [(32, 4, 8, 4), (64, 2, 8, 4), (64, 4, 4, 4), (128, 1, 8, 4), (32, 8, 8, 8)]
+_NHWC_SMALL = [(32, 1, "W", 4), (64, 1, "W", 4), (32, 2, "W", 4), (64, 2, "W", 8), (128, 1, "W", 8)]
+
+SMALL_MAP_WIDTH = 16
+
+
+def width_bucket(width: int) -> int:
+    """Map widths that share one autotune family: 8, 16 (small maps, whole rows) or 0 (large)."""
+    if width <= 8:
+        return 8
+    if width <= SMALL_MAP_WIDTH:
+        return 16
+    return 0
+
+
+def configs(channels_last: bool, bucket: int, height: int = 0) -> List[triton.Config]:
+    """Autotune candidates for one layout and width bucket (height only resolves 'whole height')."""
+    if bucket == 0:
+        table = _NHWC_LARGE if channels_last else _NCHW_LARGE
+    else:
+        table = _NHWC_SMALL if channels_last else _NCHW_SMALL
+    out = []
+    for bc, bh, bw, warps in table:
+        bw = bucket if bw == "W" else bw
+        if bh == 0:
+            bh = min(triton.next_power_of_2(max(height, 1)), 16)
+        out.append(triton.Config({"BLOCK_C": bc, "BLOCK_H": bh, "BLOCK_W": bw}, num_warps=warps))
+    return out
+
+
+def prune_channels(configs_, channels: int) -> List[triton.Config]:
+    """Drop candidates whose channel block is more than the channel count rounded up to 2^k."""
+    limit = triton.next_power_of_2(channels)
+    kept = [c for c in configs_ if c.kwargs["BLOCK_C"] <= max(limit, 1)]
+    if kept:
+        return kept
+    smallest = min(configs_, key=lambda c: c.kwargs["BLOCK_C"])
+    return [triton.Config({**smallest.kwargs, "BLOCK_C": limit}, num_warps=smallest.num_warps)]
+
+
+# Autotuning benchmarks every candidate; the interpreter runs the heuristic choice only.
+AUTOTUNE = not INTERPRET
+
+
+def candidates(channels_last: bool, channels: int, height: int, width: int) -> List[triton.Config]:
+    """The pruned autotune candidates of one shape family (the first is the heuristic default)."""
+    return prune_channels(configs(channels_last, width_bucket(width), height), channels)
+
+
+def default_config(channels_last: bool, channels: int, height: int, width: int) -> triton.Config:
+    """The heuristic choice, used where autotuning is off (interpreter, deterministic wgrad)."""
+    return candidates(channels_last, channels, height, width)[0]
+
+
+_TUNERS = {}
+
+
+def tuned(kernel, channels_last: bool, channels: int, height: int, width: int, key, reset_to_zero=None):
+    """The autotuned launcher of `kernel` for one shape family (cached; candidates fixed per family)."""
+    cands = candidates(channels_last, channels, height, width)
+    family = (kernel, channels_last, tuple(tuple(sorted(c.kwargs.items())) + (c.num_warps,) for c in cands))
+    tuner = _TUNERS.get(family)
+    if tuner is None:
+        tuner = triton.autotune(configs=cands, key=list(key), reset_to_zero=reset_to_zero)(kernel)
+        _TUNERS[family] = tuner
+    return tuner
+
+
+# Autotune cache key: every shape argument that changes the best tile (the kernels name them alike).
+TUNE_KEY = ("CO", "H", "W", "HO", "WO", "M", "KH", "KW", "SH", "SW", "DH", "DW")
+
+
+def launch(kernel, grid, args, constexprs, channels_last: bool, channels: int, height: int, width: int,
+           reset_to_zero=None, autotune: bool = True):
+    """Launch `kernel` over `grid(meta)`: autotuned among the family's candidates, or the heuristic tile."""
+    if AUTOTUNE and autotune:
+        tuner = tuned(kernel, channels_last, channels, height, width, TUNE_KEY, reset_to_zero)
+        tuner[grid](*args, **constexprs)
+    else:
+        cfg = default_config(channels_last, channels, height, width)
+        kernel[grid(cfg.kwargs)](*args, **constexprs, **cfg.kwargs, num_warps=cfg.num_warps)

@@ -1,0 +1,2 @@
+def wgrad(*a, **k):
+    raise NotImplementedError
