@@ -26,6 +26,10 @@ class Backend:
         """None when this call is supported (device already known to be available), else why not."""
         return None
 
+    def preferred_by_auto(self, x: torch.Tensor, weight: torch.Tensor, args: ConvArgs) -> bool:
+        """Whether "auto" should pick this backend for a supported call (False where another is faster)."""
+        return True
+
     def forward(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                 args: ConvArgs) -> torch.Tensor:
         raise NotImplementedError

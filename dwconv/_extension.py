@@ -1,0 +1,30 @@
+"""Loading of the compiled extension `dwconv._C`, with the reason kept when it cannot be loaded."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+_load_error: Optional[str] = None
+_loaded = False
+
+
+def load() -> Optional[str]:
+    """Import dwconv._C once (registering the native ops); None on success, else why it failed."""
+    global _load_error, _loaded
+    if not _loaded:
+        _loaded = True
+        try:
+            from . import _C  # noqa: F401  (import runs the TORCH_LIBRARY registrations)
+        except ImportError as e:
+            _load_error = (f"the C++ extension dwconv._C is not available ({e}); build it against this torch "
+                           f"({torch.__version__}) with `pip install --no-build-isolation -e .`")
+    return _load_error
+
+
+def has_cuda_kernels() -> bool:
+    return load() is None and torch._C._dispatch_has_kernel_for_dispatch_key("dwconv::native_fwd", "CUDA")
+
+
+def has_cpu_kernels() -> bool:
+    return load() is None and torch._C._dispatch_has_kernel_for_dispatch_key("dwconv::native_fwd", "CPU")

@@ -1,0 +1,63 @@
+"""The "cpu" and "cuda" backends: the C++/CUDA kernels of the extension dwconv._C (csrc/)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import _extension
+from .base import Backend, new_output
+
+
+class _NativeBackend(Backend):
+    device_type = ""
+
+    def _kernels_missing(self) -> Optional[str]:
+        raise NotImplementedError
+
+    def unavailable_reason(self, device: torch.device) -> Optional[str]:
+        device = torch.device(device)
+        if device.type != self.device_type:
+            return f"the {self.name!r} backend runs on {self.device_type} tensors, not {device.type}"
+        return _extension.load() or self._kernels_missing()
+
+    def forward(self, x, weight, bias, args):
+        y = new_output(args.output_shape, x)
+        torch.ops.dwconv.native_fwd(x, weight, bias, args.stride, args.padding, args.dilation, y)
+        return y
+
+    def dgrad(self, grad_out, weight, args):
+        dx = new_output(args.input_shape, grad_out)
+        torch.ops.dwconv.native_dgrad(grad_out, weight, args.stride, args.padding, args.dilation, dx)
+        return dx
+
+    def wgrad(self, grad_out, x, args):
+        acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        dw = new_output(args.weight_shape, x, dtype=acc_dtype, channels_last=False)
+        torch.ops.dwconv.native_wgrad(grad_out, x, args.stride, args.padding, args.dilation,
+                                      torch.are_deterministic_algorithms_enabled(), dw)
+        return dw.to(x.dtype)
+
+
+class CpuBackend(_NativeBackend):
+    name = "cpu"
+    device_type = "cpu"
+
+    def _kernels_missing(self):
+        return None if _extension.has_cpu_kernels() else "dwconv._C was built without CPU kernels"
+
+    def unsupported_reason(self, x, weight, args):
+        if x.dtype not in (torch.float32, torch.bfloat16, torch.float64, torch.float16):
+            return f"dtype {x.dtype} is not supported by the cpu backend"
+        return None
+
+
+class CudaBackend(_NativeBackend):
+    name = "cuda"
+    device_type = "cuda"
+
+    def _kernels_missing(self):
+        if not _extension.has_cuda_kernels():
+            return ("dwconv._C was built without CUDA kernels (needs a CUDA build of torch and nvcc at "
+                    "build time; DWCONV_BUILD_CUDA=0 skips them)")
+        return None

@@ -1,0 +1,35 @@
+"""The public functional entry point."""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+from torch import Tensor
+
+from . import ops  # noqa: F401  (registers the dwconv ops)
+from ._conv_args import IntPair, check_and_resolve
+from .backends import check_backend_name
+
+
+def depthwise_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: IntPair = 1,
+                     padding: Union[IntPair, str] = 0, dilation: IntPair = 1, *, backend: str = "auto") -> Tensor:
+    """Same result as `F.conv2d(input, weight, bias, stride, padding, dilation, groups=input.shape[-3])`.
+
+    input: (N, C, H, W) or unbatched (C, H, W), NCHW or channels_last (the output follows it), any strides.
+    weight: (C*m, 1, kH, kW) for a channel multiplier m. padding: int, pair, "same" or "valid".
+    backend: "auto" (the fastest that supports the call), "cuda", "triton", "cpu" or "torch"; a named
+    backend that cannot serve the call raises BackendUnavailableError with the reason.
+    """
+    if not isinstance(input, Tensor):
+        raise TypeError(f"input must be a tensor, got {type(input).__name__}")
+    unbatched = input.dim() == 3
+    if unbatched:
+        input = input.unsqueeze(0)
+    elif input.dim() != 4:
+        raise RuntimeError(f"depthwise_conv2d expects a 3-D (unbatched) or 4-D (batched) input, got "
+                           f"{input.dim()}-D input of shape {tuple(input.shape)}")
+    args = check_and_resolve(input, weight, bias, stride, padding, dilation)
+    check_backend_name(backend)
+    out = torch.ops.dwconv.forward(input, weight, bias, list(args.stride), list(args.padding),
+                                   list(args.dilation), backend)
+    return out.squeeze(0) if unbatched else out

@@ -1,0 +1,166 @@
+"""The `dwconv` op namespace in torch.library: forward, dgrad and wgrad as custom ops.
+
+Each op takes a backend name ("auto" included) and resolves it when it runs, so torch.compile sees the
+ops as opaque calls and never traces backend selection. The ops
+carry fake kernels (torch.compile / meta tracing), the autograd formula (backward = dgrad + wgrad + a sum
+for the bias), an autocast rule matching nn.Conv2d's, and FLOP formulas for FlopCounterMode.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from ._conv_args import ConvArgs, is_channels_last
+from .backends import select_backend
+
+
+def _args(x_shape, w_shape, stride, padding, dilation) -> ConvArgs:
+    n, c, h, w = x_shape
+    cout, _, kh, kw = w_shape
+    return ConvArgs(int(n), int(c), int(h), int(w), int(cout) // int(c), (int(kh), int(kw)),
+                    (int(stride[0]), int(stride[1])), tuple(int(p) for p in padding),
+                    (int(dilation[0]), int(dilation[1])))
+
+
+def _memory_format(t: Tensor) -> torch.memory_format:
+    return torch.channels_last if is_channels_last(t) else torch.contiguous_format
+
+
+def _empty(shape, like: Tensor, memory_format=torch.contiguous_format, zero=False) -> Tensor:
+    make = torch.zeros if zero else torch.empty
+    return make(tuple(shape), dtype=like.dtype, device=like.device, memory_format=memory_format)
+
+
+def as_kernel_layout(t: Tensor, like: Optional[Tensor] = None) -> Tensor:
+    """t made NCHW- or channels_last-contiguous (like's layout if given): the layouts kernels accept."""
+    fmt = _memory_format(like if like is not None else t)
+    if like is None and (t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last)):
+        return t
+    return t.contiguous(memory_format=fmt)
+
+
+@torch.library.custom_op("dwconv::forward", mutates_args=())
+def forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence[int], padding: Sequence[int],
+            dilation: Sequence[int], backend: str) -> Tensor:
+    args = _args(x.shape, weight.shape, stride, padding, dilation)
+    if x.numel() == 0:
+        return _empty(args.output_shape, x, _memory_format(x))
+    x = as_kernel_layout(x)
+    impl = select_backend(backend, x, weight, args)
+    return impl.forward(x, weight.contiguous(), None if bias is None else bias.contiguous(), args)
+
+
+@forward.register_fake
+def _(x, weight, bias, stride, padding, dilation, backend):
+    args = _args(x.shape, weight.shape, stride, padding, dilation)
+    return _empty(args.output_shape, x, _memory_format(x))
+
+
+@torch.library.custom_op("dwconv::dgrad", mutates_args=())
+def dgrad(grad_out: Tensor, weight: Tensor, input_shape: Sequence[int], stride: Sequence[int],
+          padding: Sequence[int], dilation: Sequence[int], backend: str) -> Tensor:
+    args = _args(input_shape, weight.shape, stride, padding, dilation)
+    if grad_out.numel() == 0:
+        return _empty(args.input_shape, grad_out, _memory_format(grad_out), zero=True)
+    grad_out = as_kernel_layout(grad_out)
+    return select_backend(backend, grad_out, weight, args).dgrad(grad_out, weight.contiguous(), args)
+
+
+@dgrad.register_fake
+def _(grad_out, weight, input_shape, stride, padding, dilation, backend):
+    return _empty(input_shape, grad_out, _memory_format(grad_out))
+
+
+@torch.library.custom_op("dwconv::wgrad", mutates_args=())
+def wgrad(grad_out: Tensor, x: Tensor, weight_shape: Sequence[int], stride: Sequence[int],
+          padding: Sequence[int], dilation: Sequence[int], backend: str) -> Tensor:
+    args = _args(x.shape, weight_shape, stride, padding, dilation)
+    if grad_out.numel() == 0:
+        return _empty(args.weight_shape, x, zero=True)
+    x = as_kernel_layout(x)
+    return select_backend(backend, x, grad_out, args).wgrad(as_kernel_layout(grad_out, like=x), x, args)
+
+
+@wgrad.register_fake
+def _(grad_out, x, weight_shape, stride, padding, dilation, backend):
+    return _empty(weight_shape, x)
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, stride, padding, dilation, backend = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.has_bias = bias is not None
+    ctx.conv = (stride, padding, dilation, backend)
+
+
+def _backward(ctx, grad_out):
+    x, weight = ctx.saved_tensors
+    stride, padding, dilation, backend = ctx.conv
+    grad_out = grad_out.contiguous(memory_format=_memory_format(x))
+    dx = dw = db = None
+    if ctx.needs_input_grad[0]:
+        dx = torch.ops.dwconv.dgrad(grad_out, weight, list(x.shape), stride, padding, dilation, backend)
+    if ctx.needs_input_grad[1]:
+        dw = torch.ops.dwconv.wgrad(grad_out, x, list(weight.shape), stride, padding, dilation, backend)
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        db = grad_out.sum(dim=(0, 2, 3))
+    return dx, dw, db, None, None, None, None
+
+
+forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _register_autocast(device_type: str) -> None:
+    """Cast like nn.Conv2d under autocast: floating, non-double inputs to the current autocast dtype.
+
+    torch.library.register_autocast takes one fixed dtype; conv follows the dtype of the active
+    autocast context, so the kernel reads it at call time.
+    """
+    key_name = "Autocast" + torch._C._dispatch_key_for_device(device_type)
+    key = getattr(torch._C.DispatchKey, key_name)
+
+    def kernel(_keyset, x, weight, bias, stride, padding, dilation, backend):
+        dtype = torch.get_autocast_dtype(device_type)
+
+        def cast(t):
+            if t is not None and t.is_floating_point() and t.dtype != torch.float64 and t.device.type == device_type:
+                return t.to(dtype)
+            return t
+
+        with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(key)):
+            return torch.ops.dwconv.forward.default(cast(x), cast(weight), cast(bias), stride, padding,
+                                                    dilation, backend)
+
+    forward._lib.impl("forward", kernel, key_name, with_keyset=True)
+
+
+for _device_type in ("cpu", "cuda"):
+    _register_autocast(_device_type)
+
+
+def _register_flop_formulas() -> None:
+    """FlopCounterMode: 2 FLOPs per multiply-add, as it counts aten convolutions (forward and backward)."""
+    from torch.utils.flop_counter import register_flop_formula
+
+    def macs(out_shape, kernel_hw):
+        n = 1
+        for s in out_shape:
+            n *= s
+        return n * kernel_hw[0] * kernel_hw[1]
+
+    @register_flop_formula(torch.ops.dwconv.forward)
+    def _fwd(x_shape, w_shape, *args, out_shape=None, **kwargs):
+        return 2 * macs(out_shape, w_shape[2:])
+
+    @register_flop_formula(torch.ops.dwconv.dgrad)
+    def _dgrad(grad_shape, w_shape, *args, out_shape=None, **kwargs):
+        return 2 * macs(grad_shape, w_shape[2:])
+
+    @register_flop_formula(torch.ops.dwconv.wgrad)
+    def _wgrad(grad_shape, x_shape, weight_shape, *args, out_shape=None, **kwargs):
+        return 2 * macs(grad_shape, weight_shape[2:])
+
+
+_register_flop_formulas()
