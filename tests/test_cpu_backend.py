@@ -1,0 +1,152 @@
+"""The CPU backend's native ops (csrc/cpu) called directly: parity with the float64 reference on a grid of
+shapes, layouts and dtypes (outputs NaN-poisoned first), float64 gradcheck, thread-count independence and
+run-to-run bit-identical weight gradients."""
+import pytest
+import torch
+
+import dwconv._C  # noqa: F401  (registers torch.ops.dwconv.native_*)
+from utils import TOLERANCE, assert_close, make_inputs, reference_grads
+
+DTYPES = [torch.float32, torch.float64, torch.bfloat16]
+
+# (N, C, H, W, (KH, KW), multiplier, stride, padding (top, bottom, left, right), dilation)
+CASES = [
+    (2, 8, 14, 14, (11, 11), 1, (1, 1), (5, 5, 5, 5), (1, 1)),    # Robust-ResNet layer, small batch
+    (1, 16, 7, 7, (11, 11), 1, (1, 1), (5, 5, 5, 5), (1, 1)),     # kernel wider than the map
+    (2, 12, 9, 13, (7, 7), 1, (1, 1), (3, 3, 3, 3), (1, 1)),      # channels not a multiple of 8
+    (1, 5, 14, 14, (11, 11), 1, (2, 2), (5, 5, 5, 5), (1, 1)),    # stride 2
+    (2, 3, 10, 11, (5, 3), 2, (1, 1), (2, 1, 0, 3), (1, 1)),      # multiplier 2, asymmetric pad, KH != KW
+    (1, 4, 12, 15, (3, 3), 3, (2, 3), (1, 2, 3, 0), (2, 3)),      # multiplier 3, odd strides, dilation
+    (2, 9, 11, 10, (7, 5), 1, (1, 1), (6, 0, 1, 4), (1, 2)),      # dilation along W only
+    (1, 16, 8, 8, (1, 1), 1, (1, 1), (0, 0, 0, 0), (1, 1)),       # 1x1 kernel
+    (2, 17, 20, 33, (13, 13), 1, (1, 1), (6, 6, 6, 6), (1, 1)),   # wide map, K=13
+    (1, 6, 6, 6, (3, 3), 1, (3, 3), (0, 0, 0, 0), (1, 1)),        # stride = kernel
+    (1, 2, 5, 5, (3, 3), 1, (1, 1), (4, 4, 4, 4), (1, 1)),        # padding larger than the kernel reach
+]
+
+
+def _ids(case):
+    n, c, h, w, k, m, s, p, d = case
+    return f"n{n}c{c}_{h}x{w}_k{k[0]}x{k[1]}_m{m}_s{s[0]}{s[1]}_p{''.join(map(str, p))}_d{d[0]}{d[1]}"
+
+
+def _out_size(h, w, k, s, p, d):
+    ho = (h + p[0] + p[1] - d[0] * (k[0] - 1) - 1) // s[0] + 1
+    wo = (w + p[2] + p[3] - d[1] * (k[1] - 1) - 1) // s[1] + 1
+    return ho, wo
+
+
+def _poisoned(shape, dtype, channels_last):
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty(shape, dtype=dtype, memory_format=fmt).fill_(float("nan"))
+
+
+def run_native(x, w, b, dy, stride, padding, dilation):
+    """(y, dx, dw) from the native CPU ops into NaN-poisoned outputs in x's layout."""
+    cl = not x.is_contiguous()
+    n, c, h, wd = x.shape
+    y = _poisoned(dy.shape, x.dtype, cl)
+    torch.ops.dwconv.native_fwd(x, w, b, stride, padding, dilation, y)
+    dx = _poisoned(x.shape, x.dtype, cl)
+    torch.ops.dwconv.native_dgrad(dy, w, stride, padding, dilation, dx)
+    dw = _poisoned(w.shape, torch.float64 if x.dtype == torch.float64 else torch.float32, False)
+    torch.ops.dwconv.native_wgrad(dy, x, stride, padding, dilation, True, dw)
+    return y, dx, dw
+
+
+def _random_grad_out(x, w, stride, padding, dilation, seed):
+    n, c, h, wd = x.shape
+    ho, wo = _out_size(h, wd, tuple(w.shape[2:]), stride, padding, dilation)
+    g = torch.Generator().manual_seed(seed)
+    dy = torch.randn(n, w.shape[0], ho, wo, generator=g).to(x.dtype)
+    return dy.contiguous(memory_format=torch.channels_last) if not x.is_contiguous() else dy
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_parity(case, dtype, channels_last):
+    n, c, h, wd, k, m, stride, padding, dilation = case
+    x, w, b = make_inputs(n, c, h, wd, k, m, dtype=dtype, channels_last=channels_last, seed=hash(case) % 1000)
+    dy = _random_grad_out(x, w, stride, padding, dilation, seed=7)
+    y, dx, dw = run_native(x, w, b, dy, stride, padding, dilation)
+    ry, rdx, rdw, _ = reference_grads(x, w, b, dy, stride, padding, dilation)
+    assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    # bf16 outputs carry one rounding; dw (fp32 accumulation) is compared at the input rounding's level.
+    assert_close(y, ry, dtype, "y")
+    assert_close(dx, rdx, dtype, "dx")
+    assert_close(dw, rdw, dtype, "dw")
+
+
+def test_gradcheck_float64():
+    """The native ops as an autograd function, checked numerically in float64."""
+    stride, padding, dilation = (2, 1), (2, 1, 0, 2), (1, 2)
+
+    class NativeConv(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, w, b):
+            ctx.save_for_backward(x, w)
+            n, c, h, wd = x.shape
+            ho, wo = _out_size(h, wd, tuple(w.shape[2:]), stride, padding, dilation)
+            y = torch.empty(n, w.shape[0], ho, wo, dtype=x.dtype)
+            torch.ops.dwconv.native_fwd(x, w, b, stride, padding, dilation, y)
+            return y
+
+        @staticmethod
+        def backward(ctx, dy):
+            x, w = ctx.saved_tensors
+            dy = dy.contiguous()
+            dx = torch.empty_like(x)
+            torch.ops.dwconv.native_dgrad(dy, w, stride, padding, dilation, dx)
+            dw = torch.empty_like(w)
+            torch.ops.dwconv.native_wgrad(dy, x, stride, padding, dilation, True, dw)
+            return dx, dw, dy.sum((0, 2, 3))
+
+    x, w, b = make_inputs(2, 3, 7, 8, (3, 4), 2, dtype=torch.float64, seed=1)
+    for t in (x, w, b):
+        t.requires_grad_(True)
+    assert torch.autograd.gradcheck(NativeConv.apply, (x, w, b))
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+def test_thread_count_independence(dtype, channels_last):
+    """1 and 2 threads: y and dx agree within rounding, dw is bit-identical; dw repeats bit-identically."""
+    stride, padding, dilation = (1, 1), (5, 5, 5, 5), (1, 1)
+    x, w, b = make_inputs(4, 24, 14, 14, 11, dtype=dtype, channels_last=channels_last, seed=3)
+    dy = _random_grad_out(x, w, stride, padding, dilation, seed=4)
+    old = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2, 2):
+            torch.set_num_threads(threads)
+            results.append(run_native(x, w, b, dy, stride, padding, dilation))
+    finally:
+        torch.set_num_threads(old)
+    (y1, dx1, dw1), (y2, dx2, dw2), (_, _, dw3) = results
+    assert_close(y2, y1, dtype, "y, 2 vs 1 threads")
+    assert_close(dx2, dx1, dtype, "dx, 2 vs 1 threads")
+    assert torch.equal(dw2, dw3), "dw differs between two identical runs"
+    assert torch.equal(dw1, dw2), "dw differs between 1 and 2 threads"
+
+
+def test_bad_inputs_raise():
+    x, w, b = make_inputs(1, 4, 8, 8, 3, seed=0)
+    y = torch.empty(1, 4, 8, 8)
+    pad = (1, 1, 1, 1)
+    with pytest.raises(RuntimeError, match="must have size"):
+        torch.ops.dwconv.native_fwd(x, w, b, (1, 1), pad, (1, 1), torch.empty(1, 4, 7, 8))
+    with pytest.raises(RuntimeError, match="float32, float64 or bfloat16"):
+        torch.ops.dwconv.native_fwd(x.half(), w.half(), None, (1, 1), pad, (1, 1), y.half())
+    with pytest.raises(RuntimeError, match="weight must be Float"):
+        torch.ops.dwconv.native_fwd(x, w.double(), None, (1, 1), pad, (1, 1), y)
+    with pytest.raises(RuntimeError, match="channels_last"):
+        torch.ops.dwconv.native_fwd(x, w, b, (1, 1), pad, (1, 1), y.contiguous(memory_format=torch.channels_last))
+    with pytest.raises(RuntimeError, match="multiple"):
+        torch.ops.dwconv.native_fwd(x, w[:3], None, (1, 1), pad, (1, 1), torch.empty(1, 3, 8, 8))
+    with pytest.raises(RuntimeError, match="stride must be positive"):
+        torch.ops.dwconv.native_fwd(x, w, b, (0, 1), pad, (1, 1), y)
+    with pytest.raises(RuntimeError, match="larger than the padded input"):
+        torch.ops.dwconv.native_fwd(x, torch.randn(4, 1, 11, 11), None, (1, 1), (0, 0, 0, 0), (1, 1), y)
+    with pytest.raises(RuntimeError, match="grad_w must be Float"):
+        torch.ops.dwconv.native_wgrad(y, x, (1, 1), pad, (1, 1), True, torch.empty(4, 1, 3, 3, dtype=torch.double))
