@@ -24,6 +24,9 @@ _NHWC_SMALL = [(32, 1, "W", 4), (64, 1, "W", 4), (32, 2, "W", 4), (64, 2, "W", 8
 
 SMALL_MAP_WIDTH = 16
 
+# Autotuning benchmarks every candidate; the interpreter runs the heuristic choice only.
+AUTOTUNE = not INTERPRET
+
 
 def width_bucket(width: int) -> int:
     """Map widths that share one autotune family: 8, 16 (small maps, whole rows) or 0 (large)."""
@@ -49,28 +52,39 @@ def configs(channels_last: bool, bucket: int, height: int = 0) -> List[triton.Co
     return out
 
 
-def prune_channels(configs_, channels: int) -> List[triton.Config]:
-    """Drop candidates whose channel block is more than the channel count rounded up to 2^k."""
-    limit = triton.next_power_of_2(channels)
-    kept = [c for c in configs_ if c.kwargs["BLOCK_C"] <= max(limit, 1)]
-    if kept:
-        return kept
-    smallest = min(configs_, key=lambda c: c.kwargs["BLOCK_C"])
-    return [triton.Config({**smallest.kwargs, "BLOCK_C": limit}, num_warps=smallest.num_warps)]
-
-
-# Autotuning benchmarks every candidate; the interpreter runs the heuristic choice only.
-AUTOTUNE = not INTERPRET
+def fit_channels(configs_, channels: int, height: int) -> List[triton.Config]:
+    """Shrink channel blocks wider than the channel count (rounded up to 2^k), giving the freed lanes to
+    rows (up to the height rounded up to 2^k); duplicates removed, order kept."""
+    limit = triton.next_power_of_2(max(channels, 1))
+    max_rows = triton.next_power_of_2(max(height, 1))
+    out, seen = [], set()
+    for cfg in configs_:
+        bc, bh, bw = (cfg.kwargs[k] for k in ("BLOCK_C", "BLOCK_H", "BLOCK_W"))
+        if bc > limit:
+            bh = max(bh, min(max_rows, bh * (bc // limit)))
+            bc = limit
+        key = (bc, bh, bw, cfg.num_warps)
+        if key not in seen:
+            seen.add(key)
+            out.append(triton.Config({"BLOCK_C": bc, "BLOCK_H": bh, "BLOCK_W": bw}, num_warps=cfg.num_warps))
+    return out
 
 
 def candidates(channels_last: bool, channels: int, height: int, width: int) -> List[triton.Config]:
-    """The pruned autotune candidates of one shape family (the first is the heuristic default)."""
-    return prune_channels(configs(channels_last, width_bucket(width), height), channels)
+    """The autotune candidates of one shape family (the first is the heuristic default)."""
+    return fit_channels(configs(channels_last, width_bucket(width), height), channels, height)
 
 
 def default_config(channels_last: bool, channels: int, height: int, width: int) -> triton.Config:
-    """The heuristic choice, used where autotuning is off (interpreter, deterministic wgrad)."""
-    return candidates(channels_last, channels, height, width)[0]
+    """The heuristic choice, used where autotuning is off (interpreter, deterministic wgrad).
+
+    On the GPU: the family's first candidate. The interpreter pays per program, not per element: the
+    largest candidate tile.
+    """
+    cands = candidates(channels_last, channels, height, width)
+    if INTERPRET:
+        return max(cands, key=lambda c: c.kwargs["BLOCK_C"] * c.kwargs["BLOCK_H"] * c.kwargs["BLOCK_W"])
+    return cands[0]
 
 
 _TUNERS = {}
