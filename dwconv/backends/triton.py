@@ -43,14 +43,14 @@ class TritonBackend(Backend):
         return None
 
     def forward(self, x, weight, bias, args):
-        from .. import triton as kernels
-        return kernels.forward(x, weight, bias, args, channels_last=is_channels_last(x))
+        from ..triton.fwd import forward
+        return forward(x, weight, bias, args, channels_last=is_channels_last(x))
 
     def dgrad(self, grad_out, weight, args):
-        from .. import triton as kernels
-        return kernels.dgrad(grad_out, weight, args, channels_last=is_channels_last(grad_out))
+        from ..triton.dgrad import dgrad
+        return dgrad(grad_out, weight, args, channels_last=is_channels_last(grad_out))
 
     def wgrad(self, grad_out, x, args):
-        from .. import triton as kernels
-        return kernels.wgrad(grad_out, x, args, channels_last=is_channels_last(x),
+        from ..triton.wgrad import wgrad
+        return wgrad(grad_out, x, args, channels_last=is_channels_last(x),
                              deterministic=torch.are_deterministic_algorithms_enabled())

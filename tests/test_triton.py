@@ -1,0 +1,130 @@
+"""The Triton backend against the float64 reference: forward, dx, dw, db.
+
+Without a GPU the kernels run in Triton's interpreter on CPU tensors (conftest sets TRITON_INTERPRET=1),
+which pays per program and per tap: the grid is a covering set of small shapes, each case with its own
+layout and dtype, rather than a product.
+"""
+import pytest
+import torch
+
+import dwconv
+from conftest import HAS_CUDA, require_backend
+from utils import assert_close, make_inputs, poisoned_outputs, reference_grads
+
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
+
+# (n, c, h, w, kernel, stride, padding, dilation, multiplier, bias, channels_last, dtype)
+CASES = [
+    (1, 4, 7, 7, 11, 1, 5, 1, 1, True, False, F32),          # Robust-ResNet 7x7 k11: taps mostly padding
+    (3, 4, 7, 7, 11, 1, 5, 1, 1, True, True, BF16),
+    (1, 3, 14, 14, 7, 1, 3, 1, 1, True, True, F32),          # 14x14 k7
+    (3, 2, 14, 14, 7, 2, 3, 1, 2, True, False, F16),         # stride 2 + multiplier 2 (up-inverted stage 3)
+    (1, 2, 14, 14, 13, 1, 6, 1, 1, True, False, BF16),       # K=13
+    (1, 3, 14, 14, 11, 2, 5, 1, 2, True, True, F16),         # k11, stride 2, multiplier 2, channels_last
+    (1, 3, 13, 11, (3, 5), 2, (1, 0, 2, 1), 2, 2, True, True, F16),  # non-square, asymmetric pad, dil 2
+    (3, 3, 9, 10, 3, 1, "same", 2, 1, False, False, F32),    # dilation 2, no bias, odd map
+    (1, 3, 1, 1, 3, 1, 1, 1, 1, True, True, F32),            # 1x1 map
+    (1, 3, 1, 1, 3, 2, 1, 1, 2, True, False, BF16),
+    (2, 2, 11, 9, 9, 3, 4, 1, 1, True, True, BF16),          # K=9, stride 3
+    (1, 2, 12, 20, 5, (2, 1), (0, 2, 1, 3), (1, 2), 1, True, False, F32),  # per-dim stride, asym padding
+    (1, 1, 16, 16, 31, 1, 15, 1, 1, True, False, F32),       # K=31 once
+]
+
+
+def _case_id(case):
+    n, c, h, w, k, s, p, d, m, b, cl, dt = case
+    return (f"n{n}c{c}_{h}x{w}_k{k}_s{s}_p{p}_d{d}_m{m}" + ("" if b else "_nobias")
+            + ("_nhwc" if cl else "_nchw") + "_" + str(dt).replace("torch.", ""))
+
+
+def run_case(case, device=DEVICE):
+    n, c, h, w, k, stride, padding, dilation, mult, bias, channels_last, dtype = case
+    x, wt, bt = make_inputs(n, c, h, w, k, mult, dtype, device, channels_last, bias)
+    for t in (x, wt, bt):
+        if t is not None:
+            t.requires_grad_(True)
+    with poisoned_outputs():
+        y = dwconv.depthwise_conv2d(x, wt, bt, stride, padding, dilation, backend="triton")
+        grad_out = torch.randn_like(y)
+        y.backward(grad_out)
+    args = dwconv._conv_args.check_and_resolve(x, wt, bt, stride, padding, dilation)
+    y_ref, dx_ref, dw_ref, db_ref = reference_grads(x, wt, bt, grad_out, args.stride, args.padding,
+                                                    args.dilation)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    assert y.dtype == dtype and y.is_contiguous(memory_format=fmt)
+    assert x.grad.is_contiguous(memory_format=fmt) and wt.grad.dtype == dtype
+    assert_close(y, y_ref, dtype, "forward")
+    assert_close(x.grad, dx_ref, dtype, "dx")
+    assert_close(wt.grad, dw_ref, dtype, "dw")
+    if bt is not None:
+        assert_close(bt.grad, db_ref, dtype, "db")
+
+
+@pytest.fixture(autouse=True)
+def _triton_available():
+    require_backend("triton", DEVICE)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_triton_matches_reference(case):
+    run_case(case)
+
+
+def test_interior_and_border_tiles(monkeypatch):
+    """Small forced tiles give every kernel interior tiles (unmasked path) next to border tiles."""
+    import triton
+
+    from dwconv.triton import tiles
+    small = triton.Config({"BLOCK_C": 2, "BLOCK_H": 2, "BLOCK_W": 4}, num_warps=1)
+    monkeypatch.setattr(tiles, "AUTOTUNE", False)
+    monkeypatch.setattr(tiles, "default_config", lambda *a, **k: small)
+    run_case((1, 2, 7, 9, 3, 1, 1, 1, 2, True, False, F32))
+    run_case((1, 4, 12, 18, 3, 2, 1, 1, 1, True, True, F32))
+
+
+def test_int64_indexing(monkeypatch):
+    """The 64-bit addressing variant (taken for tensors over 2^31 elements) computes the same result."""
+    import importlib
+    for name in ("fwd", "dgrad", "wgrad"):
+        module = importlib.import_module(f"dwconv.triton.{name}")
+        monkeypatch.setattr(module, "needs_int64", lambda *tensors: True)
+    run_case((2, 3, 9, 8, 5, 2, 2, 1, 2, True, True, F32))
+    run_case((1, 2, 7, 7, 3, 1, 1, 2, 1, True, False, BF16))
+
+
+def test_deterministic_wgrad():
+    """With deterministic algorithms on, dw comes from the two-pass workspace: correct and bitwise repeatable."""
+    n, c, h, w, k = 3, 4, 14, 14, 7
+    x, wt, _ = make_inputs(n, c, h, w, k, 1, F32, DEVICE, channels_last=True, bias=False)
+    grad_out = torch.randn(n, c, h, w, device=DEVICE).contiguous(memory_format=torch.channels_last)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        with poisoned_outputs():
+            dws = [torch.ops.dwconv.wgrad(grad_out, x, list(wt.shape), [1, 1], [3, 3, 3, 3], [1, 1], "triton")
+                   for _ in range(2)]
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    _, _, dw_ref, _ = reference_grads(x, wt, None, grad_out, (1, 1), (3, 3, 3, 3), (1, 1))
+    assert_close(dws[0], dw_ref, F32, "deterministic dw")
+    assert torch.equal(dws[0], dws[1])
+
+
+def test_float64_accumulates_in_float64():
+    """fp64 inputs accumulate in fp64: the fp64 tolerance (1e-10) fails with fp32 accumulation."""
+    x, wt, bt = make_inputs(2, 3, 8, 9, 5, 2, torch.float64, DEVICE)
+    y = dwconv.depthwise_conv2d(x, wt, bt, 1, 2, backend="triton")
+    y_ref = torch.nn.functional.conv2d(x.cpu(), wt.cpu(), bt.cpu(), 1, 2, groups=3)
+    assert_close(y, y_ref, torch.float64, "fp64 forward")
+
+
+def test_availability_reasons():
+    from dwconv.backends.triton import TritonBackend
+    from dwconv.triton.common import INTERPRET
+    backend = TritonBackend()
+    assert backend.unavailable_reason(torch.device("meta")) is not None
+    cpu_reason = backend.unavailable_reason(torch.device("cpu"))
+    assert (cpu_reason is None) == INTERPRET
+    if not INTERPRET:
+        assert "TRITON_INTERPRET" in cpu_reason
