@@ -1,4 +1,4 @@
-"""fvcore support: count dwconv::forward as fvcore counts the nn.Conv2d it replaces (N*Cout*Ho*Wo*Kh*Kw)."""
+"""fvcore support: count dwconv::depthwise_conv2d as fvcore counts the nn.Conv2d it replaces (N*Cout*Ho*Wo*Kh*Kw)."""
 from __future__ import annotations
 
 import importlib.util
@@ -24,5 +24,5 @@ def register_fvcore() -> bool:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         flop_count = importlib.import_module("fvcore.nn.flop_count")
-    flop_count._DEFAULT_SUPPORTED_OPS["dwconv::forward"] = _fvcore_dwconv_handle
+    flop_count._DEFAULT_SUPPORTED_OPS["dwconv::depthwise_conv2d"] = _fvcore_dwconv_handle
     return True

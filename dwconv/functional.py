@@ -30,6 +30,6 @@ def depthwise_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = Non
                            f"{input.dim()}-D input of shape {tuple(input.shape)}")
     args = check_and_resolve(input, weight, bias, stride, padding, dilation)
     check_backend_name(backend)
-    out = torch.ops.dwconv.forward(input, weight, bias, list(args.stride), list(args.padding),
+    out = torch.ops.dwconv.depthwise_conv2d(input, weight, bias, list(args.stride), list(args.padding),
                                    list(args.dilation), backend)
     return out.squeeze(0) if unbatched else out

@@ -29,8 +29,13 @@ def _memory_format(t: Tensor) -> torch.memory_format:
 
 
 def _empty(shape, like: Tensor, memory_format=torch.contiguous_format, zero=False) -> Tensor:
-    make = torch.zeros if zero else torch.empty
-    return make(tuple(shape), dtype=like.dtype, device=like.device, memory_format=memory_format)
+    out = torch.empty(tuple(shape), dtype=like.dtype, device=like.device, memory_format=memory_format)
+    return out.zero_() if zero else out
+
+
+def _check_grad_shape(grad_out: Tensor, args: ConvArgs) -> None:
+    if tuple(grad_out.shape) != args.output_shape:
+        raise RuntimeError(f"grad_out must have the output's shape {args.output_shape}, got {tuple(grad_out.shape)}")
 
 
 def as_kernel_layout(t: Tensor, like: Optional[Tensor] = None) -> Tensor:
@@ -41,7 +46,7 @@ def as_kernel_layout(t: Tensor, like: Optional[Tensor] = None) -> Tensor:
     return t.contiguous(memory_format=fmt)
 
 
-@torch.library.custom_op("dwconv::forward", mutates_args=())
+@torch.library.custom_op("dwconv::depthwise_conv2d", mutates_args=())
 def forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence[int], padding: Sequence[int],
             dilation: Sequence[int], backend: str) -> Tensor:
     args = _args(x.shape, weight.shape, stride, padding, dilation)
@@ -62,6 +67,7 @@ def _(x, weight, bias, stride, padding, dilation, backend):
 def dgrad(grad_out: Tensor, weight: Tensor, input_shape: Sequence[int], stride: Sequence[int],
           padding: Sequence[int], dilation: Sequence[int], backend: str) -> Tensor:
     args = _args(input_shape, weight.shape, stride, padding, dilation)
+    _check_grad_shape(grad_out, args)
     if grad_out.numel() == 0:
         return _empty(args.input_shape, grad_out, _memory_format(grad_out), zero=True)
     grad_out = as_kernel_layout(grad_out)
@@ -77,6 +83,7 @@ def _(grad_out, weight, input_shape, stride, padding, dilation, backend):
 def wgrad(grad_out: Tensor, x: Tensor, weight_shape: Sequence[int], stride: Sequence[int],
           padding: Sequence[int], dilation: Sequence[int], backend: str) -> Tensor:
     args = _args(x.shape, weight_shape, stride, padding, dilation)
+    _check_grad_shape(grad_out, args)
     if grad_out.numel() == 0:
         return _empty(args.weight_shape, x, zero=True)
     x = as_kernel_layout(x)
@@ -130,10 +137,10 @@ def _register_autocast(device_type: str) -> None:
             return t
 
         with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(key)):
-            return torch.ops.dwconv.forward.default(cast(x), cast(weight), cast(bias), stride, padding,
+            return torch.ops.dwconv.depthwise_conv2d.default(cast(x), cast(weight), cast(bias), stride, padding,
                                                     dilation, backend)
 
-    forward._lib.impl("forward", kernel, key_name, with_keyset=True)
+    forward._lib.impl("depthwise_conv2d", kernel, key_name, with_keyset=True)
 
 
 for _device_type in ("cpu", "cuda"):
@@ -150,7 +157,7 @@ def _register_flop_formulas() -> None:
             n *= s
         return n * kernel_hw[0] * kernel_hw[1]
 
-    @register_flop_formula(torch.ops.dwconv.forward)
+    @register_flop_formula(torch.ops.dwconv.depthwise_conv2d)
     def _fwd(x_shape, w_shape, *args, out_shape=None, **kwargs):
         return 2 * macs(out_shape, w_shape[2:])
 
