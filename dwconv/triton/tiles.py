@@ -9,7 +9,8 @@ full rows of several channels, so filter rows that fall entirely into padding ar
 """
 from __future__ import annotations
 
-from typing import List
+import contextlib
+from typing import List, NamedTuple, Optional
 
 import triton
 
@@ -105,12 +106,43 @@ def tuned(kernel, channels_last: bool, channels: int, height: int, width: int, k
 TUNE_KEY = ("CO", "H", "W", "HO", "WO", "M", "KH", "KW", "SH", "SW", "DH", "DW")
 
 
+class Launch(NamedTuple):
+    """One kernel launch as the launchers would issue it (recorded by `capture_launches`)."""
+    kernel: object
+    args: tuple
+    constexprs: dict  # the kernel's constexpr arguments, tile sizes included
+    num_warps: int
+
+
+_captured: Optional[List[Launch]] = None
+
+
+@contextlib.contextmanager
+def capture_launches():
+    """Record launches instead of running them (the heuristic tile, no autotuning): how
+    benchmarks/sass_report.py compiles exactly the variants the launchers issue, without a GPU."""
+    global _captured
+    previous, _captured = _captured, []
+    try:
+        yield _captured
+    finally:
+        _captured = previous
+
+
 def launch(kernel, grid, args, constexprs, channels_last: bool, channels: int, height: int, width: int,
            reset_to_zero=None, autotune: bool = True):
     """Launch `kernel` over `grid(meta)`: autotuned among the family's candidates, or the heuristic tile."""
-    if AUTOTUNE and autotune:
+    if AUTOTUNE and autotune and _captured is None:
         tuner = tuned(kernel, channels_last, channels, height, width, TUNE_KEY, reset_to_zero)
         tuner[grid](*args, **constexprs)
-    else:
-        cfg = default_config(channels_last, channels, height, width)
-        kernel[grid(cfg.kwargs)](*args, **constexprs, **cfg.kwargs, num_warps=cfg.num_warps)
+        return
+    cfg = default_config(channels_last, channels, height, width)
+    launch_fixed(kernel, grid(cfg.kwargs), args, {**constexprs, **cfg.kwargs}, cfg.num_warps)
+
+
+def launch_fixed(kernel, grid, args, constexprs, num_warps: int = 4):
+    """Launch `kernel` over a fixed grid with fixed constexprs (recorded instead under capture_launches)."""
+    if _captured is not None:
+        _captured.append(Launch(kernel, tuple(args), dict(constexprs), num_warps))
+        return
+    kernel[grid](*args, **constexprs, num_warps=num_warps)

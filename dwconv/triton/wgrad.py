@@ -164,7 +164,8 @@ def wgrad(grad_out, x, args: ConvArgs, channels_last: bool, deterministic: bool)
         splits = grid(cfg.kwargs)[0] // triton.cdiv(co, cfg.kwargs["BLOCK_C"])
         ws = torch.empty((splits, co, kh * kw), dtype=acc_torch, device=x.device)
         kernel_args = kernel_args[:2] + (ws,) + kernel_args[3:]
-        wgrad_kernel[grid(cfg.kwargs)](*kernel_args, **constexprs, **cfg.kwargs, num_warps=cfg.num_warps)
+        tiles.launch(wgrad_kernel, grid, kernel_args, constexprs, channels_last=channels_last, channels=co,
+                     height=ho, width=wo, autotune=False)
     else:
         splits = 1
         ws = torch.zeros((co, kh * kw), dtype=acc_torch, device=x.device)
@@ -174,6 +175,6 @@ def wgrad(grad_out, x, args: ConvArgs, channels_last: bool, deterministic: bool)
 
     numel = co * kh * kw
     block = min(1024, triton.next_power_of_2(numel))
-    wgrad_reduce_kernel[(triton.cdiv(numel, block),)](ws, dw, splits, numel, BLOCK=block,
-                                                       ACC=acc_dtype(x.dtype))
+    tiles.launch_fixed(wgrad_reduce_kernel, (triton.cdiv(numel, block),), (ws, dw, splits, numel),
+                       dict(BLOCK=block, ACC=acc_dtype(x.dtype)))
     return dw
