@@ -1,0 +1,209 @@
+// fwd / dgrad / wgrad over channel-blocked tiles, for one ISA (the including .cpp defines DWCONV_ISA, the
+// namespace, and DWCONV_TARGET, the function attribute, then includes its vec_*.h).
+//
+// Work is split into items (image n, block of L channels, band of output rows); each item gathers its input
+// rectangle (with the zero padding) into an fp32 / fp64 tile [row][col][lane], runs the register-blocked
+// loops of microkernels.h over it and scatters the result. dgrad is the forward correlation of the flipped
+// filter over grad_out upsampled by the stride (zeros between samples). wgrad sums fixed chunks of
+// (images x channel block) into a workspace, then reduces the chunks in a fixed order.
+#pragma once
+#include <algorithm>
+#include <cstdint>
+
+#include "cpu/microkernels.h"
+#include "cpu/scratch.h"
+#include "cpu/tile.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#else
+inline int omp_get_thread_num() { return 0; }
+#endif
+
+namespace dwconv::cpu::DWCONV_ISA {
+
+// Largest input tile one work item gathers (bytes); whole small maps fit, big maps are cut into row bands.
+constexpr int64_t kTileBytes = 48 * 1024;
+// Multiply-adds per thread below which adding a thread costs more than it saves.
+constexpr int64_t kMacsPerThread = 1 << 18;
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Output rows per band so that the band's input tile stays within kTileBytes (at least one row).
+inline int64_t band_rows(int64_t out_rows, int64_t tile_cols, int64_t row_stride, int64_t row_span,
+                         int64_t bytes_per_pixel) {
+  const int64_t max_rows = kTileBytes / std::max<int64_t>(1, tile_cols * bytes_per_pixel);
+  const int64_t th = max_rows >= row_span ? (max_rows - row_span) / row_stride + 1 : 1;
+  return std::clamp<int64_t>(th, 1, std::max<int64_t>(1, out_rows));
+}
+
+inline int thread_count(int threads, int64_t items, int64_t macs) {
+  const int64_t useful = std::min<int64_t>(items, std::max<int64_t>(1, macs / kMacsPerThread));
+  return int(std::clamp<int64_t>(useful, 1, std::max(threads, 1)));
+}
+
+// One row of output pixels: out[ow][L] (= or +=) correlation of the tile row x with filter w ([KH][KW][L]).
+template <class V, typename A>
+DWCONV_TARGET void correlate_row(A* out, bool accumulate, const A* x, int64_t WO, int64_t row_step, int64_t SW,
+                                 int64_t DW, const A* w, int64_t KH, int64_t KW) {
+  constexpr int L = V::L;
+  for (int64_t i = 0, ow = 0, n = block_count(WO); i < n; ++i) {
+    const int R = block_size(WO, i);
+    BlockKernels<V, A>::fwd[R](out + ow * L, accumulate, x + ow * SW * L, row_step, SW * L, DW * L, w, KH, KW);
+    ow += R;
+  }
+}
+
+template <typename T>
+DWCONV_TARGET void fwd(const ConvShape& s, const T* x, const T* w, const T* b, T* y, int threads) {
+  using A = acc_t<T>;
+  using V = Vec<A>;
+  constexpr int L = V::L;
+  const int64_t CO = s.CO(), nblocks = ceil_div(CO, L), taps = s.KH * s.KW;
+  // Filter and bias per channel block: wt[block][kh][kw][lane], bt[block][lane] (zero past CO).
+  Scratch<A> wt(nblocks * taps * L), bt(nblocks * L);
+  for (int64_t co = 0; co < nblocks * L; ++co) {
+    for (int64_t t = 0; t < taps; ++t)
+      wt.get()[((co / L) * taps + t) * L + co % L] = co < CO ? to_acc(w[co * taps + t]) : A(0);
+    bt.get()[co] = (b && co < CO) ? to_acc(b[co]) : A(0);
+  }
+  const int64_t cols = (s.WO - 1) * s.SW + (s.KW - 1) * s.DW + 1;
+  const int64_t row_span = (s.KH - 1) * s.DH + 1;
+  const int64_t TH = band_rows(s.HO, cols, s.SH, row_span, L * sizeof(A));
+  const int64_t max_rows = (TH - 1) * s.SH + row_span, nbands = ceil_div(s.HO, TH);
+  const int64_t items = s.N * nblocks * nbands;
+  const int nthreads = thread_count(threads, items, s.N * CO * s.HO * s.WO * taps);
+  const int64_t tile_size = max_rows * cols * L, out_size = TH * s.WO * L;
+  Scratch<A> scratch(nthreads * (tile_size + out_size));
+#pragma omp parallel num_threads(nthreads)
+  {
+    A* tile = scratch.get() + omp_get_thread_num() * (tile_size + out_size);
+    A* out = tile + tile_size;
+#pragma omp for schedule(dynamic)
+    for (int64_t item = 0; item < items; ++item) {
+      const int64_t band = item % nbands, blk = (item / nbands) % nblocks, n = item / (nbands * nblocks);
+      const int64_t oh0 = band * TH, th = std::min(TH, s.HO - oh0), rows = (th - 1) * s.SH + row_span;
+      int64_t chan[L];
+      for (int l = 0; l < L; ++l) chan[l] = blk * L + l < CO ? (blk * L + l) / s.M : -1;
+      gather_tile<T, A, L>(tile, rows, cols, ImageView<const T>{x + n * s.C * s.H * s.W, s.layout, s.C, s.H, s.W},
+                           chan, oh0 * s.SH - s.PT, -s.PL, 1, 1);
+      const A* wb = wt.get() + blk * taps * L;
+      for (int64_t oh = 0; oh < th; ++oh)
+        correlate_row<V>(out + oh * s.WO * L, false, tile + oh * s.SH * cols * L, s.WO, s.DH * cols * L, s.SW,
+                         s.DW, wb, s.KH, s.KW);
+      scatter_tile<T, A, L>(ImageView<T>{y + n * CO * s.HO * s.WO, s.layout, CO, s.HO, s.WO}, out, th, blk * L,
+                            int(std::min<int64_t>(L, CO - blk * L)), oh0, bt.get() + blk * L);
+    }
+  }
+}
+
+template <typename T>
+DWCONV_TARGET void dgrad(const ConvShape& s, const T* dy, const T* w, T* dx, int threads) {
+  using A = acc_t<T>;
+  using V = Vec<A>;
+  constexpr int L = V::L;
+  const int64_t CO = s.CO(), nblocks = ceil_div(s.C, L), taps = s.KH * s.KW;
+  // Flipped filter per multiplier index j and input-channel block: wt[j][block][kh][kw][lane] =
+  // w[c * M + j][KH-1-kh][KW-1-kw] with c = block * L + lane (zero past C).
+  Scratch<A> wt(s.M * nblocks * taps * L);
+  for (int64_t j = 0; j < s.M; ++j)
+    for (int64_t c = 0; c < nblocks * L; ++c)
+      for (int64_t t = 0; t < taps; ++t)
+        wt.get()[((j * nblocks + c / L) * taps + t) * L + c % L] =
+            c < s.C ? to_acc(w[(c * s.M + j) * taps + (taps - 1 - t)]) : A(0);
+  // dx[ih][iw] = sum_{kh,kw} U[ih + kh*DH + r_off][iw + kw*DW + c_off] * wflip[kh][kw], U = dy upsampled by
+  // the stride, r_off = PT - (KH-1)*DH, c_off = PL - (KW-1)*DW.
+  const int64_t cols = s.W + (s.KW - 1) * s.DW, row_span = (s.KH - 1) * s.DH + 1;
+  const int64_t TH = band_rows(s.H, cols, 1, row_span, L * sizeof(A));
+  const int64_t max_rows = TH - 1 + row_span, nbands = ceil_div(s.H, TH);
+  const int64_t items = s.N * nblocks * nbands;
+  const int nthreads = thread_count(threads, items, s.N * CO * s.H * s.W * taps);
+  const int64_t tile_size = max_rows * cols * L, out_size = TH * s.W * L;
+  Scratch<A> scratch(nthreads * (tile_size + out_size));
+#pragma omp parallel num_threads(nthreads)
+  {
+    A* tile = scratch.get() + omp_get_thread_num() * (tile_size + out_size);
+    A* out = tile + tile_size;
+#pragma omp for schedule(dynamic)
+    for (int64_t item = 0; item < items; ++item) {
+      const int64_t band = item % nbands, blk = (item / nbands) % nblocks, n = item / (nbands * nblocks);
+      const int64_t ih0 = band * TH, th = std::min(TH, s.H - ih0), rows = th - 1 + row_span;
+      const ImageView<const T> src{dy + n * CO * s.HO * s.WO, s.layout, CO, s.HO, s.WO};
+      for (int64_t j = 0; j < s.M; ++j) {
+        int64_t chan[L];
+        for (int l = 0; l < L; ++l) chan[l] = blk * L + l < s.C ? (blk * L + l) * s.M + j : -1;
+        gather_tile<T, A, L>(tile, rows, cols, src, chan, ih0 + s.PT - (s.KH - 1) * s.DH,
+                             s.PL - (s.KW - 1) * s.DW, s.SH, s.SW);
+        const A* wb = wt.get() + (j * nblocks + blk) * taps * L;
+        for (int64_t ih = 0; ih < th; ++ih)
+          correlate_row<V>(out + ih * s.W * L, j > 0, tile + ih * cols * L, s.W, s.DH * cols * L, 1, s.DW, wb,
+                           s.KH, s.KW);
+      }
+      scatter_tile<T, A, L>(ImageView<T>{dx + n * s.C * s.H * s.W, s.layout, s.C, s.H, s.W}, out, th, blk * L,
+                            int(std::min<int64_t>(L, s.C - blk * L)), ih0, nullptr);
+    }
+  }
+}
+
+template <typename T>
+DWCONV_TARGET void wgrad(const ConvShape& s, const T* dy, const T* x, acc_t<T>* dw, int threads) {
+  using A = acc_t<T>;
+  using V = Vec<A>;
+  constexpr int L = V::L;
+  const int64_t CO = s.CO(), nblocks = ceil_div(CO, L), taps = s.KH * s.KW;
+  // Chunks (image group g, channel block): a fixed split that depends on the shape only, so the sum order,
+  // and with it every bit of dw, is the same for any thread count.
+  const int64_t groups = std::clamp<int64_t>(ceil_div(64, nblocks), 1, std::max<int64_t>(s.N, 1));
+  const int64_t chunks = groups * nblocks;
+  Scratch<A> partial(chunks * taps * L);  // [group][block][kh][kw][lane]
+  const int64_t cols = (s.WO - 1) * s.SW + (s.KW - 1) * s.DW + 1, row_span = (s.KH - 1) * s.DH + 1;
+  const int64_t TH = band_rows(s.HO, cols, s.SH, row_span, L * sizeof(A));
+  const int64_t max_rows = (TH - 1) * s.SH + row_span, nbands = ceil_div(s.HO, TH);
+  const int nthreads = thread_count(threads, chunks, s.N * CO * s.HO * s.WO * taps);
+  const int64_t tile_size = max_rows * cols * L, dy_size = TH * s.WO * L;
+  Scratch<A> scratch(nthreads * (tile_size + dy_size));
+#pragma omp parallel num_threads(nthreads)
+  {
+    A* tile = scratch.get() + omp_get_thread_num() * (tile_size + dy_size);
+    A* dyt = tile + tile_size;
+#pragma omp for schedule(dynamic)
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+      const int64_t g = chunk / nblocks, blk = chunk % nblocks;
+      A* part = partial.get() + chunk * taps * L;
+      std::fill(part, part + taps * L, A(0));
+      int64_t xchan[L], ychan[L];
+      for (int l = 0; l < L; ++l) {
+        const int64_t co = blk * L + l;
+        xchan[l] = co < CO ? co / s.M : -1;
+        ychan[l] = co < CO ? co : -1;
+      }
+      for (int64_t n = g * s.N / groups; n < (g + 1) * s.N / groups; ++n)
+        for (int64_t band = 0; band < nbands; ++band) {
+          const int64_t oh0 = band * TH, th = std::min(TH, s.HO - oh0), rows = (th - 1) * s.SH + row_span;
+          gather_tile<T, A, L>(tile, rows, cols,
+                               ImageView<const T>{x + n * s.C * s.H * s.W, s.layout, s.C, s.H, s.W}, xchan,
+                               oh0 * s.SH - s.PT, -s.PL, 1, 1);
+          gather_tile<T, A, L>(dyt, th, s.WO, ImageView<const T>{dy + n * CO * s.HO * s.WO, s.layout, CO, s.HO, s.WO},
+                               ychan, oh0, 0, 1, 1);
+          for (int64_t kh = 0; kh < s.KH; ++kh)
+            for (int64_t i = 0, kw = 0, nb = block_count(s.KW); i < nb; ++i) {
+              const int Q = block_size(s.KW, i);
+              BlockKernels<V, A>::wgrad[Q](part + (kh * s.KW + kw) * L, dyt, th, s.WO,
+                                           tile + (kh * s.DH * cols + kw * s.DW) * L, s.SH * cols * L, s.SW * L,
+                                           s.DW * L);
+              kw += Q;
+            }
+        }
+    }
+    // dw[co][t] = sum over groups, in group order.
+#pragma omp for schedule(static)
+    for (int64_t co = 0; co < CO; ++co)
+      for (int64_t t = 0; t < taps; ++t) {
+        A sum = 0;
+        for (int64_t g = 0; g < groups; ++g) sum += partial.get()[((g * nblocks + co / L) * taps + t) * L + co % L];
+        dw[co * taps + t] = sum;
+      }
+  }
+}
+
+}  // namespace dwconv::cpu::DWCONV_ISA

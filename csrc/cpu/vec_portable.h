@@ -1,0 +1,34 @@
+// Portable "vector" of L accumulation-type lanes: plain arrays that the compiler vectorizes for the baseline
+// ISA. Same interface as vec_avx2.h. Include only inside namespace-per-ISA translation units (see isa.h).
+#pragma once
+
+namespace dwconv::cpu::portable {
+
+template <typename A>
+struct Vec {
+  static constexpr int L = sizeof(A) == 4 ? 8 : 4;  // lanes = channels per block
+  struct type {
+    A v[L];
+  };
+  static type zero() {
+    type r;
+    for (int i = 0; i < L; ++i) r.v[i] = A(0);
+    return r;
+  }
+  static type load(const A* p) {
+    type r;
+    for (int i = 0; i < L; ++i) r.v[i] = p[i];
+    return r;
+  }
+  static void store(A* p, const type& a) {
+    for (int i = 0; i < L; ++i) p[i] = a.v[i];
+  }
+  // a * b + c
+  static type fma(const type& a, const type& b, const type& c) {
+    type r;
+    for (int i = 0; i < L; ++i) r.v[i] = a.v[i] * b.v[i] + c.v[i];
+    return r;
+  }
+};
+
+}  // namespace dwconv::cpu::portable
