@@ -35,6 +35,11 @@ def _dgrad_taps(acc, dy_base, w_co, ihp, iwp, c_ok, ihp_first, ihp_last, iwp_fir
             else:
                 row_hits = True
             if row_hits:
+                # dy at column offset dw = (qw0 - kw*DW) // SW - OFF_W // SW; with SW == 1 that is
+                # (qw0 - OFF_W) - kw*DW: a row pointer plus a constant per tap (folded into the load).
+                dy_row = dy_base + dh * sdh
+                if SW == 1:
+                    dy_row += (qw0 - OFF_W) * sdw
                 if MASKED:
                     oh = ihp + dh
                     row_ok = c_ok[:, None, None] & ((oh >= 0) & (oh < HO))[None, :, None]
@@ -42,7 +47,10 @@ def _dgrad_taps(acc, dy_base, w_co, ihp, iwp, c_ok, ihp_first, ihp_last, iwp_fir
                     qw = qw0 - kw * DW
                     if qw % SW == 0:
                         dw = qw // SW - OFF_W // SW
-                        tap = dy_base + (dh * sdh + dw * sdw)
+                        if SW == 1:
+                            tap = dy_row - (kw * DW) * sdw
+                        else:
+                            tap = dy_row + dw * sdw
                         if MASKED:
                             if (iwp_first + dw < WO) & (iwp_last + dw >= 0):
                                 ow = iwp + dw

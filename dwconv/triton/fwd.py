@@ -31,12 +31,15 @@ def _fwd_taps(acc, x_tap0, w_co, ih0, iw0, c_ok, ih_first, ih_last, iw_first, iw
         else:
             row_hits = True
         if row_hits:
+            # Row pointer once per filter row; per tap only a constant offset when sxw == 1 (NCHW), which
+            # ptxas folds into the load's immediate.
+            x_row = x_tap0 + row * sxh
             if MASKED:
                 ih = ih0 + row
                 row_ok = c_ok[:, None, None] & ((ih >= 0) & (ih < H))[None, :, None]
             for kw in tl.static_range(KW):
                 col = kw * DW
-                tap = x_tap0 + (row * sxh + col * sxw)
+                tap = x_row + col * sxw
                 if MASKED:
                     if (iw_first + col < W) & (iw_last + col >= 0):
                         iw = iw0 + col

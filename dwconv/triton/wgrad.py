@@ -98,9 +98,10 @@ def wgrad_kernel(dy_ptr, x_ptr, ws_ptr,
         if DETERMINISTIC | ((ih_first + row < H) & (ih_last + row >= 0)):
             ih = ih0 + row
             row_ok = out_ok & ((ih >= 0) & (ih < H))[None, :, None]
+            x_row = x_tap0 + row * sxh
             for kw in tl.static_range(KW):
                 col = kw * DW
-                x_tap = x_tap0 + (row * sxh + col * sxw)
+                x_tap = x_row + col * sxw
                 if interior:
                     part = _wgrad_tap(dy_tile, x_tap, n_first, n_last, sdn, sxn, out_ok, False, ACC,
                                       BLOCK_C, BLOCK_H, BLOCK_W)
