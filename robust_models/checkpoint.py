@@ -104,12 +104,12 @@ def load_state_dict_checked(model: nn.Module, state_dict: Dict[str, torch.Tensor
     mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
                   for k, v in state_dict.items() if k in expected and v.shape != expected[k].shape]
     problems = []
-    if mismatched:
-        problems.append(f"shape mismatches ({len(mismatched)}): {_shown(mismatched)}")
     if strict and missing:
         problems.append(f"missing keys ({len(missing)}): {_shown(missing)}")
     if strict and unexpected:
         problems.append(f"unexpected keys ({len(unexpected)}): {_shown(unexpected)}")
+    if mismatched:
+        problems.append(f"shape mismatches ({len(mismatched)}): {_shown(mismatched)}")
     if problems:
         raise CheckpointMismatchError(
             f"{source} does not match {type(model).__name__}:\n  " + "\n  ".join(problems))
@@ -135,7 +135,7 @@ def load_checkpoint(model: nn.Module, path, strict: bool = True, key: Optional[s
     return load_state_dict_checked(_unwrap(model), state_dict, strict=strict, source=str(path))
 
 
-def save_checkpoint(model: nn.Module, path, **extra) -> None:
+def save_checkpoint(model: nn.Module, path, /, **extra) -> None:
     """Write the official train-state format: {"model": state_dict, **extra} (e.g. epoch, optimizer)."""
     if "model" in extra:
         raise ValueError("'model' is reserved for the model's weights")
