@@ -1,0 +1,314 @@
+"""Per-op timings of large-kernel depthwise convolutions: dwconv's backends against PyTorch.
+
+For every shape of the chosen set (benchmarks/shapes.py) and every op (forward, dgrad, wgrad,
+forward + backward), each available dwconv backend in NCHW and channels_last runs side by side with
+PyTorch NCHW and PyTorch channels_last (cuDNN on GPU, oneDNN on CPU): medians of interleaved repetitions
+after warm-up, CUDA events on GPU, input sets rotated so caches do not flatter. Reported per case: time,
+speed-up over PyTorch in the same layout and over PyTorch's faster layout, TFLOP/s, GB/s and the
+fraction of the roofline (GPU: bandwidth and FMA rate measured in this run; CPU: the sgemm rate
+measured in this run). On CPU the default shape set is the CPU backend's target set, and the summary
+gives the fwd+bwd geometric-mean speed-up and forward K=11 GFLOP/s as a fraction of sgemm.
+
+    python benchmarks/kernels.py                        # GPU if present, else CPU
+    python benchmarks/kernels.py --device cpu --shapes all --json benchmarks/results/ --plot speedup.png
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` and `dwconv` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    __package__ = "benchmarks"
+
+import torch
+
+import dwconv
+from benchmarks import conv_ops, roofline, shapes
+from benchmarks.progress import Progress
+from benchmarks.run_info import result_path, run_metadata, write_json
+from benchmarks.timing import Timer, calibrate_inner, interleaved
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+LAYOUTS = ("nchw", "nhwc")
+FWD_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 5e-3}
+
+
+def parse_args(argv: List[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                   help="default: cuda when available, else cpu")
+    p.add_argument("--dtype", default=None,
+                   help="comma-separated from fp32, bf16, fp16 (default: fp32 on CPU, bf16,fp32 on GPU)")
+    p.add_argument("--shapes", default=None, choices=sorted(shapes.SHAPE_SETS),
+                   help="shape set (default: target on CPU, all on GPU)")
+    p.add_argument("--backend", default=None,
+                   help="comma-separated dwconv backends (default: every available one except the reference 'torch')")
+    p.add_argument("--ops", default=",".join(roofline.OPS), help="comma-separated from " + ", ".join(roofline.OPS))
+    p.add_argument("--warmup", type=int, default=None, help="warm-up repetitions (default: 2 GPU, 1 CPU)")
+    p.add_argument("--reps", type=int, default=None, help="timed repetitions (default: 10 GPU, 5 CPU)")
+    p.add_argument("--json", metavar="PATH", help="write results here (a directory: a file named by the device)")
+    p.add_argument("--plot", metavar="PATH.png", help="bar chart of speed-ups per shape and backend (matplotlib)")
+    p.add_argument("--notes", default="", help="free text stored in the JSON (e.g. how busy the machine was)")
+    p.add_argument("--smoke", action="store_true", help="tiny shapes, one repetition: a check that it runs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.device.type == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda but CUDA is not available")
+    gpu = args.device.type == "cuda"
+    if args.smoke:
+        args.shapes = args.shapes or "smoke"
+        args.warmup = 0 if args.warmup is None else args.warmup
+        args.reps = 1 if args.reps is None else args.reps
+    args.shapes = args.shapes or shapes.default_shape_set(args.device.type)
+    args.warmup = args.warmup if args.warmup is not None else (2 if gpu else 1)
+    args.reps = args.reps if args.reps is not None else (10 if gpu else 5)
+    args.dtypes = _split(args.dtype or ("bf16,fp32" if gpu else "fp32"), DTYPES, "--dtype", p)
+    args.ops = _split(args.ops, roofline.OPS, "--ops", p)
+    available = [name for name, reason in dwconv.available_backends(args.device).items()
+                 if reason is None and name != "torch"]
+    args.backends = _split(args.backend, dwconv.BACKENDS, "--backend", p) if args.backend else available
+    return args
+
+
+def _split(text: str, allowed, flag: str, parser: argparse.ArgumentParser) -> List[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in items if t not in allowed]
+    if bad or not items:
+        parser.error(f"{flag}: unknown {bad}; choose from {', '.join(allowed)}")
+    return items
+
+
+def _cache_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 50 * 2**20)
+    try:
+        with open("/sys/devices/system/cpu/cpu0/cache/index3/size") as f:
+            text = f.read().strip()
+        return int(text[:-1]) * {"K": 2**10, "M": 2**20}.get(text[-1], 1) if text[-1] in "KM" else int(text)
+    except (OSError, ValueError):
+        return 32 * 2**20
+
+
+def rotation_count(shape: shapes.DWShape, element_size: int, cache_bytes: int, budget_bytes: int) -> int:
+    """Input sets to cycle through: enough that twice the last-level cache is streamed, at least 2."""
+    ho, wo = shape.out_hw
+    set_bytes = (shape.n * shape.c * shape.h * shape.w + shape.n * shape.out_channels * ho * wo) * element_size
+    wanted = math.ceil(2 * cache_bytes / set_bytes)
+    return max(2, min(wanted, 32, max(2, budget_bytes // set_bytes)))
+
+
+def providers(backends: List[str]) -> List[str]:
+    """'torch-nchw', 'torch-nhwc', then '<backend>-nchw', '<backend>-nhwc' for each dwconv backend."""
+    return [f"{b}-{layout}" for b in [conv_ops.PYTORCH] + backends for layout in LAYOUTS]
+
+
+def _check_forward(call, reference, dtype) -> Optional[str]:
+    """None when a provider's forward matches PyTorch's, else a description of the mismatch."""
+    with torch.no_grad():
+        out = call().float()
+        ref = reference().float()
+    err = ((out - ref).norm() / ref.norm().clamp_min(1e-12)).item()
+    return None if err <= FWD_TOLERANCE[dtype] else f"forward relative error {err:.2e}"
+
+
+def bench_shape(shape, dtype_name, args, timer, cache_bytes, rates, progress) -> List[Dict]:
+    """Time every op of every provider on one shape and dtype; one record per (op, provider)."""
+    dtype, device = DTYPES[dtype_name], args.device
+    element_size = torch.finfo(dtype).bits // 8
+    budget = (2 << 30) if device.type == "cuda" else (512 << 20)
+    count = 1 if args.smoke else rotation_count(shape, element_size, cache_bytes, budget)
+    operands = {layout: conv_ops.make_operands(shape, dtype, device, layout == "nhwc", count) for layout in LAYOUTS}
+    skipped: Dict[str, str] = {}
+    names = providers(args.backends)
+    for name in names:
+        backend, layout = name.rsplit("-", 1)
+        if backend == conv_ops.PYTORCH:
+            continue
+        try:
+            mismatch = _check_forward(conv_ops.make_op(backend, "fwd", shape, operands[layout][:1]),
+                                      conv_ops.make_op(conv_ops.PYTORCH, "fwd", shape, operands[layout][:1]), dtype)
+        except dwconv.BackendUnavailableError as e:
+            mismatch = f"unsupported: {e}"
+        if mismatch:
+            skipped[name] = mismatch
+            print(f"warning: {shape.name} {dtype_name} {name} skipped ({mismatch})", file=sys.stderr)
+    active = [n for n in names if n not in skipped]
+    records = []
+    min_sample = 0.0 if args.smoke else (2e-3 if device.type == "cuda" else 2e-2)
+    for op in args.ops:
+        cases = {n: conv_ops.make_op(n.rsplit("-", 1)[0], op, shape, operands[n.rsplit("-", 1)[1]]) for n in active}
+        inner = {n: calibrate_inner(fn, timer, min_sample) for n, fn in cases.items()}
+        progress.set_description(f"{shape.name} {dtype_name} {op}")
+        stats = interleaved(cases, timer, warmup=args.warmup, reps=args.reps, inner=inner,
+                            on_sample=progress.update)
+        torch_ms = {layout: stats[f"torch-{layout}"].median for layout in LAYOUTS}
+        best_torch = min(torch_ms.values())
+        flops = roofline.op_flops(op, shape)
+        nbytes = roofline.op_bytes(op, shape, element_size)
+        for n in names:
+            backend, layout = n.rsplit("-", 1)
+            rec = {"shape": shape.as_dict(), "dtype": dtype_name, "op": op, "provider": n, "backend": backend,
+                   "layout": layout}
+            if n in skipped:
+                records.append({**rec, "skipped": skipped[n]})
+                continue
+            t = stats[n].median
+            rec.update({
+                "ms": t * 1e3, "p20_ms": stats[n].p20 * 1e3, "p80_ms": stats[n].p80 * 1e3,
+                "samples": stats[n].samples, "calls_per_sample": inner[n], "input_sets": count,
+                "speedup_vs_torch_same_layout": torch_ms[layout] / t, "speedup_vs_best_torch": best_torch / t,
+                "tflops": flops / t / 1e12, "gbs": nbytes / t / 1e9,
+            })
+            if device.type == "cuda":
+                bound = roofline.lower_bound_seconds(op, shape, element_size, rates["bandwidth_gbs"],
+                                                     rates["fma_tflops"])
+                rec["roofline_fraction"] = bound / t
+            else:
+                rec["roofline_fraction"] = flops / t / 1e9 / rates["sgemm_gflops"]
+            records.append(rec)
+    return records
+
+
+def geomean(values: List[float]) -> float:
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
+
+
+def summarize(records: List[Dict]) -> List[Dict]:
+    """Per dtype, dwconv provider and op: geometric-mean speed-up over PyTorch's faster layout, the
+    shapes it covers, and (forward) the lowest roofline fraction at K=11 (the CPU target's measure)."""
+    out = []
+    keys = sorted({(r["dtype"], r["provider"], r["op"]) for r in records if r["backend"] != conv_ops.PYTORCH})
+    for dtype, provider, op in keys:
+        rows = [r for r in records if (r["dtype"], r["provider"], r["op"]) == (dtype, provider, op) and "ms" in r]
+        k11 = [r["roofline_fraction"] for r in rows if r["shape"]["k"] == 11]
+        out.append({"dtype": dtype, "provider": provider, "op": op, "shapes": len(rows),
+                    "geomean_speedup_vs_best_torch": geomean([r["speedup_vs_best_torch"] for r in rows]),
+                    "geomean_speedup_vs_torch_same_layout": geomean([r["speedup_vs_torch_same_layout"] for r in rows]),
+                    "min_roofline_fraction_k11": min(k11) if k11 else None})
+    return out
+
+
+def print_tables(records: List[Dict], summary: List[Dict], args, rates) -> None:
+    frac_name = "of sgemm" if args.device.type == "cpu" else "of roofline"
+    names = providers(args.backends)
+    for dtype in args.dtypes:
+        for op in args.ops:
+            print(f"\n## {op}, {dtype}: ms (speed-up over PyTorch's faster layout, fraction {frac_name})")
+            header = ["shape"] + names
+            print("| " + " | ".join(header) + " |")
+            print("|" + "---|" * len(header))
+            for shape in shapes.shape_set(args.shapes, args.device.type):
+                cells = [shape.name]
+                for n in names:
+                    r = next((r for r in records if r["dtype"] == dtype and r["op"] == op and r["provider"] == n
+                              and r["shape"]["name"] == shape.name), None)
+                    if r is None or "ms" not in r:
+                        cells.append("n/a")
+                    elif r["backend"] == conv_ops.PYTORCH:
+                        cells.append(f"{r['ms']:.3f}")
+                    else:
+                        cells.append(f"{r['ms']:.3f} ({r['speedup_vs_best_torch']:.2f}x, "
+                                     f"{100 * r['roofline_fraction']:.0f}%)")
+                print("| " + " | ".join(cells) + " |")
+    print("\n## Summary: geometric mean of the speed-up over PyTorch's faster layout")
+    print("| dtype | provider | " + " | ".join(args.ops) + " | fwd K=11, lowest fraction " + frac_name + " |")
+    print("|---|---|" + "---|" * (len(args.ops) + 1))
+    for dtype in args.dtypes:
+        for n in names[2:]:
+            rows = {s["op"]: s for s in summary if s["dtype"] == dtype and s["provider"] == n}
+            if not rows:
+                continue
+            k11 = rows.get("fwd", {}).get("min_roofline_fraction_k11")
+            print(f"| {dtype} | {n} | " + " | ".join(f"{rows[o]['geomean_speedup_vs_best_torch']:.2f}x"
+                                                   if o in rows else "n/a" for o in args.ops)
+                  + f" | {'n/a' if k11 is None else f'{100 * k11:.0f}%'} |")
+
+
+def plot_speedups(records: List[Dict], path: str, args) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("--plot needs matplotlib (pip install matplotlib); no plot written", file=sys.stderr)
+        return
+    names = providers(args.backends)[2:]
+    shape_names = [s.name for s in shapes.shape_set(args.shapes, args.device.type)]
+    rows = [(d, o) for d in args.dtypes for o in args.ops]
+    fig, axes = plt.subplots(len(rows), 1, figsize=(max(8, 0.5 * len(shape_names) * max(1, len(names))), 3.2 * len(rows)),
+                             squeeze=False)
+    width = 0.8 / max(1, len(names))
+    for ax, (dtype, op) in zip(axes[:, 0], rows):
+        for i, n in enumerate(names):
+            values = []
+            for s in shape_names:
+                r = next((r for r in records if r["dtype"] == dtype and r["op"] == op and r["provider"] == n
+                          and r["shape"]["name"] == s and "ms" in r), None)
+                values.append(r["speedup_vs_best_torch"] if r else 0.0)
+            ax.bar([j + i * width for j in range(len(shape_names))], values, width, label=n)
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_yscale("log")
+        ax.set_ylabel("speed-up")
+        ax.set_title(f"{op}, {dtype}: speed-up over PyTorch's faster layout ({records[0].get('device', '')})")
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(shape_names))])
+        ax.set_xticklabels(shape_names, rotation=60, ha="right", fontsize=7)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def main(argv: Optional[List[str]] = None) -> Dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    device = args.device
+    timer = Timer(device)
+    print(f"device: {device.type} ({run_metadata('kernels', argv, device)['device_name']}), "
+          f"torch {torch.__version__}, threads {torch.get_num_threads()}, backends {args.backends}, "
+          f"shapes '{args.shapes}', dtypes {args.dtypes}, warm-up {args.warmup}, reps {args.reps}")
+    if device.type == "cuda":
+        rates = roofline.measure_gpu_rates(device, reps=3 if args.smoke else 10, copy_mib=64 if args.smoke else 1024)
+        print(f"measured: DRAM copy {rates['bandwidth_gbs']:.0f} GB/s, fp32 FMA "
+              f"{'n/a' if rates['fma_tflops'] is None else format(rates['fma_tflops'], '.1f')} TFLOP/s")
+    else:
+        rates = {"sgemm_gflops": roofline.measure_sgemm_gflops(device, n=256 if args.smoke else 2048,
+                                                               reps=2 if args.smoke else 5)}
+        print(f"measured: sgemm {rates['sgemm_gflops']:.1f} GFLOP/s on {torch.get_num_threads()} threads")
+    shape_list = shapes.shape_set(args.shapes, device.type)
+    n_providers = len(providers(args.backends))
+    progress = Progress(len(shape_list) * len(args.dtypes) * len(args.ops) * n_providers * (args.warmup + args.reps),
+                        "kernels", enabled=not args.no_progress)
+    records: List[Dict] = []
+    cache_bytes = _cache_bytes(device)
+    try:
+        for dtype_name in args.dtypes:
+            for shape in shape_list:
+                records += bench_shape(shape, dtype_name, args, timer, cache_bytes, rates, progress)
+    finally:
+        progress.close()
+    summary = summarize(records)
+    print_tables(records, summary, args, rates)
+    result = {"meta": run_metadata("kernels", argv, device, args.notes),
+              "settings": {"shapes": args.shapes, "dtypes": args.dtypes, "ops": args.ops, "backends": args.backends,
+                           "warmup": args.warmup, "reps": args.reps, "layouts": list(LAYOUTS),
+                           "flops_count": "2 per multiply-add, every tap (padding taps too)",
+                           "roofline": ("fraction of the sgemm rate" if device.type == "cpu" else
+                                        "lower bound max(ideal bytes / DRAM bandwidth, FLOPs / FMA rate) over time")},
+              "machine": rates, "results": records, "summary": summary}
+    if args.json:
+        write_json(result_path(args.json, device, "kernels"), result)
+    if args.plot:
+        plot_speedups(records, args.plot, args)
+    return result
+
+
+if __name__ == "__main__":
+    main()
