@@ -2,8 +2,8 @@
 
     python benchmarks/sass_report.py [--json] [--ks 7 9 11 31] [--map 56] [--kernels fwd dgrad wgrad]
 
-One row per variant: backend, kernel (fwd / dgrad / wgrad), K, dtype, layout, map (the H = W the tile was
-chosen for), registers (per thread), spill_bytes (the per-thread stack frame: these kernels declare no local
+One row per variant: backend, kernel (fwd / dgrad / wgrad), K, dtype, layout, map (the H = W the kernel and
+tile were chosen for), variant (the kernel function that runs), registers (per thread), spill_bytes (the per-thread stack frame: these kernels declare no local
 arrays, so it is all spill space), instructions (static SASS count, NOPs excluded), fma_instructions
 (FFMA, FFMA2, HFMA2, DFMA, HMMA, HGMMA, IMMA and kin) and fma_share.
 Register clears that ptxas writes as `HFMA2.MMA Rx, -RZ, RZ, 0, 0` are moves and are not counted at all.
@@ -36,7 +36,7 @@ _SASS_LINE = re.compile(r"^\s+/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A
 # ptxas clears registers with "HFMA2.MMA Rx, -RZ, RZ, 0, 0": a move, not an FMA (dropped from all counts).
 _REGISTER_CLEAR = re.compile(r"HFMA2\.MMA\s+R\d+,\s*-RZ,\s*RZ,")
 _RES_USAGE = re.compile(r"REG:(\d+)\s+STACK:(\d+)")
-FIELDS = ("backend", "kernel", "K", "dtype", "layout", "map", "registers", "spill_bytes", "instructions",
+FIELDS = ("backend", "kernel", "K", "dtype", "layout", "map", "variant", "registers", "spill_bytes", "instructions",
           "fma_instructions", "fma_share")
 
 
@@ -107,25 +107,24 @@ def _triton_launches(kernel: str, k: int, dtype, channels_last: bool, size: int)
     import torch
 
     from dwconv._conv_args import check_and_resolve
+    from dwconv.backends.triton import TritonBackend
     from dwconv.triton import tiles
-    from dwconv.triton.dgrad import dgrad
-    from dwconv.triton.fwd import forward
-    from dwconv.triton.wgrad import wgrad
 
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    # 64 channels, batch 2: sizes only matter through the tile family and Triton's specialisation.
-    x = torch.empty(2, 64, size, size, dtype=dtype).contiguous(memory_format=fmt)
+    # 64 channels, batch 32: sizes only matter through the tile family and Triton's specialisation.
+    x = torch.empty(32, 64, size, size, dtype=dtype).contiguous(memory_format=fmt)
     w = torch.empty(64, 1, k, k, dtype=dtype)
     b = torch.empty(64, dtype=dtype)
     args = check_and_resolve(x, w, b, 1, k // 2, 1)
     grad_out = torch.empty(args.output_shape, dtype=dtype).contiguous(memory_format=fmt)
+    backend = TritonBackend()  # routes small half-precision maps to the GEMM kernels, as in real calls
     with tiles.capture_launches() as launches:
         if kernel == "fwd":
-            forward(x, w, b, args, channels_last)
+            backend.forward(x, w, b, args)
         elif kernel == "dgrad":
-            dgrad(grad_out, w, args, channels_last)
+            backend.dgrad(grad_out, w, args)
         else:
-            wgrad(grad_out, x, args, channels_last, deterministic=False)
+            backend.wgrad(grad_out, x, args)
     return launches[:1]  # the main kernel (wgrad's second pass is a tiny reduction)
 
 
@@ -150,7 +149,7 @@ def collect_rows(ks: Iterable[int], dtypes: Iterable[str], layouts: Iterable[str
                         compiled = _compile_triton(launch, target)
                         stats = cubin_stats(compiled.asm["cubin"], compiled.metadata.name)
                         rows.append(dict(backend="triton", kernel=kernel, K=k, dtype=dtype_name, layout=layout,
-                                         map=size, **stats))
+                                         map=size, variant=launch.kernel.__name__, **stats))
                         print(f"compiled triton {kernel} K={k} {dtype_name} {layout} {size}x{size}",
                               file=sys.stderr, flush=True)
     return rows

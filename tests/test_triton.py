@@ -29,6 +29,7 @@ CASES = [
     (2, 2, 11, 9, 9, 3, 4, 1, 1, True, True, BF16),          # K=9, stride 3
     (1, 2, 12, 20, 5, (2, 1), (0, 2, 1, 3), (1, 2), 1, True, False, F32),  # per-dim stride, asym padding
     (1, 1, 16, 16, 31, 1, 15, 1, 1, True, False, F32),       # K=31 once
+    (17, 2, 5, 6, 3, 1, 1, 1, 1, True, False, F16),          # small-map GEMM: two image blocks
 ]
 
 
@@ -86,11 +87,11 @@ def test_interior_and_border_tiles(monkeypatch):
 def test_int64_indexing(monkeypatch):
     """The 64-bit addressing variant (taken for tensors over 2^31 elements) computes the same result."""
     import importlib
-    for name in ("fwd", "dgrad", "wgrad"):
+    for name in ("fwd", "dgrad", "wgrad", "plane"):
         module = importlib.import_module(f"dwconv.triton.{name}")
         monkeypatch.setattr(module, "needs_int64", lambda *tensors: True)
     run_case((2, 3, 9, 8, 5, 2, 2, 1, 2, True, True, F32))
-    run_case((1, 2, 7, 7, 3, 1, 1, 2, 1, True, False, BF16))
+    run_case((1, 2, 7, 7, 3, 1, 1, 2, 1, True, False, BF16))  # small-map GEMM kernels
 
 
 def test_deterministic_wgrad():

@@ -43,12 +43,14 @@ class TritonBackend(Backend):
         return None
 
     def forward(self, x, weight, bias, args):
-        from ..triton.fwd import forward
-        return forward(x, weight, bias, args, channels_last=is_channels_last(x))
+        from ..triton import fwd, plane
+        kernels = plane if plane.applies(x.dtype, args) else fwd
+        return kernels.forward(x, weight, bias, args, channels_last=is_channels_last(x))
 
     def dgrad(self, grad_out, weight, args):
-        from ..triton.dgrad import dgrad
-        return dgrad(grad_out, weight, args, channels_last=is_channels_last(grad_out))
+        from ..triton import dgrad, plane
+        kernels = plane if plane.applies(grad_out.dtype, args) else dgrad
+        return kernels.dgrad(grad_out, weight, args, channels_last=is_channels_last(grad_out))
 
     def wgrad(self, grad_out, x, args):
         from ..triton.wgrad import wgrad

@@ -146,3 +146,39 @@ def launch_fixed(kernel, grid, args, constexprs, num_warps: int = 4):
         _captured.append(Launch(kernel, tuple(args), dict(constexprs), num_warps))
         return
     kernel[grid](*args, **constexprs, num_warps=num_warps)
+
+
+# ---- small-map GEMM kernels (plane.py): (BLOCK_C, BLOCK_M images, BLOCK_N pixels, BLOCK_K pixels, warps)
+_PLANE_NCHW = [(1, 64, 64, 64, 4), (1, 32, 64, 64, 4), (1, 64, 32, 64, 4), (1, 128, 64, 32, 8),
+               (1, 16, 64, 64, 4)]
+_PLANE_NHWC = [(8, 16, 32, 32, 4), (4, 32, 32, 32, 4), (8, 32, 32, 32, 8), (2, 64, 64, 32, 4),
+               (4, 16, 64, 64, 4)]
+PLANE_TUNE_KEY = ("N",) + TUNE_KEY
+
+
+def plane_candidates(channels_last: bool, batch: int, channels: int) -> List[triton.Config]:
+    """Candidates with the image block cut to the batch (16 at least: the smallest tensor-core M)."""
+    max_m = max(16, triton.next_power_of_2(batch))
+    max_c = triton.next_power_of_2(channels)
+    out, seen = [], set()
+    for bc, bm, bn, bk, warps in (_PLANE_NHWC if channels_last else _PLANE_NCHW):
+        key = (min(bc, max_c), min(bm, max_m), bn, bk, warps)
+        if key not in seen:
+            seen.add(key)
+            out.append(triton.Config(dict(zip(("BLOCK_C", "BLOCK_M", "BLOCK_N", "BLOCK_K"), key[:4])),
+                                     num_warps=warps))
+    return out
+
+
+def launch_plane(kernel, grid, batch: int, channels: int, args, constexprs, channels_last: bool):
+    """Launch a plane.py kernel: autotuned on the GPU, the first candidate otherwise."""
+    cands = plane_candidates(channels_last, batch, channels)
+    if AUTOTUNE and _captured is None:
+        family = (kernel, channels_last, tuple(tuple(sorted(c.kwargs.items())) for c in cands))
+        tuner = _TUNERS.get(family)
+        if tuner is None:
+            tuner = _TUNERS[family] = triton.autotune(configs=cands, key=list(PLANE_TUNE_KEY))(kernel)
+        tuner[grid](*args, **constexprs)
+        return
+    cfg = cands[0]
+    launch_fixed(kernel, grid(cfg.kwargs), args, {**constexprs, **cfg.kwargs}, cfg.num_warps)
