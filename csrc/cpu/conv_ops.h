@@ -42,14 +42,35 @@ inline int thread_count(int threads, int64_t items, int64_t macs) {
   return int(std::clamp<int64_t>(useful, 1, std::max(threads, 1)));
 }
 
-// One row of output pixels: out[ow][L] (= or +=) correlation of the tile row x with filter w ([KH][KW][L]).
+// Indices k in [lo, hi) of 0..K-1 whose source coordinate base + k * step lies in [0, last]: the filter taps
+// of one output that read inside the input (or the outputs that one tap reads inside with). Skipping the
+// rest skips the zero padding.
+struct Range {
+  int64_t lo, hi;
+};
+inline Range inside(int64_t base, int64_t step, int64_t K, int64_t last) {
+  const int64_t lo = std::min(K, base >= 0 ? 0 : (-base + step - 1) / step);
+  const int64_t hi = last < base ? 0 : std::min(K, (last - base) / step + 1);
+  return {lo, std::max(lo, hi)};
+}
+
+// One row of output pixels: out[ow][L] (= or +=) the correlation of filter w ([KH][KW][L]) over the filter
+// rows `kh` of the tile, x pointing at tile row (kh = 0) col 0. Along W, output ow's tap kw reads tile
+// column ow * SW + kw * DW, source column c_origin + that, inside the input when in [0, col_last]; each
+// register block runs the taps inside for any of its outputs.
 template <class V, typename A>
-DWCONV_TARGET void correlate_row(A* out, bool accumulate, const A* x, int64_t WO, int64_t row_step, int64_t SW,
-                                 int64_t DW, const A* w, int64_t KH, int64_t KW) {
+DWCONV_TARGET void correlate_row(A* out, bool accumulate, const A* x, int64_t WO, int64_t row_step, Range kh,
+                                 int64_t c_origin, int64_t col_last, int64_t SW, int64_t DW, const A* w,
+                                 int64_t KW) {
   constexpr int L = V::L;
+  x += kh.lo * row_step;
+  w += kh.lo * KW * L;
   for (int64_t i = 0, ow = 0, n = block_count(WO); i < n; ++i) {
     const int R = block_size(WO, i);
-    BlockKernels<V, A>::fwd[R](out + ow * L, accumulate, x + ow * SW * L, row_step, SW * L, DW * L, w, KH, KW);
+    const int64_t lo = inside(c_origin + (ow + R - 1) * SW, DW, KW, col_last).lo;
+    const int64_t hi = std::max(lo, inside(c_origin + ow * SW, DW, KW, col_last).hi);
+    BlockKernels<V, A>::fwd[R](out + ow * L, accumulate, x + (ow * SW + lo * DW) * L, row_step, SW * L, DW * L,
+                               w + lo * L, KW * L, kh.hi - kh.lo, hi - lo);
     ow += R;
   }
 }
@@ -89,8 +110,9 @@ DWCONV_TARGET void fwd(const ConvShape& s, const T* x, const T* w, const T* b, T
                            chan, oh0 * s.SH - s.PT, -s.PL, 1, 1);
       const A* wb = wt.get() + blk * taps * L;
       for (int64_t oh = 0; oh < th; ++oh)
-        correlate_row<V>(out + oh * s.WO * L, false, tile + oh * s.SH * cols * L, s.WO, s.DH * cols * L, s.SW,
-                         s.DW, wb, s.KH, s.KW);
+        correlate_row<V>(out + oh * s.WO * L, false, tile + oh * s.SH * cols * L, s.WO, s.DH * cols * L,
+                         inside((oh0 + oh) * s.SH - s.PT, s.DH, s.KH, s.H - 1), -s.PL, s.W - 1, s.SW, s.DW, wb,
+                         s.KW);
       scatter_tile<T, A, L>(ImageView<T>{y + n * CO * s.HO * s.WO, s.layout, CO, s.HO, s.WO}, out, th, blk * L,
                             int(std::min<int64_t>(L, CO - blk * L)), oh0, bt.get() + blk * L);
     }
@@ -136,8 +158,9 @@ DWCONV_TARGET void dgrad(const ConvShape& s, const T* dy, const T* w, T* dx, int
                              s.PL - (s.KW - 1) * s.DW, s.SH, s.SW);
         const A* wb = wt.get() + (j * nblocks + blk) * taps * L;
         for (int64_t ih = 0; ih < th; ++ih)
-          correlate_row<V>(out + ih * s.W * L, j > 0, tile + ih * cols * L, s.W, s.DH * cols * L, 1, s.DW, wb,
-                           s.KH, s.KW);
+          correlate_row<V>(out + ih * s.W * L, j > 0, tile + ih * cols * L, s.W, s.DH * cols * L,
+                           inside(ih0 + ih + s.PT - (s.KH - 1) * s.DH, s.DH, s.KH, (s.HO - 1) * s.SH),
+                           s.PL - (s.KW - 1) * s.DW, (s.WO - 1) * s.SW, 1, s.DW, wb, s.KW);
       }
       scatter_tile<T, A, L>(ImageView<T>{dx + n * s.C * s.H * s.W, s.layout, s.C, s.H, s.W}, out, th, blk * L,
                             int(std::min<int64_t>(L, s.C - blk * L)), ih0, nullptr);
@@ -185,14 +208,24 @@ DWCONV_TARGET void wgrad(const ConvShape& s, const T* dy, const T* x, acc_t<T>* 
                                oh0 * s.SH - s.PT, -s.PL, 1, 1);
           gather_tile<T, A, L>(dyt, th, s.WO, ImageView<const T>{dy + n * CO * s.HO * s.WO, s.layout, CO, s.HO, s.WO},
                                ychan, oh0, 0, 1, 1);
-          for (int64_t kh = 0; kh < s.KH; ++kh)
+          for (int64_t kh = 0; kh < s.KH; ++kh) {
+            // output rows of this band whose tap kh reads inside the input
+            const Range all = inside(kh * s.DH - s.PT, s.SH, s.HO, s.H - 1);
+            const int64_t oh_lo = std::max(all.lo, oh0), oh_hi = std::min(all.hi, oh0 + th);
+            if (oh_hi <= oh_lo) continue;
             for (int64_t i = 0, kw = 0, nb = block_count(s.KW); i < nb; ++i) {
               const int Q = block_size(s.KW, i);
-              BlockKernels<V, A>::wgrad[Q](part + (kh * s.KW + kw) * L, dyt, th, s.WO,
-                                           tile + (kh * s.DH * cols + kw * s.DW) * L, s.SH * cols * L, s.SW * L,
-                                           s.DW * L);
+              // output columns where any of the taps kw .. kw+Q-1 reads inside the input
+              const int64_t lo = inside((kw + Q - 1) * s.DW - s.PL, s.SW, s.WO, s.W - 1).lo;
+              const int64_t hi = inside(kw * s.DW - s.PL, s.SW, s.WO, s.W - 1).hi;
+              if (lo < hi)
+                BlockKernels<V, A>::wgrad[Q](
+                    part + (kh * s.KW + kw) * L, dyt + ((oh_lo - oh0) * s.WO + lo) * L, oh_hi - oh_lo, hi - lo,
+                    s.WO * L, tile + (((oh_lo - oh0) * s.SH + kh * s.DH) * cols + lo * s.SW + kw * s.DW) * L,
+                    s.SH * cols * L, s.SW * L, s.DW * L);
               kw += Q;
             }
+          }
         }
     }
     // dw[co][t] = sum over groups, in group order.
