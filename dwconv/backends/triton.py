@@ -1,6 +1,7 @@
 """The "triton" backend: the kernels of `dwconv/triton/` (on CUDA, or in Triton's interpreter on the CPU)."""
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import torch
@@ -17,6 +18,11 @@ def _import_error() -> Optional[str]:
     except Exception as exc:  # ImportError, or a broken install raising anything else
         return f"triton is not importable: {exc}"
     return None
+
+
+def _on_device(t: torch.Tensor):
+    """Triton launches on the current CUDA device: make it t's device for the call."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
 class TritonBackend(Backend):
@@ -45,14 +51,17 @@ class TritonBackend(Backend):
     def forward(self, x, weight, bias, args):
         from ..triton import fwd, plane
         kernels = plane if plane.applies(x.dtype, args) else fwd
-        return kernels.forward(x, weight, bias, args, channels_last=is_channels_last(x))
+        with _on_device(x):
+            return kernels.forward(x, weight, bias, args, channels_last=is_channels_last(x))
 
     def dgrad(self, grad_out, weight, args):
         from ..triton import dgrad, plane
         kernels = plane if plane.applies(grad_out.dtype, args) else dgrad
-        return kernels.dgrad(grad_out, weight, args, channels_last=is_channels_last(grad_out))
+        with _on_device(grad_out):
+            return kernels.dgrad(grad_out, weight, args, channels_last=is_channels_last(grad_out))
 
     def wgrad(self, grad_out, x, args):
         from ..triton.wgrad import wgrad
-        return wgrad(grad_out, x, args, channels_last=is_channels_last(x),
-                             deterministic=torch.are_deterministic_algorithms_enabled())
+        with _on_device(x):
+            return wgrad(grad_out, x, args, channels_last=is_channels_last(x),
+                         deterministic=torch.are_deterministic_algorithms_enabled())

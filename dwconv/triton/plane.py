@@ -86,6 +86,9 @@ def plane_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
     o_ok = o < HO * WO
     oh = o // WO
     ow = o % WO
+    if INDEX_64:
+        oh = oh.to(tl.int64)
+        ow = ow.to(tl.int64)
     w_co = (w_ptr + co * (KH * KW))[:, None, None]
     x_cn = x_ptr + (co // M)[:, None, None] * sxc + n[None, :, None] * sxn
     cn_ok = c_ok[:, None, None] & n_ok[None, :, None]
@@ -144,6 +147,9 @@ def plane_dgrad_kernel(dy_ptr, w_ptr, dx_ptr,
     i_ok = i < H * W
     ih = i // W
     iw = i % W
+    if INDEX_64:
+        ih = ih.to(tl.int64)
+        iw = iw.to(tl.int64)
     cn_ok = c_ok[:, None, None] & n_ok[None, :, None]
     i_last = tl.minimum(pb * BLOCK_N + BLOCK_N - 1, H * W - 1)
 
