@@ -253,8 +253,10 @@ class ClassifierHead(nn.Module):
         super().__init__()
         if global_pool not in ("avg", ""):
             raise ValueError(f"global_pool must be 'avg' or '' (no pooling), got {global_pool!r}")
-        if num_classes < 0:
-            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+        if not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
+        if global_pool == "" and num_classes > 0:
+            raise ValueError("global_pool='' (unpooled feature maps) needs num_classes=0")
         self.global_pool = global_pool
         self.drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(in_features, num_classes) if num_classes > 0 else nn.Identity()
@@ -365,11 +367,6 @@ class RobustResNet(nn.Module):
             stage.grad_checkpointing = enable
 
     @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
-        return dict(stem=r"^stem",
-                    blocks=r"^stages\.(\d+)" if coarse else [(r"^stages\.(\d+)\.blocks\.(\d+)", None)])
-
-    @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return self.head.fc
 
@@ -441,7 +438,7 @@ def _cfg(**kwargs) -> Dict[str, Any]:
 
 
 # Released architectures: keyword arguments of RobustResNet.
-model_args: Dict[str, Dict[str, Any]] = {
+released_args: Dict[str, Dict[str, Any]] = {
     "robust_resnet_dw_small": dict(block_type="a", depths=(3, 4, 12, 3), dims=(96, 192, 384, 768),
                                    kernel_size=11),
     "robust_resnet_inverted_dw_small": dict(block_type="b", depths=(3, 4, 14, 3), dims=(96, 192, 384, 768),
@@ -452,40 +449,40 @@ model_args: Dict[str, Dict[str, Any]] = {
                                                  dims=(96, 192, 384, 768), kernel_size=11),
 }
 
-default_cfgs: Dict[str, Dict[str, Any]] = {name: _cfg() for name in model_args}
+default_cfgs: Dict[str, Dict[str, Any]] = {name: _cfg() for name in released_args}
 
 _CONSTRUCTOR_ARGS = frozenset(inspect.signature(RobustResNet.__init__).parameters) - {"self"}
 
 
 def list_models() -> List[str]:
     """Names accepted by create_model (and, with timm installed, by timm.create_model)."""
-    return sorted(model_args)
+    return sorted(released_args)
 
 
 def create_model(name: str, *, pretrained=None, num_classes: int = 1000, drop_path_rate: float = 0.0,
                  layer_scale_init_value: float = 0.0, backend: str = "auto", **overrides) -> RobustResNet:
     """Build a registered Robust-ResNet.
 
-    pretrained: path to a local checkpoint (official train state with weights under "model",
-        "state_dict" or "model_ema", or a bare state dict), loaded strictly; a classifier for another
-        number of classes is skipped.
+    pretrained: None (or False), or the path to a local checkpoint (official train state with weights
+        under "model", "state_dict" or "model_ema", or a bare state dict), loaded strictly; a classifier
+        for another number of classes is skipped.
     overrides: any RobustResNet argument (depths, dims, patch_size, kernel_size, block_type, norm_act,
         in_chans, drop_rate, global_pool, mlp_ratio).
     """
-    if name not in model_args:
+    if name not in released_args:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
     unknown = set(overrides) - _CONSTRUCTOR_ARGS
     if unknown:
         raise TypeError(f"create_model got unknown arguments {sorted(unknown)}; "
                         f"accepted: {sorted(_CONSTRUCTOR_ARGS)}")
-    kwargs = {**model_args[name], **overrides}
+    kwargs = {**released_args[name], **overrides}
     model = RobustResNet(num_classes=num_classes, drop_path_rate=drop_path_rate,
                          layer_scale_init_value=layer_scale_init_value, backend=backend, **kwargs)
     cfg = dict(default_cfgs[name], architecture=name, num_classes=num_classes)
     model.pretrained_cfg = model.default_cfg = cfg
-    if pretrained is not None:
-        if pretrained is True or pretrained is False:
-            raise TypeError("pretrained must be a path to a local checkpoint (there is no download location)")
+    if pretrained is True:
+        raise TypeError("pretrained must be a path to a local checkpoint (there is no download location)")
+    if pretrained is not None and pretrained is not False:
         load_pretrained(model, pretrained)
     return model
 
