@@ -37,9 +37,11 @@ __all__ = ["parse_args", "main"]
 LOG_FIELDS = ("scope", "epoch", "update", "lr", "train_loss", "eval_loss", "eval_top1", "eval_top5",
               "ema_top1", "ema_top5", "samples_per_s")
 
-# Settings that may change when resuming; every other one must match the checkpoint's.
+# Settings that may change when resuming (where the data and outputs live, how fast the same run goes,
+# what is evaluated); every other one must match the checkpoint's for the run to continue exactly.
 RESUMABLE_CHANGES = frozenset({"output", "resume", "data_dir", "workers", "log_file", "log_interval",
-                               "checkpoint_every", "no_progress", "pretrained"})
+                               "checkpoint_every", "no_progress", "pretrained", "backend", "device",
+                               "channels_last", "val_split", "crop_pct"})
 
 _MODEL_OVERRIDES = ("depths", "dims", "patch_size", "kernel_size", "block_type", "norm_act", "in_chans")
 

@@ -87,16 +87,17 @@ def _assert_resumed_run_matches(first, resumed, losses, resumed_from):
 
 
 def test_mixup_run_resumes_bit_exactly(tmp_path):
-    # Full recipe (mixup and cutmix on), one process: 16 images / 4 per update -> 4 updates per epoch.
+    # Full recipe (mixup and cutmix on), one process: 16 images / 4 per update -> 4 updates per epoch;
+    # checkpoint-4 was written at the first epoch's last update.
     common = ["--synthetic", "--synthetic-size", "16", "--num-classes", "4", *TINY_ARGS, "--backend", "torch",
               "--epochs", "2", "--warmup-epochs", "1", "--lr", "1e-3", "--batch-size", "4", "--model-ema",
-              "--log-interval", "1", "--no-progress", "--workers", "0"]
+              "--log-interval", "1", "--no-progress"]
     first, resumed = tmp_path / "first", tmp_path / "resumed"
-    train.main([*common, "--output", str(first), "--checkpoint-every", "3"])
+    train.main([*common, "--output", str(first), "--workers", "0", "--checkpoint-every", "4"])
     losses = [float(r["train_loss"]) for r in _rows(first / "log.csv", "update")]
     assert len(losses) == 8
-    train.main([*common, "--output", str(resumed), "--resume", str(first / "checkpoint-3.pth")])
-    _assert_resumed_run_matches(first, resumed, losses, resumed_from=3)
+    train.main([*common, "--output", str(resumed), "--workers", "1", "--resume", str(first / "checkpoint-4.pth")])
+    _assert_resumed_run_matches(first, resumed, losses, resumed_from=4)
 
 
 def _image_folder_dataset(root, classes=4, train_per_class=6, val_per_class=2):
