@@ -327,6 +327,8 @@ class RobustResNet(nn.Module):
             raise ValueError(f"drop_rate and drop_path_rate must be in [0, 1), got {drop_rate}, {drop_path_rate}")
         if layer_scale_init_value < 0:
             raise ValueError(f"layer_scale_init_value must be >= 0, got {layer_scale_init_value}")
+        if not mlp_ratio > 0 or int(mlp_ratio * min(dims)) < 1:
+            raise ValueError(f"mlp_ratio must make every expanded width >= 1, got {mlp_ratio!r}")
         num_stages = len(depths)
         num_down = _downsampling_stages(patch_size, num_stages)
 

@@ -417,6 +417,8 @@ def test_layer_scale_and_drop_path():
     (dict(block_type="c", dims=(8, 12, 32, 64)), "multiple"),
     (dict(global_pool="max"), "global_pool"),
     (dict(drop_path_rate=1.0), "drop_path_rate"),
+    (dict(mlp_ratio=0.0), "mlp_ratio"),
+    (dict(num_classes=-1), "num_classes"),
 ])
 def test_bad_arguments_raise(kwargs, error):
     with pytest.raises(ValueError, match=error):
@@ -558,6 +560,8 @@ def test_timm_pretrained_file_and_features(tmp_path):
     loaded = timm.create_model("robust_resnet_up_inverted_dw_small", pretrained=True,
                                pretrained_cfg_overlay=dict(file=str(path)), **TINY)
     _assert_same_state(loaded, model)
+    via_timm_loader = timm.create_model("robust_resnet_up_inverted_dw_small", checkpoint_path=str(path), **TINY)
+    _assert_same_state(via_timm_loader, model)
     with pytest.raises(ValueError, match="no download location"):
         timm.create_model("robust_resnet_up_inverted_dw_small", pretrained=True, **TINY)
     features = timm.create_model("robust_resnet_down_inverted_dw_small", features_only=True, **TINY)
