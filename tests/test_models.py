@@ -271,6 +271,19 @@ def test_backends_agree_with_torch(backend, device, block_type):
         assert_close(grads[n], g_ref, torch.float32, n, factor=10)
 
 
+@pytest.mark.parametrize("block_type", "abcd")
+def test_channels_last_matches_nchw(block_type):
+    g = torch.Generator().manual_seed(9)
+    model = create_model("robust_resnet_dw_small", block_type=block_type, **dict(TINY, depths=(1, 1, 1, 1))).eval()
+    _randomize_bn(model, g)
+    x = torch.randn(2, 3, 64, 64, generator=g)
+    with torch.no_grad(), poisoned_outputs():
+        expected = model(x)
+        model = model.to(memory_format=torch.channels_last)
+        actual = model(x.contiguous(memory_format=torch.channels_last))
+    assert_close(actual, expected, torch.float32, "channels_last logits", factor=10)
+
+
 @pytest.mark.parametrize("block_type", ["a", "c"])
 def test_torch_compile(block_type):
     """fullgraph compile traces the dwconv ops (fake kernels, autograd); aot_eager keeps CPU CI fast.
