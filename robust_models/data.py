@@ -10,7 +10,6 @@ import os
 from typing import Callable, Iterator, List, Optional, Tuple
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .robustness import imagenet_1k_wnids, indices_in_1k

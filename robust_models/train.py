@@ -19,7 +19,7 @@ import math
 import os
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -158,15 +158,7 @@ def _train_dataset(args):
         re_prob=args.reprob, re_mode=args.remode, re_count=args.recount)
     if args.synthetic:
         return data.SyntheticImageDataset(args.synthetic_size, args.num_classes, args.img_size, transform)
-    from torchvision.datasets import ImageFolder
-
-    root = os.path.join(args.data_dir, args.train_split)
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"training folder not found: {root}")
-    dataset = ImageFolder(root, transform=transform)
-    if len(dataset.classes) != args.num_classes:
-        raise ValueError(f"{root} has {len(dataset.classes)} classes, --num-classes is {args.num_classes}")
-    return dataset
+    return data.image_folder(os.path.join(args.data_dir, args.train_split), transform, args.num_classes)
 
 
 def _val_dataset(args):
