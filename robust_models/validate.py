@@ -136,6 +136,12 @@ class _Evaluator:
         args, ctx = self.args, self.ctx
         dataset = data.image_folder(root, self.transform, args.num_classes,
                                     by_imagenet_wnid=True if imagenet_labels else None)
+        if class_subset is not None:
+            allowed = set(class_subset)
+            outside = sorted(name for name, index in zip(dataset.classes, dataset.class_indices)
+                             if index not in allowed)
+            if outside:
+                raise ValueError(f"{root}: class folders {outside[:10]} are not among the {desc} classes")
         loader = data.eval_loader(dataset, rank=ctx.rank, world_size=ctx.world_size, batch_size=args.batch_size,
                                   workers=args.workers, pin_memory=ctx.device.type == "cuda")
         if ctx.is_main and not args.no_progress:

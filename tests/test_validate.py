@@ -182,3 +182,13 @@ def test_imagenet_classes_need_a_1000_class_model(benchmark_tree):
     with pytest.raises(ValueError, match="1000-class"):
         validate.main(["--model", "robust_resnet_dw_small", *TINY_ARGS, "--num-classes", "10", "--backend", "torch",
                        "--img-size", "32", "--workers", "0", "--no-progress", "--imagenet-r", str(root / "imagenet_r")])
+
+
+def test_imagenet_r_folder_outside_its_classes_is_rejected(tmp_path):
+    # n01440764 (tench) is an ImageNet class but not one of ImageNet-R's 200.
+    assert "n01440764" not in IMAGENET_R_WNIDS
+    (tmp_path / "n01440764").mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(tmp_path / "n01440764" / "0.png")
+    with pytest.raises(ValueError, match="n01440764"):
+        validate.main(["--model", "robust_resnet_dw_small", *TINY_ARGS, "--backend", "torch", "--img-size", "32",
+                       "--workers", "0", "--no-progress", "--imagenet-r", str(tmp_path)])
