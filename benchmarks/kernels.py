@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -28,7 +27,8 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` and `dwconv`
 import torch
 
 import dwconv
-from benchmarks import conv_ops, roofline, shapes
+from benchmarks import conv_ops, roofline, shapes, tables
+from benchmarks.cli import default_backends, resolve_device, split_choices
 from benchmarks.progress import Progress
 from benchmarks.run_info import result_path, run_metadata, write_json
 from benchmarks.timing import Timer, calibrate_inner, interleaved
@@ -58,9 +58,7 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true", help="tiny shapes, one repetition: a check that it runs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
-    args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if args.device.type == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda but CUDA is not available")
+    args.device = resolve_device(args.device, p)
     gpu = args.device.type == "cuda"
     if args.smoke:
         args.shapes = args.shapes or "smoke"
@@ -69,20 +67,11 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     args.shapes = args.shapes or shapes.default_shape_set(args.device.type)
     args.warmup = args.warmup if args.warmup is not None else (2 if gpu else 1)
     args.reps = args.reps if args.reps is not None else (10 if gpu else 5)
-    args.dtypes = _split(args.dtype or ("bf16,fp32" if gpu else "fp32"), DTYPES, "--dtype", p)
-    args.ops = _split(args.ops, roofline.OPS, "--ops", p)
-    available = [name for name, reason in dwconv.available_backends(args.device).items()
-                 if reason is None and name != "torch"]
-    args.backends = _split(args.backend, dwconv.BACKENDS, "--backend", p) if args.backend else available
+    args.dtypes = split_choices(args.dtype or ("bf16,fp32" if gpu else "fp32"), DTYPES, "--dtype", p)
+    args.ops = split_choices(args.ops, roofline.OPS, "--ops", p)
+    args.backends = (split_choices(args.backend, dwconv.BACKENDS, "--backend", p) if args.backend
+                     else default_backends(args.device))
     return args
-
-
-def _split(text: str, allowed, flag: str, parser: argparse.ArgumentParser) -> List[str]:
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    bad = [t for t in items if t not in allowed]
-    if bad or not items:
-        parser.error(f"{flag}: unknown {bad}; choose from {', '.join(allowed)}")
-    return items
 
 
 def _cache_bytes(device: torch.device) -> int:
@@ -184,7 +173,7 @@ def summarize(records: List[Dict]) -> List[Dict]:
     """Per dtype, dwconv provider and op: geometric-mean speed-up over PyTorch's faster layout, the
     shapes it covers, and (forward) the lowest roofline fraction at K=11 (the CPU target's measure)."""
     out = []
-    keys = sorted({(r["dtype"], r["provider"], r["op"]) for r in records if r["backend"] != conv_ops.PYTORCH})
+    keys = dict.fromkeys((r["dtype"], r["provider"], r["op"]) for r in records if r["backend"] != conv_ops.PYTORCH)
     for dtype, provider, op in keys:
         rows = [r for r in records if (r["dtype"], r["provider"], r["op"]) == (dtype, provider, op) and "ms" in r]
         k11 = [r["roofline_fraction"] for r in rows if r["shape"]["k"] == 11]
@@ -193,42 +182,6 @@ def summarize(records: List[Dict]) -> List[Dict]:
                     "geomean_speedup_vs_torch_same_layout": geomean([r["speedup_vs_torch_same_layout"] for r in rows]),
                     "min_roofline_fraction_k11": min(k11) if k11 else None})
     return out
-
-
-def print_tables(records: List[Dict], summary: List[Dict], args, rates) -> None:
-    frac_name = "of sgemm" if args.device.type == "cpu" else "of roofline"
-    names = providers(args.backends)
-    for dtype in args.dtypes:
-        for op in args.ops:
-            print(f"\n## {op}, {dtype}: ms (speed-up over PyTorch's faster layout, fraction {frac_name})")
-            header = ["shape"] + names
-            print("| " + " | ".join(header) + " |")
-            print("|" + "---|" * len(header))
-            for shape in shapes.shape_set(args.shapes, args.device.type):
-                cells = [shape.name]
-                for n in names:
-                    r = next((r for r in records if r["dtype"] == dtype and r["op"] == op and r["provider"] == n
-                              and r["shape"]["name"] == shape.name), None)
-                    if r is None or "ms" not in r:
-                        cells.append("n/a")
-                    elif r["backend"] == conv_ops.PYTORCH:
-                        cells.append(f"{r['ms']:.3f}")
-                    else:
-                        cells.append(f"{r['ms']:.3f} ({r['speedup_vs_best_torch']:.2f}x, "
-                                     f"{100 * r['roofline_fraction']:.0f}%)")
-                print("| " + " | ".join(cells) + " |")
-    print("\n## Summary: geometric mean of the speed-up over PyTorch's faster layout")
-    print("| dtype | provider | " + " | ".join(args.ops) + " | fwd K=11, lowest fraction " + frac_name + " |")
-    print("|---|---|" + "---|" * (len(args.ops) + 1))
-    for dtype in args.dtypes:
-        for n in names[2:]:
-            rows = {s["op"]: s for s in summary if s["dtype"] == dtype and s["provider"] == n}
-            if not rows:
-                continue
-            k11 = rows.get("fwd", {}).get("min_roofline_fraction_k11")
-            print(f"| {dtype} | {n} | " + " | ".join(f"{rows[o]['geomean_speedup_vs_best_torch']:.2f}x"
-                                                   if o in rows else "n/a" for o in args.ops)
-                  + f" | {'n/a' if k11 is None else f'{100 * k11:.0f}%'} |")
 
 
 def plot_speedups(records: List[Dict], path: str, args) -> None:
@@ -256,7 +209,7 @@ def plot_speedups(records: List[Dict], path: str, args) -> None:
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_yscale("log")
         ax.set_ylabel("speed-up")
-        ax.set_title(f"{op}, {dtype}: speed-up over PyTorch's faster layout ({records[0].get('device', '')})")
+        ax.set_title(f"{op}, {dtype}: speed-up over PyTorch's faster layout")
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(shape_names))])
         ax.set_xticklabels(shape_names, rotation=60, ha="right", fontsize=7)
         ax.legend(fontsize=7)
@@ -294,15 +247,17 @@ def main(argv: Optional[List[str]] = None) -> Dict:
                 records += bench_shape(shape, dtype_name, args, timer, cache_bytes, rates, progress)
     finally:
         progress.close()
-    summary = summarize(records)
-    print_tables(records, summary, args, rates)
     result = {"meta": run_metadata("kernels", argv, device, args.notes),
               "settings": {"shapes": args.shapes, "dtypes": args.dtypes, "ops": args.ops, "backends": args.backends,
                            "warmup": args.warmup, "reps": args.reps, "layouts": list(LAYOUTS),
                            "flops_count": "2 per multiply-add, every tap (padding taps too)",
                            "roofline": ("fraction of the sgemm rate" if device.type == "cpu" else
                                         "lower bound max(ideal bytes / DRAM bandwidth, FLOPs / FMA rate) over time")},
-              "machine": rates, "results": records, "summary": summary}
+              "machine": rates, "results": records, "summary": summarize(records)}
+    for dtype_name in args.dtypes:
+        for op in args.ops:
+            print("\n" + tables.kernel_op_table(result, dtype_name, op))
+    print("\n" + tables.kernel_summary_table(result))
     if args.json:
         write_json(result_path(args.json, device, "kernels"), result)
     if args.plot:

@@ -69,13 +69,19 @@ def result_path(json_arg: str, device: torch.device, script: str) -> Path:
     return path
 
 
-def run_metadata(script: str, argv: List[str], device: torch.device, notes: str = "") -> Dict[str, Any]:
-    """Everything needed to reproduce and judge a result file."""
+# Tracked paths whose uncommitted changes make a result differ from its commit ("git_dirty").
+_CODE_PATHS = ("benchmarks", "dwconv", "csrc", "robust_models", "setup.py")
+
+
+def run_metadata(script: str, argv: List[str], device: torch.device, notes: str = "",
+                 launcher: str = "python") -> Dict[str, Any]:
+    """Everything needed to reproduce and judge a result file. launcher: what ran the script
+    ("python", or "torchrun --nproc_per_node 8")."""
     device = torch.device(device)
-    git_status = _git("status", "--porcelain", "--untracked-files=no")
+    git_status = _git("status", "--porcelain", "--untracked-files=no", "--", *_CODE_PATHS)
     meta: Dict[str, Any] = {
         "script": script,
-        "command": " ".join(shlex.quote(a) for a in [f"python benchmarks/{script}.py", *argv]),
+        "command": " ".join([launcher, f"benchmarks/{script}.py"] + [shlex.quote(a) for a in argv]),
         "git_commit": _git("rev-parse", "HEAD"),
         "git_dirty": bool(git_status) if git_status is not None else None,
         "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),

@@ -1,0 +1,38 @@
+"""Command-line helpers shared by the benchmark scripts."""
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Iterable, List, Optional
+
+import torch
+
+import dwconv
+
+__all__ = ["split_choices", "default_backends", "resolve_device"]
+
+
+def split_choices(text: str, allowed: Iterable[str], flag: str, parser: argparse.ArgumentParser) -> List[str]:
+    """A comma-separated option value as a list, every item checked against `allowed`."""
+    allowed = list(allowed)
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in items if t not in allowed]
+    if bad or not items:
+        parser.error(f"{flag}: unknown {bad}; choose from {', '.join(allowed)}")
+    return items
+
+
+def default_backends(device: torch.device) -> List[str]:
+    """Every dwconv backend that can run on `device`, except the reference 'torch' (PyTorch itself) and
+    Triton's interpreter (TRITON_INTERPRET=1: a correctness tool, not a fast path)."""
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    return [name for name, reason in dwconv.available_backends(device).items()
+            if reason is None and name != "torch" and not (name == "triton" and interpreted)]
+
+
+def resolve_device(name: Optional[str], parser: argparse.ArgumentParser) -> torch.device:
+    """--device: cuda when available unless told otherwise."""
+    device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda but CUDA is not available")
+    return device

@@ -1,0 +1,112 @@
+"""Markdown tables from the benchmark result dictionaries (the JSON files): used by the scripts to print
+their results and by make_tables.py for the README, so both show the same numbers the same way."""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence
+
+__all__ = ["markdown_table", "kernel_op_table", "kernel_summary_table", "throughput_table", "model_cost_table",
+           "run_heading"]
+
+PYTORCH_PROVIDERS = ("torch-nchw", "torch-nhwc")
+
+
+def markdown_table(header: Sequence[str], rows: List[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _fraction_label(result: Dict) -> str:
+    return "of sgemm" if result["meta"]["device_type"] == "cpu" else "of roofline"
+
+
+def _providers(result: Dict) -> List[str]:
+    return list(dict.fromkeys(r["provider"] for r in result["results"]))
+
+
+def kernel_op_table(result: Dict, dtype: str, op: str) -> str:
+    """One row per shape: PyTorch's times, then each dwconv provider's time (speed-up over PyTorch's faster
+    layout, fraction of the roofline)."""
+    providers = _providers(result)
+    shapes = list(dict.fromkeys(r["shape"]["name"] for r in result["results"]))
+    index = {(r["shape"]["name"], r["provider"]): r for r in result["results"] if r["dtype"] == dtype and r["op"] == op}
+    rows = []
+    for shape in shapes:
+        cells = [shape]
+        for p in providers:
+            r = index.get((shape, p))
+            if r is None or "ms" not in r:
+                cells.append("n/a")
+            elif p in PYTORCH_PROVIDERS:
+                cells.append(f"{r['ms']:.3f}")
+            else:
+                cells.append(f"{r['ms']:.3f} ({r['speedup_vs_best_torch']:.2f}x, {100 * r['roofline_fraction']:.0f}%)")
+        rows.append(cells)
+    title = (f"{op}, {dtype}: ms (speed-up over PyTorch's faster layout, fraction {_fraction_label(result)})")
+    return f"{title}\n\n" + markdown_table(["shape"] + [f"{p} ms" for p in providers], rows)
+
+
+def kernel_summary_table(result: Dict) -> str:
+    """Per dtype and dwconv provider: geometric-mean speed-up over PyTorch's faster layout for each op, and the
+    lowest forward fraction of the roofline at K=11."""
+    ops = list(dict.fromkeys(s["op"] for s in result["summary"]))
+    rows = []
+    for dtype, provider in dict.fromkeys((s["dtype"], s["provider"]) for s in result["summary"]):
+        by_op = {s["op"]: s for s in result["summary"] if (s["dtype"], s["provider"]) == (dtype, provider)}
+        k11 = by_op.get("fwd", {}).get("min_roofline_fraction_k11")
+        rows.append([dtype, provider] + [f"{by_op[o]['geomean_speedup_vs_best_torch']:.2f}x" if o in by_op else "n/a"
+                                         for o in ops] + ["n/a" if k11 is None else f"{100 * k11:.0f}%"])
+    n_shapes = max((s["shapes"] for s in result["summary"]), default=0)
+    title = (f"Geometric mean over {n_shapes} shapes of the speed-up over PyTorch's faster layout; "
+             f"last column: forward at K=11, lowest fraction {_fraction_label(result)}")
+    return f"{title}\n\n" + markdown_table(["dtype", "provider"] + ops + ["fwd K=11"], rows)
+
+
+def _config_label(r: Dict) -> str:
+    label = f"{r['dtype']} {'channels_last' if r['channels_last'] else 'NCHW'} batch {r['batch_size']}"
+    if r.get("compile"):
+        label += " compiled"
+    if r.get("world_size", 1) > 1:
+        label += f" x{r['world_size']} DDP"
+    return label
+
+
+def throughput_table(result: Dict) -> str:
+    """One row per model, configuration and mode: images/s of each variant (speed-up over nn.Conv2d)."""
+    records = result["results"]
+    variants = list(dict.fromkeys(r["variant"] for r in records))
+    index = {(r["model"], _config_label(r), r["mode"], r["variant"]): r for r in records}
+    rows = []
+    for model, config, mode in dict.fromkeys((r["model"], _config_label(r), r["mode"]) for r in records):
+        cells = [model, config, mode]
+        for v in variants:
+            r: Optional[Dict] = index.get((model, config, mode, v))
+            if r is None:
+                cells.append("n/a")
+            elif v == variants[0]:
+                cells.append(f"{r['images_per_s']:.1f}")
+            else:
+                cells.append(f"{r['images_per_s']:.1f} ({r['speedup_vs_conv2d']:.2f}x)")
+        rows.append(cells)
+    return markdown_table(["model", "configuration", "mode"] + [f"{v} img/s" for v in variants], rows)
+
+
+def model_cost_table(result: Dict) -> str:
+    rows = [[m["name"], f"{m['params'] / 1e6:.2f} M",
+             "n/a" if m.get("gflops") is None else f"{m['gflops']:.2f}", f"{m['image_size']}"]
+            for m in result["models"]]
+    return markdown_table(["model", "parameters", "GFLOPs (fvcore)", "image size"], rows)
+
+
+def run_heading(result: Dict) -> str:
+    """Device, versions, commit and the exact command of a result file."""
+    m = result["meta"]
+    versions = f"torch {m['torch']}" + (f", triton {m['triton']}" if m.get("triton") else "") + (
+        f", CUDA {m['cuda']}" if m.get("cuda") and m["device_type"] == "cuda" else "")
+    threads = f", {m['torch_num_threads']} threads" if m["device_type"] == "cpu" else ""
+    commit = (m.get("git_commit") or "unknown")[:10] + (" (modified)" if m.get("git_dirty") else "")
+    text = (f"{m['device_name']} ({m['device_type']}{threads}), {versions}, commit {commit}, {m['date_utc']}\n"
+            f"`{m['command']}`")
+    if m.get("notes"):
+        text += f"\n\nNotes: {m['notes']}"
+    return text

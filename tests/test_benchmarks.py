@@ -1,0 +1,191 @@
+"""Smoke runs of the benchmark scripts (tiny shapes, one repetition) and the fields of their JSON; the
+results-table generator; the timing utility; the shape sets against the models. No speed is asserted."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+import dwconv
+import robust_models
+from benchmarks import make_tables, shapes, throughput
+from benchmarks.model_variants import PLAIN, build_variants, to_plain_conv2d
+from benchmarks.timing import Stats, interleaved, summarize
+
+REPO = Path(__file__).resolve().parent.parent
+META_FIELDS = {"script", "command", "git_commit", "git_dirty", "date_utc", "torch", "triton", "cuda", "device_type",
+               "device_name", "torch_num_threads", "notes"}
+
+
+@pytest.fixture(scope="module")
+def kernels_result(tmp_path_factory):
+    """The script run as users run it (a subprocess from the repository root)."""
+    path = tmp_path_factory.mktemp("kernels") / "k.json"
+    out = subprocess.run([sys.executable, "benchmarks/kernels.py", "--smoke", "--device", "cpu", "--backend", "cpu",
+                          "--no-progress", "--notes", "smoke", "--json", str(path)],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "| shape | torch-nchw ms | torch-nhwc ms | cpu-nchw ms | cpu-nhwc ms |" in out.stdout
+    with open(path) as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def throughput_result(tmp_path_factory):
+    """In-process (main(argv)): the script's start-up is the same as kernels.py's."""
+    path = tmp_path_factory.mktemp("throughput") / "t.json"
+    throughput.main(["--smoke", "--device", "cpu", "--backend", "cpu,auto", "--no-progress", "--json", str(path)])
+    with open(path) as f:
+        return json.load(f)
+
+
+def test_kernels_json_fields(kernels_result):
+    meta = kernels_result["meta"]
+    assert META_FIELDS <= set(meta)
+    assert meta["script"] == "kernels" and meta["device_type"] == "cpu" and meta["notes"] == "smoke"
+    assert meta["command"].startswith("python benchmarks/kernels.py --smoke")
+    assert meta["torch"] == torch.__version__
+    assert kernels_result["machine"]["sgemm_gflops"] > 0
+    records = kernels_result["results"]
+    providers = {r["provider"] for r in records}
+    assert providers == {"torch-nchw", "torch-nhwc", "cpu-nchw", "cpu-nhwc"}
+    ops = {r["op"] for r in records}
+    assert ops == {"fwd", "dgrad", "wgrad", "fwd+bwd"}
+    n_shapes = len(shapes.SHAPE_SETS["smoke"])
+    assert len(records) == n_shapes * len(ops) * len(providers)
+    for r in records:
+        assert "skipped" not in r, r
+        for field in ("ms", "p20_ms", "p80_ms", "speedup_vs_best_torch", "speedup_vs_torch_same_layout", "tflops",
+                      "gbs", "roofline_fraction"):
+            assert r[field] > 0, (field, r)
+        assert {"n", "c", "h", "w", "k", "stride", "multiplier", "name"} <= set(r["shape"])
+    summary = kernels_result["summary"]
+    assert {(s["provider"], s["op"]) for s in summary} == {(p, o) for p in ("cpu-nchw", "cpu-nhwc") for o in ops}
+    for s in summary:
+        assert s["shapes"] == n_shapes and s["geomean_speedup_vs_best_torch"] > 0
+
+
+def test_kernels_speedups_are_consistent(kernels_result):
+    """speed-up over the faster layout = that layout's time / the provider's time."""
+    records = kernels_result["results"]
+    for r in records:
+        same = [t for t in records if t["provider"].startswith("torch-") and t["op"] == r["op"]
+                and t["shape"]["name"] == r["shape"]["name"]]
+        best = min(t["ms"] for t in same)
+        assert r["speedup_vs_best_torch"] == pytest.approx(best / r["ms"])
+
+
+def test_throughput_json_fields(throughput_result):
+    meta = throughput_result["meta"]
+    assert META_FIELDS <= set(meta) and meta["script"] == "throughput"
+    assert meta["command"].startswith("python benchmarks/throughput.py --smoke")
+    (model,) = throughput_result["models"]
+    assert model["name"] == "robust_resnet_dw_small" and model["params"] > 0 and model["gflops"] > 0
+    records = throughput_result["results"]
+    assert {r["variant"] for r in records} == {PLAIN, "dwconv-cpu", "dwconv-auto"}
+    assert {r["mode"] for r in records} == {"inference", "train"}
+    for r in records:
+        assert r["images_per_s"] > 0 and r["ms_per_step"] > 0 and r["speedup_vs_conv2d"] > 0
+        assert {"dtype", "channels_last", "batch_size", "compile", "image_size", "world_size"} <= set(r)
+        if r["variant"] == PLAIN:
+            assert r["speedup_vs_conv2d"] == 1.0
+
+
+def test_make_tables_runs_from_the_command_line(kernels_result, tmp_path):
+    (tmp_path / "k.json").write_text(json.dumps(kernels_result))
+    out = subprocess.run([sys.executable, "benchmarks/make_tables.py", str(tmp_path)], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "#### Depthwise-conv kernels" in out.stdout
+
+
+def test_make_tables_renders_and_updates(kernels_result, throughput_result, tmp_path):
+    for name, result in (("k.json", kernels_result), ("t.json", throughput_result)):
+        (tmp_path / name).write_text(json.dumps(result))
+    text = make_tables.main([str(tmp_path)])
+    assert "#### Model throughput" in text and "#### Depthwise-conv kernels" in text
+    assert text.index("Model throughput") < text.index("Depthwise-conv kernels")
+    assert "| robust_resnet_dw_small | fp32 NCHW batch 1 | train |" in text
+    assert "| fp32 | cpu-nhwc |" in text
+    assert throughput_result["meta"]["command"] in text
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\n\n{make_tables.BEGIN_MARKER}\nold table\n{make_tables.END_MARKER}\n\nrest\n")
+    make_tables.main([str(tmp_path / "k.json"), "--update", str(readme)])
+    updated = readme.read_text()
+    assert "old table" not in updated and "#### Depthwise-conv kernels" in updated
+    assert updated.startswith("# Title\n\n") and updated.endswith(f"{make_tables.END_MARKER}\n\nrest\n")
+    make_tables.main([str(tmp_path / "k.json"), "--update", str(readme)])
+    assert readme.read_text() == updated  # idempotent
+
+
+def test_make_tables_needs_markers(tmp_path):
+    with pytest.raises(ValueError, match="markers"):
+        make_tables.replace_between_markers("no markers here", "table")
+
+
+def test_committed_results_render():
+    """Every committed result file is well-formed for the README generator."""
+    results = make_tables.load_results([REPO / "benchmarks" / "results"])
+    for result in results:
+        assert META_FIELDS <= set(result["meta"])
+    make_tables.render(results)
+
+
+def test_summarize_percentiles():
+    stats = summarize([5.0, 1.0, 3.0, 2.0, 4.0])
+    assert stats == Stats(median=3.0, p20=1.8, p80=4.2, samples=5)
+
+
+def test_interleaved_rotates_order_and_drops_warmup():
+    calls = []
+
+    def fake_timer(fn, inner=1):
+        fn()
+        return float(len(calls))
+
+    cases = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    stats = interleaved(cases, fake_timer, warmup=1, reps=3)
+    assert calls == list("abc" "bca" "cab" "abc")
+    assert {name: s.samples for name, s in stats.items()} == {"a": 3, "b": 3, "c": 3}
+    assert stats["a"].median == 8.0  # a's samples: 6, 8, 10
+
+
+def test_to_plain_conv2d_shares_parameters():
+    model = robust_models.create_model("robust_resnet_up_inverted_dw_small", depths=(1, 1, 1, 1), dims=(8, 16, 32, 64),
+                                       num_classes=10)
+    fast = [m for m in model.modules() if isinstance(m, dwconv.FastDWConv)]
+    weights = [m.weight for m in fast]
+    to_plain_conv2d(model)
+    plain = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
+    assert not any(isinstance(m, dwconv.FastDWConv) for m in model.modules())
+    assert all(type(m) is nn.Conv2d for m in plain) and len(plain) == len(fast)
+    assert all(m.weight is w for m, w in zip(plain, weights))
+
+
+def test_variants_compute_the_same_function():
+    variants = build_variants("robust_resnet_dw_small", ["cpu"], depths=(1, 1, 1, 1), dims=(8, 16, 32, 64),
+                              num_classes=10)
+    x = torch.randn(2, 3, 64, 64)
+    outs = {name: m.eval()(x) for name, m in variants.items()}
+    torch.testing.assert_close(outs["dwconv-cpu"], outs[PLAIN], rtol=1e-4, atol=1e-4)
+
+
+def test_robust_resnet_shape_set_covers_every_model_layer():
+    """The hard-coded layer list equals the distinct depthwise layers of the four models at 224x224 (small
+    depths suffice: each stage's first block and one other block give every distinct shape)."""
+    found = set()
+
+    def record(module, inputs, output):
+        _, c, h, w = inputs[0].shape
+        found.add((c, h, module.kernel_size[0], module.stride[0], module.out_channels // c))
+
+    for name in robust_models.list_models():
+        model = robust_models.create_model(name, depths=(2, 2, 2, 2)).to("meta")
+        for m in model.modules():
+            if isinstance(m, dwconv.FastDWConv):
+                m.register_forward_hook(record)
+        model(torch.empty(1, 3, 224, 224, device="meta"))
+    assert found == set(shapes.ROBUST_RESNET_LAYERS)
