@@ -95,11 +95,14 @@ DWCONV_TARGET void fwd(const ConvShape& s, const T* x, const T* w, const T* b, T
   const int64_t items = s.N * nblocks * nbands;
   const int nthreads = thread_count(threads, items, s.N * CO * s.HO * s.WO * taps);
   const int64_t tile_size = max_rows * cols * L, out_size = TH * s.WO * L;
-  Scratch<A> scratch(nthreads * (tile_size + out_size));
+  const int64_t stage_size = 2 * L * max_rows * std::max(cols, s.W);
+  const int64_t per_thread = tile_size + out_size + stage_size;
+  Scratch<A> scratch(nthreads * per_thread);
 #pragma omp parallel num_threads(nthreads)
   {
-    A* tile = scratch.get() + omp_get_thread_num() * (tile_size + out_size);
+    A* tile = scratch.get() + omp_get_thread_num() * per_thread;
     A* out = tile + tile_size;
+    A* stage = out + out_size;
 #pragma omp for schedule(dynamic)
     for (int64_t item = 0; item < items; ++item) {
       const int64_t band = item % nbands, blk = (item / nbands) % nblocks, n = item / (nbands * nblocks);
@@ -107,14 +110,14 @@ DWCONV_TARGET void fwd(const ConvShape& s, const T* x, const T* w, const T* b, T
       int64_t chan[L];
       for (int l = 0; l < L; ++l) chan[l] = blk * L + l < CO ? (blk * L + l) / s.M : -1;
       gather_tile<T, A, L>(tile, rows, cols, ImageView<const T>{x + n * s.C * s.H * s.W, s.layout, s.C, s.H, s.W},
-                           chan, oh0 * s.SH - s.PT, -s.PL, 1, 1);
+                           chan, oh0 * s.SH - s.PT, -s.PL, 1, 1, stage);
       const A* wb = wt.get() + blk * taps * L;
       for (int64_t oh = 0; oh < th; ++oh)
         correlate_row<V>(out + oh * s.WO * L, false, tile + oh * s.SH * cols * L, s.WO, s.DH * cols * L,
                          inside((oh0 + oh) * s.SH - s.PT, s.DH, s.KH, s.H - 1), -s.PL, s.W - 1, s.SW, s.DW, wb,
                          s.KW);
       scatter_tile<T, A, L>(ImageView<T>{y + n * CO * s.HO * s.WO, s.layout, CO, s.HO, s.WO}, out, th, blk * L,
-                            int(std::min<int64_t>(L, CO - blk * L)), oh0, bt.get() + blk * L);
+                            int(std::min<int64_t>(L, CO - blk * L)), oh0, bt.get() + blk * L, stage);
     }
   }
 }
@@ -141,11 +144,14 @@ DWCONV_TARGET void dgrad(const ConvShape& s, const T* dy, const T* w, T* dx, int
   const int64_t items = s.N * nblocks * nbands;
   const int nthreads = thread_count(threads, items, s.N * CO * s.H * s.W * taps);
   const int64_t tile_size = max_rows * cols * L, out_size = TH * s.W * L;
-  Scratch<A> scratch(nthreads * (tile_size + out_size));
+  const int64_t stage_size = 2 * L * max_rows * std::max(cols, s.WO);
+  const int64_t per_thread = tile_size + out_size + stage_size;
+  Scratch<A> scratch(nthreads * per_thread);
 #pragma omp parallel num_threads(nthreads)
   {
-    A* tile = scratch.get() + omp_get_thread_num() * (tile_size + out_size);
+    A* tile = scratch.get() + omp_get_thread_num() * per_thread;
     A* out = tile + tile_size;
+    A* stage = out + out_size;
 #pragma omp for schedule(dynamic)
     for (int64_t item = 0; item < items; ++item) {
       const int64_t band = item % nbands, blk = (item / nbands) % nblocks, n = item / (nbands * nblocks);
@@ -155,15 +161,16 @@ DWCONV_TARGET void dgrad(const ConvShape& s, const T* dy, const T* w, T* dx, int
         int64_t chan[L];
         for (int l = 0; l < L; ++l) chan[l] = blk * L + l < s.C ? (blk * L + l) * s.M + j : -1;
         gather_tile<T, A, L>(tile, rows, cols, src, chan, ih0 + s.PT - (s.KH - 1) * s.DH,
-                             s.PL - (s.KW - 1) * s.DW, s.SH, s.SW);
+                             s.PL - (s.KW - 1) * s.DW, s.SH, s.SW, stage);
         const A* wb = wt.get() + (j * nblocks + blk) * taps * L;
         for (int64_t ih = 0; ih < th; ++ih)
           correlate_row<V>(out + ih * s.W * L, j > 0, tile + ih * cols * L, s.W, s.DH * cols * L,
                            inside(ih0 + ih + s.PT - (s.KH - 1) * s.DH, s.DH, s.KH, (s.HO - 1) * s.SH),
                            s.PL - (s.KW - 1) * s.DW, (s.WO - 1) * s.SW, 1, s.DW, wb, s.KW);
       }
+      const A zeros[L] = {};
       scatter_tile<T, A, L>(ImageView<T>{dx + n * s.C * s.H * s.W, s.layout, s.C, s.H, s.W}, out, th, blk * L,
-                            int(std::min<int64_t>(L, s.C - blk * L)), ih0, nullptr);
+                            int(std::min<int64_t>(L, s.C - blk * L)), ih0, zeros, stage);
     }
   }
 }
@@ -184,11 +191,14 @@ DWCONV_TARGET void wgrad(const ConvShape& s, const T* dy, const T* x, acc_t<T>* 
   const int64_t max_rows = (TH - 1) * s.SH + row_span, nbands = ceil_div(s.HO, TH);
   const int nthreads = thread_count(threads, chunks, s.N * CO * s.HO * s.WO * taps);
   const int64_t tile_size = max_rows * cols * L, dy_size = TH * s.WO * L;
-  Scratch<A> scratch(nthreads * (tile_size + dy_size));
+  const int64_t stage_size = 2 * L * max_rows * std::max(cols, s.W);
+  const int64_t per_thread = tile_size + dy_size + stage_size;
+  Scratch<A> scratch(nthreads * per_thread);
 #pragma omp parallel num_threads(nthreads)
   {
-    A* tile = scratch.get() + omp_get_thread_num() * (tile_size + dy_size);
+    A* tile = scratch.get() + omp_get_thread_num() * per_thread;
     A* dyt = tile + tile_size;
+    A* stage = dyt + dy_size;
 #pragma omp for schedule(dynamic)
     for (int64_t chunk = 0; chunk < chunks; ++chunk) {
       const int64_t g = chunk / nblocks, blk = chunk % nblocks;
@@ -205,9 +215,9 @@ DWCONV_TARGET void wgrad(const ConvShape& s, const T* dy, const T* x, acc_t<T>* 
           const int64_t oh0 = band * TH, th = std::min(TH, s.HO - oh0), rows = (th - 1) * s.SH + row_span;
           gather_tile<T, A, L>(tile, rows, cols,
                                ImageView<const T>{x + n * s.C * s.H * s.W, s.layout, s.C, s.H, s.W}, xchan,
-                               oh0 * s.SH - s.PT, -s.PL, 1, 1);
+                               oh0 * s.SH - s.PT, -s.PL, 1, 1, stage);
           gather_tile<T, A, L>(dyt, th, s.WO, ImageView<const T>{dy + n * CO * s.HO * s.WO, s.layout, CO, s.HO, s.WO},
-                               ychan, oh0, 0, 1, 1);
+                               ychan, oh0, 0, 1, 1, stage);
           for (int64_t kh = 0; kh < s.KH; ++kh) {
             // output rows of this band whose tap kh reads inside the input
             const Range all = inside(kh * s.DH - s.PT, s.SH, s.HO, s.H - 1);

@@ -1,6 +1,7 @@
 // Moving data between tensors (NCHW or NHWC, element type T) and channel-blocked tiles: a tile holds
 // L channels of a rectangle of one image as A-typed [row][col][lane] (lane fastest), so one vector load
-// reads one pixel of L channels. Part of the per-ISA kernels: needs DWCONV_ISA / DWCONV_TARGET (isa.h).
+// reads one pixel of L channels. NCHW rows go through a staging buffer [lane][col] and L x L block
+// transposes. Part of the per-ISA kernels: needs DWCONV_ISA / DWCONV_TARGET (isa.h).
 #pragma once
 #include <algorithm>
 #include <cstring>
@@ -23,59 +24,134 @@ struct ImageView {
   int64_t C, H, W;
   int64_t channel_step() const { return layout == Layout::NCHW ? H * W : 1; }
   int64_t pixel_step() const { return layout == Layout::NCHW ? 1 : C; }
+  T* row(int64_t h) const { return data + h * W * (layout == Layout::NCHW ? 1 : C); }
 };
+
+// out[j * L + i] = in[i * n + j] for i < L, j < n: lane rows [L][n] (row stride n) into pixels [n][L].
+template <typename A, int L>
+DWCONV_TARGET void rows_to_pixels(A* out, const A* in, int64_t n) {
+  int64_t j = 0;
+  for (; j + L <= n; j += L) transpose_block<A, L>(out + j * L, L, in + j, n);
+  for (; j < n; ++j)
+    for (int i = 0; i < L; ++i) out[j * L + i] = in[i * n + j];
+}
+
+// out[i * n + j] = in[j * L + i]: pixels [n][L] into lane rows [L][n].
+template <typename A, int L>
+DWCONV_TARGET void pixels_to_rows(A* out, const A* in, int64_t n) {
+  int64_t j = 0;
+  for (; j + L <= n; j += L) transpose_block<A, L>(out + j, n, in + j * L, L);
+  for (; j < n; ++j)
+    for (int i = 0; i < L; ++i) out[i * n + j] = in[j * L + i];
+}
 
 // tile[r][c][l] = src[chan[l], r0 + r, c0 + c] on the source grid upsampled by (up_h, up_w) (zeros between
 // samples), zero outside the image and on lanes with chan[l] < 0. rows x cols x L elements.
+// stage: 2 * L * rows * max(cols, src.W) elements of scratch.
 template <typename T, typename A, int L>
 DWCONV_TARGET void gather_tile(A* tile, int64_t rows, int64_t cols, const ImageView<const T>& src,
-                               const int64_t* chan, int64_t r0, int64_t c0, int64_t up_h, int64_t up_w) {
-  std::memset(tile, 0, sizeof(A) * rows * cols * L);
-  bool channels_consecutive = true;
-  for (int l = 0; l < L; ++l) channels_consecutive &= chan[l] >= 0 && chan[l] == chan[0] + l;
+                               const int64_t* chan, int64_t r0, int64_t c0, int64_t up_h, int64_t up_w,
+                               A* stage) {
+  bool all_lanes = true, consecutive = true;
+  for (int l = 0; l < L; ++l) {
+    all_lanes &= chan[l] >= 0;
+    consecutive &= chan[l] == chan[0] + l;
+  }
+  // columns c whose source column (c0 + c) / up_w lies inside [0, W)
+  const int64_t c_begin = std::clamp<int64_t>(-c0, 0, cols), c_end = std::clamp<int64_t>(src.W * up_w - c0, c_begin, cols);
+  // Dense: every column in [c_begin, c_end) receives all L lanes, so only the margins need zeros.
+  const bool dense = all_lanes && up_w == 1;
+  if (!dense) std::memset(tile, 0, sizeof(A) * rows * cols * L);
   const int64_t cstep = src.channel_step(), pstep = src.pixel_step();
+  if (dense && up_h == 1 && src.layout == Layout::NCHW) {
+    // The band's source rows are contiguous in each plane: convert them into stage [lane][pixel], transpose
+    // all at once into pixels [pixel][lane], then copy each row's columns into the padded tile.
+    const int64_t r_lo = std::clamp<int64_t>(-r0, 0, rows), r_hi = std::clamp<int64_t>(src.H - r0, r_lo, rows);
+    const int64_t n = (r_hi - r_lo) * src.W;
+    A* pixels = stage + L * n;
+    for (int l = 0; l < L; ++l) {
+      const T* in = src.row(r0 + r_lo) + chan[l] * cstep;
+      for (int64_t j = 0; j < n; ++j) stage[l * n + j] = to_acc(in[j]);
+    }
+    rows_to_pixels<A, L>(pixels, stage, n);
+    for (int64_t r = 0; r < rows; ++r) {
+      A* trow = tile + r * cols * L;
+      if (r < r_lo || r >= r_hi) {
+        std::memset(trow, 0, sizeof(A) * cols * L);
+        continue;
+      }
+      std::memset(trow, 0, sizeof(A) * c_begin * L);
+      std::memset(trow + c_end * L, 0, sizeof(A) * (cols - c_end) * L);
+      std::memcpy(trow + c_begin * L, pixels + ((r - r_lo) * src.W + c0 + c_begin) * L,
+                  sizeof(A) * (c_end - c_begin) * L);
+    }
+    return;
+  }
   for (int64_t r = 0; r < rows; ++r) {
-    const int64_t u = r0 + r;
-    if (u < 0 || u % up_h) continue;
-    const int64_t h = u / up_h;
-    if (h >= src.H) break;
-    const T* row = src.data + (src.layout == Layout::NCHW ? h * src.W : h * src.W * src.C);
     A* trow = tile + r * cols * L;
-    // columns c whose source column (c0 + c) / up_w is a sample inside [0, W)
-    const int64_t c_begin = std::max<int64_t>(0, -c0), c_end = std::min<int64_t>(cols, src.W * up_w - c0);
+    const int64_t u = r0 + r;
+    if (u < 0 || u % up_h || u / up_h >= src.H || c_begin == c_end) {
+      if (dense) std::memset(trow, 0, sizeof(A) * cols * L);
+      continue;
+    }
+    const T* row = src.row(u / up_h);
+    if (dense) {
+      std::memset(trow, 0, sizeof(A) * c_begin * L);
+      std::memset(trow + c_end * L, 0, sizeof(A) * (cols - c_end) * L);
+      const int64_t n = c_end - c_begin;
+      if (src.layout == Layout::NCHW) {
+        for (int l = 0; l < L; ++l) {
+          const T* in = row + chan[l] * cstep + (c0 + c_begin);
+          for (int64_t j = 0; j < n; ++j) stage[l * n + j] = to_acc(in[j]);
+        }
+        rows_to_pixels<A, L>(trow + c_begin * L, stage, n);
+        continue;
+      }
+      if (consecutive) {
+        const T* in = row + (c0 + c_begin) * pstep + chan[0];
+        A* out = trow + c_begin * L;
+        for (int64_t j = 0; j < n; ++j)
+          for (int l = 0; l < L; ++l) out[j * L + l] = to_acc(in[j * pstep + l]);
+        continue;
+      }
+    }
     for (int64_t c = c_begin; c < c_end; ++c) {
       const int64_t v = c0 + c;
       if (v % up_w) continue;
       const T* px = row + (v / up_w) * pstep;
-      A* t = trow + c * L;
-      if (channels_consecutive && pstep != 1) {
-        const T* p = px + chan[0];
-        for (int l = 0; l < L; ++l) t[l] = to_acc(p[l]);
-      } else {
-        for (int l = 0; l < L; ++l)
-          if (chan[l] >= 0) t[l] = to_acc(px[chan[l] * cstep]);
-      }
+      for (int l = 0; l < L; ++l)
+        if (chan[l] >= 0) trow[c * L + l] = to_acc(px[chan[l] * cstep]);
     }
   }
 }
 
-// dst[chan0 + l, r0 + r, c] = tile[r][c][l] (+ bias[l]) for l < lanes, r < rows, c < dst.W.
+// dst[chan0 + l, r0 + r, c] = tile[r][c][l] + bias[l] for l < lanes, r < rows, c < dst.W.
+// stage: L * rows * dst.W elements of scratch.
 template <typename T, typename A, int L>
 DWCONV_TARGET void scatter_tile(const ImageView<T>& dst, const A* tile, int64_t rows, int64_t chan0, int lanes,
-                                int64_t r0, const A* bias) {
+                                int64_t r0, const A* bias, A* stage) {
   const int64_t cols = dst.W;
-  if (dst.layout == Layout::NHWC) {
-    for (int64_t r = 0; r < rows; ++r) {
-      T* drow = dst.data + ((r0 + r) * cols) * dst.C + chan0;
-      const A* trow = tile + r * cols * L;
-      for (int64_t c = 0; c < cols; ++c)
-        for (int l = 0; l < lanes; ++l) drow[c * dst.C + l] = from_acc<T>(trow[c * L + l] + (bias ? bias[l] : A(0)));
-    }
-  } else {
+  if (dst.layout == Layout::NCHW) {
+    // rows r0 .. r0 + rows of a plane are contiguous: transpose the whole band into stage [lane][pixel]
+    const int64_t n = rows * cols;
+    pixels_to_rows<A, L>(stage, tile, n);
     for (int l = 0; l < lanes; ++l) {
-      const A b = bias ? bias[l] : A(0);
-      T* plane = dst.data + (chan0 + l) * dst.H * cols + r0 * cols;
-      for (int64_t i = 0; i < rows * cols; ++i) plane[i] = from_acc<T>(tile[i * L + l] + b);
+      T* out = dst.row(r0) + (chan0 + l) * dst.H * cols;
+      const A* in = stage + l * n;
+      const A b = bias[l];
+      for (int64_t j = 0; j < n; ++j) out[j] = from_acc<T>(in[j] + b);
+    }
+    return;
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    const A* trow = tile + r * cols * L;
+    T* out = dst.row(r0 + r) + chan0;
+    if (lanes == L) {
+      for (int64_t c = 0; c < cols; ++c)
+        for (int l = 0; l < L; ++l) out[c * dst.C + l] = from_acc<T>(trow[c * L + l] + bias[l]);
+    } else {
+      for (int64_t c = 0; c < cols; ++c)
+        for (int l = 0; l < lanes; ++l) out[c * dst.C + l] = from_acc<T>(trow[c * L + l] + bias[l]);
     }
   }
 }

@@ -30,6 +30,44 @@ struct Vec<double> {
   static DWCONV_AVX2_FN type fma(type a, type b, type c) { return _mm256_fmadd_pd(a, b, c); }
 };
 
+// dst[j * dst_stride + i] = src[i * src_stride + j] for i, j < L: transposes one L x L block.
+template <typename A, int L>
+DWCONV_AVX2_FN void transpose_block(A* dst, int64_t dst_stride, const A* src, int64_t src_stride);
+
+template <>
+DWCONV_AVX2_FN void transpose_block<float, 8>(float* dst, int64_t dst_stride, const float* src, int64_t src_stride) {
+  __m256 r[8], t[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * src_stride);
+  for (int i = 0; i < 8; i += 2) {  // interleave row pairs
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {  // 2x2 blocks of pairs
+    r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+    r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  // r[0..3] hold columns {0,1,2,3} of rows 0-3 (low half) and columns {4..7} (high half); r[4..7] rows 4-7.
+  for (int i = 0; i < 4; ++i) {
+    _mm256_storeu_ps(dst + i * dst_stride, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
+    _mm256_storeu_ps(dst + (i + 4) * dst_stride, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
+  }
+}
+
+template <>
+DWCONV_AVX2_FN void transpose_block<double, 4>(double* dst, int64_t dst_stride, const double* src,
+                                                int64_t src_stride) {
+  const __m256d r0 = _mm256_loadu_pd(src), r1 = _mm256_loadu_pd(src + src_stride);
+  const __m256d r2 = _mm256_loadu_pd(src + 2 * src_stride), r3 = _mm256_loadu_pd(src + 3 * src_stride);
+  const __m256d t0 = _mm256_unpacklo_pd(r0, r1), t1 = _mm256_unpackhi_pd(r0, r1);
+  const __m256d t2 = _mm256_unpacklo_pd(r2, r3), t3 = _mm256_unpackhi_pd(r2, r3);
+  _mm256_storeu_pd(dst, _mm256_permute2f128_pd(t0, t2, 0x20));
+  _mm256_storeu_pd(dst + dst_stride, _mm256_permute2f128_pd(t1, t3, 0x20));
+  _mm256_storeu_pd(dst + 2 * dst_stride, _mm256_permute2f128_pd(t0, t2, 0x31));
+  _mm256_storeu_pd(dst + 3 * dst_stride, _mm256_permute2f128_pd(t1, t3, 0x31));
+}
+
 }  // namespace dwconv::cpu::avx2
 
 #undef DWCONV_AVX2_FN

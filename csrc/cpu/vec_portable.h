@@ -1,6 +1,7 @@
 // Portable "vector" of L accumulation-type lanes: plain arrays that the compiler vectorizes for the baseline
 // ISA. Same interface as vec_avx2.h. Include only inside namespace-per-ISA translation units (see isa.h).
 #pragma once
+#include <cstdint>
 
 namespace dwconv::cpu::portable {
 
@@ -30,5 +31,16 @@ struct Vec {
     return r;
   }
 };
+
+}  // namespace dwconv::cpu::portable
+
+namespace dwconv::cpu::portable {
+
+// dst[j * dst_stride + i] = src[i * src_stride + j] for i, j < L: transposes one L x L block.
+template <typename A, int L>
+inline void transpose_block(A* dst, int64_t dst_stride, const A* src, int64_t src_stride) {
+  for (int j = 0; j < L; ++j)
+    for (int i = 0; i < L; ++i) dst[j * dst_stride + i] = src[i * src_stride + j];
+}
 
 }  // namespace dwconv::cpu::portable
