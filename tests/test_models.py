@@ -16,9 +16,8 @@ from robust_models import create_model, list_models
 from robust_models.robust_resnet import RobustResNet
 from utils import assert_close, poisoned_outputs
 
-_REPO = pathlib.Path(__file__).resolve().parents[1]
-_FIXTURE_CANDIDATES = [d / "shared" / "fixtures" / "robust_resnet_official_state_dict.json"
-                       for d in (_REPO, _REPO.parent)]
+# A copy of shared/fixtures/robust_resnet_official_state_dict.json (keys and shapes of the official models).
+_FIXTURE = pathlib.Path(__file__).resolve().parent / "fixtures" / "robust_resnet_official_state_dict.json"
 MODELS = [
     "robust_resnet_dw_small",
     "robust_resnet_inverted_dw_small",
@@ -35,11 +34,8 @@ TINY = dict(depths=(1, 1, 2, 1), dims=(8, 16, 32, 64), num_classes=7)
 
 @pytest.fixture(scope="module")
 def official():
-    """Keys and shapes of the official models' state dicts (shared/fixtures, beside or inside the repo)."""
-    for path in _FIXTURE_CANDIDATES:
-        if path.is_file():
-            return json.loads(path.read_text())
-    pytest.skip(f"official state-dict fixture not found at {[str(p) for p in _FIXTURE_CANDIDATES]}")
+    """Keys and shapes of the official models' state dicts."""
+    return json.loads(_FIXTURE.read_text())
 
 
 @functools.lru_cache(maxsize=None)
