@@ -1,6 +1,7 @@
 """Loading of the compiled extension `dwconv._C`, with the reason kept when it cannot be loaded."""
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -22,9 +23,11 @@ def load() -> Optional[str]:
     return _load_error
 
 
+@functools.lru_cache(maxsize=None)
 def has_cuda_kernels() -> bool:
     return load() is None and torch._C._dispatch_has_kernel_for_dispatch_key("dwconv::native_fwd", "CUDA")
 
 
+@functools.lru_cache(maxsize=None)
 def has_cpu_kernels() -> bool:
     return load() is None and torch._C._dispatch_has_kernel_for_dispatch_key("dwconv::native_fwd", "CPU")
