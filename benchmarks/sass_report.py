@@ -3,8 +3,8 @@
     python benchmarks/sass_report.py [--json] [--ks 7 9 11 31] [--map 56] [--kernels fwd dgrad wgrad]
 
 One row per variant: backend, kernel (fwd / dgrad / wgrad), K, dtype, layout, map (the H = W the kernel and
-tile were chosen for), variant (the kernel function that runs), registers (per thread), spill_bytes (the per-thread stack frame: these kernels declare no local
-arrays, so it is all spill space), instructions (static SASS count, NOPs excluded), fma_instructions
+tile were chosen for), variant (the kernel function that runs), registers (per thread), spill_bytes (the
+per-thread stack frame: these kernels declare no local arrays, so it is all spill space), instructions (static SASS count, NOPs excluded), fma_instructions
 (FFMA, FFMA2, HFMA2, DFMA, HMMA, HGMMA, IMMA and kin) and fma_share.
 Register clears that ptxas writes as `HFMA2.MMA Rx, -RZ, RZ, 0, 0` are moves and are not counted at all.
 
@@ -36,8 +36,8 @@ _SASS_LINE = re.compile(r"^\s+/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A
 # ptxas clears registers with "HFMA2.MMA Rx, -RZ, RZ, 0, 0": a move, not an FMA (dropped from all counts).
 _REGISTER_CLEAR = re.compile(r"HFMA2\.MMA\s+R\d+,\s*-RZ,\s*RZ,")
 _RES_USAGE = re.compile(r"REG:(\d+)\s+STACK:(\d+)")
-FIELDS = ("backend", "kernel", "K", "dtype", "layout", "map", "variant", "registers", "spill_bytes", "instructions",
-          "fma_instructions", "fma_share")
+FIELDS = ("backend", "kernel", "K", "dtype", "layout", "map", "variant", "registers", "spill_bytes",
+          "instructions", "fma_instructions", "fma_share")
 
 
 def _cuobjdump() -> str:

@@ -20,46 +20,61 @@ from .common import acc_dtype, needs_int64, phase_offset, strides4
 
 
 @triton.jit
+def _dgrad_row(acc, kh, dy_base, w_co, ihp, iwp, c_ok, ihp_first, ihp_last, iwp_first, iwp_last, qh0, qw0,
+               HO, WO, sdh, sdw, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
+               DH: tl.constexpr, DW: tl.constexpr, OFF_H: tl.constexpr, OFF_W: tl.constexpr,
+               MASKED: tl.constexpr):
+    # dy_base: [BC, BH, BW] pointers of dy at (oh, ow) = (ihp, iwp); qh0 - kh*DH = rh + PT - kh*DH + OFF_H
+    # is never negative, so `//` and `%` by the stride need no sign care.
+    qh = qh0 - kh * DH
+    if qh % SH == 0:
+        dh = qh // SH - OFF_H // SH
+        if MASKED:
+            row_hits = (ihp_first + dh < HO) & (ihp_last + dh >= 0)
+        else:
+            row_hits = True
+        if row_hits:
+            # dy at column offset dw = (qw0 - kw*DW) // SW - OFF_W // SW; with SW == 1 that is
+            # (qw0 - OFF_W) - kw*DW: a row pointer plus a constant per tap (folded into the load).
+            dy_row = dy_base + dh * sdh
+            if SW == 1:
+                dy_row += (qw0 - OFF_W) * sdw
+            if MASKED:
+                oh = ihp + dh
+                row_ok = c_ok[:, None, None] & ((oh >= 0) & (oh < HO))[None, :, None]
+            for kw in tl.static_range(KW):
+                qw = qw0 - kw * DW
+                if qw % SW == 0:
+                    dw = qw // SW - OFF_W // SW
+                    if SW == 1:
+                        tap = dy_row - (kw * DW) * sdw
+                    else:
+                        tap = dy_row + dw * sdw
+                    if MASKED:
+                        if (iwp_first + dw < WO) & (iwp_last + dw >= 0):
+                            ow = iwp + dw
+                            ok = row_ok & ((ow >= 0) & (ow < WO))[None, None, :]
+                            wv = tl.load(w_co + (kh * KW + kw), mask=c_ok, other=0.0).to(acc.dtype)
+                            acc += tl.load(tap, mask=ok, other=0.0).to(acc.dtype) * wv[:, None, None]
+                    else:
+                        wv = tl.load(w_co + (kh * KW + kw)).to(acc.dtype)
+                        acc += tl.load(tap).to(acc.dtype) * wv[:, None, None]
+    return acc
+
+
+@triton.jit
 def _dgrad_taps(acc, dy_base, w_co, ihp, iwp, c_ok, ihp_first, ihp_last, iwp_first, iwp_last, qh0, qw0,
                 HO, WO, sdh, sdw, KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
                 DH: tl.constexpr, DW: tl.constexpr, OFF_H: tl.constexpr, OFF_W: tl.constexpr,
-                MASKED: tl.constexpr):
-    # dy_base: [BC, BH, BW] pointers of dy at (oh, ow) = (ihp, iwp); qh0 - kh*DH = rh + PT - kh*DH + OFF_H
-    # is never negative, so `//` and `%` by the stride need no sign care.
-    for kh in range(KH):
-        qh = qh0 - kh * DH
-        if qh % SH == 0:
-            dh = qh // SH - OFF_H // SH
-            if MASKED:
-                row_hits = (ihp_first + dh < HO) & (ihp_last + dh >= 0)
-            else:
-                row_hits = True
-            if row_hits:
-                # dy at column offset dw = (qw0 - kw*DW) // SW - OFF_W // SW; with SW == 1 that is
-                # (qw0 - OFF_W) - kw*DW: a row pointer plus a constant per tap (folded into the load).
-                dy_row = dy_base + dh * sdh
-                if SW == 1:
-                    dy_row += (qw0 - OFF_W) * sdw
-                if MASKED:
-                    oh = ihp + dh
-                    row_ok = c_ok[:, None, None] & ((oh >= 0) & (oh < HO))[None, :, None]
-                for kw in tl.static_range(KW):
-                    qw = qw0 - kw * DW
-                    if qw % SW == 0:
-                        dw = qw // SW - OFF_W // SW
-                        if SW == 1:
-                            tap = dy_row - (kw * DW) * sdw
-                        else:
-                            tap = dy_row + dw * sdw
-                        if MASKED:
-                            if (iwp_first + dw < WO) & (iwp_last + dw >= 0):
-                                ow = iwp + dw
-                                ok = row_ok & ((ow >= 0) & (ow < WO))[None, None, :]
-                                wv = tl.load(w_co + (kh * KW + kw), mask=c_ok, other=0.0).to(acc.dtype)
-                                acc += tl.load(tap, mask=ok, other=0.0).to(acc.dtype) * wv[:, None, None]
-                        else:
-                            wv = tl.load(w_co + (kh * KW + kw)).to(acc.dtype)
-                            acc += tl.load(tap).to(acc.dtype) * wv[:, None, None]
+                UNROLL_ROWS: tl.constexpr, MASKED: tl.constexpr):
+    if (not MASKED) and UNROLL_ROWS:
+        for kh in tl.static_range(KH):
+            acc = _dgrad_row(acc, kh, dy_base, w_co, ihp, iwp, c_ok, ihp_first, ihp_last, iwp_first, iwp_last,
+                             qh0, qw0, HO, WO, sdh, sdw, KW, SH, SW, DH, DW, OFF_H, OFF_W, MASKED)
+    else:
+        for kh in range(KH):
+            acc = _dgrad_row(acc, kh, dy_base, w_co, ihp, iwp, c_ok, ihp_first, ihp_last, iwp_first, iwp_last,
+                             qh0, qw0, HO, WO, sdh, sdw, KW, SH, SW, DH, DW, OFF_H, OFF_W, MASKED)
     return acc
 
 
@@ -69,7 +84,7 @@ def dgrad_kernel(dy_ptr, w_ptr, dx_ptr,
                  sdn, sdc, sdh, sdw, sxn, sxc, sxh, sxw,
                  M: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
                  DH: tl.constexpr, DW: tl.constexpr, OFF_H: tl.constexpr, OFF_W: tl.constexpr,
-                 INDEX_64: tl.constexpr, ACC: tl.constexpr,
+                 INDEX_64: tl.constexpr, ACC: tl.constexpr, UNROLL_ROWS: tl.constexpr,
                  BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
     # Program order: column tiles fastest, then row tiles, stride phases, channel blocks, images.
     # Phases with rh >= H (stride larger than the map) own no pixel and are not launched.
@@ -126,10 +141,12 @@ def dgrad_kernel(dy_ptr, w_ptr, dx_ptr,
         w_co = w_ptr + co * (KH * KW)
         if interior:
             acc = _dgrad_taps(acc, dy_base, w_co, ihp, iwp, c_ok, ihp_first, ihp_last, iwp_first, iwp_last,
-                              qh0, qw0, HO, WO, sdh, sdw, KH, KW, SH, SW, DH, DW, OFF_H, OFF_W, MASKED=False)
+                              qh0, qw0, HO, WO, sdh, sdw, KH, KW, SH, SW, DH, DW, OFF_H, OFF_W,
+                              UNROLL_ROWS, MASKED=False)
         else:
             acc = _dgrad_taps(acc, dy_base, w_co, ihp, iwp, c_ok, ihp_first, ihp_last, iwp_first, iwp_last,
-                              qh0, qw0, HO, WO, sdh, sdw, KH, KW, SH, SW, DH, DW, OFF_H, OFF_W, MASKED=True)
+                              qh0, qw0, HO, WO, sdh, sdw, KH, KW, SH, SW, DH, DW, OFF_H, OFF_W,
+                              UNROLL_ROWS, MASKED=True)
 
     dx_ptrs = dx_ptr + n * sxn + ci[:, None, None] * sxc + ih[None, :, None] * sxh + iw[None, None, :] * sxw
     if interior:
@@ -163,6 +180,7 @@ def dgrad(grad_out, weight, args: ConvArgs, channels_last: bool):
                  + strides4(grad_out) + strides4(dx),
                  dict(M=args.multiplier, KH=kh, KW=kw, SH=sh, SW=sw, DH=dh, DW=dw,
                       OFF_H=phase_offset(kh, dh, sh), OFF_W=phase_offset(kw, dw, sw),
-                      INDEX_64=needs_int64(grad_out, dx), ACC=acc_dtype(grad_out.dtype)),
+                      INDEX_64=needs_int64(grad_out, dx), ACC=acc_dtype(grad_out.dtype),
+                      UNROLL_ROWS=tiles.unroll_rows(channels_last, kh)),
                  channels_last=channels_last, channels=c, height=hp, width=wp)
     return dx

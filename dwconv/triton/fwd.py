@@ -19,36 +19,43 @@ from .common import acc_dtype, needs_int64, strides4
 
 
 @triton.jit
+def _fwd_row_interior(acc, x_row, w_row, sxw, KW: tl.constexpr, DW: tl.constexpr):
+    # x_row: [BC, BH, BW] pointers of tap (kh, 0); per tap only a constant offset when sxw == 1 (NCHW),
+    # which ptxas folds into the load's immediate.
+    for kw in tl.static_range(KW):
+        wv = tl.load(w_row + kw).to(acc.dtype)
+        acc += tl.load(x_row + (kw * DW) * sxw).to(acc.dtype) * wv[:, None, None]
+    return acc
+
+
+@triton.jit
 def _fwd_taps(acc, x_tap0, w_co, ih0, iw0, c_ok, ih_first, ih_last, iw_first, iw_last, H, W,
               sxh, sxw, KH: tl.constexpr, KW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
-              MASKED: tl.constexpr):
+              UNROLL_ROWS: tl.constexpr, MASKED: tl.constexpr):
     # x_tap0: [BC, BH, BW] pointers of tap (0, 0); ih0 / iw0: its input rows / columns;
     # ih_first..ih_last, iw_first..iw_last: the window of tap (0, 0) over the tile's valid outputs.
-    for kh in range(KH):
-        row = kh * DH
-        if MASKED:
-            row_hits = (ih_first + row < H) & (ih_last + row >= 0)
+    if not MASKED:
+        if UNROLL_ROWS:
+            for kh in tl.static_range(KH):
+                acc = _fwd_row_interior(acc, x_tap0 + (kh * DH) * sxh, w_co + kh * KW, sxw, KW, DW)
         else:
-            row_hits = True
-        if row_hits:
-            # Row pointer once per filter row; per tap only a constant offset when sxw == 1 (NCHW), which
-            # ptxas folds into the load's immediate.
-            x_row = x_tap0 + row * sxh
-            if MASKED:
+            for kh in range(KH):
+                acc = _fwd_row_interior(acc, x_tap0 + (kh * DH) * sxh, w_co + kh * KW, sxw, KW, DW)
+    else:
+        for kh in range(KH):
+            row = kh * DH
+            # Filter rows whose window lies entirely in the padding are skipped, and so are such taps.
+            if (ih_first + row < H) & (ih_last + row >= 0):
+                x_row = x_tap0 + row * sxh
                 ih = ih0 + row
                 row_ok = c_ok[:, None, None] & ((ih >= 0) & (ih < H))[None, :, None]
-            for kw in tl.static_range(KW):
-                col = kw * DW
-                tap = x_row + col * sxw
-                if MASKED:
+                for kw in tl.static_range(KW):
+                    col = kw * DW
                     if (iw_first + col < W) & (iw_last + col >= 0):
                         iw = iw0 + col
                         ok = row_ok & ((iw >= 0) & (iw < W))[None, None, :]
                         wv = tl.load(w_co + (kh * KW + kw), mask=c_ok, other=0.0).to(acc.dtype)
-                        acc += tl.load(tap, mask=ok, other=0.0).to(acc.dtype) * wv[:, None, None]
-                else:
-                    wv = tl.load(w_co + (kh * KW + kw)).to(acc.dtype)
-                    acc += tl.load(tap).to(acc.dtype) * wv[:, None, None]
+                        acc += tl.load(x_row + col * sxw, mask=ok, other=0.0).to(acc.dtype) * wv[:, None, None]
     return acc
 
 
@@ -58,7 +65,8 @@ def fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
                sxn, sxc, sxh, sxw, syn, syc, syh, syw,
                M: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
                DH: tl.constexpr, DW: tl.constexpr, HAS_BIAS: tl.constexpr, INDEX_64: tl.constexpr,
-               ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+               ACC: tl.constexpr, UNROLL_ROWS: tl.constexpr,
+               BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
     # Program order: column tiles fastest, then row tiles, channel blocks, images (neighbours share halos).
     pid = tl.program_id(0)
     tiles_w = tl.cdiv(WO, BLOCK_W)
@@ -103,13 +111,13 @@ def fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
               + ow[None, None, :] * syw)
     if interior:
         acc = _fwd_taps(acc, x_tap0, w_co, ih0, iw0, c_ok, ih_first, ih_last, iw_first, iw_last, H, W,
-                        sxh, sxw, KH, KW, DH, DW, MASKED=False)
+                        sxh, sxw, KH, KW, DH, DW, UNROLL_ROWS, MASKED=False)
         if HAS_BIAS:
             acc += tl.load(b_ptr + co).to(ACC)[:, None, None]
         tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty))
     else:
         acc = _fwd_taps(acc, x_tap0, w_co, ih0, iw0, c_ok, ih_first, ih_last, iw_first, iw_last, H, W,
-                        sxh, sxw, KH, KW, DH, DW, MASKED=True)
+                        sxh, sxw, KH, KW, DH, DW, UNROLL_ROWS, MASKED=True)
         if HAS_BIAS:
             acc += tl.load(b_ptr + co, mask=c_ok, other=0.0).to(ACC)[:, None, None]
         out_ok = c_ok[:, None, None] & (oh < HO)[None, :, None] & (ow < WO)[None, None, :]
@@ -133,6 +141,7 @@ def forward(x, weight, bias, args: ConvArgs, channels_last: bool):
                  (x, weight, b, y, co, args.height, args.width, ho, wo, pt, pl) + strides4(x) + strides4(y),
                  dict(M=args.multiplier, KH=args.kernel[0], KW=args.kernel[1], SH=args.stride[0],
                       SW=args.stride[1], DH=args.dilation[0], DW=args.dilation[1],
-                      HAS_BIAS=bias is not None, INDEX_64=needs_int64(x, y), ACC=acc_dtype(x.dtype)),
+                      HAS_BIAS=bias is not None, INDEX_64=needs_int64(x, y), ACC=acc_dtype(x.dtype),
+                      UNROLL_ROWS=tiles.unroll_rows(channels_last, args.kernel[0])),
                  channels_last=channels_last, channels=co, height=ho, width=wo)
     return y

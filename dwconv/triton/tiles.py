@@ -29,6 +29,16 @@ SMALL_MAP_WIDTH = 16
 AUTOTUNE = not INTERPRET
 
 
+# Interior tiles of the direct kernels unroll the filter rows (no loop overhead on the hot path) for
+# kernels up to this height, in NCHW only: channels_last tiles hold 8+ channel vectors per thread and the
+# unrolled schedule then runs out of registers (ptxas spills at K = 11).
+UNROLL_ROWS_MAX = 13
+
+
+def unroll_rows(channels_last: bool, kernel_height: int) -> bool:
+    return not channels_last and kernel_height <= UNROLL_ROWS_MAX
+
+
 def width_bucket(width: int) -> int:
     """Map widths that share one autotune family: 8, 16 (small maps, whole rows) or 0 (large)."""
     if width <= 8:

@@ -1,4 +1,5 @@
-"""wgrad kernels: dw[co, kh, kw] = sum_{n, oh, ow} dy[n, co, oh, ow] * x[n, co/M, oh*SH + kh*DH - PT, ow*SW + kw*DW - PL].
+"""wgrad kernels: dw[co, kh, kw] = sum_{n, oh, ow} dy[n, co, oh, ow] * x[n, co/M, ih, iw]
+with ih = oh*SH + kh*DH - PT and iw = ow*SW + kw*DW - PL.
 
 Pass 1 (`wgrad_kernel`): a program owns BLOCK_C output channels x one output tile x a slice of the batch.
 Per tap it accumulates dy * shifted x over its tile and batch slice in registers, reduces the tile to one
