@@ -124,7 +124,11 @@ def check_and_resolve(x: torch.Tensor, weight: torch.Tensor, bias, stride, paddi
             raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
         if not t.is_floating_point():
             raise RuntimeError(f"{name} must be a floating-point tensor, got {t.dtype}")
-    if weight.dtype != x.dtype:
+    # Under autocast the op casts input, weight and bias to the autocast dtype first (as nn.Conv2d does),
+    # so mixed dtypes are fine there unless one of them is float64, which autocast leaves alone.
+    mixed_ok = torch.is_autocast_enabled(x.device.type) and torch.float64 not in (
+        x.dtype, weight.dtype, bias.dtype if bias is not None else x.dtype)
+    if weight.dtype != x.dtype and not mixed_ok:
         raise RuntimeError(f"input ({x.dtype}) and weight ({weight.dtype}) must have the same dtype")
     if weight.device != x.device:
         raise RuntimeError(f"input ({x.device}) and weight ({weight.device}) must be on the same device")
@@ -141,7 +145,7 @@ def check_and_resolve(x: torch.Tensor, weight: torch.Tensor, bias, stride, paddi
     if kh == 0 or kw == 0:
         raise RuntimeError(f"kernel size must be positive, got {(kh, kw)}")
     if bias is not None:
-        if bias.dtype != x.dtype:
+        if bias.dtype != x.dtype and not mixed_ok:
             raise RuntimeError(f"bias ({bias.dtype}) must have the input's dtype ({x.dtype})")
         if bias.device != x.device:
             raise RuntimeError(f"bias ({bias.device}) must be on the input's device ({x.device})")

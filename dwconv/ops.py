@@ -50,6 +50,8 @@ def as_kernel_layout(t: Tensor, like: Optional[Tensor] = None) -> Tensor:
 def forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence[int], padding: Sequence[int],
             dilation: Sequence[int], backend: str) -> Tensor:
     args = _args(x.shape, weight.shape, stride, padding, dilation)
+    if weight.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype):
+        raise RuntimeError(f"input ({x.dtype}), weight ({weight.dtype}) and bias must have the same dtype")
     if x.numel() == 0:
         return _empty(args.output_shape, x, _memory_format(x))
     x = as_kernel_layout(x)

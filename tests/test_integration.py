@@ -51,6 +51,18 @@ def test_autocast_like_conv2d(backend):
     assert_close(y, y_ref.double(), torch.bfloat16, "autocast output")
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=False):
         assert fast(x).dtype == torch.float32
+    # Mixed input / parameter dtypes (a bf16 activation from the previous layer, fp32 weights).
+    x_bf16 = x.to(torch.bfloat16).requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = fast(x_bf16)
+        y_ref = ref(x_bf16)
+    assert y.dtype == torch.bfloat16
+    assert_close(y, y_ref.double(), torch.bfloat16, "autocast with bf16 input")
+    y.float().sum().backward()
+    assert x_bf16.grad.dtype == torch.bfloat16 and fast.weight.grad.dtype == torch.float32
+    with pytest.raises(RuntimeError, match="same dtype"):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast(x.double())
 
 
 @pytest.mark.parametrize("backend", BACKENDS_HERE)
