@@ -48,3 +48,14 @@ def phase_offset(k: int, d: int, s: int) -> int:
     """Smallest multiple of s that is >= (k-1)*d: added before a floor division by s so that the
     dividend is never negative (integer division of negatives differs between the GPU and the interpreter)."""
     return s * triton.cdiv((k - 1) * d, s)
+
+
+@triton.jit
+def widen_strides(s0, s1, s2, s3, INDEX_64: tl.constexpr):
+    """The four (n, c, h, w) strides as int64 when INDEX_64, so every offset product is 64-bit."""
+    if INDEX_64:
+        s0 = tl.cast(s0, tl.int64)
+        s1 = tl.cast(s1, tl.int64)
+        s2 = tl.cast(s2, tl.int64)
+        s3 = tl.cast(s3, tl.int64)
+    return s0, s1, s2, s3

@@ -16,7 +16,7 @@ import triton.language as tl
 from .._conv_args import ConvArgs
 from ..backends.base import new_output
 from . import tiles
-from .common import acc_dtype, needs_int64, phase_offset, strides4
+from .common import acc_dtype, needs_int64, phase_offset, strides4, widen_strides
 
 
 @triton.jit
@@ -106,6 +106,8 @@ def dgrad_kernel(dy_ptr, w_ptr, dx_ptr,
     n = rest // cblocks
     if INDEX_64:
         n = n.to(tl.int64)
+    sdn, sdc, sdh, sdw = widen_strides(sdn, sdc, sdh, sdw, INDEX_64)
+    sxn, sxc, sxh, sxw = widen_strides(sxn, sxc, sxh, sxw, INDEX_64)
 
     ci = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     ihp = th * BLOCK_H + tl.arange(0, BLOCK_H)

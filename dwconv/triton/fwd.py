@@ -15,7 +15,7 @@ import triton.language as tl
 from .._conv_args import ConvArgs
 from ..backends.base import new_output
 from . import tiles
-from .common import acc_dtype, needs_int64, strides4
+from .common import acc_dtype, needs_int64, strides4, widen_strides
 
 
 @triton.jit
@@ -80,6 +80,8 @@ def fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
     n = rest // cblocks
     if INDEX_64:
         n = n.to(tl.int64)
+    sxn, sxc, sxh, sxw = widen_strides(sxn, sxc, sxh, sxw, INDEX_64)
+    syn, syc, syh, syw = widen_strides(syn, syc, syh, syw, INDEX_64)
 
     co = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     oh = th * BLOCK_H + tl.arange(0, BLOCK_H)

@@ -18,7 +18,7 @@ import triton.language as tl
 from .._conv_args import ConvArgs
 from ..backends.base import new_output
 from . import tiles
-from .common import INTERPRET, needs_int64, strides4
+from .common import INTERPRET, needs_int64, strides4, widen_strides
 
 # Largest plane (input and output pixels) the GEMM formulation takes.
 MAX_PLANE_PIXELS = 256
@@ -75,6 +75,8 @@ def plane_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
     nb = rest % n_blocks
     cb = rest // n_blocks
 
+    sxn, sxc, sxh, sxw = widen_strides(sxn, sxc, sxh, sxw, INDEX_64)
+    syn, syc, syh, syw = widen_strides(syn, syc, syh, syw, INDEX_64)
     co = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     n = nb * BLOCK_M + tl.arange(0, BLOCK_M)
     o = qb * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -136,6 +138,8 @@ def plane_dgrad_kernel(dy_ptr, w_ptr, dx_ptr,
     nb = rest % n_blocks
     cb = rest // n_blocks
 
+    sdn, sdc, sdh, sdw = widen_strides(sdn, sdc, sdh, sdw, INDEX_64)
+    sxn, sxc, sxh, sxw = widen_strides(sxn, sxc, sxh, sxw, INDEX_64)
     ci = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     n = nb * BLOCK_M + tl.arange(0, BLOCK_M)
     i = pb * BLOCK_N + tl.arange(0, BLOCK_N)

@@ -16,7 +16,7 @@ import triton.language as tl
 from .._conv_args import ConvArgs
 from ..backends.base import new_output
 from . import tiles
-from .common import INTERPRET, acc_dtype, acc_torch_dtype, needs_int64, strides4
+from .common import INTERPRET, acc_dtype, acc_torch_dtype, needs_int64, strides4, widen_strides
 
 # Programs pass 1 aims for (a few waves on a large GPU); the batch is split to get there.
 _TARGET_PROGRAMS = 1024
@@ -65,6 +65,8 @@ def wgrad_kernel(dy_ptr, x_ptr, ws_ptr,
     if INDEX_64:
         n_first = n_first.to(tl.int64)
         n_last = n_last.to(tl.int64)
+    sdn, sdc, sdh, sdw = widen_strides(sdn, sdc, sdh, sdw, INDEX_64)
+    sxn, sxc, sxh, sxw = widen_strides(sxn, sxc, sxh, sxw, INDEX_64)
 
     co = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     oh = th * BLOCK_H + tl.arange(0, BLOCK_H)
@@ -80,6 +82,8 @@ def wgrad_kernel(dy_ptr, x_ptr, ws_ptr,
     x_tap0 = x_ptr + (co // M)[:, None, None] * sxc + ih0[None, :, None] * sxh + iw0[None, None, :] * sxw
     out_ok = c_ok[:, None, None] & (oh < HO)[None, :, None] & (ow < WO)[None, None, :]
     if DETERMINISTIC:
+        if INDEX_64:
+            split = split.to(tl.int64)
         ws_co = ws_ptr + split * (CO * KH * KW) + co * (KH * KW)
     else:
         ws_co = ws_ptr + co * (KH * KW)
@@ -123,8 +127,10 @@ def wgrad_reduce_kernel(ws_ptr, dw_ptr, SPLITS, NUMEL, BLOCK: tl.constexpr, ACC:
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     ok = offs < NUMEL
     acc = tl.zeros([BLOCK], dtype=ACC)
-    for s in range(SPLITS):
-        acc += tl.load(ws_ptr + s * NUMEL + offs, mask=ok, other=0.0)
+    row = ws_ptr + offs  # advanced one workspace row at a time: no split * NUMEL product to overflow
+    for _ in range(SPLITS):
+        acc += tl.load(row, mask=ok, other=0.0)
+        row += NUMEL
     tl.store(dw_ptr + offs, acc.to(dw_ptr.dtype.element_ty), mask=ok)
 
 
@@ -150,30 +156,30 @@ def wgrad(grad_out, x, args: ConvArgs, channels_last: bool, deterministic: bool)
     per_program = images_per_program(args, channels_last)
     slices = triton.cdiv(n, per_program)
     pt, _, pl, _ = args.padding
-    kernel_args = ((grad_out, x, None, n, co, args.height, args.width, ho, wo, pt, pl, per_program)
-                   + strides4(grad_out) + strides4(x))
-    constexprs = dict(M=args.multiplier, KH=kh, KW=kw, SH=args.stride[0], SW=args.stride[1],
-                      DH=args.dilation[0], DW=args.dilation[1], DETERMINISTIC=deterministic,
-                      INDEX_64=needs_int64(grad_out, x), ACC=acc_dtype(x.dtype))
 
     def grid(meta):
         return (triton.cdiv(co, meta["BLOCK_C"]) * triton.cdiv(ho, meta["BLOCK_H"])
                 * triton.cdiv(wo, meta["BLOCK_W"]) * slices,)
 
+    def run(ws, **launch_options):
+        tiles.launch(wgrad_kernel, grid,
+                     (grad_out, x, ws, n, co, args.height, args.width, ho, wo, pt, pl, per_program)
+                     + strides4(grad_out) + strides4(x),
+                     dict(M=args.multiplier, KH=kh, KW=kw, SH=args.stride[0], SW=args.stride[1],
+                          DH=args.dilation[0], DW=args.dilation[1], DETERMINISTIC=deterministic,
+                          INDEX_64=needs_int64(grad_out, x, ws), ACC=acc_dtype(x.dtype)),
+                     channels_last=channels_last, channels=co, height=ho, width=wo, **launch_options)
+
     if deterministic:
-        # The workspace has one row per (slice, tile): the tile must be fixed before allocating it.
+        # One workspace row per (batch slice, tile): the tile is fixed (no autotuning) to size it.
         cfg = tiles.default_config(channels_last, co, ho, wo)
         splits = grid(cfg.kwargs)[0] // triton.cdiv(co, cfg.kwargs["BLOCK_C"])
         ws = torch.empty((splits, co, kh * kw), dtype=acc_torch, device=x.device)
-        kernel_args = kernel_args[:2] + (ws,) + kernel_args[3:]
-        tiles.launch(wgrad_kernel, grid, kernel_args, constexprs, channels_last=channels_last, channels=co,
-                     height=ho, width=wo, autotune=False)
+        run(ws, autotune=False)
     else:
         splits = 1
         ws = torch.zeros((co, kh * kw), dtype=acc_torch, device=x.device)
-        kernel_args = kernel_args[:2] + (ws,) + kernel_args[3:]
-        tiles.launch(wgrad_kernel, grid, kernel_args, constexprs, channels_last=channels_last, channels=co,
-                     height=ho, width=wo, reset_to_zero=["ws_ptr"])
+        run(ws, reset_to_zero=["ws_ptr"])
 
     numel = co * kh * kw
     block = min(1024, triton.next_power_of_2(numel))
