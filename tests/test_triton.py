@@ -73,14 +73,16 @@ def test_triton_matches_reference(case):
 
 
 def test_interior_and_border_tiles(monkeypatch):
-    """Small forced tiles give every kernel interior tiles (unmasked path) next to border tiles."""
+    """Small forced tiles give the direct kernels interior tiles (unmasked path, filter rows unrolled or
+    looped) next to border tiles."""
     import triton
 
     from dwconv.triton import tiles
     small = triton.Config({"BLOCK_C": 2, "BLOCK_H": 2, "BLOCK_W": 4}, num_warps=1)
     monkeypatch.setattr(tiles, "AUTOTUNE", False)
-    monkeypatch.setattr(tiles, "default_config", lambda *a, **k: small)
+    monkeypatch.setattr(tiles, "configs", lambda *a, **k: [triton.Config(dict(small.kwargs), num_warps=1)])
     run_case((1, 2, 7, 9, 3, 1, 1, 1, 2, True, False, F32))
+    monkeypatch.setattr(tiles, "UNROLL_ROWS_MAX", 0)
     run_case((1, 4, 12, 18, 3, 2, 1, 1, 1, True, True, F32))
 
 

@@ -182,7 +182,6 @@ def dgrad(grad_out, weight, args: ConvArgs, channels_last: bool):
                  + strides4(grad_out) + strides4(dx),
                  dict(M=args.multiplier, KH=kh, KW=kw, SH=sh, SW=sw, DH=dh, DW=dw,
                       OFF_H=phase_offset(kh, dh, sh), OFF_W=phase_offset(kw, dw, sw),
-                      INDEX_64=needs_int64(grad_out, dx), ACC=acc_dtype(grad_out.dtype),
-                      UNROLL_ROWS=tiles.unroll_rows(channels_last, kh)),
-                 channels_last=channels_last, channels=c, height=hp, width=wp)
+                      INDEX_64=needs_int64(grad_out, dx), ACC=acc_dtype(grad_out.dtype)),
+                 channels_last=channels_last, channels=c, height=hp, width=wp, kernel_height=kh)
     return dx

@@ -143,7 +143,6 @@ def forward(x, weight, bias, args: ConvArgs, channels_last: bool):
                  (x, weight, b, y, co, args.height, args.width, ho, wo, pt, pl) + strides4(x) + strides4(y),
                  dict(M=args.multiplier, KH=args.kernel[0], KW=args.kernel[1], SH=args.stride[0],
                       SW=args.stride[1], DH=args.dilation[0], DW=args.dilation[1],
-                      HAS_BIAS=bias is not None, INDEX_64=needs_int64(x, y), ACC=acc_dtype(x.dtype),
-                      UNROLL_ROWS=tiles.unroll_rows(channels_last, args.kernel[0])),
-                 channels_last=channels_last, channels=co, height=ho, width=wo)
+                      HAS_BIAS=bias is not None, INDEX_64=needs_int64(x, y), ACC=acc_dtype(x.dtype)),
+                 channels_last=channels_last, channels=co, height=ho, width=wo, kernel_height=args.kernel[0])
     return y

@@ -29,14 +29,17 @@ SMALL_MAP_WIDTH = 16
 AUTOTUNE = not INTERPRET
 
 
-# Interior tiles of the direct kernels unroll the filter rows (no loop overhead on the hot path) for
-# kernels up to this height, in NCHW only: channels_last tiles hold 8+ channel vectors per thread and the
-# unrolled schedule then runs out of registers (ptxas spills at K = 11).
+# Interior tiles of the direct kernels unroll the filter rows (no loop overhead on the hot path) when
+# the kernel is at most this tall and each thread holds at most OUTPUTS_PER_THREAD_UNROLLED outputs:
+# with more (channels_last channel vectors, whole-plane small-map tiles) the unrolled schedule runs out
+# of registers and ptxas spills (seen at K = 11).
 UNROLL_ROWS_MAX = 13
+OUTPUTS_PER_THREAD_UNROLLED = 4
 
 
-def unroll_rows(channels_last: bool, kernel_height: int) -> bool:
-    return not channels_last and kernel_height <= UNROLL_ROWS_MAX
+def unroll_rows(kernel_height: int, tile_elements: int, num_warps: int) -> bool:
+    return (kernel_height <= UNROLL_ROWS_MAX
+            and tile_elements <= OUTPUTS_PER_THREAD_UNROLLED * 32 * num_warps)
 
 
 def width_bucket(width: int) -> int:
@@ -81,18 +84,27 @@ def fit_channels(configs_, channels: int, height: int) -> List[triton.Config]:
     return out
 
 
-def candidates(channels_last: bool, channels: int, height: int, width: int) -> List[triton.Config]:
-    """The autotune candidates of one shape family (the first is the heuristic default)."""
-    return fit_channels(configs(channels_last, width_bucket(width), height), channels, height)
+def candidates(channels_last: bool, channels: int, height: int, width: int,
+               kernel_height: int = 0) -> List[triton.Config]:
+    """The autotune candidates of one shape family (the first is the heuristic default). With a
+    kernel_height (kernels that take UNROLL_ROWS), each carries its UNROLL_ROWS decision."""
+    out = fit_channels(configs(channels_last, width_bucket(width), height), channels, height)
+    if not kernel_height:
+        return out
+    for cfg in out:
+        elements = cfg.kwargs["BLOCK_C"] * cfg.kwargs["BLOCK_H"] * cfg.kwargs["BLOCK_W"]
+        cfg.kwargs["UNROLL_ROWS"] = unroll_rows(kernel_height, elements, cfg.num_warps)
+    return out
 
 
-def default_config(channels_last: bool, channels: int, height: int, width: int) -> triton.Config:
+def default_config(channels_last: bool, channels: int, height: int, width: int,
+                   kernel_height: int = 0) -> triton.Config:
     """The heuristic choice, used where autotuning is off (interpreter, deterministic wgrad).
 
     On the GPU: the family's first candidate. The interpreter pays per program, not per element: the
     largest candidate tile.
     """
-    cands = candidates(channels_last, channels, height, width)
+    cands = candidates(channels_last, channels, height, width, kernel_height)
     if INTERPRET:
         return max(cands, key=lambda c: c.kwargs["BLOCK_C"] * c.kwargs["BLOCK_H"] * c.kwargs["BLOCK_W"])
     return cands[0]
@@ -101,9 +113,10 @@ def default_config(channels_last: bool, channels: int, height: int, width: int) 
 _TUNERS = {}
 
 
-def tuned(kernel, channels_last: bool, channels: int, height: int, width: int, key, reset_to_zero=None):
+def tuned(kernel, channels_last: bool, channels: int, height: int, width: int, kernel_height: int, key,
+          reset_to_zero=None):
     """The autotuned launcher of `kernel` for one shape family (cached; candidates fixed per family)."""
-    cands = candidates(channels_last, channels, height, width)
+    cands = candidates(channels_last, channels, height, width, kernel_height)
     family = (kernel, channels_last, tuple(tuple(sorted(c.kwargs.items())) + (c.num_warps,) for c in cands))
     tuner = _TUNERS.get(family)
     if tuner is None:
@@ -140,13 +153,14 @@ def capture_launches():
 
 
 def launch(kernel, grid, args, constexprs, channels_last: bool, channels: int, height: int, width: int,
-           reset_to_zero=None, autotune: bool = True):
-    """Launch `kernel` over `grid(meta)`: autotuned among the family's candidates, or the heuristic tile."""
+           kernel_height: int = 0, reset_to_zero=None, autotune: bool = True):
+    """Launch `kernel` over `grid(meta)`: autotuned among the family's candidates, or the heuristic tile.
+    Kernels that take UNROLL_ROWS pass their kernel height (it is part of each candidate)."""
     if AUTOTUNE and autotune and _captured is None:
-        tuner = tuned(kernel, channels_last, channels, height, width, TUNE_KEY, reset_to_zero)
+        tuner = tuned(kernel, channels_last, channels, height, width, kernel_height, TUNE_KEY, reset_to_zero)
         tuner[grid](*args, **constexprs)
         return
-    cfg = default_config(channels_last, channels, height, width)
+    cfg = default_config(channels_last, channels, height, width, kernel_height)
     launch_fixed(kernel, grid(cfg.kwargs), args, {**constexprs, **cfg.kwargs}, cfg.num_warps)
 
 
