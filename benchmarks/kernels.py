@@ -30,7 +30,7 @@ import dwconv
 from benchmarks import conv_ops, roofline, shapes, tables
 from benchmarks.cli import default_backends, resolve_device, split_choices
 from benchmarks.progress import Progress
-from benchmarks.run_info import result_path, run_metadata, write_json
+from benchmarks.run_info import device_name, result_path, run_metadata, write_json
 from benchmarks.timing import Timer, calibrate_inner, interleaved
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -53,12 +53,16 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=None, help="warm-up repetitions (default: 2 GPU, 1 CPU)")
     p.add_argument("--reps", type=int, default=None, help="timed repetitions (default: 10 GPU, 5 CPU)")
     p.add_argument("--json", metavar="PATH", help="write results here (a directory: a file named by the device)")
-    p.add_argument("--plot", metavar="PATH.png", help="bar chart of speed-ups per shape and backend (matplotlib)")
+    p.add_argument("--plot", metavar="PATH.png",
+                   help="bar chart of speed-ups per shape and backend (needs matplotlib; a directory: named by the device)")
     p.add_argument("--notes", default="", help="free text stored in the JSON (e.g. how busy the machine was)")
     p.add_argument("--smoke", action="store_true", help="tiny shapes, one repetition: a check that it runs")
+    p.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=True,
+                   help="let cuDNN pick its fastest algorithm per shape (PyTorch's strongest baseline; default on)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     args.device = resolve_device(args.device, p)
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     gpu = args.device.type == "cuda"
     if args.smoke:
         args.shapes = args.shapes or "smoke"
@@ -132,8 +136,18 @@ def bench_shape(shape, dtype_name, args, timer, cache_bytes, rates, progress) ->
     records = []
     min_sample = 0.0 if args.smoke else (2e-3 if device.type == "cuda" else 2e-2)
     for op in args.ops:
-        cases = {n: conv_ops.make_op(n.rsplit("-", 1)[0], op, shape, operands[n.rsplit("-", 1)[1]]) for n in active}
-        inner = {n: calibrate_inner(fn, timer, min_sample) for n, fn in cases.items()}
+        cases, inner, failed = {}, {}, dict(skipped)
+        for n in active:
+            backend, layout = n.rsplit("-", 1)
+            cases[n] = conv_ops.make_op(backend, op, shape, operands[layout])
+            try:
+                inner[n] = calibrate_inner(cases[n], timer, min_sample)
+            except (RuntimeError, ValueError) as e:  # a dwconv backend that fails this op: report, go on
+                if backend == conv_ops.PYTORCH:
+                    raise
+                failed[n] = f"{op} failed: {str(e).splitlines()[0]}"
+                print(f"warning: {shape.name} {dtype_name} {n} {failed[n]}", file=sys.stderr)
+                del cases[n]
         progress.set_description(f"{shape.name} {dtype_name} {op}")
         stats = interleaved(cases, timer, warmup=args.warmup, reps=args.reps, inner=inner,
                             on_sample=progress.update)
@@ -145,8 +159,8 @@ def bench_shape(shape, dtype_name, args, timer, cache_bytes, rates, progress) ->
             backend, layout = n.rsplit("-", 1)
             rec = {"shape": shape.as_dict(), "dtype": dtype_name, "op": op, "provider": n, "backend": backend,
                    "layout": layout}
-            if n in skipped:
-                records.append({**rec, "skipped": skipped[n]})
+            if n in failed:
+                records.append({**rec, "skipped": failed[n]})
                 continue
             t = stats[n].median
             rec.update({
@@ -184,38 +198,43 @@ def summarize(records: List[Dict]) -> List[Dict]:
     return out
 
 
-def plot_speedups(records: List[Dict], path: str, args) -> None:
+def plot_speedups(records: List[Dict], path: Path, args) -> None:
+    """One panel per dtype and op: bars of each dwconv provider's speed-up over PyTorch's faster layout."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
     except ImportError:
         print("--plot needs matplotlib (pip install matplotlib); no plot written", file=sys.stderr)
         return
     names = providers(args.backends)[2:]
     shape_names = [s.name for s in shapes.shape_set(args.shapes, args.device.type)]
-    rows = [(d, o) for d in args.dtypes for o in args.ops]
-    fig, axes = plt.subplots(len(rows), 1, figsize=(max(8, 0.5 * len(shape_names) * max(1, len(names))), 3.2 * len(rows)),
-                             squeeze=False)
+    panels = [(d, o) for d in args.dtypes for o in args.ops]
+    fig, axes = plt.subplots(len(panels), 1, sharex=True, squeeze=False,
+                             figsize=(max(8.0, 0.35 * len(shape_names) * max(2, len(names))), 2.6 * len(panels) + 2))
+    index = {(r["dtype"], r["op"], r["provider"], r["shape"]["name"]): r for r in records if "ms" in r}
     width = 0.8 / max(1, len(names))
-    for ax, (dtype, op) in zip(axes[:, 0], rows):
+    for ax, (dtype, op) in zip(axes[:, 0], panels):
         for i, n in enumerate(names):
-            values = []
-            for s in shape_names:
-                r = next((r for r in records if r["dtype"] == dtype and r["op"] == op and r["provider"] == n
-                          and r["shape"]["name"] == s and "ms" in r), None)
-                values.append(r["speedup_vs_best_torch"] if r else 0.0)
+            values = [index[(dtype, op, n, s)]["speedup_vs_best_torch"] if (dtype, op, n, s) in index else 0.0
+                      for s in shape_names]
             ax.bar([j + i * width for j in range(len(shape_names))], values, width, label=n)
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_yscale("log")
-        ax.set_ylabel("speed-up")
-        ax.set_title(f"{op}, {dtype}: speed-up over PyTorch's faster layout")
-        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(shape_names))])
-        ax.set_xticklabels(shape_names, rotation=60, ha="right", fontsize=7)
-        ax.legend(fontsize=7)
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%gx"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.set_title(f"{op}, {dtype}: speed-up over PyTorch's faster layout", fontsize=10)
+        ax.legend(fontsize=7, loc="upper left")
+    bottom = axes[-1, 0]
+    bottom.set_xticks([j + 0.4 - width / 2 for j in range(len(shape_names))])
+    bottom.set_xticklabels(shape_names, rotation=60, ha="right", fontsize=7)
+    fig.suptitle(f"dwconv kernels on {device_name(args.device)}", fontsize=11)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
+    plt.close(fig)
     print(f"wrote {path}", file=sys.stderr)
 
 
@@ -224,7 +243,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     args = parse_args(argv)
     device = args.device
     timer = Timer(device)
-    print(f"device: {device.type} ({run_metadata('kernels', argv, device)['device_name']}), "
+    print(f"device: {device.type} ({device_name(device)}), "
           f"torch {torch.__version__}, threads {torch.get_num_threads()}, backends {args.backends}, "
           f"shapes '{args.shapes}', dtypes {args.dtypes}, warm-up {args.warmup}, reps {args.reps}")
     if device.type == "cuda":
@@ -261,7 +280,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     if args.json:
         write_json(result_path(args.json, device, "kernels"), result)
     if args.plot:
-        plot_speedups(records, args.plot, args)
+        plot_speedups(records, result_path(args.plot, device, "kernels", ".png"), args)
     return result
 
 

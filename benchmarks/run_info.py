@@ -59,13 +59,13 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def result_path(json_arg: str, device: torch.device, script: str) -> Path:
-    """`--json PATH`: the file itself, or when PATH is a directory (or ends with '/') a file in it named by
-    the device, e.g. `cpu-amd-epyc-kernels.json`, `cuda-nvidia-h100-80gb-hbm3-throughput.json`."""
-    path = Path(json_arg)
-    if json_arg.endswith(("/", os.sep)) or path.is_dir():
+def result_path(path_arg: str, device: torch.device, script: str, suffix: str = ".json") -> Path:
+    """`--json PATH` (or `--plot PATH`): the file itself, or when PATH is a directory (or ends with '/') a file
+    in it named by the device, e.g. `cpu-amd-epyc-kernels.json`, `cuda-nvidia-h100-80gb-hbm3-throughput.json`."""
+    path = Path(path_arg)
+    if path_arg.endswith(("/", os.sep)) or path.is_dir():
         device = torch.device(device)
-        return path / f"{device.type}-{_slug(device_name(device))}-{script}.json"
+        return path / f"{device.type}-{_slug(device_name(device))}-{script}{suffix}"
     return path
 
 
@@ -90,6 +90,8 @@ def run_metadata(script: str, argv: List[str], device: torch.device, notes: str 
         "triton": _package_version("triton"),
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "tf32": {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32},
         "device_type": device.type,
         "device_name": device_name(device),
         "cpu": _cpu_model(),

@@ -81,7 +81,7 @@ def throughput_table(result: Dict) -> str:
         cells = [model, config, mode]
         for v in variants:
             r: Optional[Dict] = index.get((model, config, mode, v))
-            if r is None:
+            if r is None or "images_per_s" not in r:
                 cells.append("n/a")
             elif v == variants[0]:
                 cells.append(f"{r['images_per_s']:.1f}")

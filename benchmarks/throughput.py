@@ -40,7 +40,7 @@ from benchmarks import tables
 from benchmarks.cli import default_backends, resolve_device, split_choices
 from benchmarks.model_variants import PLAIN, build_variants
 from benchmarks.progress import Progress
-from benchmarks.run_info import result_path, run_metadata, write_json
+from benchmarks.run_info import device_name, result_path, run_metadata, write_json
 from benchmarks.timing import Timer, interleaved
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -90,9 +90,12 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     p.add_argument("--notes", default="", help="free text stored in the JSON")
     p.add_argument("--smoke", action="store_true",
                    help="a check that it runs: one small model (one narrow block per stage), 64x64 images, batch 1, one rep")
+    p.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=True,
+                   help="let cuDNN pick its fastest algorithm per shape (PyTorch's strongest baseline; default on)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     args.device = resolve_device(args.device, p)
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     gpu = args.device.type == "cuda"
     if args.smoke:
         args.model = args.model or CPU_DEFAULT_MODEL
@@ -196,12 +199,20 @@ def bench_model(name: str, args, world_size: int, timer: Timer, progress: Progre
                                  ddp=world_size > 1) for v, m in variants.items()}
         for mode in args.modes:
             progress.set_description(f"{name} {config.label} {mode}")
-            stats = interleaved({v: getattr(r, mode) for v, r in runners.items()}, timer,
-                                warmup=args.warmup, reps=args.reps, on_sample=progress.update)
+            cases = {v: getattr(r, mode) for v, r in runners.items()}
+            base_record = {"model": name, "mode": mode, **asdict(config), "compile": args.compile,
+                           "image_size": args.image_size, "world_size": world_size}
+            for v in list(cases):
+                try:
+                    cases[v]()  # a first step: compilation, and whether the backend can run every layer
+                except dwconv.BackendUnavailableError as e:
+                    print(f"warning: {name} {config.label} {mode} {v} skipped: {e}", file=sys.stderr)
+                    records.append({**base_record, "variant": v, "skipped": str(e)})
+                    del cases[v]
+            stats = interleaved(cases, timer, warmup=args.warmup, reps=args.reps, on_sample=progress.update)
             base = stats[PLAIN].median
             for v, s in stats.items():
-                records.append({"model": name, "mode": mode, **asdict(config), "compile": args.compile,
-                                "image_size": args.image_size, "world_size": world_size, "variant": v,
+                records.append({**base_record, "variant": v,
                                 "images_per_s": config.batch_size * world_size / s.median,
                                 "ms_per_step": s.median * 1e3, "p20_ms": s.p20 * 1e3, "p80_ms": s.p80 * 1e3,
                                 "samples": s.samples, "speedup_vs_conv2d": base / s.median})
@@ -225,7 +236,7 @@ def main(argv: Optional[List[str]] = None) -> Optional[Dict]:
     is_main = int(os.environ.get("RANK", "0")) == 0
     timer = Timer(args.device)
     if is_main:
-        print(f"device: {args.device.type} ({run_metadata('throughput', argv, args.device)['device_name']}) "
+        print(f"device: {args.device.type} ({device_name(args.device)}) "
               f"x {world_size}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
               f"variants {[PLAIN] + [f'dwconv-{b}' for b in args.backends]}, configurations "
               f"{[c.label for c in args.configs]}, modes {args.modes}, warm-up {args.warmup}, reps {args.reps}"
