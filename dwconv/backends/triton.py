@@ -10,6 +10,7 @@ from .._conv_args import ConvArgs, is_channels_last
 from .base import Backend
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+_MIN_CAPABILITY = (7, 5)
 
 
 def _import_error() -> Optional[str]:
@@ -35,6 +36,10 @@ class TritonBackend(Backend):
             return error
         from ..triton.common import INTERPRET
         if device.type == "cuda":
+            if torch.cuda.get_device_capability(device) < _MIN_CAPABILITY:
+                return (f"Triton needs a GPU of compute capability {_MIN_CAPABILITY[0]}.{_MIN_CAPABILITY[1]} "
+                        f"or newer, {torch.cuda.get_device_name(device)} has "
+                        "{}.{}".format(*torch.cuda.get_device_capability(device)))
             return None
         if device.type == "cpu":
             if INTERPRET:
@@ -46,6 +51,9 @@ class TritonBackend(Backend):
     def unsupported_reason(self, x: torch.Tensor, weight: torch.Tensor, args: ConvArgs) -> Optional[str]:
         if x.dtype not in _SUPPORTED_DTYPES:
             return f"the triton backend does not support dtype {x.dtype}"
+        if (x.dtype == torch.bfloat16 and x.device.type == "cuda"
+                and torch.cuda.get_device_capability(x.device) < (8, 0)):
+            return "bfloat16 needs a GPU of compute capability 8.0 or newer"
         return None
 
     def forward(self, x, weight, bias, args):
