@@ -1,0 +1,80 @@
+// The one place where device-only instructions meet their host equivalents. Kernels use only what is
+// defined here (plus threadIdx/blockIdx/__syncthreads/atomicAdd), so they compile with nvcc for the GPU and
+// as plain C++ (host_emulation.h) for the CPU test build.
+#pragma once
+#include <cstdint>
+#include <cstring>
+
+#include "cuda_types.h"
+
+#if defined(__CUDACC__)
+#define DWCONV_LAUNCH(kernel, grid, block, smem, stream, ...) \
+  kernel<<<(grid), (block), (smem), (stream)>>>(__VA_ARGS__)
+#elif defined(DWCONV_CUDA_HOST_EMULATION)
+#include <bit>
+#else
+#error "cuda_compat.cuh is for kernel sources (nvcc, or the host-emulation build)"
+#endif
+
+namespace dwconv {
+namespace cuda {
+
+// ---- fp16 / bf16 <-> float ----
+#if defined(__CUDACC__)
+__device__ __forceinline__ float to_float(fp16_t v) { return __half2float(v); }
+__device__ __forceinline__ float to_float(bf16_t v) { return __bfloat162float(v); }
+template <typename T> __device__ __forceinline__ T from_float(float v);
+template <> __device__ __forceinline__ fp16_t from_float<fp16_t>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ bf16_t from_float<bf16_t>(float v) { return __float2bfloat16_rn(v); }
+#else
+inline float to_float(fp16_t v) { return float(std::bit_cast<_Float16>(v.bits)); }
+inline float to_float(bf16_t v) { return std::bit_cast<float>(uint32_t(v.bits) << 16); }
+template <typename T> inline T from_float(float v);
+template <> inline fp16_t from_float<fp16_t>(float v) { return {std::bit_cast<uint16_t>(_Float16(v))}; }
+template <> inline bf16_t from_float<bf16_t>(float v) {
+  uint32_t u = std::bit_cast<uint32_t>(v);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return {uint16_t(0x7fc0)};  // NaN stays NaN
+  u += 0x7fffu + ((u >> 16) & 1u);                                  // round to nearest even
+  return {uint16_t(u >> 16)};
+}
+#endif
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ double to_float(double v) { return v; }
+template <> __device__ __forceinline__ float from_float<float>(float v) { return v; }
+
+template <typename T> __device__ __forceinline__ acc_t<T> load_acc(const T* p) { return acc_t<T>(to_float(*p)); }
+template <typename T> __device__ __forceinline__ void store_acc(T* p, acc_t<T> v) {
+  if constexpr (sizeof(T) == 8) *p = v; else *p = from_float<T>(float(v));
+}
+
+// ---- 16-byte vector load: VEC = 16 / sizeof(T) elements, converted to the accumulator type ----
+struct alignas(16) Bytes16 { unsigned char b[16]; };
+template <typename T>
+__device__ __forceinline__ void load16_acc(const T* __restrict__ src, acc_t<T>* dst) {
+  constexpr int kVec = 16 / sizeof(T);
+  Bytes16 raw;
+#if defined(__CUDACC__)
+  raw = *reinterpret_cast<const Bytes16*>(src);  // one LDG.128; caller guarantees 16-byte alignment
+#else
+  dwconv_emu::check_aligned(src, 16);
+  std::memcpy(&raw, src, 16);
+#endif
+  T vals[kVec];
+  std::memcpy(vals, &raw, 16);
+#pragma unroll
+  for (int i = 0; i < kVec; ++i) dst[i] = acc_t<T>(to_float(vals[i]));
+}
+
+// ---- dynamic shared memory of the current block ----
+template <typename T>
+__device__ __forceinline__ T* dynamic_smem() {
+#if defined(__CUDACC__)
+  extern __shared__ __align__(16) unsigned char dwconv_dynamic_smem[];
+  return reinterpret_cast<T*>(dwconv_dynamic_smem);
+#else
+  return reinterpret_cast<T*>(dwconv_emu::smem_base());
+#endif
+}
+
+}  // namespace cuda
+}  // namespace dwconv

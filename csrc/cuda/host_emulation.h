@@ -1,0 +1,175 @@
+// Host emulation of the small CUDA subset the dwconv kernels use, so the same kernel source compiles as
+// plain C++ and runs on the CPU (tests/cuda_host builds it; never part of the real extension).
+//
+// Execution model: one launch runs its blocks one after another on the calling OS thread. The threads of a
+// block are ucontext fibers scheduled round-robin: each runs until it reaches __syncthreads() or returns;
+// when every live thread waits at the barrier, all are released. This is deterministic and needs no locks
+// (atomics are plain read-modify-writes). A thread that returns while others still wait at a barrier is a
+// kernel bug (divergent __syncthreads) and makes the launch fail.
+// Dynamic shared memory is one buffer per launch, filled with 0xFF bytes (NaN for floats) before every
+// block so reads of never-written shared memory poison the result.
+#pragma once
+#if defined(__CUDACC__)
+#error "host_emulation.h is for host-only builds"
+#endif
+
+#include <ucontext.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <vector>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+
+struct dim3 {
+  unsigned x, y, z;
+  constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+
+using cudaStream_t = void*;
+enum cudaError_t : int {
+  cudaSuccess = 0,
+  cudaErrorInvalidValue = 1,
+  cudaErrorMisalignedAddress = 716,
+  cudaErrorLaunchFailure = 719
+};
+
+inline thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
+
+namespace dwconv_emu {
+
+inline constexpr size_t kFiberStackBytes = 128 * 1024;
+
+struct Fiber {
+  ucontext_t ctx;
+  std::unique_ptr<char[]> stack;
+  bool done = false;
+  bool waiting = false;
+};
+
+struct LaunchState {
+  ucontext_t scheduler;
+  std::vector<Fiber> fibers;
+  int current = -1;
+  const std::function<void()>* body = nullptr;
+  std::vector<unsigned char> smem;  // 16-byte aligned through operator new of unsigned char? see data()
+  cudaError_t last_error = cudaSuccess;
+};
+
+inline LaunchState& state() {
+  static thread_local LaunchState s;
+  return s;
+}
+
+inline void fiber_entry() {
+  LaunchState& s = state();
+  (*s.body)();
+  s.fibers[s.current].done = true;  // returning resumes uc_link (the scheduler)
+}
+
+inline void syncthreads() {
+  LaunchState& s = state();
+  Fiber& f = s.fibers[s.current];
+  f.waiting = true;
+  swapcontext(&f.ctx, &s.scheduler);
+}
+
+// A vector access the device would fault on makes the launch fail, as on the GPU.
+inline void check_aligned(const void* p, size_t bytes) {
+  if (reinterpret_cast<uintptr_t>(p) % bytes != 0) state().last_error = cudaErrorMisalignedAddress;
+}
+
+inline unsigned char* smem_base() {
+  // Round up to 16 bytes so vector types in shared memory are aligned as on the device.
+  auto addr = reinterpret_cast<uintptr_t>(state().smem.data());
+  return reinterpret_cast<unsigned char*>((addr + 15) & ~uintptr_t(15));
+}
+
+// Runs `body` (the kernel call) for every thread of every block of the grid.
+inline void launch(dim3 grid, dim3 block, size_t smem_bytes, const std::function<void()>& body) {
+  LaunchState& s = state();
+  const size_t nthreads = size_t(block.x) * block.y * block.z;
+  if (nthreads == 0 || nthreads > 1024 || grid.x == 0 || grid.y == 0 || grid.z == 0) {
+    s.last_error = cudaErrorInvalidValue;
+    return;
+  }
+  if (s.fibers.size() < nthreads) s.fibers.resize(nthreads);
+  for (auto& f : s.fibers)
+    if (!f.stack) f.stack.reset(new char[kFiberStackBytes]);
+  s.smem.assign(smem_bytes + 16, 0xFF);
+  s.body = &body;
+  blockDim = block;
+  gridDim = grid;
+  for (unsigned bz = 0; bz < grid.z; ++bz)
+    for (unsigned by = 0; by < grid.y; ++by)
+      for (unsigned bx = 0; bx < grid.x; ++bx) {
+        blockIdx = dim3(bx, by, bz);
+        std::memset(smem_base(), 0xFF, smem_bytes);
+        for (size_t t = 0; t < nthreads; ++t) {
+          Fiber& f = s.fibers[t];
+          f.done = false;
+          f.waiting = false;
+          getcontext(&f.ctx);
+          f.ctx.uc_stack.ss_sp = f.stack.get();
+          f.ctx.uc_stack.ss_size = kFiberStackBytes;
+          f.ctx.uc_link = &s.scheduler;
+          makecontext(&f.ctx, fiber_entry, 0);
+        }
+        for (;;) {
+          size_t live = 0, finished_this_phase = 0;
+          for (size_t t = 0; t < nthreads; ++t) {
+            Fiber& f = s.fibers[t];
+            if (f.done) continue;
+            f.waiting = false;
+            threadIdx = dim3(unsigned(t % block.x), unsigned(t / block.x % block.y),
+                             unsigned(t / (size_t(block.x) * block.y)));
+            s.current = int(t);
+            swapcontext(&s.scheduler, &f.ctx);
+            if (f.done) ++finished_this_phase; else ++live;
+          }
+          if (live == 0) break;
+          if (finished_this_phase != 0) {  // some threads returned while others wait at a barrier
+            s.last_error = cudaErrorLaunchFailure;
+            return;
+          }
+        }
+      }
+  s.current = -1;
+}
+
+}  // namespace dwconv_emu
+
+inline void __syncthreads() { dwconv_emu::syncthreads(); }
+
+inline float atomicAdd(float* p, float v) { float old = *p; *p = old + v; return old; }
+inline double atomicAdd(double* p, double v) { double old = *p; *p = old + v; return old; }
+
+inline cudaError_t cudaGetLastError() {
+  cudaError_t e = dwconv_emu::state().last_error;
+  dwconv_emu::state().last_error = cudaSuccess;
+  return e;
+}
+inline const char* cudaGetErrorString(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument (emulated launch)";
+    case cudaErrorMisalignedAddress: return "misaligned address (emulated vector access)";
+    default: return "unspecified launch failure (emulated: divergent __syncthreads)";
+  }
+}
+inline cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t = nullptr) {
+  std::memset(p, value, bytes);
+  return cudaSuccess;
+}
+
+// kernel<<<grid, block, smem, stream>>>(args...) for the host: the kernel must be a plain name (alias
+// template instantiations with `auto k = kernel<...>;` first, since macro arguments split at commas).
+#define DWCONV_LAUNCH(kernel, grid, block, smem, stream, ...) \
+  dwconv_emu::launch((grid), (block), (smem), [&]() { kernel(__VA_ARGS__); })

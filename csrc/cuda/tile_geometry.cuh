@@ -1,0 +1,90 @@
+// Tiles of the shared-memory kernels: how a block's work is chosen on the host and indexed on the device.
+// A block owns CB channels x a TH x TW tile of its output plane(s) for one image (fwd, dgrad) or a slice of
+// images (wgrad). Its input region (halo) is staged in shared memory as the accumulator type, zero-padded:
+//   NCHW: s[(c * rows + r) * cols + col]   (threads run along W: conflict-free, coalesced)
+//   NHWC: s[(r * cols + col) * cstride + c] (threads run along C: conflict-free, coalesced, 16-byte loads)
+// Each thread computes kOutPerThread consecutive outputs along W from a register window.
+#pragma once
+#include <algorithm>
+#include <cstdint>
+
+#include "../dwconv_params.h"
+#include "cuda_compat.cuh"
+
+namespace dwconv {
+namespace cuda {
+
+inline constexpr int kThreads = 256;
+inline constexpr int kOutPerThread = 4;          // outputs per thread along W
+inline constexpr size_t kSmemLimit = 48 * 1024;  // default dynamic shared memory, no opt-in needed
+
+struct Tile {
+  int cb = 1;      // channels per block (output channels for fwd/wgrad, input channels for dgrad)
+  int th = 1, tw = 1;  // output (fwd, wgrad) or grad-input (dgrad) tile
+  int rows = 1, cols = 1;  // staged input region per channel (upper bound over tile positions)
+  int cin = 1;     // staged channels (channel stride of NHWC shared tiles)
+  int64_t tiles_h = 1, tiles_w = 1, cblocks = 1;
+  int nb = 1;      // images per block (wgrad)
+  int64_t nslices = 1;  // batch slices (wgrad)
+  size_t smem = 0;
+  bool fits = false;  // false: the shape needs the direct (no shared memory) fallback kernels
+};
+
+__host__ __device__ __forceinline__ int64_t floor_div(int64_t a, int64_t b) {
+  return a >= 0 ? a / b : -((-a + b - 1) / b);
+}
+__host__ __device__ __forceinline__ int64_t ceil_div(int64_t a, int64_t b) { return -floor_div(-a, b); }
+
+template <Layout L>
+__device__ __forceinline__ int smem_index(int c, int r, int col, int rows, int cols, int cstride) {
+  if constexpr (L == Layout::NCHW) return (c * rows + r) * cols + col;
+  else return (r * cols + col) * cstride + c;
+}
+template <Layout L>
+__device__ __forceinline__ int smem_col_step(int cstride) { return L == Layout::NCHW ? 1 : cstride; }
+
+__host__ __device__ __forceinline__ int64_t global_index(Layout layout, int64_t n, int64_t c, int64_t h, int64_t w, int64_t C, int64_t H,
+                            int64_t W) {
+  return layout == Layout::NCHW ? ((n * C + c) * H + h) * W + w : ((n * H + h) * W + w) * C + c;
+}
+
+// Initial tile: whole planes for small maps (Robust-ResNet 7x7 / 14x14; several channels per block),
+// else 16 x 64 (NCHW, one channel) or 4 x 8 x 32 channels (NHWC); then shrunk until shared memory fits.
+inline void initial_tile(Layout layout, int64_t out_h, int64_t out_w, int64_t channels, Tile& t) {
+  const int64_t groups_w = (out_w + kOutPerThread - 1) / kOutPerThread;
+  if (out_h <= 16 && out_w <= 16) {
+    t.th = int(out_h);
+    t.tw = int(out_w);
+    const int64_t items_per_plane = out_h * groups_w;
+    t.cb = int(std::clamp<int64_t>(2 * kThreads / items_per_plane, 1, channels));
+    if (layout == Layout::NHWC) t.cb = int(std::min<int64_t>(channels, std::max(t.cb, 8)));
+  } else if (layout == Layout::NCHW) {
+    t.tw = int(std::min<int64_t>(groups_w * kOutPerThread, 64));
+    t.th = int(std::min<int64_t>(out_h, kThreads * kOutPerThread / t.tw));
+    t.cb = 1;
+  } else {
+    t.tw = int(std::min<int64_t>(groups_w * kOutPerThread, 8));
+    t.th = int(std::min<int64_t>(out_h, 4));
+    t.cb = int(std::min<int64_t>(channels, 32));
+  }
+}
+
+// Shrinks the tile (channels first, then height, then width) until `bytes(t)` fits; false if nothing fits.
+template <typename Bytes>
+bool shrink_to_fit(Tile& t, Bytes bytes) {
+  for (;;) {
+    if (bytes(t) <= kSmemLimit) return true;
+    if (t.cb > 1) t.cb = (t.cb + 1) / 2;
+    else if (t.th > 1) t.th = (t.th + 1) / 2;
+    else if (t.tw > 1) t.tw = (t.tw + 1) / 2;
+    else return false;
+  }
+}
+
+// Blocks of a 1-D grid; kernels loop `for (blk = blockIdx.x; blk < total; blk += gridDim.x)`.
+inline dim3 grid_for(int64_t total_blocks) {
+  return dim3(unsigned(std::clamp<int64_t>(total_blocks, 1, int64_t(1) << 30)));
+}
+
+}  // namespace cuda
+}  // namespace dwconv
