@@ -129,6 +129,8 @@ def bench_shape(shape, dtype_name, args, timer, cache_bytes, rates, progress) ->
                                       conv_ops.make_op(conv_ops.PYTORCH, "fwd", shape, operands[layout][:1]), dtype)
         except dwconv.BackendUnavailableError as e:
             mismatch = f"unsupported: {e}"
+        except RuntimeError as e:  # a backend that accepts the call but fails it: report it, go on
+            mismatch = f"failed: {str(e).splitlines()[0]}"
         if mismatch:
             skipped[name] = mismatch
             print(f"warning: {shape.name} {dtype_name} {name} skipped ({mismatch})", file=sys.stderr)
@@ -190,6 +192,8 @@ def summarize(records: List[Dict]) -> List[Dict]:
     keys = dict.fromkeys((r["dtype"], r["provider"], r["op"]) for r in records if r["backend"] != conv_ops.PYTORCH)
     for dtype, provider, op in keys:
         rows = [r for r in records if (r["dtype"], r["provider"], r["op"]) == (dtype, provider, op) and "ms" in r]
+        if not rows:
+            continue
         k11 = [r["roofline_fraction"] for r in rows if r["shape"]["k"] == 11]
         out.append({"dtype": dtype, "provider": provider, "op": op, "shapes": len(rows),
                     "geomean_speedup_vs_best_torch": geomean([r["speedup_vs_best_torch"] for r in rows]),

@@ -84,7 +84,8 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
                    help="comma-separated dwconv backends (default: every available one except the reference "
                         "'torch', plus 'auto')")
     p.add_argument("--mode", default=",".join(MODES), help="comma-separated from inference, train")
-    p.add_argument("--warmup", type=int, default=None, help="warm-up repetitions (default: 3 GPU, 1 CPU)")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="interleaved warm-up repetitions after each variant's first, untimed step (default: 3 GPU, 0 CPU)")
     p.add_argument("--reps", type=int, default=None, help="timed repetitions (default: 10 GPU, 3 CPU)")
     p.add_argument("--json", metavar="PATH", help="write results here (a directory: a file named by the device)")
     p.add_argument("--notes", default="", help="free text stored in the JSON")
@@ -108,7 +109,7 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     args.models = split_choices(args.model, all_models, "--model", p) if args.model else (
         all_models if gpu else [CPU_DEFAULT_MODEL])
     args.modes = split_choices(args.mode, MODES, "--mode", p)
-    args.warmup = args.warmup if args.warmup is not None else (3 if gpu else 1)
+    args.warmup = args.warmup if args.warmup is not None else (3 if gpu else 0)
     args.reps = args.reps if args.reps is not None else (10 if gpu else 3)
     if args.backend:
         args.backends = split_choices(args.backend, ("auto",) + dwconv.BACKENDS, "--backend", p)
@@ -202,16 +203,23 @@ def bench_model(name: str, args, world_size: int, timer: Timer, progress: Progre
             cases = {v: getattr(r, mode) for v, r in runners.items()}
             base_record = {"model": name, "mode": mode, **asdict(config), "compile": args.compile,
                            "image_size": args.image_size, "world_size": world_size}
+            skipped = {}
             for v in list(cases):
                 try:
                     cases[v]()  # a first step: compilation, and whether the backend can run every layer
-                except dwconv.BackendUnavailableError as e:
-                    print(f"warning: {name} {config.label} {mode} {v} skipped: {e}", file=sys.stderr)
-                    records.append({**base_record, "variant": v, "skipped": str(e)})
+                except RuntimeError as e:  # BackendUnavailableError included: report it, time the others
+                    if v == PLAIN:
+                        raise
+                    skipped[v] = str(e).splitlines()[0]
+                    print(f"warning: {name} {config.label} {mode} {v} skipped: {skipped[v]}", file=sys.stderr)
                     del cases[v]
             stats = interleaved(cases, timer, warmup=args.warmup, reps=args.reps, on_sample=progress.update)
             base = stats[PLAIN].median
-            for v, s in stats.items():
+            for v in runners:
+                if v in skipped:
+                    records.append({**base_record, "variant": v, "skipped": skipped[v]})
+                    continue
+                s = stats[v]
                 records.append({**base_record, "variant": v,
                                 "images_per_s": config.batch_size * world_size / s.median,
                                 "ms_per_step": s.median * 1e3, "p20_ms": s.p20 * 1e3, "p80_ms": s.p80 * 1e3,
