@@ -280,6 +280,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     for dtype_name in args.dtypes:
         for op in args.ops:
             print("\n" + tables.kernel_op_table(result, dtype_name, op))
+            print("\n" + tables.kernel_rate_table(result, dtype_name, op))
     print("\n" + tables.kernel_summary_table(result))
     if args.json:
         write_json(result_path(args.json, device, "kernels"), result)

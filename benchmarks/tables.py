@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence
 
-__all__ = ["markdown_table", "kernel_op_table", "kernel_summary_table", "throughput_table", "model_cost_table",
+__all__ = ["markdown_table", "kernel_op_table", "kernel_rate_table", "kernel_summary_table", "throughput_table", "model_cost_table",
            "run_heading"]
 
 PYTORCH_PROVIDERS = ("torch-nchw", "torch-nhwc")
@@ -44,6 +44,24 @@ def kernel_op_table(result: Dict, dtype: str, op: str) -> str:
         rows.append(cells)
     title = (f"{op}, {dtype}: ms (speed-up over PyTorch's faster layout, fraction {_fraction_label(result)})")
     return f"{title}\n\n" + markdown_table(["shape"] + [f"{p} ms" for p in providers], rows)
+
+
+def kernel_rate_table(result: Dict, dtype: str, op: str) -> str:
+    """One row per shape: each provider's achieved FLOP rate and DRAM-traffic rate (ideal bytes over time)."""
+    cpu = result["meta"]["device_type"] == "cpu"
+    unit, scale = ("GFLOP/s", 1e3) if cpu else ("TFLOP/s", 1.0)
+    providers = _providers(result)
+    shapes = list(dict.fromkeys(r["shape"]["name"] for r in result["results"]))
+    index = {(r["shape"]["name"], r["provider"]): r for r in result["results"] if r["dtype"] == dtype and r["op"] == op}
+    rows = []
+    for shape in shapes:
+        cells = [shape]
+        for p in providers:
+            r = index.get((shape, p))
+            cells.append("n/a" if r is None or "ms" not in r else f"{r['tflops'] * scale:.3g} / {r['gbs']:.3g}")
+        rows.append(cells)
+    return (f"{op}, {dtype}: achieved {unit} / GB/s\n\n"
+            + markdown_table(["shape"] + providers, rows))
 
 
 def kernel_summary_table(result: Dict) -> str:

@@ -30,6 +30,7 @@ def kernels_result(tmp_path_factory):
                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "| shape | torch-nchw ms | torch-nhwc ms | cpu-nchw ms | cpu-nhwc ms |" in out.stdout
+    assert "fwd+bwd, fp32: achieved GFLOP/s / GB/s" in out.stdout
     with open(path) as f:
         return json.load(f)
 
