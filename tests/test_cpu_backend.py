@@ -22,6 +22,11 @@ CASES = [
     (2, 17, 20, 33, (13, 13), 1, (1, 1), (6, 6, 6, 6), (1, 1)),   # wide map, K=13
     (1, 6, 6, 6, (3, 3), 1, (3, 3), (0, 0, 0, 0), (1, 1)),        # stride = kernel
     (1, 2, 5, 5, (3, 3), 1, (1, 1), (4, 4, 4, 4), (1, 1)),        # padding larger than the kernel reach
+    # N >= 5 on small maps where most taps read padding: the batched path (images per register block)
+    (11, 12, 7, 7, (11, 11), 1, (1, 1), (5, 5, 5, 5), (1, 1)),    # two image groups (6 + 5), channel tail
+    (5, 4, 5, 5, (7, 7), 2, (1, 1), (3, 3, 3, 3), (1, 1)),        # multiplier 2 (dgrad sums two sources)
+    (5, 3, 6, 5, (5, 5), 2, (1, 1), (4, 1, 2, 3), (1, 1)),        # asymmetric padding (dgrad windowed)
+    (5, 8, 6, 6, (5, 5), 1, (2, 2), (4, 4, 4, 4), (2, 2)),        # strided, dilated (dgrad windowed)
 ]
 
 

@@ -118,6 +118,28 @@ DWCONV_TARGET void wgrad_taps(A* dw, const A* dy, int64_t rows, int64_t WO, int6
   for (int q = 0; q < Q; ++q) V::store(dw + q * L, acc[q]);
 }
 
+// R images at one output pixel (batched tiles [row][col][image][lane]): out[r] (= or +=) sum over the
+// nkh x nkw taps of x[kh * row_step + kw * col_step + r * L] * w[kh * w_row_step + kw * L]. The weight
+// vector is shared by the R accumulators; only taps inside the input are passed in.
+template <class V, int R, typename A>
+DWCONV_TARGET void batch_block(A* out, bool accumulate, const A* x, int64_t row_step, int64_t col_step,
+                               const A* w, int64_t w_row_step, int64_t nkh, int64_t nkw) {
+  constexpr int L = V::L;
+  typename V::type acc[R];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) acc[r] = accumulate ? V::load(out + r * L) : V::zero();
+  for (int64_t kh = 0; kh < nkh; ++kh, x += row_step, w += w_row_step) {
+    const A* xk = x;
+    for (int64_t kw = 0; kw < nkw; ++kw, xk += col_step) {
+      const typename V::type wv = V::load(w + kw * L);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) acc[r] = V::fma(V::load(xk + r * L), wv, acc[r]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) V::store(out + r * L, acc[r]);
+}
+
 // Function tables indexed by block size 1..kMaxBlock.
 template <class V, typename A>
 struct BlockKernels {
@@ -126,6 +148,10 @@ struct BlockKernels {
   static constexpr Fwd fwd[kMaxBlock + 1] = {nullptr,           fwd_block<V, 1, A>, fwd_block<V, 2, A>,
                                              fwd_block<V, 3, A>, fwd_block<V, 4, A>, fwd_block<V, 5, A>,
                                              fwd_block<V, 6, A>, fwd_block<V, 7, A>};
+  using Batch = void (*)(A*, bool, const A*, int64_t, int64_t, const A*, int64_t, int64_t, int64_t);
+  static constexpr Batch batch[kMaxBlock + 1] = {nullptr,             batch_block<V, 1, A>, batch_block<V, 2, A>,
+                                                 batch_block<V, 3, A>, batch_block<V, 4, A>, batch_block<V, 5, A>,
+                                                 batch_block<V, 6, A>, batch_block<V, 7, A>};
   static constexpr Wgrad wgrad[kMaxBlock + 1] = {nullptr,             wgrad_taps<V, 1, A>, wgrad_taps<V, 2, A>,
                                                  wgrad_taps<V, 3, A>, wgrad_taps<V, 4, A>, wgrad_taps<V, 5, A>,
                                                  wgrad_taps<V, 6, A>, wgrad_taps<V, 7, A>};
