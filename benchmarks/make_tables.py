@@ -32,16 +32,20 @@ def load_results(paths: List[Path]) -> List[Dict]:
     files: List[Path] = []
     for path in paths:
         files += sorted(path.glob("*.json")) if path.is_dir() else [path]
-    results = []
+    loaded = []
     for f in files:
         with open(f) as fh:
-            data = json.load(fh)
-        if "meta" in data and data["meta"].get("script") in ("kernels", "throughput"):
-            results.append(data)
-        else:
-            print(f"skipping {f}: not a benchmark result", file=sys.stderr)
-    return sorted(results, key=lambda r: (r["meta"]["device_type"] != "cuda", r["meta"]["device_name"],
-                                          r["meta"]["script"] != "throughput", r["meta"]["date_utc"]))
+            loaded.append(json.load(fh))
+    return load_results_from(loaded)
+
+
+def load_results_from(results: List[Dict]) -> List[Dict]:
+    """The benchmark results among `results`, GPU runs first, then by device, script and date."""
+    kept = [r for r in results if "meta" in r and r["meta"].get("script") in ("kernels", "throughput")]
+    if len(kept) < len(results):
+        print(f"skipping {len(results) - len(kept)} file(s) that are not benchmark results", file=sys.stderr)
+    return sorted(kept, key=lambda r: (r["meta"]["device_type"] != "cuda", r["meta"]["device_name"],
+                                       r["meta"]["script"] != "throughput", r["meta"]["date_utc"]))
 
 
 def section(result: Dict) -> str:

@@ -192,3 +192,21 @@ def test_robust_resnet_shape_set_covers_every_model_layer():
         with FakeTensorMode(allow_non_fake_inputs=True):  # shapes only, no arithmetic
             model(torch.empty(1, 3, 224, 224))
     assert found == set(shapes.ROBUST_RESNET_LAYERS)
+
+
+@pytest.mark.parametrize("k, dtype_bytes, expected_us", [(7, 4, 240), (11, 4, 364), (7, 2, 147), (11, 2, 364)])
+def test_roofline_bounds_match_the_design_notes(k, dtype_bytes, expected_us):
+    """One forward layer 64x384x64x64 on an H100 SXM (3.35 TB/s, 67 TFLOP/s FFMA): ../shared/design/kernels.md."""
+    from benchmarks import roofline
+    shape = shapes.DWShape("doc", 64, 384, 64, 64, k)
+    bound = roofline.lower_bound_seconds("fwd", shape, dtype_bytes, bandwidth_gbs=3350, fma_tflops=67)
+    assert bound * 1e6 == pytest.approx(expected_us, rel=0.02)
+
+
+def test_make_tables_renders_gpu_results(kernels_result):
+    gpu = json.loads(json.dumps(kernels_result))
+    gpu["meta"].update(device_type="cuda", device_name="NVIDIA H100 80GB HBM3", cuda="13.0")
+    gpu["machine"] = {"bandwidth_gbs": 3000.0, "fma_tflops": 60.0}
+    text = make_tables.render(make_tables.load_results_from([gpu, kernels_result]))
+    assert text.index("kernels, NVIDIA H100") < text.index(f"kernels, {kernels_result['meta']['device_name']}")
+    assert "DRAM copy 3000 GB/s, fp32 FMA 60.0 TFLOP/s" in text and "fraction of roofline" in text
