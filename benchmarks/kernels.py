@@ -202,6 +202,23 @@ def summarize(records: List[Dict]) -> List[Dict]:
     return out
 
 
+def print_cpu_target(result: Dict) -> None:
+    """The CPU backend's acceptance measures on the target shapes: forward + backward geometric-mean
+    speed-up over PyTorch's faster layout (target >= 3x) and forward GFLOP/s at K=11 as a fraction of the
+    sgemm rate (target >= 50%)."""
+    sgemm = result["machine"]["sgemm_gflops"]
+    print(f"\nCPU target (sgemm {sgemm:.1f} GFLOP/s, {result['meta']['torch_num_threads']} threads):")
+    for s in result["summary"]:
+        if s["dtype"] != "fp32" or s["op"] != "fwd+bwd":
+            continue
+        print(f"  {s['provider']}: fwd+bwd geometric-mean speed-up {s['geomean_speedup_vs_best_torch']:.2f}x "
+              f"over {s['shapes']} shapes (target >= 3x)")
+        for r in result["results"]:
+            if (r["provider"], r["op"], r["dtype"], r["shape"]["k"]) == (s["provider"], "fwd", "fp32", 11) and "ms" in r:
+                print(f"  {s['provider']}: fwd {r['shape']['name']}: {r['tflops'] * 1e3:.1f} GFLOP/s = "
+                      f"{100 * r['roofline_fraction']:.0f}% of sgemm (target >= 50%)")
+
+
 def plot_speedups(records: List[Dict], path: Path, args) -> None:
     """One panel per dtype and op: bars of each dwconv provider's speed-up over PyTorch's faster layout."""
     try:
@@ -282,6 +299,8 @@ def main(argv: Optional[List[str]] = None) -> Dict:
             print("\n" + tables.kernel_op_table(result, dtype_name, op))
             print("\n" + tables.kernel_rate_table(result, dtype_name, op))
     print("\n" + tables.kernel_summary_table(result))
+    if device.type == "cpu" and args.shapes == "target":
+        print_cpu_target(result)
     if args.json:
         write_json(result_path(args.json, device, "kernels"), result)
     if args.plot:

@@ -210,3 +210,10 @@ def test_make_tables_renders_gpu_results(kernels_result):
     text = make_tables.render(make_tables.load_results_from([gpu, kernels_result]))
     assert text.index("kernels, NVIDIA H100") < text.index(f"kernels, {kernels_result['meta']['device_name']}")
     assert "DRAM copy 3000 GB/s, fp32 FMA 60.0 TFLOP/s" in text and "fraction of roofline" in text
+
+
+def test_cpu_target_report(kernels_result, capsys):
+    from benchmarks import kernels
+    kernels.print_cpu_target(kernels_result)
+    out = capsys.readouterr().out
+    assert "cpu-nchw: fwd+bwd geometric-mean speed-up" in out and "cpu-nhwc: fwd+bwd" in out
