@@ -9,6 +9,7 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #include "cpu/microkernels.h"
 #include "cpu/scratch.h"
@@ -54,25 +55,49 @@ inline Range inside(int64_t base, int64_t step, int64_t K, int64_t last) {
   return {lo, std::max(lo, hi)};
 }
 
-// One row of output pixels: out[ow][L] (= or +=) the correlation of filter w ([KH][KW][L]) over the filter
-// rows `kh` of the tile, x pointing at tile row (kh = 0) col 0. Along W, output ow's tap kw reads tile
-// column ow * SW + kw * DW, source column c_origin + that, inside the input when in [0, col_last]; each
-// register block runs the taps inside for any of its outputs.
-template <class V, typename A>
-DWCONV_TARGET void correlate_row(A* out, bool accumulate, const A* x, int64_t WO, int64_t row_step, Range kh,
-                                 int64_t c_origin, int64_t col_last, int64_t SW, int64_t DW, const A* w,
-                                 int64_t KW) {
-  constexpr int L = V::L;
-  x += kh.lo * row_step;
-  w += kh.lo * KW * L;
+// A register block along W: outputs ow .. ow + R - 1 (forward) or taps (wgrad), and the range [lo, hi) of the
+// other index (taps, or outputs) that reads inside the input for any of them.
+struct Block {
+  int64_t first, lo, hi;
+  int size;
+};
+
+// The blocks of one output row: along W, output ow's tap kw reads source column c_origin + ow * SW + kw * DW,
+// inside the input when in [0, col_last]. The same for every row and item, so computed once per call.
+inline std::vector<Block> output_blocks(int64_t WO, int64_t c_origin, int64_t col_last, int64_t SW, int64_t DW,
+                                        int64_t KW) {
+  std::vector<Block> blocks;
   for (int64_t i = 0, ow = 0, n = block_count(WO); i < n; ++i) {
     const int R = block_size(WO, i);
     const int64_t lo = inside(c_origin + (ow + R - 1) * SW, DW, KW, col_last).lo;
     const int64_t hi = std::max(lo, inside(c_origin + ow * SW, DW, KW, col_last).hi);
-    BlockKernels<V, A>::fwd[R](out + ow * L, accumulate, x + (ow * SW + lo * DW) * L, row_step, SW * L, DW * L,
-                               w + lo * L, KW * L, kh.hi - kh.lo, hi - lo);
+    blocks.push_back({ow, lo, hi, R});
     ow += R;
   }
+  return blocks;
+}
+
+// The taps of each output row (source row of output o, tap k: r_origin + o * SH + k * DH, inside in
+// [0, row_last]).
+inline std::vector<Range> row_taps(int64_t HO, int64_t r_origin, int64_t row_last, int64_t SH, int64_t DH,
+                                   int64_t KH) {
+  std::vector<Range> taps(HO);
+  for (int64_t o = 0; o < HO; ++o) taps[o] = inside(r_origin + o * SH, DH, KH, row_last);
+  return taps;
+}
+
+// One row of output pixels: out[ow][L] (= or +=) the correlation of filter w ([KH][KW][L]) over the filter
+// rows `kh` of the tile, x pointing at tile row (kh = 0) col 0; output ow's tap kw reads tile column
+// ow * SW + kw * DW.
+template <class V, typename A>
+DWCONV_TARGET void correlate_row(A* out, bool accumulate, const A* x, int64_t row_step, Range kh,
+                                 const std::vector<Block>& blocks, int64_t SW, int64_t DW, const A* w, int64_t KW) {
+  constexpr int L = V::L;
+  x += kh.lo * row_step;
+  w += kh.lo * KW * L;
+  for (const Block& b : blocks)
+    BlockKernels<V, A>::fwd[b.size](out + b.first * L, accumulate, x + (b.first * SW + b.lo * DW) * L, row_step,
+                                    SW * L, DW * L, w + b.lo * L, KW * L, kh.hi - kh.lo, b.hi - b.lo);
 }
 
 // ---- Batched path for small maps ----------------------------------------------------------------------
@@ -228,6 +253,8 @@ DWCONV_TARGET void fwd(const ConvShape& s, const T* x, const T* w, const T* b, T
   }
   const int64_t cols = (s.WO - 1) * s.SW + (s.KW - 1) * s.DW + 1;
   const int64_t row_span = (s.KH - 1) * s.DH + 1;
+  const std::vector<Block> blocks = output_blocks(s.WO, -s.PL, s.W - 1, s.SW, s.DW, s.KW);
+  const std::vector<Range> rtaps = row_taps(s.HO, -s.PT, s.H - 1, s.SH, s.DH, s.KH);
   const int64_t TH = band_rows(s.HO, cols, s.SH, row_span, L * sizeof(A));
   const int64_t max_rows = (TH - 1) * s.SH + row_span, nbands = ceil_div(s.HO, TH);
   const int64_t items = s.N * nblocks * nbands;
@@ -251,9 +278,8 @@ DWCONV_TARGET void fwd(const ConvShape& s, const T* x, const T* w, const T* b, T
                            chan, oh0 * s.SH - s.PT, -s.PL, 1, 1, stage);
       const A* wb = wt.get() + blk * taps * L;
       for (int64_t oh = 0; oh < th; ++oh)
-        correlate_row<V>(out + oh * s.WO * L, false, tile + oh * s.SH * cols * L, s.WO, s.DH * cols * L,
-                         inside((oh0 + oh) * s.SH - s.PT, s.DH, s.KH, s.H - 1), -s.PL, s.W - 1, s.SW, s.DW, wb,
-                         s.KW);
+        correlate_row<V>(out + oh * s.WO * L, false, tile + oh * s.SH * cols * L, s.DH * cols * L, rtaps[oh0 + oh],
+                         blocks, s.SW, s.DW, wb, s.KW);
       scatter_tile<T, A, L>(ImageView<T>{y + n * CO * s.HO * s.WO, s.layout, CO, s.HO, s.WO}, out, th, blk * L,
                             int(std::min<int64_t>(L, CO - blk * L)), oh0, bt.get() + blk * L, stage);
     }
@@ -287,6 +313,9 @@ DWCONV_TARGET void dgrad(const ConvShape& s, const T* dy, const T* w, T* dx, int
   // dx[ih][iw] = sum_{kh,kw} U[ih + kh*DH + r_off][iw + kw*DW + c_off] * wflip[kh][kw], U = dy upsampled by
   // the stride, r_off = PT - (KH-1)*DH, c_off = PL - (KW-1)*DW.
   const int64_t cols = s.W + (s.KW - 1) * s.DW, row_span = (s.KH - 1) * s.DH + 1;
+  const int64_t r_origin = s.PT - (s.KH - 1) * s.DH, c_origin = s.PL - (s.KW - 1) * s.DW;
+  const std::vector<Block> blocks = output_blocks(s.W, c_origin, (s.WO - 1) * s.SW, 1, s.DW, s.KW);
+  const std::vector<Range> rtaps = row_taps(s.H, r_origin, (s.HO - 1) * s.SH, 1, s.DH, s.KH);
   const int64_t TH = band_rows(s.H, cols, 1, row_span, L * sizeof(A));
   const int64_t max_rows = TH - 1 + row_span, nbands = ceil_div(s.H, TH);
   const int64_t items = s.N * nblocks * nbands;
@@ -308,13 +337,11 @@ DWCONV_TARGET void dgrad(const ConvShape& s, const T* dy, const T* w, T* dx, int
       for (int64_t j = 0; j < s.M; ++j) {
         int64_t chan[L];
         for (int l = 0; l < L; ++l) chan[l] = blk * L + l < s.C ? (blk * L + l) * s.M + j : -1;
-        gather_tile<T, A, L>(tile, rows, cols, src, chan, ih0 + s.PT - (s.KH - 1) * s.DH,
-                             s.PL - (s.KW - 1) * s.DW, s.SH, s.SW, stage);
+        gather_tile<T, A, L>(tile, rows, cols, src, chan, ih0 + r_origin, c_origin, s.SH, s.SW, stage);
         const A* wb = wt.get() + (j * nblocks + blk) * taps * L;
         for (int64_t ih = 0; ih < th; ++ih)
-          correlate_row<V>(out + ih * s.W * L, j > 0, tile + ih * cols * L, s.W, s.DH * cols * L,
-                           inside(ih0 + ih + s.PT - (s.KH - 1) * s.DH, s.DH, s.KH, (s.HO - 1) * s.SH),
-                           s.PL - (s.KW - 1) * s.DW, (s.WO - 1) * s.SW, 1, s.DW, wb, s.KW);
+          correlate_row<V>(out + ih * s.W * L, j > 0, tile + ih * cols * L, s.DH * cols * L, rtaps[ih0 + ih], blocks,
+                           1, s.DW, wb, s.KW);
       }
       const A zeros[L] = {};
       scatter_tile<T, A, L>(ImageView<T>{dx + n * s.C * s.H * s.W, s.layout, s.C, s.H, s.W}, out, th, blk * L,
@@ -335,6 +362,11 @@ DWCONV_TARGET void wgrad(const ConvShape& s, const T* dy, const T* x, acc_t<T>* 
   const int64_t chunks = groups * nblocks;
   Scratch<A> partial(chunks * taps * L);  // [group][block][kh][kw][lane]
   const int64_t cols = (s.WO - 1) * s.SW + (s.KW - 1) * s.DW + 1, row_span = (s.KH - 1) * s.DH + 1;
+  // Output rows whose tap kh reads inside the input; blocks of taps along W with the output columns where any
+  // of them reads inside (tap kw of output ow reads column kw * DW - PL + ow * SW: roles of output_blocks'
+  // outputs and taps swapped).
+  const std::vector<Range> rows_inside = row_taps(s.KH, -s.PT, s.H - 1, s.DH, s.SH, s.HO);
+  const std::vector<Block> tap_blocks = output_blocks(s.KW, -s.PL, s.W - 1, s.DW, s.SW, s.WO);
   const int64_t TH = band_rows(s.HO, cols, s.SH, row_span, L * sizeof(A));
   const int64_t max_rows = (TH - 1) * s.SH + row_span, nbands = ceil_div(s.HO, TH);
   const int nthreads = thread_count(threads, chunks, s.N * CO * s.HO * s.WO * taps);
@@ -367,22 +399,15 @@ DWCONV_TARGET void wgrad(const ConvShape& s, const T* dy, const T* x, acc_t<T>* 
           gather_tile<T, A, L>(dyt, th, s.WO, ImageView<const T>{dy + n * CO * s.HO * s.WO, s.layout, CO, s.HO, s.WO},
                                ychan, oh0, 0, 1, 1, stage);
           for (int64_t kh = 0; kh < s.KH; ++kh) {
-            // output rows of this band whose tap kh reads inside the input
-            const Range all = inside(kh * s.DH - s.PT, s.SH, s.HO, s.H - 1);
-            const int64_t oh_lo = std::max(all.lo, oh0), oh_hi = std::min(all.hi, oh0 + th);
+            const int64_t oh_lo = std::max(rows_inside[kh].lo, oh0), oh_hi = std::min(rows_inside[kh].hi, oh0 + th);
             if (oh_hi <= oh_lo) continue;
-            for (int64_t i = 0, kw = 0, nb = block_count(s.KW); i < nb; ++i) {
-              const int Q = block_size(s.KW, i);
-              // output columns where any of the taps kw .. kw+Q-1 reads inside the input
-              const int64_t lo = inside((kw + Q - 1) * s.DW - s.PL, s.SW, s.WO, s.W - 1).lo;
-              const int64_t hi = inside(kw * s.DW - s.PL, s.SW, s.WO, s.W - 1).hi;
-              if (lo < hi)
-                BlockKernels<V, A>::wgrad[Q](
-                    part + (kh * s.KW + kw) * L, dyt + ((oh_lo - oh0) * s.WO + lo) * L, oh_hi - oh_lo, hi - lo,
-                    s.WO * L, tile + (((oh_lo - oh0) * s.SH + kh * s.DH) * cols + lo * s.SW + kw * s.DW) * L,
+            for (const Block& b : tap_blocks)
+              if (b.lo < b.hi)
+                BlockKernels<V, A>::wgrad[b.size](
+                    part + (kh * s.KW + b.first) * L, dyt + ((oh_lo - oh0) * s.WO + b.lo) * L, oh_hi - oh_lo,
+                    b.hi - b.lo, s.WO * L,
+                    tile + (((oh_lo - oh0) * s.SH + kh * s.DH) * cols + b.lo * s.SW + b.first * s.DW) * L,
                     s.SH * cols * L, s.SW * L, s.DW * L);
-              kw += Q;
-            }
           }
         }
     }
