@@ -272,7 +272,8 @@ def main(argv: Optional[List[str]] = None) -> Optional[Dict]:
               "models": models, "results": records}
     print("\n" + tables.model_cost_table(result) + "\n\n" + tables.throughput_table(result))
     if args.json:
-        write_json(result_path(args.json, args.device, "throughput"), result)
+        label = "throughput" if world_size == 1 else f"throughput-ddp{world_size}"
+        write_json(result_path(args.json, args.device, label), result)
     return result
 
 
