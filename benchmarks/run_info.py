@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-__all__ = ["REPO_ROOT", "RESULTS_DIR", "device_name", "run_metadata", "result_path", "write_json"]
+__all__ = ["REPO_ROOT", "RESULTS_DIR", "device_name", "slug", "run_metadata", "result_path", "write_json"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
@@ -55,7 +55,7 @@ def device_name(device: torch.device) -> str:
     return _cpu_model()
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
@@ -65,7 +65,7 @@ def result_path(path_arg: str, device: torch.device, script: str, suffix: str = 
     path = Path(path_arg)
     if path_arg.endswith(("/", os.sep)) or path.is_dir():
         device = torch.device(device)
-        return path / f"{device.type}-{_slug(device_name(device))}-{script}{suffix}"
+        return path / f"{device.type}-{slug(device_name(device))}-{script}{suffix}"
     return path
 
 

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# One lent GPU machine, each stage within one 10-minute call (see docs/benchmarking.md):
+#   bash benchmarks/gpu_session.sh build        # build the extension against the machine's torch, run the GPU tests
+#   bash benchmarks/gpu_session.sh kernels      # kernels.py, Robust-ResNet shapes (bf16, fp32) + plot
+#   bash benchmarks/gpu_session.sh kernels-more # kernels.py, ConvNeXt and RepLKNet-like shapes
+#   bash benchmarks/gpu_session.sh throughput   # throughput.py defaults (four models, bf16 channels_last + fp32 NCHW)
+# Results go to benchmarks/results/ and, when $OUT is set (the device tool's output folder), are copied there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RESULTS=benchmarks/results
+card=$(python -c "import torch; from benchmarks.run_info import slug; print(slug(torch.cuda.get_device_name()))")
+nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,utilization.gpu --format=csv || true
+case "${1:-}" in
+  build)
+    pip install --no-build-isolation -e . -q
+    python -m pytest -q -m gpu -x ;;
+  kernels)
+    python benchmarks/kernels.py --shapes robust_resnet --no-progress \
+      --json "$RESULTS/cuda-$card-kernels-robust-resnet.json" --plot "$RESULTS/cuda-$card-kernels-robust-resnet.png" ;;
+  kernels-more)
+    python benchmarks/kernels.py --shapes convnext --no-progress --json "$RESULTS/cuda-$card-kernels-convnext.json"
+    python benchmarks/kernels.py --shapes replknet --no-progress \
+      --json "$RESULTS/cuda-$card-kernels-replknet.json" --plot "$RESULTS/cuda-$card-kernels-replknet.png" ;;
+  throughput)
+    python benchmarks/throughput.py --no-progress --json "$RESULTS/" ;;
+  *)
+    echo "usage: $0 build|kernels|kernels-more|throughput" >&2; exit 2 ;;
+esac
+if [ -n "${OUT:-}" ]; then
+  mkdir -p "$OUT/results" && cp "$RESULTS"/cuda-* "$OUT/results/" 2>/dev/null || true
+fi
