@@ -62,7 +62,6 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     args.device = resolve_device(args.device, p)
-    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     gpu = args.device.type == "cuda"
     if args.smoke:
         args.shapes = args.shapes or "smoke"
@@ -262,6 +261,16 @@ def plot_speedups(records: List[Dict], path: Path, args) -> None:
 def main(argv: Optional[List[str]] = None) -> Dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    cudnn_benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
+    try:
+        return run(args, argv)
+    finally:
+        torch.backends.cudnn.benchmark = cudnn_benchmark
+
+
+def run(args: argparse.Namespace, argv: List[str]) -> Dict:
+    """The benchmark for parsed arguments (argv: as given, recorded in the result)."""
     device = args.device
     timer = Timer(device)
     print(f"device: {device.type} ({device_name(device)}), "

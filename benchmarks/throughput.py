@@ -96,7 +96,6 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     args.device = resolve_device(args.device, p)
-    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     gpu = args.device.type == "cuda"
     if args.smoke:
         args.model = args.model or CPU_DEFAULT_MODEL
@@ -234,6 +233,16 @@ def bench_model(name: str, args, world_size: int, timer: Timer, progress: Progre
 def main(argv: Optional[List[str]] = None) -> Optional[Dict]:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    cudnn_benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
+    try:
+        return run(args, argv)
+    finally:
+        torch.backends.cudnn.benchmark = cudnn_benchmark
+
+
+def run(args: argparse.Namespace, argv: List[str]) -> Optional[Dict]:
+    """The benchmark for parsed arguments (argv: as given, recorded in the result)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1:
         from robust_models.distributed import init_distributed
