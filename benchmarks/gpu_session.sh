@@ -3,7 +3,8 @@
 #   bash benchmarks/gpu_session.sh build        # build the extension against the machine's torch, run the GPU tests
 #   bash benchmarks/gpu_session.sh kernels      # kernels.py, Robust-ResNet shapes (bf16, fp32) + plot
 #   bash benchmarks/gpu_session.sh kernels-more # kernels.py, ConvNeXt and RepLKNet-like shapes
-#   bash benchmarks/gpu_session.sh throughput   # throughput.py defaults (four models, bf16 channels_last + fp32 NCHW)
+#   bash benchmarks/gpu_session.sh throughput-bf16  # throughput.py, four models, bf16 channels_last, batch 128
+#   bash benchmarks/gpu_session.sh throughput-fp32  # throughput.py, four models, fp32 NCHW (official), batch 128
 # Results go to benchmarks/results/ and, when $OUT is set (the device tool's output folder), are copied there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,10 +22,14 @@ case "${1:-}" in
     python benchmarks/kernels.py --shapes convnext --no-progress --json "$RESULTS/cuda-$card-kernels-convnext.json"
     python benchmarks/kernels.py --shapes replknet --no-progress \
       --json "$RESULTS/cuda-$card-kernels-replknet.json" --plot "$RESULTS/cuda-$card-kernels-replknet.png" ;;
-  throughput)
-    python benchmarks/throughput.py --no-progress --json "$RESULTS/" ;;
+  throughput-bf16)
+    python benchmarks/throughput.py --dtype bf16 --channels-last --no-progress \
+      --json "$RESULTS/cuda-$card-throughput-bf16-channels-last.json" ;;
+  throughput-fp32)
+    python benchmarks/throughput.py --dtype fp32 --no-channels-last --no-progress \
+      --json "$RESULTS/cuda-$card-throughput-fp32-nchw.json" ;;
   *)
-    echo "usage: $0 build|kernels|kernels-more|throughput" >&2; exit 2 ;;
+    echo "usage: $0 build|kernels|kernels-more|throughput-bf16|throughput-fp32" >&2; exit 2 ;;
 esac
 if [ -n "${OUT:-}" ]; then
   mkdir -p "$OUT/results" && cp "$RESULTS"/cuda-* "$OUT/results/" 2>/dev/null || true
