@@ -72,7 +72,11 @@ def measure_gpu_rates(device: torch.device, reps: int = 10, copy_mib: int = 1024
 
 def lower_bound_seconds(op: str, shape: DWShape, element_size: int, bandwidth_gbs: float,
                         fma_tflops: Optional[float]) -> float:
-    """max(memory time, FMA time) for the op; the memory time alone when the FMA rate is unknown."""
+    """max(memory time, FMA time) for the op (fwd+bwd: the sum over its three ops, each its own pass);
+    the memory time alone when the FMA rate is unknown."""
+    if op == "fwd+bwd":
+        return sum(lower_bound_seconds(o, shape, element_size, bandwidth_gbs, fma_tflops)
+                   for o in ("fwd", "dgrad", "wgrad"))
     memory = op_bytes(op, shape, element_size) / (bandwidth_gbs * 1e9)
     if fma_tflops is None:
         return memory
