@@ -1,6 +1,7 @@
 """Smoke runs of the benchmark scripts (tiny shapes, one repetition) and the fields of their JSON; the
 results-table generator; the timing utility; the shape sets against the models. No speed is asserted."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -217,3 +218,32 @@ def test_cpu_target_report(kernels_result, capsys):
     kernels.print_cpu_target(kernels_result)
     out = capsys.readouterr().out
     assert "cpu-nchw: fwd+bwd geometric-mean speed-up" in out and "cpu-nhwc: fwd+bwd" in out
+
+
+_FFMA_SHARE_SCRIPT = """
+import collections, re, subprocess, sys, tempfile
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from benchmarks import _fma_kernel
+signature = {"out_ptr": "*fp32", "a": "fp32", "b": "fp32", "ITERS": "constexpr", "BLOCK": "constexpr"}
+source = ASTSource(fn=_fma_kernel._fma_chains_kernel, signature=signature, constexprs={"ITERS": 512, "BLOCK": 1024})
+cubin = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8}).asm["cubin"]
+with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+    f.write(cubin)
+    f.flush()
+    sass = subprocess.run([triton.knobs.nvidia.cuobjdump.path, "-sass", f.name], capture_output=True, text=True).stdout
+ops = collections.Counter(re.findall(r"^\\s+/\\*[0-9a-f]{4,}\\*/\\s+(?:@!?U?P[T0-9]+\\s+)?([A-Z][A-Z0-9_]*)", sass, re.M))
+print(ops["FFMA"] / sum(ops.values()))
+"""
+
+
+def test_fma_kernel_is_ffma_bound():
+    """The kernel that measures the GPU's FMA rate compiles (for sm_90, no GPU needed) to mostly FFMA."""
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # compile real GPU code
+    out = subprocess.run([sys.executable, "-c", _FFMA_SHARE_SCRIPT], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=300)
+    if out.returncode != 0:
+        pytest.skip(f"cannot compile for sm_90 here: {out.stderr.strip().splitlines()[-1:]}")
+    assert float(out.stdout) > 0.7
