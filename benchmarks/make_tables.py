@@ -5,7 +5,9 @@
 
 Every result file contributes a section: the device, versions, commit and exact command, then its tables
 (throughput: model costs and images/s with speed-ups over nn.Conv2d; kernels: geometric-mean speed-ups
-per op and the forward + backward time of every shape). GPU files come before CPU files.
+per op, the forward + backward time of every shape, and the plot when a PNG of the same name sits beside
+the JSON). GPU files come before CPU files. Image links are relative to the repository root (the README's
+folder).
 """
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ if __package__ in (None, ""):  # run as a script
 
 from benchmarks import tables
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 
 BEGIN_MARKER = "<!-- results:begin -->"
 END_MARKER = "<!-- results:end -->"
@@ -35,8 +38,19 @@ def load_results(paths: List[Path]) -> List[Dict]:
     loaded = []
     for f in files:
         with open(f) as fh:
-            loaded.append(json.load(fh))
+            data = json.load(fh)
+        plot = f.with_suffix(".png")
+        if isinstance(data, dict) and plot.exists():
+            data["plot_path"] = _relative_to_repo(plot)
+        loaded.append(data)
     return load_results_from(loaded)
+
+
+def _relative_to_repo(path: Path) -> str:
+    try:
+        return path.resolve().relative_to(REPO_ROOT).as_posix()
+    except ValueError:
+        return path.as_posix()
 
 
 def load_results_from(results: List[Dict]) -> List[Dict]:
@@ -57,6 +71,8 @@ def section(result: Dict) -> str:
              _machine_line(result), tables.kernel_summary_table(result)]
     parts += [tables.kernel_op_table(result, dtype, "fwd+bwd") for dtype in result["settings"]["dtypes"]
               if "fwd+bwd" in result["settings"]["ops"]]
+    if result.get("plot_path"):
+        parts.append(f"![speed-ups per shape, {meta['device_name']}]({result['plot_path']})")
     return "\n\n".join(parts)
 
 

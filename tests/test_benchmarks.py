@@ -122,6 +122,8 @@ def test_make_tables_renders_and_updates(kernels_result, throughput_result, tmp_
     assert updated.startswith("# Title\n\n") and updated.endswith(f"{make_tables.END_MARKER}\n\nrest\n")
     make_tables.main([str(tmp_path / "k.json"), "--update", str(readme)])
     assert readme.read_text() == updated  # idempotent
+    (tmp_path / "k.png").write_bytes(b"")
+    assert "k.png)" in make_tables.main([str(tmp_path / "k.json")])
 
 
 def test_make_tables_needs_markers(tmp_path):
