@@ -30,7 +30,7 @@ import dwconv
 from benchmarks import conv_ops, roofline, shapes, tables
 from benchmarks.cli import default_backends, resolve_device, split_choices
 from benchmarks.progress import Progress
-from benchmarks.run_info import device_name, result_path, run_metadata, write_json
+from benchmarks.run_info import device_name, load_average, result_path, run_metadata, write_json
 from benchmarks.timing import Timer, calibrate_inner, interleaved
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -271,6 +271,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
 
 def run(args: argparse.Namespace, argv: List[str]) -> Dict:
     """The benchmark for parsed arguments (argv: as given, recorded in the result)."""
+    load_at_start = load_average()
     device = args.device
     timer = Timer(device)
     print(f"device: {device.type} ({device_name(device)}), "
@@ -296,7 +297,7 @@ def run(args: argparse.Namespace, argv: List[str]) -> Dict:
                 records += bench_shape(shape, dtype_name, args, timer, cache_bytes, rates, progress)
     finally:
         progress.close()
-    result = {"meta": run_metadata("kernels", argv, device, args.notes),
+    result = {"meta": run_metadata("kernels", argv, device, args.notes, load_at_start=load_at_start),
               "settings": {"shapes": args.shapes, "dtypes": args.dtypes, "ops": args.ops, "backends": args.backends,
                            "warmup": args.warmup, "reps": args.reps, "layouts": list(LAYOUTS),
                            "flops_count": "2 per multiply-add, every tap (padding taps too)",

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-__all__ = ["REPO_ROOT", "RESULTS_DIR", "device_name", "slug", "run_metadata", "result_path", "write_json"]
+__all__ = ["REPO_ROOT", "RESULTS_DIR", "device_name", "slug", "load_average", "run_metadata", "result_path", "write_json"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
@@ -73,10 +73,18 @@ def result_path(path_arg: str, device: torch.device, script: str, suffix: str = 
 _CODE_PATHS = ("benchmarks", "dwconv", "csrc", "robust_models", "setup.py")
 
 
+def load_average() -> Optional[List[float]]:
+    """The machine's 1, 5 and 15 minute load averages (a busy shared machine makes CPU timings noisy)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def run_metadata(script: str, argv: List[str], device: torch.device, notes: str = "",
-                 launcher: str = "python") -> Dict[str, Any]:
+                 launcher: str = "python", load_at_start: Optional[List[float]] = None) -> Dict[str, Any]:
     """Everything needed to reproduce and judge a result file. launcher: what ran the script
-    ("python", or "torchrun --nproc_per_node 8")."""
+    ("python", or "torchrun --nproc_per_node 8"); load_at_start: load_average() when the run began."""
     device = torch.device(device)
     git_status = _git("status", "--porcelain", "--untracked-files=no", "--", *_CODE_PATHS)
     meta: Dict[str, Any] = {
@@ -97,6 +105,7 @@ def run_metadata(script: str, argv: List[str], device: torch.device, notes: str 
         "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_num_threads": torch.get_num_threads(),
+        "load_average": {"start": load_at_start, "end": load_average()},
         "notes": notes,
     }
     if device.type == "cuda":

@@ -125,6 +125,9 @@ def run_heading(result: Dict) -> str:
     commit = (m.get("git_commit") or "unknown")[:10] + (" (modified)" if m.get("git_dirty") else "")
     text = (f"{m['device_name']} ({m['device_type']}{threads}), {versions}, commit {commit}, {m['date_utc']}\n"
             f"`{m['command']}`")
+    load = (m.get("load_average") or {}).get("start")
+    if m["device_type"] == "cpu" and load:
+        text += f"\n\nLoad average (1 min) at the start: {load[0]} on {m.get('cpu_count')} cores."
     if m.get("notes"):
         text += f"\n\nNotes: {m['notes']}"
     return text

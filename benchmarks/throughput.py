@@ -40,7 +40,7 @@ from benchmarks import tables
 from benchmarks.cli import default_backends, resolve_device, split_choices
 from benchmarks.model_variants import PLAIN, build_variants
 from benchmarks.progress import Progress
-from benchmarks.run_info import device_name, result_path, run_metadata, write_json
+from benchmarks.run_info import device_name, load_average, result_path, run_metadata, write_json
 from benchmarks.timing import Timer, interleaved
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -243,6 +243,7 @@ def main(argv: Optional[List[str]] = None) -> Optional[Dict]:
 
 def run(args: argparse.Namespace, argv: List[str]) -> Optional[Dict]:
     """The benchmark for parsed arguments (argv: as given, recorded in the result)."""
+    load_at_start = load_average()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1:
         from robust_models.distributed import init_distributed
@@ -273,7 +274,7 @@ def run(args: argparse.Namespace, argv: List[str]) -> Optional[Dict]:
     if not is_main:
         return None
     launcher = "python" if world_size == 1 else f"torchrun --nproc_per_node {os.environ.get('LOCAL_WORLD_SIZE', world_size)}"
-    result = {"meta": run_metadata("throughput", argv, args.device, args.notes, launcher),
+    result = {"meta": run_metadata("throughput", argv, args.device, args.notes, launcher, load_at_start),
               "settings": {"models": args.models, "configs": [asdict(c) for c in args.configs], "modes": args.modes,
                            "backends": args.backends, "compile": args.compile, "image_size": args.image_size,
                            "world_size": world_size, "warmup": args.warmup, "reps": args.reps,
