@@ -19,7 +19,7 @@ from benchmarks.timing import Stats, interleaved, summarize
 
 REPO = Path(__file__).resolve().parent.parent
 META_FIELDS = {"script", "command", "git_commit", "git_dirty", "date_utc", "torch", "triton", "cuda", "device_type",
-               "device_name", "torch_num_threads", "notes"}
+               "device_name", "torch_num_threads", "load_average", "notes"}
 
 
 @pytest.fixture(scope="module")
