@@ -96,6 +96,13 @@ def test_int64_indexing(monkeypatch):
     run_case((1, 2, 7, 7, 3, 1, 1, 2, 1, True, False, BF16))  # small-map GEMM kernels
 
 
+def test_small_map_direct_kernels(monkeypatch):
+    """With the small-map GEMM switched off, half-precision small maps run the direct kernels."""
+    from dwconv.triton import plane
+    monkeypatch.setenv(plane.ENV_SWITCH, "0")
+    run_case((1, 3, 7, 7, 7, 1, 3, 1, 2, True, True, BF16))
+
+
 def test_deterministic_wgrad():
     """With deterministic algorithms on, dw comes from the two-pass workspace: correct and bitwise repeatable."""
     n, c, h, w, k = 3, 4, 14, 14, 7
