@@ -83,6 +83,15 @@ def test_parity(case, dtype, channels_last):
     assert_close(dw, rdw, dtype, "dw")
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("case", [CASES[2], CASES[5], CASES[12]], ids=_ids)
+def test_portable_kernels(case, dtype, monkeypatch):
+    """The build for CPUs without AVX2 (DWCONV_CPU_ISA=portable forces it here), NCHW and channels_last."""
+    monkeypatch.setenv("DWCONV_CPU_ISA", "portable")
+    for channels_last in (False, True):
+        test_parity(case, dtype, channels_last)
+
+
 def test_gradcheck_float64():
     """The native ops as an autograd function, checked numerically in float64."""
     stride, padding, dilation = (2, 1), (2, 1, 0, 2), (1, 2)
