@@ -17,7 +17,7 @@ constexpr int kOpt = kOutPerThread;
 // [cb*M][KH*KW], then dy rows [oh_lo, oh_lo + rows) x cols [ow_lo, ow_lo + cols) of its cb*M channels, where
 // oh_lo = ceil((h0 + PT - (KH-1)*DH) / SH) is the first dy row any tap of the tile reads (likewise ow_lo).
 template <typename T, Layout L, int K>
-__global__ void __launch_bounds__(kThreads, 1)
+__global__ void __launch_bounds__(kThreads, kMinBlocksFwd)
 dgrad_tiled_kernel(ConvShape s, Tile t, bool vec, const T* __restrict__ dy, const T* __restrict__ w,
                    T* __restrict__ dx) {
   using A = acc_t<T>;
@@ -25,7 +25,6 @@ dgrad_tiled_kernel(ConvShape s, Tile t, bool vec, const T* __restrict__ dy, cons
   const int SH = int(s.SH), SW = int(s.SW), DH = int(s.DH), DW = int(s.DW), M = int(s.M);
   const int64_t CO = (s.C * s.M);
   const int groups_w = (t.tw + kOpt - 1) / kOpt;
-  const int step = smem_col_step<L>(t.cin);
   A* s_w = dynamic_smem<A>();
   A* s_dy = s_w + t.cb * M * KK;
   const int64_t total = s.N * t.cblocks * t.tiles_h * t.tiles_w;
@@ -45,7 +44,7 @@ dgrad_tiled_kernel(ConvShape s, Tile t, bool vec, const T* __restrict__ dy, cons
     const int base_h = int(h0 + s.PT - oh_lo * SH), base_w = int(w0 + s.PL - ow_lo * SW);
 
     for (int i = threadIdx.x; i < ncb * M * KK; i += blockDim.x) s_w[i] = load_acc(w + c0 * M * KK + i);
-    stage_region<T, L>(dy, n, CO, s.HO, s.WO, c0 * M, ncb * M, oh_lo, ow_lo, t.rows, t.cols, t.cin, vec, s_dy);
+    stage_region<T, L>(dy, n, CO, s.HO, s.WO, c0 * M, ncb * M, oh_lo, ow_lo, t.rows, t.cols, t.plane, vec, s_dy);
     __syncthreads();
 
     const int items = ncb * t.th * groups_w;
@@ -69,13 +68,13 @@ dgrad_tiled_kernel(ConvShape s, Tile t, bool vec, const T* __restrict__ dy, cons
         for (int kh = 0; kh < KH; ++kh) {
           const int rel_h = h_l + base_h - kh * DH;  // > -SH
           if (SH > 1 && (rel_h + SH) % SH != 0) continue;
-          const A* s_row = s_dy + smem_index<L>(cc, SH == 1 ? rel_h : rel_h / SH, 0, t.rows, t.cols, t.cin);
+          const A* s_row = s_dy + cc * t.plane + (SH == 1 ? rel_h : rel_h / SH) * t.cols;
           const A* w_row = w_c + kh * KW;
           if constexpr (K > 0) {
             if (SW == 1 && DW == 1) {  // dx[w_l0 + o] += dy col (w_l0 + o + K-1 - kw) * w[kw]
               A win[kOpt + K - 1];
 #pragma unroll
-              for (int q = 0; q < kOpt + K - 1; ++q) win[q] = s_row[(w_l0 + q) * step];
+              for (int q = 0; q < kOpt + K - 1; ++q) win[q] = s_row[w_l0 + q];
 #pragma unroll
               for (int kw = 0; kw < K; ++kw) {
                 const A wv = w_row[kw];
@@ -91,7 +90,7 @@ dgrad_tiled_kernel(ConvShape s, Tile t, bool vec, const T* __restrict__ dy, cons
             for (int o = 0; o < kOpt; ++o) {
               const int rel_w = w_l0 + o + base_w - kw * DW;  // > -SW
               if (SW > 1 && (rel_w + SW) % SW != 0) continue;
-              acc[o] += wv * s_row[(SW == 1 ? rel_w : rel_w / SW) * step];
+              acc[o] += wv * s_row[SW == 1 ? rel_w : rel_w / SW];
             }
           }
         }
@@ -108,7 +107,7 @@ dgrad_tiled_kernel(ConvShape s, Tile t, bool vec, const T* __restrict__ dy, cons
 
 // Fallback for regions too large for shared memory: one thread per dx element, taps gathered from global.
 template <typename T, Layout L>
-__global__ void __launch_bounds__(kThreads, 1)
+__global__ void __launch_bounds__(kThreads, kMinBlocksFwd)
 dgrad_direct_kernel(ConvShape s, const T* __restrict__ dy, const T* __restrict__ w, T* __restrict__ dx) {
   using A = acc_t<T>;
   const int64_t CO = (s.C * s.M), total = s.N * s.C * s.H * s.W;
@@ -144,11 +143,12 @@ Tile dgrad_tile(const ConvShape& s, size_t acc_bytes) {
     const int64_t tw_pad = (tt.tw + kOpt - 1) / kOpt * kOpt;
     const int64_t rows = (tt.th - 1 + (s.KH - 1) * s.DH) / s.SH + 1;
     const int64_t cols = (tw_pad - 1 + (s.KW - 1) * s.DW) / s.SW + 1;
-    if (rows > (1 << 16) || cols > (1 << 16)) return SIZE_MAX;
+    if (rows > (1 << 16) || cols > (1 << 16) || rows * cols > (1 << 24)) return SIZE_MAX;
     tt.rows = int(rows);
     tt.cols = int(cols);
     tt.cin = int(tt.cb * s.M);
-    return acc_bytes * size_t(tt.cin * (s.KH * s.KW + rows * cols));
+    tt.plane = plane_stride(s.layout, rows, cols);
+    return acc_bytes * size_t(tt.cin * (s.KH * s.KW + tt.plane));
   };
   t.fits = shrink_to_fit(t, bytes);
   t.smem = bytes(t);

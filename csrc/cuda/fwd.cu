@@ -14,7 +14,7 @@ constexpr int kOpt = kOutPerThread;
 // Block = (image n, channel block, output tile). Shared: weights [cb][KH*KW], then the input region.
 // K > 0: compile-time square kernel size (unrolled taps, register window for stride 1 / dilation 1).
 template <typename T, Layout L, int K>
-__global__ void __launch_bounds__(kThreads, 1)
+__global__ void __launch_bounds__(kThreads, kMinBlocksFwd)
 fwd_tiled_kernel(ConvShape s, Tile t, bool vec, const T* __restrict__ x, const T* __restrict__ w,
                  const T* __restrict__ b, T* __restrict__ y) {
   using A = acc_t<T>;
@@ -22,7 +22,6 @@ fwd_tiled_kernel(ConvShape s, Tile t, bool vec, const T* __restrict__ x, const T
   const int SH = int(s.SH), SW = int(s.SW), DH = int(s.DH), DW = int(s.DW);
   const int64_t CO = (s.C * s.M);
   const int groups_w = (t.tw + kOpt - 1) / kOpt;
-  const int step = smem_col_step<L>(t.cin);
   A* s_w = dynamic_smem<A>();
   A* s_x = s_w + t.cb * KK;
   const int64_t total = s.N * t.cblocks * t.tiles_h * t.tiles_w;
@@ -38,7 +37,7 @@ fwd_tiled_kernel(ConvShape s, Tile t, bool vec, const T* __restrict__ x, const T
     const int64_t oh0 = tile_h * t.th, ow0 = tile_w * t.tw;
 
     for (int i = threadIdx.x; i < ncb * KK; i += blockDim.x) s_w[i] = load_acc(w + co0 * KK + i);
-    stage_region<T, L>(x, n, s.C, s.H, s.W, ci0, ncin, oh0 * SH - s.PT, ow0 * SW - s.PL, t.rows, t.cols, t.cin,
+    stage_region<T, L>(x, n, s.C, s.H, s.W, ci0, ncin, oh0 * SH - s.PT, ow0 * SW - s.PL, t.rows, t.cols, t.plane,
                        vec, s_x);
     __syncthreads();
 
@@ -62,13 +61,13 @@ fwd_tiled_kernel(ConvShape s, Tile t, bool vec, const T* __restrict__ x, const T
       const A* w_c = s_w + c_l * KK;
 #pragma unroll 1  // filter rows: unrolling them multiplies code size by K for little gain
       for (int kh = 0; kh < KH; ++kh) {
-        const A* s_row = s_x + smem_index<L>(ci_l, oh_l * SH + kh * DH, 0, t.rows, t.cols, t.cin);
+        const A* s_row = s_x + ci_l * t.plane + (oh_l * SH + kh * DH) * t.cols;
         const A* w_row = w_c + kh * KW;
         if constexpr (K > 0) {
           if (SW == 1 && DW == 1) {  // register window: kOpt + K - 1 loads for kOpt * K FMAs
             A win[kOpt + K - 1];
 #pragma unroll
-            for (int j = 0; j < kOpt + K - 1; ++j) win[j] = s_row[(ow_l0 + j) * step];
+            for (int j = 0; j < kOpt + K - 1; ++j) win[j] = s_row[ow_l0 + j];
 #pragma unroll
             for (int kw = 0; kw < K; ++kw) {
               const A wv = w_row[kw];
@@ -82,7 +81,7 @@ fwd_tiled_kernel(ConvShape s, Tile t, bool vec, const T* __restrict__ x, const T
         for (int kw = 0; kw < KW; ++kw) {
           const A wv = w_row[kw];
 #pragma unroll
-          for (int o = 0; o < kOpt; ++o) acc[o] += wv * s_row[((ow_l0 + o) * SW + kw * DW) * step];
+          for (int o = 0; o < kOpt; ++o) acc[o] += wv * s_row[(ow_l0 + o) * SW + kw * DW];
         }
       }
 #pragma unroll
@@ -97,7 +96,7 @@ fwd_tiled_kernel(ConvShape s, Tile t, bool vec, const T* __restrict__ x, const T
 
 // Fallback for regions too large for shared memory (huge dilated kernels): one thread per output.
 template <typename T, Layout L>
-__global__ void __launch_bounds__(kThreads, 1)
+__global__ void __launch_bounds__(kThreads, kMinBlocksFwd)
 fwd_direct_kernel(ConvShape s, const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ b,
                   T* __restrict__ y) {
   using A = acc_t<T>;
@@ -131,11 +130,12 @@ Tile fwd_tile(const ConvShape& s, size_t acc_bytes) {
     const int64_t tw_pad = (tt.tw + kOpt - 1) / kOpt * kOpt;
     const int64_t rows = (tt.th - 1) * s.SH + (s.KH - 1) * s.DH + 1;
     const int64_t cols = (tw_pad - 1) * s.SW + (s.KW - 1) * s.DW + 1;
-    if (rows > (1 << 16) || cols > (1 << 16)) return SIZE_MAX;
+    if (rows > (1 << 16) || cols > (1 << 16) || rows * cols > (1 << 24)) return SIZE_MAX;
     tt.rows = int(rows);
     tt.cols = int(cols);
     tt.cin = int(s.M == 1 ? tt.cb : std::min<int64_t>(s.C, (tt.cb - 1) / s.M + 2));
-    return acc_bytes * size_t(tt.cb * s.KH * s.KW + int64_t(tt.cin) * rows * cols);
+    tt.plane = plane_stride(s.layout, rows, cols);
+    return acc_bytes * size_t(tt.cb * s.KH * s.KW + int64_t(tt.cin) * tt.plane);
   };
   t.fits = shrink_to_fit(t, bytes);
   t.smem = bytes(t);

@@ -1,5 +1,5 @@
 // Global -> shared staging of a zero-padded (channels x rows x cols) region of one image, converted to the
-// accumulator type, in the shared layout of tile_geometry.cuh. NHWC uses 16-byte loads when `vec` (checked
+// accumulator type, into dst[c * plane + r * cols + col] (tile_geometry.cuh). NHWC uses 16-byte loads when `vec` (checked
 // by the launcher: channel count, first channel and base pointer all multiples of 16 bytes).
 #pragma once
 #include "tile_geometry.cuh"
@@ -12,7 +12,7 @@ namespace cuda {
 template <typename T, Layout L>
 __device__ __forceinline__ void stage_region(const T* __restrict__ src, int64_t n, int64_t C, int64_t H,
                                              int64_t W, int64_t c0, int nc, int64_t h0, int64_t w0, int rows,
-                                             int cols, int cstride, bool vec, acc_t<T>* __restrict__ dst) {
+                                             int cols, int plane, bool vec, acc_t<T>* __restrict__ dst) {
   using A = acc_t<T>;
   if constexpr (L == Layout::NCHW) {
     const int total = nc * rows * cols;
@@ -20,7 +20,7 @@ __device__ __forceinline__ void stage_region(const T* __restrict__ src, int64_t 
       const int col = i % cols, r = (i / cols) % rows, c = i / (cols * rows);
       const int64_t h = h0 + r, w = w0 + col;
       const bool inside = h >= 0 && h < H && w >= 0 && w < W;
-      dst[i] = inside ? load_acc(src + global_index(L, n, c0 + c, h, w, C, H, W)) : A(0);
+      dst[c * plane + r * cols + col] = inside ? load_acc(src + global_index(L, n, c0 + c, h, w, C, H, W)) : A(0);
     }
   } else {
     constexpr int kVec = 16 / sizeof(T);
@@ -29,13 +29,16 @@ __device__ __forceinline__ void stage_region(const T* __restrict__ src, int64_t 
       for (int i = threadIdx.x; i < total; i += blockDim.x) {
         const int cv = i % ncv, col = (i / ncv) % cols, r = i / (ncv * cols);
         const int64_t h = h0 + r, w = w0 + col;
-        A* out = dst + (r * cols + col) * cstride + cv * kVec;
+        A* out = dst + cv * kVec * plane + r * cols + col;
+        A vals[kVec];
         if (h >= 0 && h < H && w >= 0 && w < W) {
-          load16_acc(src + global_index(L, n, c0 + cv * kVec, h, w, C, H, W), out);
+          load16_acc(src + global_index(L, n, c0 + cv * kVec, h, w, C, H, W), vals);
         } else {
 #pragma unroll
-          for (int k = 0; k < kVec; ++k) out[k] = A(0);
+          for (int k = 0; k < kVec; ++k) vals[k] = A(0);
         }
+#pragma unroll
+        for (int k = 0; k < kVec; ++k) out[k * plane] = vals[k];
       }
     } else {
       const int total = nc * rows * cols;
@@ -43,7 +46,7 @@ __device__ __forceinline__ void stage_region(const T* __restrict__ src, int64_t 
         const int c = i % nc, col = (i / nc) % cols, r = i / (nc * cols);
         const int64_t h = h0 + r, w = w0 + col;
         const bool inside = h >= 0 && h < H && w >= 0 && w < W;
-        dst[(r * cols + col) * cstride + c] =
+        dst[c * plane + r * cols + col] =
             inside ? load_acc(src + global_index(L, n, c0 + c, h, w, C, H, W)) : A(0);
       }
     }

@@ -20,7 +20,7 @@ constexpr int kOpt = kOutPerThread;
 // group) of the output tile. Shared: dy tile [cb][th][tw_pad], x region as in fwd, then per-(slice, item)
 // sums [slices][items][taps_per_item] that persist across the images of the batch slice.
 template <typename T, Layout L, int K>
-__global__ void __launch_bounds__(kThreads, 1)
+__global__ void __launch_bounds__(kThreads, kMinBlocksWgrad)
 wgrad_tiled_kernel(ConvShape s, Tile t, bool vec, const T* __restrict__ dy, const T* __restrict__ x,
                    acc_t<T>* __restrict__ out, bool to_workspace) {
   using A = acc_t<T>;
@@ -29,10 +29,10 @@ wgrad_tiled_kernel(ConvShape s, Tile t, bool vec, const T* __restrict__ dy, cons
   const int SH = int(s.SH), SW = int(s.SW), DH = int(s.DH), DW = int(s.DW);
   const int64_t CO = (s.C * s.M);
   const int groups_w = (t.tw + kOpt - 1) / kOpt, tw_pad = groups_w * kOpt;
-  const int step = smem_col_step<L>(t.cin);
+  const int dy_plane = plane_stride(L, t.th, tw_pad);
   A* s_dy = dynamic_smem<A>();
-  A* s_x = s_dy + t.cb * t.th * tw_pad;
-  A* s_sum = s_x + t.cin * t.rows * t.cols;
+  A* s_x = s_dy + t.cb * dy_plane;
+  A* s_sum = s_x + t.cin * t.plane;
   const int64_t total = t.cblocks * t.tiles_h * t.tiles_w * t.nslices;
   for (int64_t blk = blockIdx.x; blk < total; blk += gridDim.x) {
     int64_t rest = blk;
@@ -52,8 +52,8 @@ wgrad_tiled_kernel(ConvShape s, Tile t, bool vec, const T* __restrict__ dy, cons
 
     for (int i = threadIdx.x; i < slices * items * kTaps; i += blockDim.x) s_sum[i] = A(0);
     for (int64_t n = n_begin; n < n_end; ++n) {
-      stage_region<T, L>(dy, n, CO, s.HO, s.WO, co0, ncb, oh0, ow0, t.th, tw_pad, t.cb, vec, s_dy);
-      stage_region<T, L>(x, n, s.C, s.H, s.W, ci0, ncin, oh0 * SH - s.PT, ow0 * SW - s.PL, t.rows, t.cols, t.cin,
+      stage_region<T, L>(dy, n, CO, s.HO, s.WO, co0, ncb, oh0, ow0, t.th, tw_pad, dy_plane, vec, s_dy);
+      stage_region<T, L>(x, n, s.C, s.H, s.W, ci0, ncin, oh0 * SH - s.PT, ow0 * SW - s.PL, t.rows, t.cols, t.plane,
                          vec && s.M == 1, s_x);
       __syncthreads();
       for (int pair = threadIdx.x; pair < slices * items; pair += blockDim.x) {
@@ -74,16 +74,15 @@ wgrad_tiled_kernel(ConvShape s, Tile t, bool vec, const T* __restrict__ dy, cons
         for (int u = sl; u < units; u += slices) {
           const int oh_l = u / groups_w, ow_l0 = (u % groups_w) * kOpt;
           A d[kOpt];
-          const A* dy_row = s_dy + smem_index<L>(c_l, oh_l, 0, t.th, tw_pad, t.cb);
-          const int dy_step = smem_col_step<L>(t.cb);
+          const A* dy_row = s_dy + c_l * dy_plane + oh_l * tw_pad;
 #pragma unroll
-          for (int o = 0; o < kOpt; ++o) d[o] = dy_row[(ow_l0 + o) * dy_step];
-          const A* x_row = s_x + smem_index<L>(ci_l, oh_l * SH + kh * DH, 0, t.rows, t.cols, t.cin);
+          for (int o = 0; o < kOpt; ++o) d[o] = dy_row[ow_l0 + o];
+          const A* x_row = s_x + ci_l * t.plane + (oh_l * SH + kh * DH) * t.cols;
           if constexpr (K > 0) {
             if (SW == 1 && DW == 1) {  // acc[kw] += sum_o dy[o] * x[o + kw]
               A win[kOpt + K - 1];
 #pragma unroll
-              for (int q = 0; q < kOpt + K - 1; ++q) win[q] = x_row[(ow_l0 + q) * step];
+              for (int q = 0; q < kOpt + K - 1; ++q) win[q] = x_row[ow_l0 + q];
 #pragma unroll
               for (int kw = 0; kw < K; ++kw)
 #pragma unroll
@@ -94,7 +93,7 @@ wgrad_tiled_kernel(ConvShape s, Tile t, bool vec, const T* __restrict__ dy, cons
 #pragma unroll
           for (int q = 0; q < kTaps; ++q)
 #pragma unroll
-            for (int o = 0; o < kOpt; ++o) acc[q] += d[o] * x_row[((ow_l0 + o) * SW + (kw0 + q) * DW) * step];
+            for (int o = 0; o < kOpt; ++o) acc[q] += d[o] * x_row[(ow_l0 + o) * SW + (kw0 + q) * DW];
         }
         A* sum = s_sum + pair * kTaps;
 #pragma unroll
@@ -129,7 +128,7 @@ wgrad_tiled_kernel(ConvShape s, Tile t, bool vec, const T* __restrict__ dy, cons
 
 // dw[i] = sum over splits of ws[split][i], in split order (deterministic).
 template <typename A>
-__global__ void __launch_bounds__(kThreads, 1)
+__global__ void __launch_bounds__(kThreads, kMinBlocksWgrad)
 wgrad_sum_splits_kernel(const A* __restrict__ ws, int64_t splits, int64_t size, A* __restrict__ dw) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < size; i += int64_t(gridDim.x) * blockDim.x) {
     A v = A(0);
@@ -141,7 +140,7 @@ wgrad_sum_splits_kernel(const A* __restrict__ ws, int64_t splits, int64_t size, 
 // Fallback for regions too large for shared memory: one block per weight element (huge dilated kernels
 // only), a fixed-order block reduction; deterministic.
 template <typename T, Layout L>
-__global__ void __launch_bounds__(kThreads, 1)
+__global__ void __launch_bounds__(kThreads, kMinBlocksWgrad)
 wgrad_direct_kernel(ConvShape s, const T* __restrict__ dy, const T* __restrict__ x, acc_t<T>* __restrict__ dw) {
   using A = acc_t<T>;
   A* red = dynamic_smem<A>();
@@ -182,13 +181,14 @@ Tile wgrad_tile(const ConvShape& s, size_t acc_bytes) {
     const int64_t tw_pad = (tt.tw + kOpt - 1) / kOpt * kOpt;
     const int64_t rows = (tt.th - 1) * s.SH + (s.KH - 1) * s.DH + 1;
     const int64_t cols = (tw_pad - 1) * s.SW + (s.KW - 1) * s.DW + 1;
-    if (rows > (1 << 16) || cols > (1 << 16)) return SIZE_MAX;
+    if (rows > (1 << 16) || cols > (1 << 16) || rows * cols > (1 << 24)) return SIZE_MAX;
     tt.rows = int(rows);
     tt.cols = int(cols);
     tt.cin = int(s.M == 1 ? tt.cb : std::min<int64_t>(s.C, (tt.cb - 1) / s.M + 2));
     // Slice sums: slices * items * taps_per_item <= max(cb*KH*KW, kThreads * KW) for both kernel variants.
     const int64_t sums = std::max<int64_t>(tt.cb * s.KH * s.KW, int64_t(kThreads) * s.KW);
-    return acc_bytes * size_t(tt.cb * tt.th * tw_pad + int64_t(tt.cin) * rows * cols + sums);
+    tt.plane = plane_stride(s.layout, rows, cols);
+    return acc_bytes * size_t(int64_t(tt.cb) * plane_stride(s.layout, tt.th, tw_pad) + int64_t(tt.cin) * tt.plane + sums);
   };
   t.fits = shrink_to_fit(t, bytes);
   t.smem = bytes(t);
