@@ -98,27 +98,28 @@ def wgrad_kernel(dy_ptr, x_ptr, ws_ptr,
 
     for kh in range(KH):
         row = kh * DH
-        # Filter rows entirely in the padding contribute nothing: skipped, except that a deterministic
-        # program still writes its zeros (every workspace element is written exactly once).
+        # Filter rows and taps whose window lies entirely in the padding contribute nothing: skipped,
+        # except that a deterministic program still writes its zeros (each workspace element once).
         if DETERMINISTIC | ((ih_first + row < H) & (ih_last + row >= 0)):
             ih = ih0 + row
             row_ok = out_ok & ((ih >= 0) & (ih < H))[None, :, None]
             x_row = x_tap0 + row * sxh
             for kw in tl.static_range(KW):
                 col = kw * DW
-                x_tap = x_row + col * sxw
-                if interior:
-                    part = _wgrad_tap(dy_tile, x_tap, n_first, n_last, sdn, sxn, out_ok, False, ACC,
-                                      BLOCK_C, BLOCK_H, BLOCK_W)
-                else:
-                    iw = iw0 + col
-                    ok = row_ok & ((iw >= 0) & (iw < W))[None, None, :]
-                    part = _wgrad_tap(dy_tile, x_tap, n_first, n_last, sdn, sxn, ok, True, ACC,
-                                      BLOCK_C, BLOCK_H, BLOCK_W)
-                if DETERMINISTIC:
-                    tl.store(ws_co + (kh * KW + kw), part, mask=c_ok)
-                else:
-                    tl.atomic_add(ws_co + (kh * KW + kw), part, mask=c_ok)
+                if DETERMINISTIC | ((iw_first + col < W) & (iw_last + col >= 0)):
+                    x_tap = x_row + col * sxw
+                    if interior:
+                        part = _wgrad_tap(dy_tile, x_tap, n_first, n_last, sdn, sxn, out_ok, False, ACC,
+                                          BLOCK_C, BLOCK_H, BLOCK_W)
+                    else:
+                        iw = iw0 + col
+                        ok = row_ok & ((iw >= 0) & (iw < W))[None, None, :]
+                        part = _wgrad_tap(dy_tile, x_tap, n_first, n_last, sdn, sxn, ok, True, ACC,
+                                          BLOCK_C, BLOCK_H, BLOCK_W)
+                    if DETERMINISTIC:
+                        tl.store(ws_co + (kh * KW + kw), part, mask=c_ok)
+                    else:
+                        tl.atomic_add(ws_co + (kh * KW + kw), part, mask=c_ok)
 
 
 @triton.jit
