@@ -30,12 +30,14 @@ constexpr int64_t kMacsPerThread = 1 << 18;
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Output rows per band so that the band's input tile stays within kTileBytes (at least one row).
+// Output rows per band so that the band's input tile stays within kTileBytes (at least one row), bands of
+// near-equal height (no thin last band recomputing a full halo).
 inline int64_t band_rows(int64_t out_rows, int64_t tile_cols, int64_t row_stride, int64_t row_span,
                          int64_t bytes_per_pixel) {
   const int64_t max_rows = kTileBytes / std::max<int64_t>(1, tile_cols * bytes_per_pixel);
-  const int64_t th = max_rows >= row_span ? (max_rows - row_span) / row_stride + 1 : 1;
-  return std::clamp<int64_t>(th, 1, std::max<int64_t>(1, out_rows));
+  const int64_t th = std::clamp<int64_t>(max_rows >= row_span ? (max_rows - row_span) / row_stride + 1 : 1, 1,
+                                         std::max<int64_t>(1, out_rows));
+  return ceil_div(out_rows, ceil_div(out_rows, th));
 }
 
 inline int thread_count(int threads, int64_t items, int64_t macs) {
@@ -270,7 +272,8 @@ DWCONV_TARGET void fwd(const ConvShape& s, const T* x, const T* w, const T* b, T
     A* stage = out + out_size;
 #pragma omp for schedule(dynamic)
     for (int64_t item = 0; item < items; ++item) {
-      const int64_t band = item % nbands, blk = (item / nbands) % nblocks, n = item / (nbands * nblocks);
+      // channel blocks innermost: in NHWC the next block reads the other half of the cache lines just read
+      const int64_t blk = item % nblocks, band = (item / nblocks) % nbands, n = item / (nbands * nblocks);
       const int64_t oh0 = band * TH, th = std::min(TH, s.HO - oh0), rows = (th - 1) * s.SH + row_span;
       int64_t chan[L];
       for (int l = 0; l < L; ++l) chan[l] = blk * L + l < CO ? (blk * L + l) / s.M : -1;
@@ -331,7 +334,8 @@ DWCONV_TARGET void dgrad(const ConvShape& s, const T* dy, const T* w, T* dx, int
     A* stage = out + out_size;
 #pragma omp for schedule(dynamic)
     for (int64_t item = 0; item < items; ++item) {
-      const int64_t band = item % nbands, blk = (item / nbands) % nblocks, n = item / (nbands * nblocks);
+      // channel blocks innermost: in NHWC the next block reads the other half of the cache lines just read
+      const int64_t blk = item % nblocks, band = (item / nblocks) % nbands, n = item / (nbands * nblocks);
       const int64_t ih0 = band * TH, th = std::min(TH, s.H - ih0), rows = th - 1 + row_span;
       const ImageView<const T> src{dy + n * CO * s.HO * s.WO, s.layout, CO, s.HO, s.WO};
       for (int64_t j = 0; j < s.M; ++j) {
