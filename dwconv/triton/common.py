@@ -44,6 +44,21 @@ def strides4(t: torch.Tensor):
     return tuple(int(s) for s in t.stride())
 
 
+def weight_operand(weight: torch.Tensor, channels_last: bool):
+    """The weights as the direct kernels read them, with their (channel, tap) element strides.
+
+    NCHW tiles hold one or a few channels: the (CO, 1, KH, KW) weight as given (channel-major).
+    channels_last tiles give each thread a vector of consecutive channels at one pixel, so the weights are
+    passed tap-major, (KH*KW, CO) in the accumulation dtype (a tiny copy): one tap's weights for a channel
+    vector are then one contiguous 16-byte load instead of a gather.
+    """
+    co, taps = weight.shape[0], weight.shape[2] * weight.shape[3]
+    if not channels_last:
+        return weight, (taps, 1)
+    tap_major = weight.reshape(co, taps).t().to(acc_torch_dtype(weight.dtype)).contiguous()
+    return tap_major, (1, co)
+
+
 def phase_offset(k: int, d: int, s: int) -> int:
     """Smallest multiple of s that is >= (k-1)*d: added before a floor division by s so that the
     dividend is never negative (integer division of negatives differs between the GPU and the interpreter)."""

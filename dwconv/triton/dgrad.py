@@ -16,12 +16,12 @@ import triton.language as tl
 from .._conv_args import ConvArgs
 from ..backends.base import new_output
 from . import tiles
-from .common import acc_dtype, needs_int64, phase_offset, strides4, widen_strides
+from .common import acc_dtype, needs_int64, phase_offset, strides4, weight_operand, widen_strides
 
 
 @triton.jit
 def _dgrad_row(acc, kh, dy_base, w_co, ihp, iwp, c_ok, ihp_first, ihp_last, iwp_first, iwp_last, qh0, qw0,
-               HO, WO, sdh, sdw, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
+               HO, WO, sdh, sdw, swt, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
                DH: tl.constexpr, DW: tl.constexpr, OFF_H: tl.constexpr, OFF_W: tl.constexpr,
                MASKED: tl.constexpr):
     # dy_base: [BC, BH, BW] pointers of dy at (oh, ow) = (ihp, iwp); qh0 - kh*DH = rh + PT - kh*DH + OFF_H
@@ -54,34 +54,34 @@ def _dgrad_row(acc, kh, dy_base, w_co, ihp, iwp, c_ok, ihp_first, ihp_last, iwp_
                         if (iwp_first + dw < WO) & (iwp_last + dw >= 0):
                             ow = iwp + dw
                             ok = row_ok & ((ow >= 0) & (ow < WO))[None, None, :]
-                            wv = tl.load(w_co + (kh * KW + kw), mask=c_ok, other=0.0).to(acc.dtype)
+                            wv = tl.load(w_co + (kh * KW + kw) * swt, mask=c_ok, other=0.0).to(acc.dtype)
                             acc += tl.load(tap, mask=ok, other=0.0).to(acc.dtype) * wv[:, None, None]
                     else:
-                        wv = tl.load(w_co + (kh * KW + kw)).to(acc.dtype)
+                        wv = tl.load(w_co + (kh * KW + kw) * swt).to(acc.dtype)
                         acc += tl.load(tap).to(acc.dtype) * wv[:, None, None]
     return acc
 
 
 @triton.jit
 def _dgrad_taps(acc, dy_base, w_co, ihp, iwp, c_ok, ihp_first, ihp_last, iwp_first, iwp_last, qh0, qw0,
-                HO, WO, sdh, sdw, KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
+                HO, WO, sdh, sdw, swt, KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
                 DH: tl.constexpr, DW: tl.constexpr, OFF_H: tl.constexpr, OFF_W: tl.constexpr,
                 UNROLL_ROWS: tl.constexpr, MASKED: tl.constexpr):
     if (not MASKED) and UNROLL_ROWS:
         for kh in tl.static_range(KH):
             acc = _dgrad_row(acc, kh, dy_base, w_co, ihp, iwp, c_ok, ihp_first, ihp_last, iwp_first, iwp_last,
-                             qh0, qw0, HO, WO, sdh, sdw, KW, SH, SW, DH, DW, OFF_H, OFF_W, MASKED)
+                             qh0, qw0, HO, WO, sdh, sdw, swt, KW, SH, SW, DH, DW, OFF_H, OFF_W, MASKED)
     else:
         for kh in range(KH):
             acc = _dgrad_row(acc, kh, dy_base, w_co, ihp, iwp, c_ok, ihp_first, ihp_last, iwp_first, iwp_last,
-                             qh0, qw0, HO, WO, sdh, sdw, KW, SH, SW, DH, DW, OFF_H, OFF_W, MASKED)
+                             qh0, qw0, HO, WO, sdh, sdw, swt, KW, SH, SW, DH, DW, OFF_H, OFF_W, MASKED)
     return acc
 
 
 @triton.jit
 def dgrad_kernel(dy_ptr, w_ptr, dx_ptr,
                  C, CO, H, W, HO, WO, PT, PL,
-                 sdn, sdc, sdh, sdw, sxn, sxc, sxh, sxw,
+                 sdn, sdc, sdh, sdw, sxn, sxc, sxh, sxw, swc, swt,
                  M: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
                  DH: tl.constexpr, DW: tl.constexpr, OFF_H: tl.constexpr, OFF_W: tl.constexpr,
                  INDEX_64: tl.constexpr, ACC: tl.constexpr, UNROLL_ROWS: tl.constexpr,
@@ -140,14 +140,14 @@ def dgrad_kernel(dy_ptr, w_ptr, dx_ptr,
     for j in range(M):
         co = ci * M + j
         dy_base = dy_img + co[:, None, None] * sdc
-        w_co = w_ptr + co * (KH * KW)
+        w_co = w_ptr + co * swc
         if interior:
             acc = _dgrad_taps(acc, dy_base, w_co, ihp, iwp, c_ok, ihp_first, ihp_last, iwp_first, iwp_last,
-                              qh0, qw0, HO, WO, sdh, sdw, KH, KW, SH, SW, DH, DW, OFF_H, OFF_W,
+                              qh0, qw0, HO, WO, sdh, sdw, swt, KH, KW, SH, SW, DH, DW, OFF_H, OFF_W,
                               UNROLL_ROWS, MASKED=False)
         else:
             acc = _dgrad_taps(acc, dy_base, w_co, ihp, iwp, c_ok, ihp_first, ihp_last, iwp_first, iwp_last,
-                              qh0, qw0, HO, WO, sdh, sdw, KH, KW, SH, SW, DH, DW, OFF_H, OFF_W,
+                              qh0, qw0, HO, WO, sdh, sdw, swt, KH, KW, SH, SW, DH, DW, OFF_H, OFF_W,
                               UNROLL_ROWS, MASKED=True)
 
     dx_ptrs = dx_ptr + n * sxn + ci[:, None, None] * sxc + ih[None, :, None] * sxh + iw[None, None, :] * sxw
@@ -177,9 +177,10 @@ def dgrad(grad_out, weight, args: ConvArgs, channels_last: bool):
         return (n * triton.cdiv(c, meta["BLOCK_C"]) * phases * triton.cdiv(hp, meta["BLOCK_H"])
                 * triton.cdiv(wp, meta["BLOCK_W"]),)
 
+    w_operand, w_strides = weight_operand(weight, channels_last)
     tiles.launch(dgrad_kernel, grid,
-                 (grad_out, weight, dx, c, args.out_channels, h, w, args.out_height, args.out_width, pt, pl)
-                 + strides4(grad_out) + strides4(dx),
+                 (grad_out, w_operand, dx, c, args.out_channels, h, w, args.out_height, args.out_width, pt, pl)
+                 + strides4(grad_out) + strides4(dx) + w_strides,
                  dict(M=args.multiplier, KH=kh, KW=kw, SH=sh, SW=sw, DH=dh, DW=dw,
                       OFF_H=phase_offset(kh, dh, sh), OFF_W=phase_offset(kw, dw, sw),
                       INDEX_64=needs_int64(grad_out, dx), ACC=acc_dtype(grad_out.dtype)),

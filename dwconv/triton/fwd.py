@@ -15,32 +15,34 @@ import triton.language as tl
 from .._conv_args import ConvArgs
 from ..backends.base import new_output
 from . import tiles
-from .common import acc_dtype, needs_int64, strides4, widen_strides
+from .common import acc_dtype, needs_int64, strides4, weight_operand, widen_strides
 
 
 @triton.jit
-def _fwd_row_interior(acc, x_row, w_row, sxw, KW: tl.constexpr, DW: tl.constexpr):
+def _fwd_row_interior(acc, x_row, w_row, sxw, swt, KW: tl.constexpr, DW: tl.constexpr):
     # x_row: [BC, BH, BW] pointers of tap (kh, 0); per tap only a constant offset when sxw == 1 (NCHW),
     # which ptxas folds into the load's immediate.
     for kw in tl.static_range(KW):
-        wv = tl.load(w_row + kw).to(acc.dtype)
+        wv = tl.load(w_row + kw * swt).to(acc.dtype)
         acc += tl.load(x_row + (kw * DW) * sxw).to(acc.dtype) * wv[:, None, None]
     return acc
 
 
 @triton.jit
 def _fwd_taps(acc, x_tap0, w_co, ih0, iw0, c_ok, ih_first, ih_last, iw_first, iw_last, H, W,
-              sxh, sxw, KH: tl.constexpr, KW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
+              sxh, sxw, swt, KH: tl.constexpr, KW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
               UNROLL_ROWS: tl.constexpr, MASKED: tl.constexpr):
     # x_tap0: [BC, BH, BW] pointers of tap (0, 0); ih0 / iw0: its input rows / columns;
     # ih_first..ih_last, iw_first..iw_last: the window of tap (0, 0) over the tile's valid outputs.
     if not MASKED:
         if UNROLL_ROWS:
             for kh in tl.static_range(KH):
-                acc = _fwd_row_interior(acc, x_tap0 + (kh * DH) * sxh, w_co + kh * KW, sxw, KW, DW)
+                acc = _fwd_row_interior(acc, x_tap0 + (kh * DH) * sxh, w_co + (kh * KW) * swt, sxw, swt,
+                                        KW, DW)
         else:
             for kh in range(KH):
-                acc = _fwd_row_interior(acc, x_tap0 + (kh * DH) * sxh, w_co + kh * KW, sxw, KW, DW)
+                acc = _fwd_row_interior(acc, x_tap0 + (kh * DH) * sxh, w_co + (kh * KW) * swt, sxw, swt,
+                                        KW, DW)
     else:
         for kh in range(KH):
             row = kh * DH
@@ -54,7 +56,7 @@ def _fwd_taps(acc, x_tap0, w_co, ih0, iw0, c_ok, ih_first, ih_last, iw_first, iw
                     if (iw_first + col < W) & (iw_last + col >= 0):
                         iw = iw0 + col
                         ok = row_ok & ((iw >= 0) & (iw < W))[None, None, :]
-                        wv = tl.load(w_co + (kh * KW + kw), mask=c_ok, other=0.0).to(acc.dtype)
+                        wv = tl.load(w_co + (kh * KW + kw) * swt, mask=c_ok, other=0.0).to(acc.dtype)
                         acc += tl.load(x_row + col * sxw, mask=ok, other=0.0).to(acc.dtype) * wv[:, None, None]
     return acc
 
@@ -62,7 +64,7 @@ def _fwd_taps(acc, x_tap0, w_co, ih0, iw0, c_ok, ih_first, ih_last, iw_first, iw
 @triton.jit
 def fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
                CO, H, W, HO, WO, PT, PL,
-               sxn, sxc, sxh, sxw, syn, syc, syh, syw,
+               sxn, sxc, sxh, sxw, syn, syc, syh, syw, swc, swt,
                M: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
                DH: tl.constexpr, DW: tl.constexpr, HAS_BIAS: tl.constexpr, INDEX_64: tl.constexpr,
                ACC: tl.constexpr, UNROLL_ROWS: tl.constexpr,
@@ -96,7 +98,7 @@ def fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
     iw0 = ow * SW - PL
     x_tap0 = (x_ptr + n * sxn + ci[:, None, None] * sxc + ih0[None, :, None] * sxh
               + iw0[None, None, :] * sxw)
-    w_co = w_ptr + co * (KH * KW)
+    w_co = w_ptr + co * swc
 
     # Tap (0, 0) input window of the tile's valid outputs.
     ih_first = th * BLOCK_H * SH - PT
@@ -113,13 +115,13 @@ def fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
               + ow[None, None, :] * syw)
     if interior:
         acc = _fwd_taps(acc, x_tap0, w_co, ih0, iw0, c_ok, ih_first, ih_last, iw_first, iw_last, H, W,
-                        sxh, sxw, KH, KW, DH, DW, UNROLL_ROWS, MASKED=False)
+                        sxh, sxw, swt, KH, KW, DH, DW, UNROLL_ROWS, MASKED=False)
         if HAS_BIAS:
             acc += tl.load(b_ptr + co).to(ACC)[:, None, None]
         tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty))
     else:
         acc = _fwd_taps(acc, x_tap0, w_co, ih0, iw0, c_ok, ih_first, ih_last, iw_first, iw_last, H, W,
-                        sxh, sxw, KH, KW, DH, DW, UNROLL_ROWS, MASKED=True)
+                        sxh, sxw, swt, KH, KW, DH, DW, UNROLL_ROWS, MASKED=True)
         if HAS_BIAS:
             acc += tl.load(b_ptr + co, mask=c_ok, other=0.0).to(ACC)[:, None, None]
         out_ok = c_ok[:, None, None] & (oh < HO)[None, :, None] & (ow < WO)[None, None, :]
@@ -139,8 +141,9 @@ def forward(x, weight, bias, args: ConvArgs, channels_last: bool):
                 * triton.cdiv(wo, meta["BLOCK_W"]),)
 
     b = bias if bias is not None else weight  # never read when HAS_BIAS is False
+    w, w_strides = weight_operand(weight, channels_last)
     tiles.launch(fwd_kernel, grid,
-                 (x, weight, b, y, co, args.height, args.width, ho, wo, pt, pl) + strides4(x) + strides4(y),
+                 (x, w, b, y, co, args.height, args.width, ho, wo, pt, pl) + strides4(x) + strides4(y) + w_strides,
                  dict(M=args.multiplier, KH=args.kernel[0], KW=args.kernel[1], SH=args.stride[0],
                       SW=args.stride[1], DH=args.dilation[0], DW=args.dilation[1],
                       HAS_BIAS=bias is not None, INDEX_64=needs_int64(x, y), ACC=acc_dtype(x.dtype)),
