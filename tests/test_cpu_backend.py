@@ -7,7 +7,7 @@ import torch
 import dwconv._C  # noqa: F401  (registers torch.ops.dwconv.native_*)
 from utils import TOLERANCE, assert_close, make_inputs, reference_grads
 
-DTYPES = [torch.float32, torch.float64, torch.bfloat16]
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 
 # (N, C, H, W, (KH, KW), multiplier, stride, padding (top, bottom, left, right), dilation)
 CASES = [
@@ -77,7 +77,7 @@ def test_parity(case, dtype, channels_last):
     y, dx, dw = run_native(x, w, b, dy, stride, padding, dilation)
     ry, rdx, rdw, _ = reference_grads(x, w, b, dy, stride, padding, dilation)
     assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    # bf16 outputs carry one rounding; dw (fp32 accumulation) is compared at the input rounding's level.
+    # bf16 / fp16 outputs carry one rounding; dw (fp32 accumulation) is compared at the input rounding's level.
     assert_close(y, ry, dtype, "y")
     assert_close(dx, rdx, dtype, "dx")
     assert_close(dw, rdw, dtype, "dw")
@@ -150,8 +150,8 @@ def test_bad_inputs_raise():
     pad = (1, 1, 1, 1)
     with pytest.raises(RuntimeError, match="must have size"):
         torch.ops.dwconv.native_fwd(x, w, b, (1, 1), pad, (1, 1), torch.empty(1, 4, 7, 8))
-    with pytest.raises(RuntimeError, match="float32, float64 or bfloat16"):
-        torch.ops.dwconv.native_fwd(x.half(), w.half(), None, (1, 1), pad, (1, 1), y.half())
+    with pytest.raises(RuntimeError, match="float32, float64, bfloat16 or float16"):
+        torch.ops.dwconv.native_fwd(x.int(), w.int(), None, (1, 1), pad, (1, 1), y.int())
     with pytest.raises(RuntimeError, match="weight must be Float"):
         torch.ops.dwconv.native_fwd(x, w.double(), None, (1, 1), pad, (1, 1), y)
     with pytest.raises(RuntimeError, match="channels_last"):

@@ -37,8 +37,8 @@ void check_dtype(const at::Tensor& t, const char* name, at::ScalarType dtype) {
 
 void check_float_dtype(const at::Tensor& t, const char* name) {
   const auto dt = t.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kBFloat16,
-              "dwconv cpu: ", name, " must be float32, float64 or bfloat16, got ", dt);
+  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kBFloat16 || dt == at::kHalf,
+              "dwconv cpu: ", name, " must be float32, float64, bfloat16 or float16, got ", dt);
 }
 
 // Geometry from the input size (N, C, H, W), the weight size (C*M, 1, KH, KW) and the conv arguments;
@@ -86,13 +86,14 @@ ConvShape make_shape(at::IntArrayRef input, at::IntArrayRef weight, at::IntArray
 template <typename T> const T* data(const at::Tensor& t) { return reinterpret_cast<const T*>(t.const_data_ptr()); }
 template <typename T> T* mutable_data(at::Tensor& t) { return reinterpret_cast<T*>(t.mutable_data_ptr()); }
 
-// Calls fn(tag) with a T* tag of the kernel element type matching `dtype` (bfloat16 -> bf16).
+// Calls fn(tag) with a T* tag of the kernel element type matching `dtype` (bfloat16 -> bf16, float16 -> f16).
 template <typename Fn>
 void dispatch_dtype(at::ScalarType dtype, Fn&& fn) {
   switch (dtype) {
     case at::kFloat: return fn(static_cast<float*>(nullptr));
     case at::kDouble: return fn(static_cast<double*>(nullptr));
     case at::kBFloat16: return fn(static_cast<bf16*>(nullptr));
+    case at::kHalf: return fn(static_cast<f16*>(nullptr));
     default: TORCH_CHECK(false, "dwconv cpu: unsupported dtype ", dtype);
   }
 }

@@ -44,5 +44,6 @@ void wgrad(const ConvShape& s, const T* dy, const T* x, acc_t<T>* dw, int thread
 DWCONV_INSTANTIATE_ISA_KERNELS(float)
 DWCONV_INSTANTIATE_ISA_KERNELS(double)
 DWCONV_INSTANTIATE_ISA_KERNELS(bf16)
+DWCONV_INSTANTIATE_ISA_KERNELS(f16)
 
 }  // namespace dwconv::cpu

@@ -30,7 +30,45 @@ inline bf16 to_bf16(float f) {
   return bf16{uint16_t(u >> 16)};
 }
 
-// Accumulation type: fp32 for fp32/bf16, fp64 for fp64.
+// IEEE binary16 storage (bit-compatible with c10::Half); arithmetic happens in fp32.
+struct f16 {
+  uint16_t bits;
+};
+
+inline float bits_to_float(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+inline uint32_t float_to_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  return u;
+}
+
+inline float to_float(f16 v) {
+  const uint32_t sign = uint32_t(v.bits & 0x8000u) << 16, exp = (v.bits >> 10) & 0x1fu, mant = v.bits & 0x3ffu;
+  if (exp == 0) return bits_to_float(sign) + (sign ? -1.f : 1.f) * float(mant) * 0x1p-24f;  // zero, subnormal
+  if (exp == 31) return bits_to_float(sign | 0x7f800000u | (mant << 13));                     // inf, NaN
+  return bits_to_float(sign | ((exp + 112) << 23) | (mant << 13));
+}
+
+// Round to nearest even; overflow gives inf, NaN stays a (quiet) NaN.
+inline f16 to_f16(float f) {
+  uint32_t u = float_to_bits(f);
+  const uint32_t sign = (u >> 16) & 0x8000u;
+  u &= 0x7fffffffu;
+  if (u >= 0x47800000u) return f16{uint16_t(sign | (u > 0x7f800000u ? 0x7e00u : 0x7c00u))};  // >= 2^16, inf, NaN
+  if (u < 0x38800000u) {  // below 2^-14: a subnormal half; adding 0.5 lets the FPU round the mantissa
+    const uint32_t r = float_to_bits(bits_to_float(u) + 0.5f) - 0x3f000000u;
+    return f16{uint16_t(sign | r)};
+  }
+  const uint32_t mant_odd = (u >> 13) & 1u;
+  u += 0xc8000fffu + mant_odd;  // rebias the exponent (-112 << 23) and round to nearest even
+  return f16{uint16_t(sign | (u >> 13))};
+}
+
+// Accumulation type: fp32 for fp32/bf16/fp16, fp64 for fp64.
 template <typename T> struct Acc { using type = float; };
 template <> struct Acc<double> { using type = double; };
 template <typename T> using acc_t = typename Acc<T>::type;

@@ -11,5 +11,6 @@ namespace dwconv::cpu::avx2 {
 DWCONV_INSTANTIATE_ISA_KERNELS(float)
 DWCONV_INSTANTIATE_ISA_KERNELS(double)
 DWCONV_INSTANTIATE_ISA_KERNELS(bf16)
+DWCONV_INSTANTIATE_ISA_KERNELS(f16)
 }  // namespace dwconv::cpu::avx2
 #endif

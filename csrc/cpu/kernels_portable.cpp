@@ -9,4 +9,5 @@ namespace dwconv::cpu::portable {
 DWCONV_INSTANTIATE_ISA_KERNELS(float)
 DWCONV_INSTANTIATE_ISA_KERNELS(double)
 DWCONV_INSTANTIATE_ISA_KERNELS(bf16)
+DWCONV_INSTANTIATE_ISA_KERNELS(f16)
 }  // namespace dwconv::cpu::portable

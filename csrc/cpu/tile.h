@@ -12,9 +12,11 @@ namespace dwconv::cpu::DWCONV_ISA {
 
 inline float to_acc(float v) { return v; }
 inline float to_acc(bf16 v) { return to_float(v); }
+inline float to_acc(f16 v) { return to_float(v); }
 inline double to_acc(double v) { return v; }
 template <typename T> inline T from_acc(acc_t<T> v) { return T(v); }
 template <> inline bf16 from_acc<bf16>(float v) { return to_bf16(v); }
+template <> inline f16 from_acc<f16>(float v) { return to_f16(v); }
 
 // One image of a tensor: size (C, H, W), stored NCHW or NHWC.
 template <typename T>
