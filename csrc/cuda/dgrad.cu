@@ -83,6 +83,9 @@ dgrad_tiled_kernel(ConvShape s, Tile t, bool vec, const T* __restrict__ dy, cons
               }
               continue;
             }
+          } else if (SW == 1 && DW == 1) {  // dy col (w_l0 + o + m) pairs with tap KW-1-m
+            row_window_runtime_k<true>(s_row + w_l0, w_row, KW, acc);
+            continue;
           }
           for (int kw = 0; kw < KW; ++kw) {
             const A wv = w_row[kw];

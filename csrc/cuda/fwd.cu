@@ -76,6 +76,9 @@ fwd_tiled_kernel(ConvShape s, Tile t, bool vec, const T* __restrict__ x, const T
             }
             continue;
           }
+        } else if (SW == 1 && DW == 1) {
+          row_window_runtime_k<false>(s_row + ow_l0, w_row, KW, acc);
+          continue;
         }
 #pragma unroll (K > 0 ? K : 1)
         for (int kw = 0; kw < KW; ++kw) {

@@ -42,6 +42,36 @@ __host__ __device__ __forceinline__ int64_t floor_div(int64_t a, int64_t b) {
 }
 __host__ __device__ __forceinline__ int64_t ceil_div(int64_t a, int64_t b) { return -floor_div(-a, b); }
 
+// Run-time-K taps are processed in chunks of this many through a register window.
+inline constexpr int kTapChunk = 8;
+
+// Taps m0 .. m0 + kTapChunk - 1 of a filter row at unit stride and dilation, through a register window:
+//   acc[o] += sum_m w_row[kFlip ? KW-1-m : m] * s_row[o + m].
+// kTail (the last, partial chunk): window loads past the last needed column and weights past the row's
+// end are predicated off (0).
+template <bool kFlip, bool kTail, typename A>
+__device__ __forceinline__ void window_chunk(const A* s_row, const A* w_row, int KW, int m0, A (&acc)[kOutPerThread]) {
+  A win[kOutPerThread + kTapChunk - 1];
+#pragma unroll
+  for (int j = 0; j < kOutPerThread + kTapChunk - 1; ++j)
+    win[j] = !kTail || m0 + j < KW + kOutPerThread - 1 ? s_row[m0 + j] : A(0);
+#pragma unroll
+  for (int c = 0; c < kTapChunk; ++c) {
+    const int m = m0 + c;
+    const A wv = !kTail || m < KW ? w_row[kFlip ? KW - 1 - m : m] : A(0);
+#pragma unroll
+    for (int o = 0; o < kOutPerThread; ++o) acc[o] += wv * win[o + c];
+  }
+}
+
+// One filter row at unit stride and dilation for a run-time KW, in chunks of kTapChunk taps.
+template <bool kFlip, typename A>
+__device__ __forceinline__ void row_window_runtime_k(const A* s_row, const A* w_row, int KW, A (&acc)[kOutPerThread]) {
+  int m0 = 0;
+  for (; m0 + kTapChunk <= KW; m0 += kTapChunk) window_chunk<kFlip, false>(s_row, w_row, KW, m0, acc);
+  if (m0 < KW) window_chunk<kFlip, true>(s_row, w_row, KW, m0, acc);
+}
+
 __host__ __device__ __forceinline__ int plane_stride(Layout layout, int64_t rows, int64_t cols) {
   return int(layout == Layout::NCHW ? rows * cols : (rows * cols) | 1);
 }

@@ -16,15 +16,24 @@ namespace {
 constexpr int kOpt = kOutPerThread;
 
 // Work of one block: `items` = channel x filter row (K > 0: a thread keeps the row's K taps in registers)
-// or channel x tap (generic), each split over `slices` threads that take every slices-th (row, kOpt-column
+// or channel x filter row x chunk of kTapChunk taps (run-time K), each split over `slices` threads that take every slices-th (row, kOpt-column
 // group) of the output tile. Shared: dy tile [cb][th][tw_pad], x region as in fwd, then per-(slice, item)
 // sums [slices][items][taps_per_item] that persist across the images of the batch slice.
+// Item -> (channel c_l, filter row kh, first tap kw0); the same mapping for accumulation and final sums.
+template <Layout L>
+__device__ __forceinline__ void wgrad_item(int item, int ncb, int KH, int chunks, int& c_l, int& kh, int& kw0) {
+  int chunk;
+  if constexpr (L == Layout::NCHW) { chunk = item % chunks; kh = item / chunks % KH; c_l = item / (chunks * KH); }
+  else { c_l = item % ncb; chunk = item / ncb % chunks; kh = item / (ncb * chunks); }
+  kw0 = chunk * kTapChunk;
+}
+
 template <typename T, Layout L, int K>
 __global__ void __launch_bounds__(kThreads, kMinBlocksWgrad)
 wgrad_tiled_kernel(ConvShape s, Tile t, bool vec, const T* __restrict__ dy, const T* __restrict__ x,
                    acc_t<T>* __restrict__ out, bool to_workspace) {
   using A = acc_t<T>;
-  constexpr int kTaps = K > 0 ? K : 1;  // taps per item
+  constexpr int kTaps = K > 0 ? K : kTapChunk;  // taps per item
   const int KH = K > 0 ? K : int(s.KH), KW = K > 0 ? K : int(s.KW), KK = KH * KW;
   const int SH = int(s.SH), SW = int(s.SW), DH = int(s.DH), DW = int(s.DW);
   const int64_t CO = (s.C * s.M);
@@ -46,7 +55,8 @@ wgrad_tiled_kernel(ConvShape s, Tile t, bool vec, const T* __restrict__ dy, cons
     const int ncin = int((co0 + ncb - 1) / s.M - ci0 + 1);
     const int64_t oh0 = tile_h * t.th, ow0 = tile_w * t.tw;
     const int64_t n_begin = slice * t.nb, n_end = n_begin + t.nb < s.N ? n_begin + t.nb : s.N;
-    const int items = ncb * KH * (K > 0 ? 1 : KW);
+    const int chunks = K > 0 ? 1 : (KW + kTapChunk - 1) / kTapChunk;
+    const int items = ncb * KH * chunks;
     const int slices = items >= int(blockDim.x) ? 1 : int(blockDim.x) / items;
     const int units = t.th * groups_w;
 
@@ -59,14 +69,7 @@ wgrad_tiled_kernel(ConvShape s, Tile t, bool vec, const T* __restrict__ dy, cons
       for (int pair = threadIdx.x; pair < slices * items; pair += blockDim.x) {
         const int item = pair % items, sl = pair / items;
         int c_l, kh, kw0;
-        if constexpr (K > 0) {
-          if constexpr (L == Layout::NCHW) { kh = item % KH; c_l = item / KH; }
-          else { c_l = item % ncb; kh = item / ncb; }
-          kw0 = 0;
-        } else {
-          if constexpr (L == Layout::NCHW) { kw0 = item % KW; kh = item / KW % KH; c_l = item / KK; }
-          else { c_l = item % ncb; kw0 = item / ncb % KW; kh = item / (ncb * KW); }
-        }
+        wgrad_item<L>(item, ncb, KH, chunks, c_l, kh, kw0);
         const int ci_l = int((co0 + c_l) / s.M - ci0);
         A acc[kTaps];
 #pragma unroll
@@ -78,22 +81,28 @@ wgrad_tiled_kernel(ConvShape s, Tile t, bool vec, const T* __restrict__ dy, cons
 #pragma unroll
           for (int o = 0; o < kOpt; ++o) d[o] = dy_row[ow_l0 + o];
           const A* x_row = s_x + ci_l * t.plane + (oh_l * SH + kh * DH) * t.cols;
-          if constexpr (K > 0) {
-            if (SW == 1 && DW == 1) {  // acc[kw] += sum_o dy[o] * x[o + kw]
-              A win[kOpt + K - 1];
+          if (SW == 1 && DW == 1) {  // acc[q] += sum_o dy[o] * x[o + kw0 + q]
+            A win[kOpt + kTaps - 1];
+            if (K > 0 || kw0 + kTaps <= KW) {
 #pragma unroll
-              for (int q = 0; q < kOpt + K - 1; ++q) win[q] = x_row[ow_l0 + q];
+              for (int j = 0; j < kOpt + kTaps - 1; ++j) win[j] = x_row[ow_l0 + kw0 + j];
+            } else {  // last chunk of a run-time K: nothing past the last tap's window
 #pragma unroll
-              for (int kw = 0; kw < K; ++kw)
-#pragma unroll
-                for (int o = 0; o < kOpt; ++o) acc[kw] += d[o] * win[o + kw];
-              continue;
+              for (int j = 0; j < kOpt + kTaps - 1; ++j)
+                win[j] = kw0 + j < KW + kOpt - 1 ? x_row[ow_l0 + kw0 + j] : A(0);
             }
+#pragma unroll
+            for (int q = 0; q < kTaps; ++q)
+#pragma unroll
+              for (int o = 0; o < kOpt; ++o) acc[q] += d[o] * win[o + q];
+            continue;
           }
 #pragma unroll
-          for (int q = 0; q < kTaps; ++q)
+          for (int q = 0; q < kTaps; ++q) {
+            if (K == 0 && kw0 + q >= KW) break;
 #pragma unroll
             for (int o = 0; o < kOpt; ++o) acc[q] += d[o] * x_row[(ow_l0 + o) * SW + (kw0 + q) * DW];
+          }
         }
         A* sum = s_sum + pair * kTaps;
 #pragma unroll
@@ -102,23 +111,16 @@ wgrad_tiled_kernel(ConvShape s, Tile t, bool vec, const T* __restrict__ dy, cons
       __syncthreads();
     }
 
-    // Sum the slices in a fixed order; item-major index e = item * kTaps + q names tap (c_l, kh, kw0 + q).
+    // Sum the slices in a fixed order; item-major index e = item * kTaps + q names tap (c_l, kh, kw0 + q)
+    // (run-time K: chunk taps past the row's end hold zeros and are dropped).
     for (int e = threadIdx.x; e < items * kTaps; e += blockDim.x) {
+      const int item = e / kTaps, q = e % kTaps;
+      int c_l, kh, kw0;
+      wgrad_item<L>(item, ncb, KH, chunks, c_l, kh, kw0);
+      if (kw0 + q >= KW) continue;
       A v = A(0);
       for (int sl = 0; sl < slices; ++sl) v += s_sum[sl * items * kTaps + e];
-      const int item = e / kTaps, q = e % kTaps;
-      int c_l, tap;
-      if constexpr (K > 0) {
-        const int kh = L == Layout::NCHW ? item % KH : item / ncb;
-        c_l = L == Layout::NCHW ? item / KH : item % ncb;
-        tap = kh * KW + q;
-      } else {
-        int kh, kw;
-        if constexpr (L == Layout::NCHW) { kw = item % KW; kh = item / KW % KH; c_l = item / KK; }
-        else { c_l = item % ncb; kw = item / ncb % KW; kh = item / (ncb * KW); }
-        tap = kh * KW + kw;
-      }
-      const int64_t idx = (co0 + c_l) * KK + tap;
+      const int64_t idx = (co0 + c_l) * KK + kh * KW + kw0 + q;
       if (to_workspace) out[split * CO * KK + idx] = v;
       else atomicAdd(out + idx, v);
     }
@@ -185,8 +187,10 @@ Tile wgrad_tile(const ConvShape& s, size_t acc_bytes) {
     tt.rows = int(rows);
     tt.cols = int(cols);
     tt.cin = int(s.M == 1 ? tt.cb : std::min<int64_t>(s.C, (tt.cb - 1) / s.M + 2));
-    // Slice sums: slices * items * taps_per_item <= max(cb*KH*KW, kThreads * KW) for both kernel variants.
-    const int64_t sums = std::max<int64_t>(tt.cb * s.KH * s.KW, int64_t(kThreads) * s.KW);
+    // Slice sums: slices * items * taps_per_item <= max(items, kThreads) * taps_per_item, for both variants
+    // (compile-time K: items = cb*KH, K taps; run-time K: items = cb*KH*chunks, kTapChunk taps).
+    const int64_t kw_chunks = (s.KW + kTapChunk - 1) / kTapChunk * kTapChunk;
+    const int64_t sums = std::max<int64_t>(tt.cb * s.KH * kw_chunks, int64_t(kThreads) * std::max<int64_t>(s.KW, kTapChunk));
     tt.plane = plane_stride(s.layout, rows, cols);
     return acc_bytes * size_t(int64_t(tt.cb) * plane_stride(s.layout, tt.th, tw_pad) + int64_t(tt.cin) * tt.plane + sums);
   };

@@ -1,6 +1,7 @@
 """Builds the host-emulation library of the CUDA kernels (once per source state; cached by torch's builder)."""
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 
@@ -21,7 +22,9 @@ def load_host_kernels(build_dir: str | None = None) -> None:
             return
         except (AttributeError, RuntimeError):
             pass
-    build_dir = build_dir or os.path.join(tempfile.gettempdir(), f"dwconv_cuda_host_{os.getuid()}")
+    # One build directory per checkout: several trees on one machine must not share objects.
+    tree = hashlib.sha1(HERE.encode()).hexdigest()[:10]
+    build_dir = build_dir or os.path.join(tempfile.gettempdir(), f"dwconv_cuda_host_{os.getuid()}_{tree}")
     os.makedirs(build_dir, exist_ok=True)
     torch.utils.cpp_extension.load(
         name="dwconv_cuda_host",
