@@ -50,7 +50,7 @@ PARAMS = [pytest.param(case, dtype, cl, id=f"{case[0]}-{str(dtype)[6:]}-{'nhwc' 
 def host_ops():
     """The CUDA kernels compiled for the host emulation (built once per session, cached across sessions)."""
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "cuda_host"))
-    from build import NAMESPACE, load_host_kernels
+    from build_host_kernels import NAMESPACE, load_host_kernels
     load_host_kernels()
     return getattr(torch.ops, NAMESPACE)
 
