@@ -188,7 +188,8 @@ def test_device_backend_through_functional(dtype, channels_last):
     _device_ops()
     import dwconv
     x, wt, b = make_inputs(3, 32, 14, 14, 11, 2, dtype=dtype, device="cuda", channels_last=channels_last)
-    x.requires_grad_(True), wt.requires_grad_(True), b.requires_grad_(True)
+    for t in (x, wt, b):
+        t.requires_grad_(True)
     y = dwconv.depthwise_conv2d(x, wt, b, stride=1, padding=5, backend="cuda")
     grad_out = torch.randn_like(y)
     y.backward(grad_out)

@@ -12,6 +12,7 @@
   kernel<<<(grid), (block), (smem), (stream)>>>(__VA_ARGS__)
 #elif defined(DWCONV_CUDA_HOST_EMULATION)
 #include <bit>
+#include <cmath>
 #else
 #error "cuda_compat.cuh is for kernel sources (nvcc, or the host-emulation build)"
 #endif
@@ -27,10 +28,25 @@ template <typename T> __device__ __forceinline__ T from_float(float v);
 template <> __device__ __forceinline__ fp16_t from_float<fp16_t>(float v) { return __float2half_rn(v); }
 template <> __device__ __forceinline__ bf16_t from_float<bf16_t>(float v) { return __float2bfloat16_rn(v); }
 #else
-inline float to_float(fp16_t v) { return float(std::bit_cast<_Float16>(v.bits)); }
+// IEEE binary16 <-> binary32 in plain integer code (no _Float16 needed); round to nearest even.
+inline float to_float(fp16_t v) {
+  const uint32_t h = v.bits, sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu;
+  if (exp == 0x1fu) return std::bit_cast<float>(sign | 0x7f800000u | (mant << 13));  // inf / nan
+  if (exp == 0) return std::bit_cast<float>(sign | std::bit_cast<uint32_t>(float(mant) * 0x1p-24f));  // subnormal
+  return std::bit_cast<float>(sign | ((exp + 112) << 23) | (mant << 13));
+}
 inline float to_float(bf16_t v) { return std::bit_cast<float>(uint32_t(v.bits) << 16); }
 template <typename T> inline T from_float(float v);
-template <> inline fp16_t from_float<fp16_t>(float v) { return {std::bit_cast<uint16_t>(_Float16(v))}; }
+template <> inline fp16_t from_float<fp16_t>(float v) {
+  const uint32_t u = std::bit_cast<uint32_t>(v), sign = (u >> 16) & 0x8000u, a = u & 0x7fffffffu;
+  if (a > 0x7f800000u) return {uint16_t(sign | 0x7e00u)};   // nan
+  if (a >= 0x477ff000u) return {uint16_t(sign | 0x7c00u)};  // >= 65520 rounds to inf
+  if (a < 0x38800000u)                                       // below 2^-14: subnormal half (or 0)
+    return {uint16_t(sign | uint32_t(std::nearbyint(std::bit_cast<float>(a) * 0x1p24f)))};
+  uint32_t r = a - 0x38000000u;                              // rebias the exponent (127 -> 15)
+  r += 0xfffu + ((r >> 13) & 1u);                            // round to nearest even at bit 13
+  return {uint16_t(sign | (r >> 13))};
+}
 template <> inline bf16_t from_float<bf16_t>(float v) {
   uint32_t u = std::bit_cast<uint32_t>(v);
   if ((u & 0x7fffffffu) > 0x7f800000u) return {uint16_t(0x7fc0)};  // NaN stays NaN
