@@ -138,6 +138,17 @@ def test_host_emulated_unaligned_input_takes_scalar_path(host_ops):
     assert_close(y, reference_conv(x, wt, None, (1, 1), (3, 3, 3, 3), (1, 1)), F32, "forward")
 
 
+def test_host_emulation_orders_shared_memory_at_barriers(host_ops):
+    out = host_ops.emulation_selftest(torch.zeros(16), 0)
+    assert out.tolist() == [(i + 1) % 64 for i in range(64)]
+
+
+@pytest.mark.parametrize("mode,message", [(1, "divergent __syncthreads"), (2, "misaligned address")])
+def test_host_emulation_rejects_what_the_gpu_would(host_ops, mode, message):
+    with pytest.raises(RuntimeError, match=message):
+        host_ops.emulation_selftest(torch.zeros(16), mode)
+
+
 def test_host_emulated_bad_inputs_raise(host_ops):
     x, wt, b = make_inputs(1, 4, 8, 8, 3)
     y = torch.empty(1, 4, 8, 8)
