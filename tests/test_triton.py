@@ -81,9 +81,8 @@ def test_interior_and_border_tiles(monkeypatch):
     small = triton.Config({"BLOCK_C": 2, "BLOCK_H": 2, "BLOCK_W": 4}, num_warps=1)
     monkeypatch.setattr(tiles, "AUTOTUNE", False)
     monkeypatch.setattr(tiles, "configs", lambda *a, **k: [triton.Config(dict(small.kwargs), num_warps=1)])
-    run_case((1, 2, 7, 9, 3, 1, 1, 1, 2, True, False, F32))
-    monkeypatch.setattr(tiles, "UNROLL_ROWS_MAX", 0)
-    run_case((1, 4, 12, 18, 3, 2, 1, 1, 1, True, True, F32))
+    run_case((1, 2, 7, 9, 3, 1, 1, 1, 2, True, False, F32))   # NCHW: filter rows unrolled
+    run_case((1, 4, 12, 18, 3, 2, 1, 1, 1, True, True, F32))  # channels_last: filter rows looped
 
 
 def test_int64_indexing(monkeypatch):

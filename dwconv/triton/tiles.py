@@ -29,16 +29,16 @@ SMALL_MAP_WIDTH = 16
 AUTOTUNE = not INTERPRET
 
 
-# Interior tiles of the direct kernels unroll the filter rows (no loop overhead on the hot path) when
-# the kernel is at most this tall and each thread holds at most OUTPUTS_PER_THREAD_UNROLLED outputs:
-# with more (channels_last channel vectors, whole-plane small-map tiles) the unrolled schedule runs out
-# of registers and ptxas spills (seen at K = 11).
+# Interior tiles of the direct kernels unroll the filter rows (no loop overhead on the hot path) for NCHW
+# tiles when the kernel is at most this tall and each thread holds at most OUTPUTS_PER_THREAD_UNROLLED
+# outputs. With more outputs per thread (whole-plane small-map tiles), or channels_last tiles (a channel
+# vector per pixel), the unrolled schedule runs out of registers and ptxas spills (seen at K = 9 and 11).
 UNROLL_ROWS_MAX = 13
 OUTPUTS_PER_THREAD_UNROLLED = 4
 
 
-def unroll_rows(kernel_height: int, tile_elements: int, num_warps: int) -> bool:
-    return (kernel_height <= UNROLL_ROWS_MAX
+def unroll_rows(channels_last: bool, kernel_height: int, tile_elements: int, num_warps: int) -> bool:
+    return (not channels_last and kernel_height <= UNROLL_ROWS_MAX
             and tile_elements <= OUTPUTS_PER_THREAD_UNROLLED * 32 * num_warps)
 
 
@@ -93,7 +93,7 @@ def candidates(channels_last: bool, channels: int, height: int, width: int,
         return out
     for cfg in out:
         elements = cfg.kwargs["BLOCK_C"] * cfg.kwargs["BLOCK_H"] * cfg.kwargs["BLOCK_W"]
-        cfg.kwargs["UNROLL_ROWS"] = unroll_rows(kernel_height, elements, cfg.num_warps)
+        cfg.kwargs["UNROLL_ROWS"] = unroll_rows(channels_last, kernel_height, elements, cfg.num_warps)
     return out
 
 
