@@ -24,17 +24,20 @@ inline int omp_get_thread_num() { return 0; }
 namespace dwconv::cpu::DWCONV_ISA {
 
 // Largest input tile one work item gathers (bytes); whole small maps fit, big maps are cut into row bands.
-constexpr int64_t kTileBytes = 48 * 1024;
+// NCHW: big bands (less halo re-gathered; the tile may live in L2). NHWC: the next channel block reads the
+// other half of the band's cache lines, so the band across all channels must still be in L2 by then.
+// Measured on 56x56 K7 (docs/perf_cpu.md).
+inline int64_t tile_bytes(Layout layout) { return layout == Layout::NCHW ? 160 * 1024 : 48 * 1024; }
 // Multiply-adds per thread below which adding a thread costs more than it saves.
 constexpr int64_t kMacsPerThread = 1 << 18;
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Output rows per band so that the band's input tile stays within kTileBytes (at least one row), bands of
+// Output rows per band so that the band's input tile stays within tile_bytes (at least one row), bands of
 // near-equal height (no thin last band recomputing a full halo).
-inline int64_t band_rows(int64_t out_rows, int64_t tile_cols, int64_t row_stride, int64_t row_span,
+inline int64_t band_rows(Layout layout, int64_t out_rows, int64_t tile_cols, int64_t row_stride, int64_t row_span,
                          int64_t bytes_per_pixel) {
-  const int64_t max_rows = kTileBytes / std::max<int64_t>(1, tile_cols * bytes_per_pixel);
+  const int64_t max_rows = tile_bytes(layout) / std::max<int64_t>(1, tile_cols * bytes_per_pixel);
   const int64_t th = std::clamp<int64_t>(max_rows >= row_span ? (max_rows - row_span) / row_stride + 1 : 1, 1,
                                          std::max<int64_t>(1, out_rows));
   return ceil_div(out_rows, ceil_div(out_rows, th));
@@ -257,7 +260,7 @@ DWCONV_TARGET void fwd(const ConvShape& s, const T* x, const T* w, const T* b, T
   const int64_t row_span = (s.KH - 1) * s.DH + 1;
   const std::vector<Block> blocks = output_blocks(s.WO, -s.PL, s.W - 1, s.SW, s.DW, s.KW);
   const std::vector<Range> rtaps = row_taps(s.HO, -s.PT, s.H - 1, s.SH, s.DH, s.KH);
-  const int64_t TH = band_rows(s.HO, cols, s.SH, row_span, L * sizeof(A));
+  const int64_t TH = band_rows(s.layout, s.HO, cols, s.SH, row_span, L * sizeof(A));
   const int64_t max_rows = (TH - 1) * s.SH + row_span, nbands = ceil_div(s.HO, TH);
   const int64_t items = s.N * nblocks * nbands;
   const int nthreads = thread_count(threads, items, s.N * CO * s.HO * s.WO * taps);
@@ -319,7 +322,7 @@ DWCONV_TARGET void dgrad(const ConvShape& s, const T* dy, const T* w, T* dx, int
   const int64_t r_origin = s.PT - (s.KH - 1) * s.DH, c_origin = s.PL - (s.KW - 1) * s.DW;
   const std::vector<Block> blocks = output_blocks(s.W, c_origin, (s.WO - 1) * s.SW, 1, s.DW, s.KW);
   const std::vector<Range> rtaps = row_taps(s.H, r_origin, (s.HO - 1) * s.SH, 1, s.DH, s.KH);
-  const int64_t TH = band_rows(s.H, cols, 1, row_span, L * sizeof(A));
+  const int64_t TH = band_rows(s.layout, s.H, cols, 1, row_span, L * sizeof(A));
   const int64_t max_rows = TH - 1 + row_span, nbands = ceil_div(s.H, TH);
   const int64_t items = s.N * nblocks * nbands;
   const int nthreads = thread_count(threads, items, s.N * CO * s.H * s.W * taps);
@@ -378,7 +381,7 @@ DWCONV_TARGET void wgrad(const ConvShape& s, const T* dy, const T* x, acc_t<T>* 
   // outputs and taps swapped).
   const std::vector<Range> rows_inside = row_taps(s.KH, -s.PT, s.H - 1, s.DH, s.SH, s.HO);
   const std::vector<Block> tap_blocks = output_blocks(s.KW, -s.PL, s.W - 1, s.DW, s.SW, s.WO);
-  const int64_t TH = band_rows(s.HO, cols, s.SH, row_span, L * sizeof(A));
+  const int64_t TH = band_rows(s.layout, s.HO, cols, s.SH, row_span, L * sizeof(A));
   const int64_t max_rows = (TH - 1) * s.SH + row_span, nbands = ceil_div(s.HO, TH);
   const int nthreads = thread_count(threads, chunks, s.N * CO * s.HO * s.WO * taps);
   const int64_t tile_size = max_rows * cols * L, dy_size = TH * s.WO * L;
