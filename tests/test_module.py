@@ -115,3 +115,20 @@ def test_available_backends_report():
     assert set(report) == set(dwconv.BACKENDS)
     assert report["torch"] is None
     assert isinstance(report["cuda"], str) and "cuda" in report["cuda"]
+
+
+def test_auto_picks_cpu_kernels_where_they_are_faster():
+    from dwconv.backends import select_backend
+    from dwconv._conv_args import check_and_resolve
+
+    def picked(x, w):
+        if dwconv.available_backends("cpu")["cpu"] is not None:
+            pytest.skip("cpu backend not built")
+        return select_backend("auto", x, w, check_and_resolve(x, w, None, 1, w.shape[-1] // 2, 1)).name
+
+    x = torch.randn(2, 8, 14, 14)
+    assert picked(x, torch.randn(8, 1, 11, 11)) == "cpu"
+    assert picked(x, torch.randn(8, 1, 3, 3)) == "cpu"
+    assert picked(x.contiguous(memory_format=torch.channels_last), torch.randn(8, 1, 7, 7)) == "cpu"
+    assert picked(x.contiguous(memory_format=torch.channels_last), torch.randn(8, 1, 3, 3)) == "torch"
+    assert picked(x.double(), torch.randn(8, 1, 11, 11, dtype=torch.float64)) == "torch"

@@ -6,6 +6,7 @@ from typing import Optional
 import torch
 
 from .. import _extension
+from .._conv_args import is_channels_last
 from .base import Backend, new_output
 
 
@@ -50,6 +51,15 @@ class CpuBackend(_NativeBackend):
         if x.dtype not in (torch.float32, torch.bfloat16, torch.float64, torch.float16):
             return f"dtype {x.dtype} is not supported by the cpu backend"
         return None
+
+    def preferred_by_auto(self, x, weight, args):
+        # Measured (docs/perf_cpu.md): PyTorch's oneDNN path wins channels_last 3x3 convs; float64 is
+        # correct here but not tuned.
+        if x.dtype == torch.float64:
+            return False
+        if args.kernel[0] * args.kernel[1] < 25 and is_channels_last(x):
+            return False
+        return True
 
 
 class CudaBackend(_NativeBackend):
