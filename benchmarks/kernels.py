@@ -166,7 +166,8 @@ def bench_shape(shape, dtype_name, args, timer, cache_bytes, rates, progress) ->
             t = stats[n].median
             rec.update({
                 "ms": t * 1e3, "p20_ms": stats[n].p20 * 1e3, "p80_ms": stats[n].p80 * 1e3,
-                "samples": stats[n].samples, "calls_per_sample": inner[n], "input_sets": count,
+                "samples": stats[n].samples, "samples_ms": [round(v * 1e3, 5) for v in stats[n].values],
+                "calls_per_sample": inner[n], "input_sets": count,
                 "speedup_vs_torch_same_layout": torch_ms[layout] / t, "speedup_vs_best_torch": best_torch / t,
                 "tflops": flops / t / 1e12, "gbs": nbytes / t / 1e9,
             })

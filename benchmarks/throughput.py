@@ -86,7 +86,7 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     p.add_argument("--mode", default=",".join(MODES), help="comma-separated from inference, train")
     p.add_argument("--warmup", type=int, default=None,
                    help="interleaved warm-up repetitions after each variant's first, untimed step (default: 3 GPU, 0 CPU)")
-    p.add_argument("--reps", type=int, default=None, help="timed repetitions (default: 10 GPU, 3 CPU)")
+    p.add_argument("--reps", type=int, default=None, help="timed repetitions (default: 10 GPU, 5 CPU)")
     p.add_argument("--json", metavar="PATH", help="write results here (a directory: a file named by the device)")
     p.add_argument("--notes", default="", help="free text stored in the JSON")
     p.add_argument("--smoke", action="store_true",
@@ -109,7 +109,7 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
         all_models if gpu else [CPU_DEFAULT_MODEL])
     args.modes = split_choices(args.mode, MODES, "--mode", p)
     args.warmup = args.warmup if args.warmup is not None else (3 if gpu else 0)
-    args.reps = args.reps if args.reps is not None else (10 if gpu else 3)
+    args.reps = args.reps if args.reps is not None else (10 if gpu else 5)
     if args.backend:
         args.backends = split_choices(args.backend, ("auto",) + dwconv.BACKENDS, "--backend", p)
     else:
@@ -222,7 +222,8 @@ def bench_model(name: str, args, world_size: int, timer: Timer, progress: Progre
                 records.append({**base_record, "variant": v,
                                 "images_per_s": config.batch_size * world_size / s.median,
                                 "ms_per_step": s.median * 1e3, "p20_ms": s.p20 * 1e3, "p80_ms": s.p80 * 1e3,
-                                "samples": s.samples, "speedup_vs_conv2d": base / s.median})
+                                "samples": s.samples, "samples_ms": [round(v * 1e3, 4) for v in s.values],
+                                "speedup_vs_conv2d": base / s.median})
         del runners
         gc.collect()
         if device.type == "cuda":

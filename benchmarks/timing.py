@@ -12,7 +12,7 @@ import math
 import statistics
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -21,12 +21,14 @@ __all__ = ["Stats", "Timer", "summarize", "interleaved", "calibrate_inner"]
 
 @dataclass(frozen=True)
 class Stats:
-    """Seconds per call: median with the 20th and 80th percentiles, over `samples` repetitions."""
+    """Seconds per call: median with the 20th and 80th percentiles, over `samples` repetitions (`values`,
+    in the order they were taken)."""
 
     median: float
     p20: float
     p80: float
     samples: int
+    values: Tuple[float, ...] = ()
 
     def as_dict(self) -> Dict[str, float]:
         return asdict(self)
@@ -43,7 +45,8 @@ def summarize(values: List[float]) -> Stats:
     if not values:
         raise ValueError("no samples to summarize")
     ordered = sorted(values)
-    return Stats(statistics.median(ordered), _percentile(ordered, 0.2), _percentile(ordered, 0.8), len(ordered))
+    return Stats(statistics.median(ordered), _percentile(ordered, 0.2), _percentile(ordered, 0.8), len(ordered),
+                 tuple(values))
 
 
 class Timer:

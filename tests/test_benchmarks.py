@@ -141,7 +141,7 @@ def test_committed_results_render():
 
 def test_summarize_percentiles():
     stats = summarize([5.0, 1.0, 3.0, 2.0, 4.0])
-    assert stats == Stats(median=3.0, p20=1.8, p80=4.2, samples=5)
+    assert stats == Stats(median=3.0, p20=1.8, p80=4.2, samples=5, values=(5.0, 1.0, 3.0, 2.0, 4.0))
 
 
 def test_interleaved_rotates_order_and_drops_warmup():
