@@ -51,7 +51,7 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
                    help="comma-separated dwconv backends (default: every available one except the reference 'torch')")
     p.add_argument("--ops", default=",".join(roofline.OPS), help="comma-separated from " + ", ".join(roofline.OPS))
     p.add_argument("--warmup", type=int, default=None, help="warm-up repetitions (default: 2 GPU, 1 CPU)")
-    p.add_argument("--reps", type=int, default=None, help="timed repetitions (default: 10 GPU, 5 CPU)")
+    p.add_argument("--reps", type=int, default=None, help="timed repetitions (default: 10 GPU, 7 CPU)")
     p.add_argument("--json", metavar="PATH", help="write results here (a directory: a file named by the device)")
     p.add_argument("--plot", metavar="PATH.png",
                    help="bar chart of speed-ups per shape and backend (needs matplotlib; a directory: named by the device)")
@@ -69,7 +69,7 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
         args.reps = 1 if args.reps is None else args.reps
     args.shapes = args.shapes or shapes.default_shape_set(args.device.type)
     args.warmup = args.warmup if args.warmup is not None else (2 if gpu else 1)
-    args.reps = args.reps if args.reps is not None else (10 if gpu else 5)
+    args.reps = args.reps if args.reps is not None else (10 if gpu else 7)
     args.dtypes = split_choices(args.dtype or ("bf16,fp32" if gpu else "fp32"), DTYPES, "--dtype", p)
     args.ops = split_choices(args.ops, roofline.OPS, "--ops", p)
     args.backends = (split_choices(args.backend, dwconv.BACKENDS, "--backend", p) if args.backend

@@ -86,7 +86,7 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     p.add_argument("--mode", default=",".join(MODES), help="comma-separated from inference, train")
     p.add_argument("--warmup", type=int, default=None,
                    help="interleaved warm-up repetitions after each variant's first, untimed step (default: 3 GPU, 0 CPU)")
-    p.add_argument("--reps", type=int, default=None, help="timed repetitions (default: 10 GPU, 5 CPU)")
+    p.add_argument("--reps", type=int, default=None, help="timed repetitions (default: 10 GPU, 9 CPU)")
     p.add_argument("--json", metavar="PATH", help="write results here (a directory: a file named by the device)")
     p.add_argument("--notes", default="", help="free text stored in the JSON")
     p.add_argument("--smoke", action="store_true",
@@ -109,7 +109,7 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
         all_models if gpu else [CPU_DEFAULT_MODEL])
     args.modes = split_choices(args.mode, MODES, "--mode", p)
     args.warmup = args.warmup if args.warmup is not None else (3 if gpu else 0)
-    args.reps = args.reps if args.reps is not None else (10 if gpu else 5)
+    args.reps = args.reps if args.reps is not None else (10 if gpu else 9)
     if args.backend:
         args.backends = split_choices(args.backend, ("auto",) + dwconv.BACKENDS, "--backend", p)
     else:
