@@ -42,6 +42,13 @@ def _find_cuda_home():
     return None
 
 
+def _write_build_info(cuda_archs):
+    """dwconv/_build_info.py: what the extension was built for (read at run time to refuse older GPUs)."""
+    with open(os.path.join(ROOT, "dwconv", "_build_info.py"), "w") as f:
+        f.write('"""Written by setup.py at build time."""\n')
+        f.write(f"CUDA_ARCHS = {tuple(cuda_archs)!r}\n")
+
+
 def _extensions():
     try:
         import torch  # noqa: F401
@@ -63,6 +70,7 @@ def _extensions():
     cxx_flags = ["-O3", "-std=c++20", "-fopenmp"]
     include_dirs = [os.path.join(ROOT, "csrc")]
     if not with_cuda:
+        _write_build_info(())
         return [CppExtension("dwconv._C", sources, include_dirs=include_dirs,
                              extra_compile_args={"cxx": cxx_flags}, extra_link_args=["-fopenmp"])]
 
@@ -73,6 +81,7 @@ def _extensions():
         gencode += ["-gencode", f"arch=compute_{num},code=sm_{num}"]
     newest = archs[-1].replace(".", "").replace("sm_", "").rstrip("a")
     gencode += ["-gencode", f"arch=compute_{newest},code=compute_{newest}"]  # PTX for newer cards
+    _write_build_info(tuple(int(a.replace(".", "").replace("sm_", "").rstrip("a")) for a in archs))
     # c10/cuda headers need only the toolkit; the pip nvidia packages carry the rest if anything asks.
     nvidia_inc = glob.glob(os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "cu*", "include"))
     sources += sorted(glob.glob("csrc/cuda/*.cpp") + glob.glob("csrc/cuda/*.cu"))

@@ -136,6 +136,8 @@ def check_and_resolve(x: torch.Tensor, weight: torch.Tensor, bias, stride, paddi
     cout, cin_per_group, kh, kw = weight.shape
     if c == 0:
         raise RuntimeError("input must have at least one channel")
+    if h == 0 or w == 0:
+        raise RuntimeError(f"Only zero batch or zero channel inputs are supported, got spatial size {(h, w)}")
     if cin_per_group != 1:
         raise RuntimeError(
             f"not a depthwise weight: expected shape (out_channels, 1, kH, kW), got {tuple(weight.shape)} "

@@ -22,6 +22,9 @@ def convert(model: nn.Module, *, backend: str = "auto") -> nn.Module:
     check_backend_name(backend)
     if is_depthwise_conv(model):
         return FastDWConv.from_conv2d(model, backend)
+    if isinstance(model, FastDWConv):
+        model.backend = backend
+        return model
     for parent in list(model.modules()):
         for name, child in list(parent._modules.items()):
             if is_depthwise_conv(child):

@@ -17,11 +17,11 @@ from .backends import select_backend
 
 
 def _args(x_shape, w_shape, stride, padding, dilation) -> ConvArgs:
+    # No int(): under torch.compile with dynamic shapes these are SymInts, and int() would specialise them.
     n, c, h, w = x_shape
     cout, _, kh, kw = w_shape
-    return ConvArgs(int(n), int(c), int(h), int(w), int(cout) // int(c), (int(kh), int(kw)),
-                    (int(stride[0]), int(stride[1])), tuple(int(p) for p in padding),
-                    (int(dilation[0]), int(dilation[1])))
+    return ConvArgs(n, c, h, w, cout // c, (kh, kw), (stride[0], stride[1]), tuple(padding),
+                    (dilation[0], dilation[1]))
 
 
 def _memory_format(t: Tensor) -> torch.memory_format:
@@ -55,7 +55,7 @@ def forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence[
     if x.numel() == 0:
         return _empty(args.output_shape, x, _memory_format(x))
     x = as_kernel_layout(x)
-    impl = select_backend(backend, x, weight, args)
+    impl = select_backend(backend, "fwd", x, args)
     return impl.forward(x, weight.contiguous(), None if bias is None else bias.contiguous(), args)
 
 
@@ -73,7 +73,7 @@ def dgrad(grad_out: Tensor, weight: Tensor, input_shape: Sequence[int], stride: 
     if grad_out.numel() == 0:
         return _empty(args.input_shape, grad_out, _memory_format(grad_out), zero=True)
     grad_out = as_kernel_layout(grad_out)
-    return select_backend(backend, grad_out, weight, args).dgrad(grad_out, weight.contiguous(), args)
+    return select_backend(backend, "dgrad", grad_out, args).dgrad(grad_out, weight.contiguous(), args)
 
 
 @dgrad.register_fake
@@ -89,7 +89,7 @@ def wgrad(grad_out: Tensor, x: Tensor, weight_shape: Sequence[int], stride: Sequ
     if grad_out.numel() == 0:
         return _empty(args.weight_shape, x, zero=True)
     x = as_kernel_layout(x)
-    return select_backend(backend, x, grad_out, args).wgrad(as_kernel_layout(grad_out, like=x), x, args)
+    return select_backend(backend, "wgrad", x, args).wgrad(as_kernel_layout(grad_out, like=x), x, args)
 
 
 @wgrad.register_fake

@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
+.venv/bin/python -m pip install -q "setuptools>=64" wheel
 .venv/bin/python -m pip install -q "${DWCONV_TORCH:-torch==2.14.1}" "torchvision${DWCONV_TORCHVISION:-==0.29.1}" \
     fvcore pytest ninja timm tqdm
 MAX_JOBS=${MAX_JOBS:-$(nproc)} .venv/bin/python -m pip install -q --no-build-isolation -e .

@@ -44,6 +44,8 @@ BAD_CALLS = {
                         "unknown dwconv backend"),
     "stride triple": (lambda: dwconv.depthwise_conv2d(_x(1, 4, 9, 9), _x(4, 1, 3, 3), stride=(1, 1, 1)),
                       "stride must be an int or a pair"),
+    "empty spatial size": (lambda: dwconv.depthwise_conv2d(_x(1, 2, 0, 5), _x(2, 1, 1, 1), padding=1),
+                           "zero batch or zero channel"),
     "not a tensor": (lambda: dwconv.depthwise_conv2d([[1.0]], _x(4, 1, 3, 3)), "must be a tensor"),
 }
 

@@ -30,6 +30,21 @@ def test_compile_fullgraph_forward_and_backward(backend):
     torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-5)
 
 
+def test_compile_dynamic_shapes_one_graph():
+    """Batch and spatial sizes stay symbolic: new sizes reuse the graph instead of recompiling."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+    model = _model("auto")
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(model, fullgraph=True, dynamic=True, backend=counter)
+    frames = []
+    for n, size in ((2, 16), (3, 16), (5, 20)):
+        x = torch.randn(n, 4, size, size, requires_grad=True)
+        y = compiled(x)
+        y.sum().backward()
+        frames.append(counter.frame_count)
+    assert frames[0] >= 1 and frames == [frames[0]] * 3, f"recompiled for new sizes: frames {frames}"
+
+
 def test_compile_inductor_fullgraph():
     model = _model("auto").eval()
     compiled = torch.compile(model, fullgraph=True)

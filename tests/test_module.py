@@ -87,6 +87,8 @@ def test_convert_mixed_model_keeps_weights_keys_mode_and_outputs():
     torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
     dwconv.convert(model, backend="auto")
     assert model.dw.backend == "auto"
+    bare = dwconv.FastDWConv(4, 4, 3)
+    assert dwconv.convert(bare, backend="torch") is bare and bare.backend == "torch"
 
 
 def test_convert_keeps_dtype_and_device():
@@ -115,6 +117,10 @@ def test_available_backends_report():
     assert set(report) == set(dwconv.BACKENDS)
     assert report["torch"] is None
     assert isinstance(report["cuda"], str) and "cuda" in report["cuda"]
+    gpu_report = dwconv.available_backends("cuda")
+    assert set(gpu_report) == set(dwconv.BACKENDS)
+    if not torch.cuda.is_available():
+        assert all(isinstance(reason, str) for reason in gpu_report.values()), gpu_report
 
 
 def test_auto_picks_cpu_kernels_where_they_are_faster():
@@ -122,9 +128,8 @@ def test_auto_picks_cpu_kernels_where_they_are_faster():
     from dwconv._conv_args import check_and_resolve
 
     def picked(x, w):
-        if dwconv.available_backends("cpu")["cpu"] is not None:
-            pytest.skip("cpu backend not built")
-        return select_backend("auto", x, w, check_and_resolve(x, w, None, 1, w.shape[-1] // 2, 1)).name
+        assert dwconv.available_backends("cpu")["cpu"] is None, "the cpu backend must be built here"
+        return select_backend("auto", "fwd", x, check_and_resolve(x, w, None, 1, w.shape[-1] // 2, 1)).name
 
     x = torch.randn(2, 8, 14, 14)
     assert picked(x, torch.randn(8, 1, 11, 11)) == "cpu"

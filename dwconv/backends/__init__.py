@@ -64,14 +64,15 @@ def available_backends(device="cpu") -> Dict[str, Optional[str]]:
     return {name: unavailable_reason(name, device) for name in order}
 
 
-def select_backend(name: str, x: torch.Tensor, weight: torch.Tensor, args) -> Backend:
-    """The backend that will run this call: the named one (or an error saying why it cannot), or for
-    "auto" the first in AUTO_ORDER that can."""
+def select_backend(name: str, op: str, x: torch.Tensor, args) -> Backend:
+    """The backend that will run op ("fwd", "dgrad", "wgrad") on x (input or grad_out): the named one (or an
+    error saying why it cannot), or for "auto" the first in AUTO_ORDER that can and is preferred. Each op
+    resolves "auto" on its own, so a backward may use other backends than its forward."""
     check_backend_name(name)
     if name != "auto":
         reason = unavailable_reason(name, x.device)
         if reason is None:
-            reason = get_backend(name).unsupported_reason(x, weight, args)
+            reason = get_backend(name).unsupported_reason(x, args)
         if reason is not None:
             raise BackendUnavailableError(f"dwconv backend {name!r} cannot run this call: {reason}")
         return get_backend(name)
@@ -80,8 +81,8 @@ def select_backend(name: str, x: torch.Tensor, weight: torch.Tensor, args) -> Ba
         reason = unavailable_reason(candidate, x.device)
         backend = get_backend(candidate)
         if reason is None:
-            reason = backend.unsupported_reason(x, weight, args) or (
-                None if backend.preferred_by_auto(x, weight, args) else "slower than another backend here")
+            reason = backend.unsupported_reason(x, args) or (
+                None if backend.preferred_by_auto(op, x, args) else "slower than another backend here")
         if reason is None:
             return backend
         reasons.append(f"{candidate}: {reason}")

@@ -22,12 +22,14 @@ class Backend:
         """None when this backend can run on `device` in this process, else why not."""
         raise NotImplementedError
 
-    def unsupported_reason(self, x: torch.Tensor, weight: torch.Tensor, args: ConvArgs) -> Optional[str]:
-        """None when this call is supported (device already known to be available), else why not."""
+    def unsupported_reason(self, x: torch.Tensor, args: ConvArgs) -> Optional[str]:
+        """None when a call on x (input or grad_out: device, dtype, layout) with geometry args is supported
+        (the device already known to be available), else why not."""
         return None
 
-    def preferred_by_auto(self, x: torch.Tensor, weight: torch.Tensor, args: ConvArgs) -> bool:
-        """Whether "auto" should pick this backend for a supported call (False where another is faster)."""
+    def preferred_by_auto(self, op: str, x: torch.Tensor, args: ConvArgs) -> bool:
+        """Whether "auto" should pick this backend for op ("fwd", "dgrad" or "wgrad") on a supported call
+        (False where another backend is faster)."""
         return True
 
     def forward(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
@@ -58,3 +60,13 @@ def new_output(shape, like: torch.Tensor, dtype: Optional[torch.dtype] = None,
     if POISON_OUTPUTS:
         out.fill_(float("nan"))
     return out
+
+
+def cuda_device_problem(device: torch.device) -> Optional[str]:
+    """None when `device` is a usable CUDA device in this process, else why not."""
+    if not torch.cuda.is_available():
+        return "no CUDA device is available here (torch.cuda.is_available() is False)"
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index >= torch.cuda.device_count():
+        return f"CUDA device {index} does not exist ({torch.cuda.device_count()} visible)"
+    return None

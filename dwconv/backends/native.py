@@ -7,7 +7,7 @@ import torch
 
 from .. import _extension
 from .._conv_args import is_channels_last
-from .base import Backend, new_output
+from .base import Backend, cuda_device_problem, new_output
 
 
 class _NativeBackend(Backend):
@@ -40,6 +40,13 @@ class _NativeBackend(Backend):
         return dw.to(x.dtype)
 
 
+try:  # the SM architectures the extension was compiled for (setup.py, DWCONV_CUDA_ARCHS)
+    from .._build_info import CUDA_ARCHS
+except ImportError:
+    CUDA_ARCHS = (80,)
+MIN_CAPABILITY = divmod(min(CUDA_ARCHS), 10) if CUDA_ARCHS else (0, 0)
+
+
 class CpuBackend(_NativeBackend):
     name = "cpu"
     device_type = "cpu"
@@ -47,12 +54,12 @@ class CpuBackend(_NativeBackend):
     def _kernels_missing(self):
         return None if _extension.has_cpu_kernels() else "dwconv._C was built without CPU kernels"
 
-    def unsupported_reason(self, x, weight, args):
+    def unsupported_reason(self, x, args):
         if x.dtype not in (torch.float32, torch.bfloat16, torch.float64, torch.float16):
             return f"dtype {x.dtype} is not supported by the cpu backend"
         return None
 
-    def preferred_by_auto(self, x, weight, args):
+    def preferred_by_auto(self, op, x, args):
         # Measured (docs/perf_cpu.md): PyTorch's oneDNN path wins channels_last 3x3 convs; float64 is
         # correct here but not tuned.
         if x.dtype == torch.float64:
@@ -65,6 +72,14 @@ class CpuBackend(_NativeBackend):
 class CudaBackend(_NativeBackend):
     name = "cuda"
     device_type = "cuda"
+
+    def unavailable_reason(self, device):
+        device = torch.device(device)
+        reason = super().unavailable_reason(device) or cuda_device_problem(device)
+        if reason is None and torch.cuda.get_device_capability(device) < MIN_CAPABILITY:
+            reason = ("the CUDA kernels are built for compute capability {}.{} and newer; {} has {}.{}".format(
+                *MIN_CAPABILITY, torch.cuda.get_device_name(device), *torch.cuda.get_device_capability(device)))
+        return reason
 
     def _kernels_missing(self):
         if not _extension.has_cuda_kernels():

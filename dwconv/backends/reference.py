@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from .._conv_args import ConvArgs
-from .base import Backend
+from .base import Backend, cuda_device_problem
 
 
 def _pad_input(x: torch.Tensor, args: ConvArgs):
@@ -22,7 +22,7 @@ class TorchBackend(Backend):
     name = "torch"
 
     def unavailable_reason(self, device: torch.device) -> Optional[str]:
-        return None
+        return cuda_device_problem(torch.device(device)) if torch.device(device).type == "cuda" else None
 
     def forward(self, x, weight, bias, args):
         x, padding = _pad_input(x, args)

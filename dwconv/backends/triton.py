@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 
 from .._conv_args import ConvArgs, is_channels_last
-from .base import Backend
+from .base import Backend, cuda_device_problem
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _MIN_CAPABILITY = (7, 5)
@@ -36,6 +36,9 @@ class TritonBackend(Backend):
             return error
         from ..triton.common import INTERPRET
         if device.type == "cuda":
+            problem = cuda_device_problem(device)
+            if problem is not None:
+                return problem
             if torch.cuda.get_device_capability(device) < _MIN_CAPABILITY:
                 return (f"Triton needs a GPU of compute capability {_MIN_CAPABILITY[0]}.{_MIN_CAPABILITY[1]} "
                         f"or newer, {torch.cuda.get_device_name(device)} has "
@@ -48,7 +51,7 @@ class TritonBackend(Backend):
                     "(set TRITON_INTERPRET=1 before triton is imported)")
         return f"the triton backend does not run on {device.type} devices"
 
-    def unsupported_reason(self, x: torch.Tensor, weight: torch.Tensor, args: ConvArgs) -> Optional[str]:
+    def unsupported_reason(self, x: torch.Tensor, args: ConvArgs) -> Optional[str]:
         if x.dtype not in _SUPPORTED_DTYPES:
             return f"the triton backend does not support dtype {x.dtype}"
         if (x.dtype == torch.bfloat16 and x.device.type == "cuda"
