@@ -93,7 +93,10 @@ DWCONV_TARGET void run_batched(const BlockedProblem<T, A>& p, int64_t images, in
   constexpr int L = V::L;
   const Correlation& g = p.g;
   const int64_t nblocks = ceil_div(p.dst_C, L), taps = g.KH * g.KW;
-  const int64_t groups = ceil_div(p.N, images), items = groups * nblocks;
+  const int64_t groups = ceil_div(p.N, images);
+  // items: image group x group of channel blocks (whole cache lines of NHWC pixels, plan.h)
+  const int64_t per_item = blocks_per_item(p.layout, L * sizeof(T)), bgroups = ceil_div(nblocks, per_item);
+  const int64_t items = groups * bgroups;
   const int nthreads = thread_count(threads, items, p.N * p.dst_C * g.HO * g.WO * taps * p.sources);
   const int64_t in_pixels = g.Hs * g.Ws, out_pixels = g.HO * g.WO;
   const int64_t tile_size = in_pixels * images * L, out_size = out_pixels * images * L;
@@ -111,33 +114,35 @@ DWCONV_TARGET void run_batched(const BlockedProblem<T, A>& p, int64_t images, in
     A* stage = single + single_size;
 #pragma omp for schedule(dynamic)
     for (int64_t item = 0; item < items; ++item) {
-      const int64_t grp = item / nblocks, blk = item % nblocks;
+      const int64_t grp = item / bgroups, bgrp = item % bgroups;
       // near-equal groups: the first N % groups get one image more
       const int64_t n0 = grp * (p.N / groups) + std::min(grp, p.N % groups);
       const int R = int(p.N / groups + (grp < p.N % groups ? 1 : 0));
-      for (int64_t j = 0; j < p.sources; ++j) {
-        int64_t chan[L];
-        for (int l = 0; l < L; ++l) {
-          const int64_t c = blk * L + l;
-          chan[l] = c < p.dst_C ? c / p.chan_div * p.chan_mul + j : -1;
+      for (int64_t blk = bgrp * per_item; blk < std::min(nblocks, (bgrp + 1) * per_item); ++blk) {
+        for (int64_t j = 0; j < p.sources; ++j) {
+          int64_t chan[L];
+          for (int l = 0; l < L; ++l) {
+            const int64_t c = blk * L + l;
+            chan[l] = c < p.dst_C ? c / p.chan_div * p.chan_mul + j : -1;
+          }
+          for (int r = 0; r < R; ++r) {
+            gather_tile<T, A, L>(single, g.Hs, g.Ws,
+                                 ImageView<const T>{p.src + (n0 + r) * p.src_C * in_pixels, p.layout, p.src_C, g.Hs,
+                                                    g.Ws},
+                                 chan, 0, 0, 1, 1, stage);
+            for (int64_t px = 0; px < in_pixels; ++px)
+              std::memcpy(tile + (px * R + r) * L, single + px * L, sizeof(A) * L);
+          }
+          correlate_batched<V>(out, j > 0, tile, R, g, row_taps.get(), col_taps.get(),
+                               p.wt + (j * nblocks + blk) * taps * L);
         }
         for (int r = 0; r < R; ++r) {
-          gather_tile<T, A, L>(single, g.Hs, g.Ws,
-                               ImageView<const T>{p.src + (n0 + r) * p.src_C * in_pixels, p.layout, p.src_C, g.Hs,
-                                                  g.Ws},
-                               chan, 0, 0, 1, 1, stage);
-          for (int64_t px = 0; px < in_pixels; ++px)
-            std::memcpy(tile + (px * R + r) * L, single + px * L, sizeof(A) * L);
+          for (int64_t px = 0; px < out_pixels; ++px)
+            std::memcpy(single + px * L, out + (px * R + r) * L, sizeof(A) * L);
+          scatter_tile<T, A, L>(ImageView<T>{p.dst + (n0 + r) * p.dst_C * out_pixels, p.layout, p.dst_C, g.HO, g.WO},
+                                single, g.HO, blk * L, int(std::min<int64_t>(L, p.dst_C - blk * L)), 0,
+                                p.bias + blk * L, stage);
         }
-        correlate_batched<V>(out, j > 0, tile, R, g, row_taps.get(), col_taps.get(),
-                             p.wt + (j * nblocks + blk) * taps * L);
-      }
-      for (int r = 0; r < R; ++r) {
-        for (int64_t px = 0; px < out_pixels; ++px)
-          std::memcpy(single + px * L, out + (px * R + r) * L, sizeof(A) * L);
-        scatter_tile<T, A, L>(ImageView<T>{p.dst + (n0 + r) * p.dst_C * out_pixels, p.layout, p.dst_C, g.HO, g.WO},
-                              single, g.HO, blk * L, int(std::min<int64_t>(L, p.dst_C - blk * L)), 0,
-                              p.bias + blk * L, stage);
       }
     }
   }

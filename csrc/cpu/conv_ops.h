@@ -58,7 +58,8 @@ DWCONV_TARGET void fwd(const ConvShape& s, const T* x, const T* w, const T* b, T
   const std::vector<Range> rtaps = row_taps(s.HO, -s.PT, s.H - 1, s.SH, s.DH, s.KH);
   const int64_t TH = band_rows(s.layout, s.HO, cols, s.SH, row_span, L * sizeof(A));
   const int64_t max_rows = (TH - 1) * s.SH + row_span, nbands = ceil_div(s.HO, TH);
-  const int64_t items = s.N * nblocks * nbands;
+  const int64_t group = blocks_per_item(s.layout, L * sizeof(T)), ngroups = ceil_div(nblocks, group);
+  const int64_t items = s.N * ngroups * nbands;
   const int nthreads = thread_count(threads, items, s.N * CO * s.HO * s.WO * taps);
   const int64_t tile_size = max_rows * cols * L, out_size = TH * s.WO * L;
   const int64_t stage_size = 2 * L * max_rows * std::max(cols, s.W);
@@ -71,19 +72,22 @@ DWCONV_TARGET void fwd(const ConvShape& s, const T* x, const T* w, const T* b, T
     A* stage = out + out_size;
 #pragma omp for schedule(dynamic)
     for (int64_t item = 0; item < items; ++item) {
-      // channel blocks innermost: in NHWC the next block reads the other half of the cache lines just read
-      const int64_t blk = item % nblocks, band = (item / nblocks) % nbands, n = item / (nbands * nblocks);
-      const int64_t oh0 = band * TH, th = std::min(TH, s.HO - oh0), rows = (th - 1) * s.SH + row_span;
-      int64_t chan[L];
-      for (int l = 0; l < L; ++l) chan[l] = blk * L + l < CO ? (blk * L + l) / s.M : -1;
-      gather_tile<T, A, L>(tile, rows, cols, ImageView<const T>{x + n * s.C * s.H * s.W, s.layout, s.C, s.H, s.W},
-                           chan, oh0 * s.SH - s.PT, -s.PL, 1, 1, stage);
-      const A* wb = wt.get() + blk * taps * L;
-      for (int64_t oh = 0; oh < th; ++oh)
-        correlate_row<V>(out + oh * s.WO * L, false, tile + oh * s.SH * cols * L, s.DH * cols * L, rtaps[oh0 + oh],
-                         blocks, s.SW, s.DW, wb, s.KW);
-      scatter_tile<T, A, L>(ImageView<T>{y + n * CO * s.HO * s.WO, s.layout, CO, s.HO, s.WO}, out, th, blk * L,
-                            int(std::min<int64_t>(L, CO - blk * L)), oh0, bt.get() + blk * L, stage);
+      // item: image n, band, group of channel blocks (innermost: in NHWC the next group reads the cache lines
+      // next to those just read)
+      const int64_t grp = item % ngroups, band = (item / ngroups) % nbands, n = item / (nbands * ngroups);
+      for (int64_t blk = grp * group; blk < std::min(nblocks, (grp + 1) * group); ++blk) {
+        const int64_t oh0 = band * TH, th = std::min(TH, s.HO - oh0), rows = (th - 1) * s.SH + row_span;
+        int64_t chan[L];
+        for (int l = 0; l < L; ++l) chan[l] = blk * L + l < CO ? (blk * L + l) / s.M : -1;
+        gather_tile<T, A, L>(tile, rows, cols, ImageView<const T>{x + n * s.C * s.H * s.W, s.layout, s.C, s.H, s.W},
+                             chan, oh0 * s.SH - s.PT, -s.PL, 1, 1, stage);
+        const A* wb = wt.get() + blk * taps * L;
+        for (int64_t oh = 0; oh < th; ++oh)
+          correlate_row<V>(out + oh * s.WO * L, false, tile + oh * s.SH * cols * L, s.DH * cols * L, rtaps[oh0 + oh],
+                           blocks, s.SW, s.DW, wb, s.KW);
+        scatter_tile<T, A, L>(ImageView<T>{y + n * CO * s.HO * s.WO, s.layout, CO, s.HO, s.WO}, out, th, blk * L,
+                              int(std::min<int64_t>(L, CO - blk * L)), oh0, bt.get() + blk * L, stage);
+      }
     }
   }
 }
@@ -120,7 +124,8 @@ DWCONV_TARGET void dgrad(const ConvShape& s, const T* dy, const T* w, T* dx, int
   const std::vector<Range> rtaps = row_taps(s.H, r_origin, (s.HO - 1) * s.SH, 1, s.DH, s.KH);
   const int64_t TH = band_rows(s.layout, s.H, cols, 1, row_span, L * sizeof(A));
   const int64_t max_rows = TH - 1 + row_span, nbands = ceil_div(s.H, TH);
-  const int64_t items = s.N * nblocks * nbands;
+  const int64_t group = blocks_per_item(s.layout, L * sizeof(T)), ngroups = ceil_div(nblocks, group);
+  const int64_t items = s.N * ngroups * nbands;
   const int nthreads = thread_count(threads, items, s.N * CO * s.H * s.W * taps);
   const int64_t tile_size = max_rows * cols * L, out_size = TH * s.W * L;
   const int64_t stage_size = 2 * L * max_rows * std::max(cols, s.WO);
@@ -133,22 +138,25 @@ DWCONV_TARGET void dgrad(const ConvShape& s, const T* dy, const T* w, T* dx, int
     A* stage = out + out_size;
 #pragma omp for schedule(dynamic)
     for (int64_t item = 0; item < items; ++item) {
-      // channel blocks innermost: in NHWC the next block reads the other half of the cache lines just read
-      const int64_t blk = item % nblocks, band = (item / nblocks) % nbands, n = item / (nbands * nblocks);
-      const int64_t ih0 = band * TH, th = std::min(TH, s.H - ih0), rows = th - 1 + row_span;
-      const ImageView<const T> src{dy + n * CO * s.HO * s.WO, s.layout, CO, s.HO, s.WO};
-      for (int64_t j = 0; j < s.M; ++j) {
-        int64_t chan[L];
-        for (int l = 0; l < L; ++l) chan[l] = blk * L + l < s.C ? (blk * L + l) * s.M + j : -1;
-        gather_tile<T, A, L>(tile, rows, cols, src, chan, ih0 + r_origin, c_origin, s.SH, s.SW, stage);
-        const A* wb = wt.get() + (j * nblocks + blk) * taps * L;
-        for (int64_t ih = 0; ih < th; ++ih)
-          correlate_row<V>(out + ih * s.W * L, j > 0, tile + ih * cols * L, s.DH * cols * L, rtaps[ih0 + ih], blocks,
-                           1, s.DW, wb, s.KW);
+      // item: image n, band, group of channel blocks (innermost: in NHWC the next group reads the cache lines
+      // next to those just read)
+      const int64_t grp = item % ngroups, band = (item / ngroups) % nbands, n = item / (nbands * ngroups);
+      for (int64_t blk = grp * group; blk < std::min(nblocks, (grp + 1) * group); ++blk) {
+        const int64_t ih0 = band * TH, th = std::min(TH, s.H - ih0), rows = th - 1 + row_span;
+        const ImageView<const T> src{dy + n * CO * s.HO * s.WO, s.layout, CO, s.HO, s.WO};
+        for (int64_t j = 0; j < s.M; ++j) {
+          int64_t chan[L];
+          for (int l = 0; l < L; ++l) chan[l] = blk * L + l < s.C ? (blk * L + l) * s.M + j : -1;
+          gather_tile<T, A, L>(tile, rows, cols, src, chan, ih0 + r_origin, c_origin, s.SH, s.SW, stage);
+          const A* wb = wt.get() + (j * nblocks + blk) * taps * L;
+          for (int64_t ih = 0; ih < th; ++ih)
+            correlate_row<V>(out + ih * s.W * L, j > 0, tile + ih * cols * L, s.DH * cols * L, rtaps[ih0 + ih], blocks,
+                             1, s.DW, wb, s.KW);
+        }
+        const A zeros[L] = {};
+        scatter_tile<T, A, L>(ImageView<T>{dx + n * s.C * s.H * s.W, s.layout, s.C, s.H, s.W}, out, th, blk * L,
+                              int(std::min<int64_t>(L, s.C - blk * L)), ih0, zeros, stage);
       }
-      const A zeros[L] = {};
-      scatter_tile<T, A, L>(ImageView<T>{dx + n * s.C * s.H * s.W, s.layout, s.C, s.H, s.W}, out, th, blk * L,
-                            int(std::min<int64_t>(L, s.C - blk * L)), ih0, zeros, stage);
     }
   }
 }

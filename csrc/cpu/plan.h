@@ -37,6 +37,14 @@ inline int64_t band_rows(Layout layout, int64_t out_rows, int64_t tile_cols, int
   return ceil_div(out_rows, ceil_div(out_rows, th));
 }
 
+// Channel blocks per work item. NHWC: a block of L channels is 16-32 bytes of a pixel, so neighbouring blocks
+// share cache lines; if they went to different threads, both would write (and read) the same lines
+// concurrently (false sharing: measured 2 threads no faster than 1, docs/perf_cpu.md v9). An item takes whole
+// 64-byte lines' worth of blocks instead. NCHW: a block's planes are its own, one block per item.
+inline int64_t blocks_per_item(Layout layout, int64_t block_bytes) {
+  return layout == Layout::NHWC ? std::max<int64_t>(1, 64 / std::max<int64_t>(1, block_bytes)) : 1;
+}
+
 inline int thread_count(int threads, int64_t items, int64_t macs) {
   const int64_t useful = std::min<int64_t>(items, std::max<int64_t>(1, macs / kMacsPerThread));
   return int(std::clamp<int64_t>(useful, 1, std::max(threads, 1)));
