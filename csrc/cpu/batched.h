@@ -98,6 +98,7 @@ DWCONV_TARGET void run_batched(const BlockedProblem<T, A>& p, int64_t images, in
   const int64_t per_item = blocks_per_item(p.layout, L * sizeof(T)), bgroups = ceil_div(nblocks, per_item);
   const int64_t items = groups * bgroups;
   const int nthreads = thread_count(threads, items, p.N * p.dst_C * g.HO * g.WO * taps * p.sources);
+  const int64_t chunk = items_per_chunk(p.layout, items, nthreads);
   const int64_t in_pixels = g.Hs * g.Ws, out_pixels = g.HO * g.WO;
   const int64_t tile_size = in_pixels * images * L, out_size = out_pixels * images * L;
   const int64_t single_size = std::max(in_pixels, out_pixels) * L, stage_size = 2 * single_size;
@@ -112,7 +113,7 @@ DWCONV_TARGET void run_batched(const BlockedProblem<T, A>& p, int64_t images, in
     A* out = tile + tile_size;
     A* single = out + out_size;
     A* stage = single + single_size;
-#pragma omp for schedule(dynamic)
+#pragma omp for schedule(dynamic, chunk)
     for (int64_t item = 0; item < items; ++item) {
       const int64_t grp = item / bgroups, bgrp = item % bgroups;
       // near-equal groups: the first N % groups get one image more

@@ -61,6 +61,7 @@ DWCONV_TARGET void fwd(const ConvShape& s, const T* x, const T* w, const T* b, T
   const int64_t group = blocks_per_item(s.layout, L * sizeof(T)), ngroups = ceil_div(nblocks, group);
   const int64_t items = s.N * ngroups * nbands;
   const int nthreads = thread_count(threads, items, s.N * CO * s.HO * s.WO * taps);
+  const int64_t chunk = items_per_chunk(s.layout, items, nthreads);
   const int64_t tile_size = max_rows * cols * L, out_size = TH * s.WO * L;
   const int64_t stage_size = 2 * L * max_rows * std::max(cols, s.W);
   const int64_t per_thread = tile_size + out_size + stage_size;
@@ -70,7 +71,7 @@ DWCONV_TARGET void fwd(const ConvShape& s, const T* x, const T* w, const T* b, T
     A* tile = scratch.get() + omp_get_thread_num() * per_thread;
     A* out = tile + tile_size;
     A* stage = out + out_size;
-#pragma omp for schedule(dynamic)
+#pragma omp for schedule(dynamic, chunk)
     for (int64_t item = 0; item < items; ++item) {
       // item: image n, band, group of channel blocks (innermost: in NHWC the next group reads the cache lines
       // next to those just read)
@@ -127,6 +128,7 @@ DWCONV_TARGET void dgrad(const ConvShape& s, const T* dy, const T* w, T* dx, int
   const int64_t group = blocks_per_item(s.layout, L * sizeof(T)), ngroups = ceil_div(nblocks, group);
   const int64_t items = s.N * ngroups * nbands;
   const int nthreads = thread_count(threads, items, s.N * CO * s.H * s.W * taps);
+  const int64_t chunk = items_per_chunk(s.layout, items, nthreads);
   const int64_t tile_size = max_rows * cols * L, out_size = TH * s.W * L;
   const int64_t stage_size = 2 * L * max_rows * std::max(cols, s.WO);
   const int64_t per_thread = tile_size + out_size + stage_size;
@@ -136,7 +138,7 @@ DWCONV_TARGET void dgrad(const ConvShape& s, const T* dy, const T* w, T* dx, int
     A* tile = scratch.get() + omp_get_thread_num() * per_thread;
     A* out = tile + tile_size;
     A* stage = out + out_size;
-#pragma omp for schedule(dynamic)
+#pragma omp for schedule(dynamic, chunk)
     for (int64_t item = 0; item < items; ++item) {
       // item: image n, band, group of channel blocks (innermost: in NHWC the next group reads the cache lines
       // next to those just read)
