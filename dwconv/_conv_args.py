@@ -126,7 +126,8 @@ def check_and_resolve(x: torch.Tensor, weight: torch.Tensor, bias, stride, paddi
             raise RuntimeError(f"{name} must be a floating-point tensor, got {t.dtype}")
     # Under autocast the op casts input, weight and bias to the autocast dtype first (as nn.Conv2d does),
     # so mixed dtypes are fine there unless one of them is float64, which autocast leaves alone.
-    mixed_ok = torch.is_autocast_enabled(x.device.type) and torch.float64 not in (
+    mixed_ok = torch.amp.is_autocast_available(x.device.type) and torch.is_autocast_enabled(
+        x.device.type) and torch.float64 not in (
         x.dtype, weight.dtype, bias.dtype if bias is not None else x.dtype)
     if weight.dtype != x.dtype and not mixed_ok:
         raise RuntimeError(f"input ({x.dtype}) and weight ({weight.dtype}) must have the same dtype")

@@ -127,3 +127,13 @@ def test_flop_counter_mode_counts_forward_and_backward():
     # forward + dgrad + wgrad. (PyTorch's own formula for aten.convolution_backward ignores groups and
     # reports 9x the true count for this depthwise conv, so the backward is not compared with nn.Conv2d.)
     assert counter.get_total_flops() == 3 * 2 * macs
+
+
+def test_meta_tensors_give_the_conv2d_shape():
+    """Shape tracing on the meta device (as F.conv2d allows) works through the fake kernel."""
+    x = torch.randn(2, 4, 9, 11, device="meta").contiguous(memory_format=torch.channels_last)
+    w = torch.randn(8, 1, 5, 3, device="meta")
+    y = dwconv.depthwise_conv2d(x, w, None, (2, 1), (2, 1), 1)
+    expected = torch.nn.functional.conv2d(x, w, None, (2, 1), (2, 1), 1, groups=4)
+    assert y.device.type == "meta" and y.shape == expected.shape
+    assert y.is_contiguous(memory_format=torch.channels_last)
