@@ -127,9 +127,9 @@ def test_auto_picks_cpu_kernels_where_they_are_faster():
     from dwconv.backends import select_backend
     from dwconv._conv_args import check_and_resolve
 
-    def picked(x, w):
+    def picked(x, w, op="fwd"):
         assert dwconv.available_backends("cpu")["cpu"] is None, "the cpu backend must be built here"
-        return select_backend("auto", "fwd", x, check_and_resolve(x, w, None, 1, w.shape[-1] // 2, 1)).name
+        return select_backend("auto", op, x, check_and_resolve(x, w, None, 1, w.shape[-1] // 2, 1)).name
 
     x = torch.randn(2, 8, 14, 14)
     assert picked(x, torch.randn(8, 1, 11, 11)) == "cpu"
@@ -137,3 +137,7 @@ def test_auto_picks_cpu_kernels_where_they_are_faster():
     assert picked(x.contiguous(memory_format=torch.channels_last), torch.randn(8, 1, 7, 7)) == "cpu"
     assert picked(x.contiguous(memory_format=torch.channels_last), torch.randn(8, 1, 3, 3)) == "torch"
     assert picked(x.double(), torch.randn(8, 1, 11, 11, dtype=torch.float64)) == "torch"
+    big = torch.randn(2, 8, 56, 56).contiguous(memory_format=torch.channels_last)
+    assert picked(big, torch.randn(8, 1, 7, 7), "fwd") == "torch"
+    assert picked(big, torch.randn(8, 1, 7, 7), "dgrad") == "cpu"
+    assert picked(big, torch.randn(8, 1, 11, 11), "fwd") == "cpu"

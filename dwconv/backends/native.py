@@ -60,12 +60,17 @@ class CpuBackend(_NativeBackend):
         return None
 
     def preferred_by_auto(self, op, x, args):
-        # Measured (docs/perf_cpu.md): PyTorch's oneDNN path wins channels_last 3x3 convs; float64 is
-        # correct here but not tuned.
+        # Measured on 2 cores (docs/perf_cpu.md, v8-v9): PyTorch's oneDNN path wins channels_last 3x3 convs,
+        # and the channels_last forward of kernels up to 7x7 on large maps at small batch; float64 is
+        # correct here but not tuned. Every other case, and every dgrad/wgrad from 5x5 up, is faster here.
         if x.dtype == torch.float64:
             return False
-        if args.kernel[0] * args.kernel[1] < 25 and is_channels_last(x):
-            return False
+        if is_channels_last(x):
+            area = args.kernel[0] * args.kernel[1]
+            if area < 25:
+                return False
+            if op == "fwd" and area <= 49 and args.height * args.width >= 28 * 28 and args.batch < 32:
+                return False
         return True
 
 
