@@ -190,6 +190,7 @@ DWCONV_TARGET void wgrad(const ConvShape& s, const T* dy, const T* x, acc_t<T>* 
   const int64_t TH = band_rows(s.layout, s.HO, cols, s.SH, row_span, L * sizeof(A));
   const int64_t max_rows = (TH - 1) * s.SH + row_span, nbands = ceil_div(s.HO, TH);
   const int nthreads = thread_count(threads, chunks, s.N * CO * s.HO * s.WO * taps);
+  const int64_t wgrad_chunk = items_per_chunk(s.layout, chunks, nthreads);
   const int64_t tile_size = max_rows * cols * L, dy_size = TH * s.WO * L;
   const int64_t stage_size = 2 * L * max_rows * std::max(cols, s.W);
   const int64_t per_thread = tile_size + dy_size + stage_size;
@@ -199,7 +200,9 @@ DWCONV_TARGET void wgrad(const ConvShape& s, const T* dy, const T* x, acc_t<T>* 
     A* tile = scratch.get() + omp_get_thread_num() * per_thread;
     A* dyt = tile + tile_size;
     A* stage = dyt + dy_size;
-#pragma omp for schedule(dynamic)
+    // NHWC: one contiguous range of chunks per thread, so the channel blocks of an image group (which share
+    // its pixels' cache lines) stay on one core; the sum order does not depend on who computes a chunk.
+#pragma omp for schedule(dynamic, wgrad_chunk)
     for (int64_t chunk = 0; chunk < chunks; ++chunk) {
       const int64_t g = chunk / nblocks, blk = chunk % nblocks;
       A* part = partial.get() + chunk * taps * L;
