@@ -36,3 +36,13 @@ def resolve_device(name: Optional[str], parser: argparse.ArgumentParser) -> torc
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but CUDA is not available")
     return device
+
+
+def run_with_cudnn_setting(run, args: argparse.Namespace, argv: List[str]):
+    """run(args, argv) with torch.backends.cudnn.benchmark set as the arguments ask, restored afterwards."""
+    saved = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
+    try:
+        return run(args, argv)
+    finally:
+        torch.backends.cudnn.benchmark = saved

@@ -28,7 +28,7 @@ import torch
 
 import dwconv
 from benchmarks import conv_ops, roofline, shapes, tables
-from benchmarks.cli import default_backends, resolve_device, split_choices
+from benchmarks.cli import default_backends, resolve_device, run_with_cudnn_setting, split_choices
 from benchmarks.progress import Progress
 from benchmarks.run_info import device_name, load_average, result_path, run_metadata, write_json
 from benchmarks.timing import Timer, calibrate_inner, interleaved
@@ -261,13 +261,7 @@ def plot_speedups(records: List[Dict], path: Path, args) -> None:
 
 def main(argv: Optional[List[str]] = None) -> Dict:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse_args(argv)
-    cudnn_benchmark = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = args.cudnn_benchmark
-    try:
-        return run(args, argv)
-    finally:
-        torch.backends.cudnn.benchmark = cudnn_benchmark
+    return run_with_cudnn_setting(run, parse_args(argv), argv)
 
 
 def run(args: argparse.Namespace, argv: List[str]) -> Dict:

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 import dwconv
 import robust_models
 from benchmarks import tables
-from benchmarks.cli import default_backends, resolve_device, split_choices
+from benchmarks.cli import default_backends, resolve_device, run_with_cudnn_setting, split_choices
 from benchmarks.model_variants import PLAIN, build_variants
 from benchmarks.progress import Progress
 from benchmarks.run_info import device_name, load_average, result_path, run_metadata, write_json
@@ -233,13 +233,7 @@ def bench_model(name: str, args, world_size: int, timer: Timer, progress: Progre
 
 def main(argv: Optional[List[str]] = None) -> Optional[Dict]:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse_args(argv)
-    cudnn_benchmark = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = args.cudnn_benchmark
-    try:
-        return run(args, argv)
-    finally:
-        torch.backends.cudnn.benchmark = cudnn_benchmark
+    return run_with_cudnn_setting(run, parse_args(argv), argv)
 
 
 def run(args: argparse.Namespace, argv: List[str]) -> Optional[Dict]:
