@@ -5,7 +5,9 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <cstdlib>
 #include <optional>
+#include <string_view>
 #include <vector>
 
 #include "../dwconv_params.h"
@@ -96,6 +98,14 @@ void dispatch_dtype(at::ScalarType dtype, F&& f) {
   }
 }
 
+// DWCONV_CUDA_MMA=1 sends fp16 / bf16 forward and stride-1 dgrad to the tensor-core kernels where they apply
+// (fwd_mma.cu); unset, 0 or auto: the FMA kernels. `auto` stays on them until the tensor-core path has been
+// measured on a GPU (docs/perf_cuda.md). Read on every call.
+inline bool mma_requested() {
+  const char* v = std::getenv("DWCONV_CUDA_MMA");
+  return v != nullptr && std::string_view(v) == "1";
+}
+
 template <typename T> const T* data(const at::Tensor& t) { return reinterpret_cast<const T*>(t.const_data_ptr()); }
 template <typename T> T* mutable_data(const at::Tensor& t) { return reinterpret_cast<T*>(t.mutable_data_ptr()); }
 
@@ -122,8 +132,11 @@ void fwd(at::DeviceType device, cudaStream_t stream, Workspace&&, const at::Tens
   if (y.numel() == 0) return;
   dispatch_dtype(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
-    check_launch(launch_fwd<T>(s, data<T>(x), data<T>(weight), has_bias ? data<T>(*bias) : nullptr,
-                               mutable_data<T>(y), stream), "forward");
+    const T* b = has_bias ? data<T>(*bias) : nullptr;
+    if (mma_requested() && fwd_mma_supported<T>(s))
+      check_launch(launch_fwd_mma<T>(s, data<T>(x), data<T>(weight), b, mutable_data<T>(y), stream), "forward (mma)");
+    else
+      check_launch(launch_fwd<T>(s, data<T>(x), data<T>(weight), b, mutable_data<T>(y), stream), "forward");
   });
 }
 
@@ -142,7 +155,11 @@ void dgrad(at::DeviceType device, cudaStream_t stream, Workspace&&, const at::Te
   if (grad_x.numel() == 0) return;
   dispatch_dtype(grad_out.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
-    check_launch(launch_dgrad<T>(s, data<T>(grad_out), data<T>(weight), mutable_data<T>(grad_x), stream), "dgrad");
+    if (mma_requested() && dgrad_mma_supported<T>(s))
+      check_launch(launch_dgrad_mma<T>(s, data<T>(grad_out), data<T>(weight), mutable_data<T>(grad_x), stream),
+                   "dgrad (mma)");
+    else
+      check_launch(launch_dgrad<T>(s, data<T>(grad_out), data<T>(weight), mutable_data<T>(grad_x), stream), "dgrad");
   });
 }
 

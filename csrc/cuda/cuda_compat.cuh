@@ -4,6 +4,7 @@
 #pragma once
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "cuda_types.h"
 
@@ -79,6 +80,54 @@ __device__ __forceinline__ void load16_acc(const T* __restrict__ src, acc_t<T>* 
   std::memcpy(vals, &raw, 16);
 #pragma unroll
   for (int i = 0; i < kVec; ++i) dst[i] = acc_t<T>(to_float(vals[i]));
+}
+
+// ---- one warp-wide tensor-core product: C(16x8, fp32) += A(16x16) * B(16x8), T = fp16_t or bf16_t ----
+// Operands live in shared memory. Lane l (g = l / 4, q = l % 4) passes the addresses of ITS rows of A,
+// a_lo = &A[g][0] and a_hi = &A[g + 8][0] (rows anywhere, 4-byte aligned), and the warp's B as its transpose,
+// bt[n * ldb + k] = B[k][n] (ldb even). c is the lane's accumulator fragment of mma.m16n8k16:
+//   c[0], c[1] = C[g][2q], C[g][2q + 1];   c[2], c[3] = C[g + 8][2q], C[g + 8][2q + 1].
+// Device: the lane loads its A fragment {A[g][2q..], A[g+8][2q..], A[g][2q+8..], A[g+8][2q+8..]} and B
+// fragment {B[2q..][g], B[2q+8..][g]} (two consecutive k per 32-bit word) and issues mma.sync (sm_80+).
+// Host: the same four elements of C computed directly from the shared-memory tiles (no lane exchange).
+template <typename T>
+__device__ __forceinline__ void warp_mma_16x8x16(const T* a_lo, const T* a_hi, const T* bt, int ldb,
+                                                 float (&c)[4]) {
+  static_assert(sizeof(T) == 2, "fp16 / bf16 operands");
+  const int lane = int(threadIdx.x) % 32, g = lane / 4, q = lane % 4;
+#if defined(__CUDACC__)
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  auto word = [](const T* p) { return *reinterpret_cast<const uint32_t*>(p); };
+  const uint32_t a0 = word(a_lo + 2 * q), a1 = word(a_hi + 2 * q), a2 = word(a_lo + 2 * q + 8),
+                 a3 = word(a_hi + 2 * q + 8);
+  const uint32_t b0 = word(bt + g * ldb + 2 * q), b1 = word(bt + g * ldb + 2 * q + 8);
+  if constexpr (std::is_same_v<T, bf16_t>) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  } else {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  }
+#elif defined(__CUDA_ARCH__)
+  __trap();  // launchers refuse the tensor-core path below sm_80
+#endif
+#else
+  // The device would fault on a misaligned 32-bit shared load: make the launch fail the same way.
+  dwconv_emu::check_aligned(a_lo + 2 * q, 4);
+  dwconv_emu::check_aligned(a_hi + 2 * q, 4);
+  dwconv_emu::check_aligned(bt + g * ldb + 2 * q, 4);
+  for (int i = 0; i < 4; ++i) {
+    const T* a = i < 2 ? a_lo : a_hi;
+    const T* b = bt + (2 * q + (i & 1)) * ldb;
+    float sum = 0.f;
+    for (int k = 0; k < 16; ++k) sum += to_float(a[k]) * to_float(b[k]);
+    c[i] += sum;
+  }
+#endif
 }
 
 // ---- dynamic shared memory of the current block ----

@@ -28,5 +28,19 @@ template <typename T>
 cudaError_t launch_wgrad(const ConvShape& s, const T* dy, const T* x, acc_t<T>* dw, bool deterministic,
                          void* workspace, cudaStream_t stream);
 
+// Tensor-core path (fwd_mma.cu): fp16 / bf16, stride 1, dilation 1, square odd K in 3..13 (dgrad: multiplier 1
+// too), on sm_80+. *_supported says whether the launcher accepts the shape (false for float / double); the
+// launchers return cudaErrorInvalidValue otherwise. Same contract as launch_fwd / launch_dgrad.
+template <typename T>
+bool fwd_mma_supported(const ConvShape& s);
+template <typename T>
+bool dgrad_mma_supported(const ConvShape& s);
+template <typename T>
+cudaError_t launch_fwd_mma(const ConvShape& s, const T* x, const T* w, const T* b, T* y, cudaStream_t stream);
+template <typename T>
+cudaError_t launch_dgrad_mma(const ConvShape& s, const T* dy, const T* w, T* dx, cudaStream_t stream);
+// Launches of the tensor-core kernels since the library was loaded (lets tests see which path ran).
+int64_t mma_launches();
+
 }  // namespace cuda
 }  // namespace dwconv

@@ -26,6 +26,8 @@ void native_wgrad(const at::Tensor& grad_out, const at::Tensor& x, at::IntArrayR
   wgrad(at::kCPU, nullptr, host_workspace, grad_out, x, stride, padding, dilation, deterministic, grad_w);
 }
 
+int64_t mma_launches() { return dwconv::cuda::mma_launches(); }
+
 }  // namespace
 
 // Same schemas as csrc/ops.cpp's dwconv::native_*.
@@ -33,6 +35,7 @@ TORCH_LIBRARY(dwconv_cuda_host, m) {
   m.def("native_fwd(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[4] padding, int[2] dilation, Tensor(a!) y) -> ()");
   m.def("native_dgrad(Tensor grad_out, Tensor weight, int[2] stride, int[4] padding, int[2] dilation, Tensor(a!) grad_x) -> ()");
   m.def("native_wgrad(Tensor grad_out, Tensor x, int[2] stride, int[4] padding, int[2] dilation, bool deterministic, Tensor(a!) grad_w) -> ()");
+  m.def("mma_launches() -> int");  // launches of the tensor-core kernels so far (DWCONV_CUDA_MMA=1)
 }
 
 TORCH_LIBRARY_IMPL(dwconv_cuda_host, CPU, m) {
@@ -40,3 +43,6 @@ TORCH_LIBRARY_IMPL(dwconv_cuda_host, CPU, m) {
   m.impl("native_dgrad", &native_dgrad);
   m.impl("native_wgrad", &native_wgrad);
 }
+
+// No tensor arguments: dispatched through the catch-all key.
+TORCH_LIBRARY_IMPL(dwconv_cuda_host, CompositeExplicitAutograd, m) { m.impl("mma_launches", &mma_launches); }

@@ -11,7 +11,7 @@ import torch.utils.cpp_extension
 HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join(HERE, "..", "..", "csrc")
 SOURCES = [os.path.join(HERE, f) for f in ("binding_host.cpp", "fwd_host.cpp", "dgrad_host.cpp", "wgrad_host.cpp",
-                                           "emulation_selftest.cpp")]
+                                           "fwd_mma_host.cpp", "emulation_selftest.cpp")]
 NAMESPACE = "dwconv_cuda_host"
 
 

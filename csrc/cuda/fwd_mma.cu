@@ -1,0 +1,254 @@
+// Tensor-core (mma.sync m16n8k16, fp32 accumulation) depthwise conv for fp16 / bf16 at unit stride and
+// dilation with a square compile-time K (3 .. 13): the forward, and the stride-1 dgrad of multiplier 1 (the
+// forward of dy with the filter rotated 180 degrees and padding K-1-P).
+//
+// Per channel and filter row kh, a strip of 8 output columns [j0, j0 + 8) is a GEMM with a banded Toeplitz
+// matrix:  Y[m, j] += sum_t X[m, t] * B_kh[t, j],  t in [0, KB),
+//   X[m, t]    = staged input of output row m, filter row kh, column j0 + t   (A operand, 16 rows m)
+//   B_kh[t, j] = w[kh, t - j] if 0 <= t - j < K, else 0                       (the same for every strip)
+// KB = 16 when 8 + K - 1 <= 16 (K <= 9), else 32 (two k-steps). The M dimension is output rows of one channel:
+// several images' rows when maps are short (7x7: 2 images = 14 of 16 rows).
+// Not bit-compatible with the FMA kernels around non-finite inputs: an inf / NaN at input column t of a strip
+// multiplies the band's zeros too, so it reaches every output of that strip, not only those whose window
+// covers t.
+#include <atomic>
+#include <type_traits>
+
+#include "launchers.h"
+#include "staging.cuh"
+#include "static_switch.h"
+
+namespace dwconv {
+namespace cuda {
+
+namespace {
+
+std::atomic<int64_t> g_mma_launches{0};
+
+// One conv in forward form: input (N, C / M, H, W) -> output (N, C, HO, WO), output channel c reads input
+// channel c / M; out[oh, ow] += in[oh + kh - PT, ow + kw - PL] * w[c, kh', kw'] with (kh', kw') = (kh, kw), or
+// (K-1-kh, K-1-kw) when flip.
+struct MmaConv {
+  int64_t N, C, M, H, W, HO, WO, PT, PL;
+  bool flip;
+};
+
+// A block owns cb channels x nb images x a th x tw output tile. Shared memory (elements of T):
+//   bands  [cb][K][8][ldb]          B_kh transposed: band[n][t] = B_kh[t][n]; ldb = KB + 8
+//   input  [cb][nb][rows][ld]       rows = th + K - 1 staged rows, ld >= tw + KB - 8 staged columns
+// ldb / 2 and ld / 2 are 4 mod 8 words, so the 8 row addresses of a fragment load fall in distinct banks.
+struct MmaTile {
+  int cb = 1, nb = 1, th = 1, tw = 8, rows = 1, ld = 8, mblocks = 1, jblocks = 1;
+  int64_t cblocks = 1, nblocks = 1, tiles_h = 1, tiles_w = 1;
+  size_t smem = 0;
+};
+
+constexpr int band_k(int K) { return (8 + K - 1 + 15) / 16 * 16; }
+
+template <typename T, Layout L, int K>
+__global__ void __launch_bounds__(kThreads)
+conv_mma_kernel(MmaConv p, MmaTile t, const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ b,
+                T* __restrict__ y) {
+  constexpr int KB = band_k(K), KSTEPS = KB / 16, LDB = KB + 8;
+  const int plane = t.rows * t.ld;
+  const int lane = int(threadIdx.x) % 32, warp = int(threadIdx.x) / 32, nwarps = int(blockDim.x) / 32;
+  const T zero = from_float<T>(0.f);
+  T* s_band = dynamic_smem<T>();
+  T* s_x = s_band + t.cb * K * 8 * LDB;
+  const int64_t CI = p.C / p.M;
+  const int m_total = t.nb * t.th;
+  const int64_t total = t.nblocks * t.cblocks * t.tiles_h * t.tiles_w;
+  for (int64_t blk = blockIdx.x; blk < total; blk += gridDim.x) {
+    int64_t rest = blk;
+    const int64_t tile_w = rest % t.tiles_w; rest /= t.tiles_w;
+    const int64_t tile_h = rest % t.tiles_h; rest /= t.tiles_h;
+    const int64_t cblock = rest % t.cblocks;
+    const int64_t n0 = rest / t.cblocks * t.nb;
+    const int64_t c0 = cblock * t.cb, oh0 = tile_h * t.th, ow0 = tile_w * t.tw;
+    const int ncb = int(t.cb < p.C - c0 ? t.cb : p.C - c0);
+
+    for (int i = threadIdx.x; i < ncb * K * 8 * KB; i += blockDim.x) {
+      const int k = i % KB, j = i / KB % 8, kh = i / (KB * 8) % K, c_l = i / (KB * 8 * K);
+      const int tap = k - j;
+      T v = zero;
+      if (tap >= 0 && tap < K)
+        v = p.flip ? w[((c0 + c_l) * K + K - 1 - kh) * K + K - 1 - tap] : w[((c0 + c_l) * K + kh) * K + tap];
+      s_band[((c_l * K + kh) * 8 + j) * LDB + k] = v;
+    }
+    // Staged element (c_l, img, r, col) = in[n0 + img, (c0 + c_l) / M, oh0 - PT + r, ow0 - PL + col], 0 outside
+    // the map, past the batch, and at columns no output of the tile reads (col >= tw + K - 1).
+    const int total_x = ncb * t.nb * t.rows * t.ld;
+    for (int i = threadIdx.x; i < total_x; i += blockDim.x) {
+      int c_l, col, r, img;
+      if constexpr (L == Layout::NCHW) {
+        col = i % t.ld; r = i / t.ld % t.rows; img = i / (t.ld * t.rows) % t.nb; c_l = i / (t.ld * t.rows * t.nb);
+      } else {
+        c_l = i % ncb; col = i / ncb % t.ld; r = i / (ncb * t.ld) % t.rows; img = i / (ncb * t.ld * t.rows);
+      }
+      const int64_t n = n0 + img, h = oh0 - p.PT + r, wc = ow0 - p.PL + col;
+      const bool inside = n < p.N && h >= 0 && h < p.H && wc >= 0 && wc < p.W && col < t.tw + K - 1;
+      s_x[(c_l * t.nb + img) * plane + r * t.ld + col] =
+          inside ? x[global_index(L, n, (c0 + c_l) / p.M, h, wc, CI, p.H, p.W)] : zero;
+    }
+    __syncthreads();
+
+    // Warp items: (channel, block of 16 rows m = img * th + r, strip of 8 columns).
+    const int items = ncb * t.mblocks * t.jblocks;
+    for (int it = warp; it < items; it += nwarps) {
+      int c_l, mb, jb;
+      if constexpr (L == Layout::NCHW) {
+        jb = it % t.jblocks; mb = it / t.jblocks % t.mblocks; c_l = it / (t.jblocks * t.mblocks);
+      } else {
+        c_l = it % ncb; jb = it / ncb % t.jblocks; mb = it / (ncb * t.jblocks);
+      }
+      const int g = lane / 4, q = lane % 4, j0 = jb * 8;
+      const int m_lo = mb * 16 + g, m_hi = m_lo + 8;
+      // Rows past the last (m >= nb * th) read row 0 of the channel; their results are dropped.
+      auto row = [&](int m) {
+        const int mm = m < m_total ? m : 0;
+        return s_x + (c_l * t.nb + mm / t.th) * plane + (mm % t.th) * t.ld + j0;
+      };
+      const T* a_lo = row(m_lo);
+      const T* a_hi = row(m_hi);
+      const T* band = s_band + c_l * K * 8 * LDB;
+      float acc[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+      for (int kh = 0; kh < K; ++kh) {
+#pragma unroll
+        for (int ks = 0; ks < KSTEPS; ++ks)
+          warp_mma_16x8x16(a_lo + kh * t.ld + 16 * ks, a_hi + kh * t.ld + 16 * ks, band + kh * 8 * LDB + 16 * ks, LDB,
+                           acc);
+      }
+      const int64_t co = c0 + c_l;
+      const float bias = b != nullptr ? to_float(b[co]) : 0.f;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int m = i < 2 ? m_lo : m_hi, col = j0 + 2 * q + (i & 1);
+        if (m >= m_total || col >= t.tw) continue;
+        const int64_t n = n0 + m / t.th, oh = oh0 + m % t.th, ow = ow0 + col;
+        if (n < p.N && oh < p.HO && ow < p.WO)
+          store_acc(y + global_index(L, n, co, oh, ow, p.C, p.HO, p.WO), acc[i] + bias);
+      }
+    }
+    __syncthreads();
+  }
+}
+
+MmaTile mma_tile(const MmaConv& p, int K) {
+  MmaTile t;
+  const int KB = band_k(K);
+  t.tw = int(std::min<int64_t>((p.WO + 7) / 8 * 8, 64));
+  if (p.HO <= 16) {
+    // Whole planes; images per block chosen to waste the fewest of the 16-row blocks.
+    t.th = int(p.HO);
+    double best = 0.0;
+    for (int nb = 1; nb <= std::min<int64_t>(p.N, 8); ++nb) {
+      const int m = nb * t.th;
+      const double use = double(m) / ((m + 15) / 16 * 16);
+      if (use > best + 1e-9) {
+        best = use;
+        t.nb = nb;
+      }
+    }
+  } else {
+    t.th = int(std::min<int64_t>(p.HO, 32));
+  }
+  t.rows = t.th + K - 1;
+  t.ld = (t.tw + KB - 8 + 7) / 16 * 16 + 8;  // smallest >= tw + KB - 8 that is 8 mod 16
+  t.mblocks = (t.nb * t.th + 15) / 16;
+  t.jblocks = t.tw / 8;
+  const size_t per_channel = sizeof(uint16_t) * (size_t(K) * 8 * (KB + 8) + size_t(t.nb) * t.rows * t.ld);
+  t.cb = int(std::min<int64_t>(p.C, 16));
+  while (t.cb > 1 && t.cb * per_channel > kSmemLimit) t.cb = (t.cb + 1) / 2;
+  t.smem = t.cb * per_channel;
+  t.cblocks = (p.C + t.cb - 1) / t.cb;
+  t.nblocks = (p.N + t.nb - 1) / t.nb;
+  t.tiles_h = (p.HO + t.th - 1) / t.th;
+  t.tiles_w = (p.WO + t.tw - 1) / t.tw;
+  return t;
+}
+
+bool mma_device_ok() {
+#if defined(__CUDACC__)
+  int dev = 0, major = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess)
+    return false;
+  return major >= 8;
+#else
+  return true;
+#endif
+}
+
+bool mma_geometry_ok(const ConvShape& s) {
+  const bool k_ok = s.KH == s.KW && s.KH >= 3 && s.KH <= 13 && s.KH % 2 == 1;  // static_switch.h sizes
+  return k_ok && s.SH == 1 && s.SW == 1 && s.DH == 1 && s.DW == 1;
+}
+
+template <typename T>
+cudaError_t launch_mma(const MmaConv& p, int64_t ksize, const T* x, const T* w, const T* b, T* y, Layout layout,
+                       cudaStream_t stream) {
+  if constexpr (!std::is_same_v<T, fp16_t> && !std::is_same_v<T, bf16_t>) {
+    return cudaErrorInvalidValue;
+  } else {
+    const MmaTile t = mma_tile(p, int(ksize));
+    const dim3 grid = grid_for(t.nblocks * t.cblocks * t.tiles_h * t.tiles_w);
+    g_mma_launches.fetch_add(1, std::memory_order_relaxed);
+    DWCONV_KERNEL_SIZE_SWITCH(ksize, ksize, [&] {
+      if constexpr (K > 0) {
+        if (layout == Layout::NCHW) {
+          auto kernel = conv_mma_kernel<T, Layout::NCHW, K>;
+          DWCONV_LAUNCH(kernel, grid, dim3(kThreads), t.smem, stream, p, t, x, w, b, y);
+        } else {
+          auto kernel = conv_mma_kernel<T, Layout::NHWC, K>;
+          DWCONV_LAUNCH(kernel, grid, dim3(kThreads), t.smem, stream, p, t, x, w, b, y);
+        }
+      }
+    });
+    return cudaGetLastError();
+  }
+}
+
+}  // namespace
+
+int64_t mma_launches() { return g_mma_launches.load(std::memory_order_relaxed); }
+
+template <typename T>
+bool fwd_mma_supported(const ConvShape& s) {
+  if constexpr (!std::is_same_v<T, fp16_t> && !std::is_same_v<T, bf16_t>) return false;
+  else return mma_geometry_ok(s) && mma_device_ok();
+}
+
+template <typename T>
+bool dgrad_mma_supported(const ConvShape& s) {
+  return s.M == 1 && fwd_mma_supported<T>(s);
+}
+
+template <typename T>
+cudaError_t launch_fwd_mma(const ConvShape& s, const T* x, const T* w, const T* b, T* y, cudaStream_t stream) {
+  if (!fwd_mma_supported<T>(s)) return cudaErrorInvalidValue;
+  const MmaConv p{s.N, s.C * s.M, s.M, s.H, s.W, s.HO, s.WO, s.PT, s.PL, false};
+  return launch_mma<T>(p, s.KH, x, w, b, y, s.layout, stream);
+}
+
+template <typename T>
+cudaError_t launch_dgrad_mma(const ConvShape& s, const T* dy, const T* w, T* dx, cudaStream_t stream) {
+  if (!dgrad_mma_supported<T>(s)) return cudaErrorInvalidValue;
+  // dx[h, w] = sum dy[h + kh' - (K-1-PT), w + kw' - (K-1-PL)] * w[K-1-kh', K-1-kw']
+  const MmaConv p{s.N, s.C, 1, s.HO, s.WO, s.H, s.W, s.KH - 1 - s.PT, s.KW - 1 - s.PL, true};
+  return launch_mma<T>(p, s.KH, dy, w, nullptr, dx, s.layout, stream);
+}
+
+#define DWCONV_MMA_INSTANTIATE(T)                                                                          \
+  template bool fwd_mma_supported<T>(const ConvShape&);                                                     \
+  template bool dgrad_mma_supported<T>(const ConvShape&);                                                   \
+  template cudaError_t launch_fwd_mma<T>(const ConvShape&, const T*, const T*, const T*, T*, cudaStream_t); \
+  template cudaError_t launch_dgrad_mma<T>(const ConvShape&, const T*, const T*, T*, cudaStream_t);
+DWCONV_MMA_INSTANTIATE(float)
+DWCONV_MMA_INSTANTIATE(double)
+DWCONV_MMA_INSTANTIATE(fp16_t)
+DWCONV_MMA_INSTANTIATE(bf16_t)
+#undef DWCONV_MMA_INSTANTIATE
+
+}  // namespace cuda
+}  // namespace dwconv
