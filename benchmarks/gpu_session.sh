@@ -3,6 +3,8 @@
 #   bash benchmarks/gpu_session.sh build        # build the extension against the machine's torch, run the GPU tests
 #   bash benchmarks/gpu_session.sh kernels      # kernels.py, Robust-ResNet shapes (bf16, fp32) + plot
 #   bash benchmarks/gpu_session.sh kernels-more # kernels.py, ConvNeXt and RepLKNet-like shapes
+#   bash benchmarks/gpu_session.sh kernels-mma  # cuda backend, bf16 + fp16, fwd and dgrad: FMA kernels vs the
+#                                               # tensor-core kernels (DWCONV_CUDA_MMA=0 / 1), their tests first
 #   bash benchmarks/gpu_session.sh throughput-bf16  # throughput.py, four models, bf16 channels_last, batch 128
 #   bash benchmarks/gpu_session.sh throughput-fp32  # throughput.py, four models, fp32 NCHW (official), batch 128
 # Results go to benchmarks/results/ and, when $OUT is set (the device tool's output folder), are copied there.
@@ -22,6 +24,12 @@ case "${1:-}" in
     python benchmarks/kernels.py --shapes convnext --no-progress --json "$RESULTS/cuda-$card-kernels-convnext.json"
     python benchmarks/kernels.py --shapes replknet --no-progress \
       --json "$RESULTS/cuda-$card-kernels-replknet.json" --plot "$RESULTS/cuda-$card-kernels-replknet.png" ;;
+  kernels-mma)
+    DWCONV_CUDA_MMA=1 python -m pytest -q -x tests/test_cuda_mma.py -m gpu
+    for mma in 0 1; do
+      python benchmarks/kernels.py --shapes robust_resnet --backend cuda --dtype bf16,fp16 --ops fwd,dgrad \
+        --cuda-mma $mma --no-progress --json "$RESULTS/cuda-$card-kernels-robust-resnet-mma$mma.json"
+    done ;;
   throughput-bf16)
     python benchmarks/throughput.py --dtype bf16 --channels-last --no-progress \
       --json "$RESULTS/cuda-$card-throughput-bf16-channels-last.json" ;;
@@ -29,7 +37,7 @@ case "${1:-}" in
     python benchmarks/throughput.py --dtype fp32 --no-channels-last --no-progress \
       --json "$RESULTS/cuda-$card-throughput-fp32-nchw.json" ;;
   *)
-    echo "usage: $0 build|kernels|kernels-more|throughput-bf16|throughput-fp32" >&2; exit 2 ;;
+    echo "usage: $0 build|kernels|kernels-more|kernels-mma|throughput-bf16|throughput-fp32" >&2; exit 2 ;;
 esac
 if [ -n "${OUT:-}" ]; then
   mkdir -p "$OUT/results" && cp "$RESULTS"/cuda-* "$OUT/results/" 2>/dev/null || true

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -60,7 +61,12 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     p.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=True,
                    help="let cuDNN pick its fastest algorithm per shape (PyTorch's strongest baseline; default on)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--cuda-mma", choices=("0", "1"), default=None,
+                   help="sets DWCONV_CUDA_MMA for this run: 1 sends the cuda backend's fp16/bf16 forward and "
+                        "stride-1 dgrad to its tensor-core kernels where they apply (default: the environment's)")
     args = p.parse_args(argv)
+    if args.cuda_mma is not None:
+        os.environ["DWCONV_CUDA_MMA"] = args.cuda_mma
     args.device = resolve_device(args.device, p)
     gpu = args.device.type == "cuda"
     if args.smoke:
@@ -295,6 +301,7 @@ def run(args: argparse.Namespace, argv: List[str]) -> Dict:
     result = {"meta": run_metadata("kernels", argv, device, args.notes, load_at_start=load_at_start),
               "settings": {"shapes": args.shapes, "dtypes": args.dtypes, "ops": args.ops, "backends": args.backends,
                            "warmup": args.warmup, "reps": args.reps, "layouts": list(LAYOUTS),
+                           "cuda_mma": os.environ.get("DWCONV_CUDA_MMA", ""),
                            "flops_count": "2 per multiply-add, every tap (padding taps too)",
                            "roofline": ("fraction of the sgemm rate" if device.type == "cpu" else
                                         "lower bound max(ideal bytes / DRAM bandwidth, FLOPs / FMA rate) over time")},

@@ -6,7 +6,9 @@ Picked up by sass_report.py (`collect_rows` with its signature, rows in its FIEL
 The extension is `dwconv/_C*.so` of this checkout unless DWCONV_CUDA_SO names another build (e.g. one
 built in a copy of the tree). Kernel sizes without a compile-time instantiation (see csrc/cuda/static_switch.h)
 report the generic kernel (variant `..._tiled_kernel<K=any>`). The small-map path is a tile choice of the
-same kernels, so every map reports the same function.
+same kernels, so every map reports the same function. fp16/bf16 fwd and dgrad rows of K in 3..13 (odd) are
+followed by a row of the tensor-core kernel that DWCONV_CUDA_MMA=1 selects (kernel `fwd_mma` / `dgrad_mma`,
+variant `conv_mma_kernel<K=..>`; one function serves both).
 """
 from __future__ import annotations
 
@@ -29,6 +31,10 @@ _DTYPES = {"float32": "float", "float16": "__half", "bfloat16": "__nv_bfloat16",
 _LAYOUTS = {"nchw": "0", "nhwc": "1"}
 # e.g. "void dwconv::cuda::(anonymous namespace)::fwd_tiled_kernel<float, (dwconv::Layout)1, 7>(...)"
 _KERNEL = re.compile(r"(fwd|dgrad|wgrad)_tiled_kernel<([^,]+), \(dwconv::Layout\)(\d), (\d+)>")
+# The tensor-core kernel (fwd_mma.cu) serves both fwd and stride-1 dgrad; keyed as kernel "mma".
+_MMA_KERNEL = re.compile(r"(conv_mma)_kernel<([^,]+), \(dwconv::Layout\)(\d), (\d+)>")
+MMA_K = (3, 5, 7, 9, 11, 13)
+MMA_DTYPES = ("float16", "bfloat16")
 
 
 def extension_path() -> str:
@@ -62,9 +68,10 @@ def extract_kernels(so_path: str, arch: int = ARCH) -> Dict[Tuple[str, str, str,
                                    check=True).stdout
             mangled = re.findall(r"Function (\S+):", usage)
             for raw, pretty in zip(mangled, _demangle(mangled)):
-                m = _KERNEL.search(pretty)
+                m = _KERNEL.search(pretty) or _MMA_KERNEL.search(pretty)
                 if m:
-                    found[(m.group(1), m.group(2), m.group(3), int(m.group(4)))] = (cubin, raw)
+                    kernel = "mma" if m.group(1) == "conv_mma" else m.group(1)
+                    found[(kernel, m.group(2), m.group(3), int(m.group(4)))] = (cubin, raw)
     return found
 
 
@@ -93,6 +100,16 @@ def collect_rows(ks: Iterable[int], dtypes: Iterable[str], layouts: Iterable[str
                             continue
                         rows.append(dict(backend="cuda", kernel=kernel, K=k, dtype=dtype_name, layout=layout,
                                          map=size, variant=variant, **stats))
+                    # The tensor-core alternative (DWCONV_CUDA_MMA=1), reported as kernel "fwd_mma" / "dgrad_mma".
+                    mma_key = ("mma", _DTYPES[dtype_name], _LAYOUTS[layout], k)
+                    if kernel in ("fwd", "dgrad") and k in MMA_K and dtype_name in MMA_DTYPES:
+                        if mma_key not in table:
+                            raise SystemExit(f"sass_cuda: no kernel {mma_key} in {so_path}")
+                        cubin, function = table[mma_key]
+                        stats = cubin_stats(cubin, function)
+                        rows += [dict(backend="cuda", kernel=f"{kernel}_mma", K=k, dtype=dtype_name, layout=layout,
+                                      map=size, variant=f"conv_mma_kernel<K={k}>", **stats)
+                                 for size in maps if size >= k // 2 + 1]
     return rows
 
 
