@@ -1,7 +1,7 @@
 """The tensor-core path of the CUDA backend (csrc/cuda/fwd_mma.cu) against the float64 reference.
 
 DWCONV_CUDA_MMA=1 routes fp16 / bf16 forward and stride-1 dgrad (multiplier 1) to the mma kernels. Without a
-GPU they run in the host emulation (tests/cuda_host), where warp_mma_16x8x16 computes each lane's accumulator
+GPU they run in the host emulation (tests/cuda_host), where mma_16x8x16 computes each lane's accumulator
 fragment from the shared-memory tiles; with a GPU the same cases run on the device. Every case checks, through
 a launch counter, that the mma kernel really ran, and every output is NaN-poisoned first.
 """
@@ -27,6 +27,7 @@ CASES = [
     ("k3_9x13_asymmetric_padding", 1, 5, 9, 13, 3, 1, (0, 2, 2, 1), True),
     ("k7_14x14_batch3_no_bias", 3, 4, 14, 14, 7, 1, (3, 3, 3, 3), False),
     ("k9_37x70_several_tiles", 1, 2, 37, 70, 9, 1, (4, 4, 4, 4), True),
+    ("k11_20x70_two_k_steps_wide_tiles", 1, 2, 20, 70, 11, 1, (5, 5, 5, 5), False),
     ("k5_mult2_dgrad_on_fma", 1, 3, 9, 13, 5, 2, (2, 2, 2, 2), True),
 ]
 

@@ -82,49 +82,86 @@ __device__ __forceinline__ void load16_acc(const T* __restrict__ src, acc_t<T>* 
   for (int i = 0; i < kVec; ++i) dst[i] = acc_t<T>(to_float(vals[i]));
 }
 
-// ---- one warp-wide tensor-core product: C(16x8, fp32) += A(16x16) * B(16x8), T = fp16_t or bf16_t ----
-// Operands live in shared memory. Lane l (g = l / 4, q = l % 4) passes the addresses of ITS rows of A,
-// a_lo = &A[g][0] and a_hi = &A[g + 8][0] (rows anywhere, 4-byte aligned), and the warp's B as its transpose,
-// bt[n * ldb + k] = B[k][n] (ldb even). c is the lane's accumulator fragment of mma.m16n8k16:
+// ---- warp-wide tensor-core product: C(16x8, fp32) += A(16x16) * B(16x8), T = fp16_t or bf16_t ----
+// Operands live in shared memory; lane l has g = l / 4, q = l % 4. A is taken in 8-column chunks: a lane's
+// share of chunk [col0, col0 + 8) comes from a_lo = &A[g][col0] and a_hi = &A[g + 8][col0] (its own rows,
+// anywhere in shared memory, 4-byte aligned). B is given as its transpose, bt[n * ldb + k] = B[k][n] (ldb even).
+// c is the lane's accumulator fragment of mma.m16n8k16:
 //   c[0], c[1] = C[g][2q], C[g][2q + 1];   c[2], c[3] = C[g + 8][2q], C[g + 8][2q + 1].
-// Device: the lane loads its A fragment {A[g][2q..], A[g+8][2q..], A[g][2q+8..], A[g+8][2q+8..]} and B
-// fragment {B[2q..][g], B[2q+8..][g]} (two consecutive k per 32-bit word) and issues mma.sync (sm_80+).
-// Host: the same four elements of C computed directly from the shared-memory tiles (no lane exchange).
+// Device: a chunk is the lane's words {A[g][col0 + 2q ..], A[g + 8][col0 + 2q ..]}, the B fragment its words
+// {B[2q ..][g], B[2q + 8 ..][g]} (two consecutive k per word), and mma_16x8x16 issues mma.sync (sm_80+).
+// Host: a chunk / B fragment records where it was loaded from, and mma_16x8x16 computes the lane's four
+// elements of C directly from those tiles (no lane exchange). Equivalent as long as the tiles do not change
+// between the loads and the product, as between two barriers of a kernel.
+#if defined(__CUDACC__)
+struct AChunk { uint32_t lo = 0, hi = 0; };
+struct BFrag { uint32_t k0 = 0, k8 = 0; };
+#else
+struct AChunk { const void* lo = nullptr; const void* hi = nullptr; };
+struct BFrag { const void* bt = nullptr; int ldb = 0; };
+#endif
+
+__device__ __forceinline__ int lane_id() { return int(threadIdx.x) % 32; }
+
 template <typename T>
-__device__ __forceinline__ void warp_mma_16x8x16(const T* a_lo, const T* a_hi, const T* bt, int ldb,
-                                                 float (&c)[4]) {
+__device__ __forceinline__ AChunk load_a_chunk(const T* a_lo, const T* a_hi) {
   static_assert(sizeof(T) == 2, "fp16 / bf16 operands");
-  const int lane = int(threadIdx.x) % 32, g = lane / 4, q = lane % 4;
+  const int q = lane_id() % 4;
+#if defined(__CUDACC__)
+  return {*reinterpret_cast<const uint32_t*>(a_lo + 2 * q), *reinterpret_cast<const uint32_t*>(a_hi + 2 * q)};
+#else
+  dwconv_emu::check_aligned(a_lo + 2 * q, 4);  // the device would fault on these 32-bit loads
+  dwconv_emu::check_aligned(a_hi + 2 * q, 4);
+  return {a_lo, a_hi};
+#endif
+}
+
+template <typename T>
+__device__ __forceinline__ BFrag load_b_frag(const T* bt, int ldb) {
+  static_assert(sizeof(T) == 2, "fp16 / bf16 operands");
+  const int g = lane_id() / 4, q = lane_id() % 4;
+#if defined(__CUDACC__)
+  const T* p = bt + g * ldb + 2 * q;
+  return {*reinterpret_cast<const uint32_t*>(p), *reinterpret_cast<const uint32_t*>(p + 8)};
+#else
+  dwconv_emu::check_aligned(bt + g * ldb + 2 * q, 4);
+  return {bt, ldb};
+#endif
+}
+
+// c += A * B with A = chunks a0 (k 0..7) and a8 (k 8..15).
+template <typename T>
+__device__ __forceinline__ void mma_16x8x16(const AChunk& a0, const AChunk& a8, const BFrag& b, float (&c)[4]) {
 #if defined(__CUDACC__)
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  auto word = [](const T* p) { return *reinterpret_cast<const uint32_t*>(p); };
-  const uint32_t a0 = word(a_lo + 2 * q), a1 = word(a_hi + 2 * q), a2 = word(a_lo + 2 * q + 8),
-                 a3 = word(a_hi + 2 * q + 8);
-  const uint32_t b0 = word(bt + g * ldb + 2 * q), b1 = word(bt + g * ldb + 2 * q + 8);
   if constexpr (std::is_same_v<T, bf16_t>) {
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
                  "{%0,%1,%2,%3};\n"
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+                 : "r"(a0.lo), "r"(a0.hi), "r"(a8.lo), "r"(a8.hi), "r"(b.k0), "r"(b.k8));
   } else {
+    static_assert(std::is_same_v<T, fp16_t>, "fp16 / bf16 operands");
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
                  "{%0,%1,%2,%3};\n"
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+                 : "r"(a0.lo), "r"(a0.hi), "r"(a8.lo), "r"(a8.hi), "r"(b.k0), "r"(b.k8));
   }
 #elif defined(__CUDA_ARCH__)
   __trap();  // launchers refuse the tensor-core path below sm_80
 #endif
 #else
-  // The device would fault on a misaligned 32-bit shared load: make the launch fail the same way.
-  dwconv_emu::check_aligned(a_lo + 2 * q, 4);
-  dwconv_emu::check_aligned(a_hi + 2 * q, 4);
-  dwconv_emu::check_aligned(bt + g * ldb + 2 * q, 4);
+  if (a0.lo == nullptr || a8.lo == nullptr || b.bt == nullptr) {  // the device would multiply stale registers
+    dwconv_emu::fail(cudaErrorIllegalInstruction);
+    return;
+  }
+  const int q = lane_id() % 4;
   for (int i = 0; i < 4; ++i) {
-    const T* a = i < 2 ? a_lo : a_hi;
-    const T* b = bt + (2 * q + (i & 1)) * ldb;
+    const T* lo = static_cast<const T*>(i < 2 ? a0.lo : a0.hi);
+    const T* hi = static_cast<const T*>(i < 2 ? a8.lo : a8.hi);
+    const T* bcol = static_cast<const T*>(b.bt) + (2 * q + (i & 1)) * b.ldb;
     float sum = 0.f;
-    for (int k = 0; k < 16; ++k) sum += to_float(a[k]) * to_float(b[k]);
+    for (int k = 0; k < 8; ++k) sum += to_float(lo[k]) * to_float(bcol[k]);
+    for (int k = 0; k < 8; ++k) sum += to_float(hi[k]) * to_float(bcol[8 + k]);
     c[i] += sum;
   }
 #endif

@@ -44,12 +44,15 @@ struct MmaTile {
 };
 
 constexpr int band_k(int K) { return (8 + K - 1 + 15) / 16 * 16; }
+constexpr int kMaxStrips = 8;  // 8-column strips per tile row: tw <= 64
+constexpr int kMinBlocksMma = 2;  // <= 128 registers: 32 accumulators, 22 words of A chunks, the band fragments
 
 template <typename T, Layout L, int K>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kMinBlocksMma)
 conv_mma_kernel(MmaConv p, MmaTile t, const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ b,
                 T* __restrict__ y) {
   constexpr int KB = band_k(K), KSTEPS = KB / 16, LDB = KB + 8;
+  constexpr int kChunks = kMaxStrips + KB / 8 - 1;  // 8-column chunks of A a tile row can need
   const int plane = t.rows * t.ld;
   const int lane = int(threadIdx.x) % 32, warp = int(threadIdx.x) / 32, nwarps = int(blockDim.x) / 32;
   const T zero = from_float<T>(0.f);
@@ -92,42 +95,63 @@ conv_mma_kernel(MmaConv p, MmaTile t, const T* __restrict__ x, const T* __restri
     }
     __syncthreads();
 
-    // Warp items: (channel, block of 16 rows m = img * th + r, strip of 8 columns).
-    const int items = ncb * t.mblocks * t.jblocks;
+    // Warp items: (channel, block of 16 rows m = img * th + r) over all jblocks strips of the tile. Per filter
+    // row the warp loads the band's fragment(s) once and the row's 8-column chunks of A once each: strip j,
+    // k-step ks multiplies chunks j + 2ks and j + 2ks + 1.
+    const int items = ncb * t.mblocks;
     for (int it = warp; it < items; it += nwarps) {
-      int c_l, mb, jb;
+      int c_l, mb;
       if constexpr (L == Layout::NCHW) {
-        jb = it % t.jblocks; mb = it / t.jblocks % t.mblocks; c_l = it / (t.jblocks * t.mblocks);
+        mb = it % t.mblocks; c_l = it / t.mblocks;
       } else {
-        c_l = it % ncb; jb = it / ncb % t.jblocks; mb = it / (ncb * t.jblocks);
+        c_l = it % ncb; mb = it / ncb;
       }
-      const int g = lane / 4, q = lane % 4, j0 = jb * 8;
+      const int g = lane / 4, q = lane % 4, nj = t.jblocks;
       const int m_lo = mb * 16 + g, m_hi = m_lo + 8;
       // Rows past the last (m >= nb * th) read row 0 of the channel; their results are dropped.
       auto row = [&](int m) {
         const int mm = m < m_total ? m : 0;
-        return s_x + (c_l * t.nb + mm / t.th) * plane + (mm % t.th) * t.ld + j0;
+        return s_x + (c_l * t.nb + mm / t.th) * plane + (mm % t.th) * t.ld;
       };
       const T* a_lo = row(m_lo);
       const T* a_hi = row(m_hi);
       const T* band = s_band + c_l * K * 8 * LDB;
-      float acc[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
+      float acc[kMaxStrips][4] = {};
+#pragma unroll 1  // filter rows: each is already 8 strips x KSTEPS independent products
       for (int kh = 0; kh < K; ++kh) {
+        BFrag bf[KSTEPS];
 #pragma unroll
-        for (int ks = 0; ks < KSTEPS; ++ks)
-          warp_mma_16x8x16(a_lo + kh * t.ld + 16 * ks, a_hi + kh * t.ld + 16 * ks, band + kh * 8 * LDB + 16 * ks, LDB,
-                           acc);
+        for (int ks = 0; ks < KSTEPS; ++ks) bf[ks] = load_b_frag(band + kh * 8 * LDB + 16 * ks, LDB);
+        AChunk win[kChunks];
+#pragma unroll
+        for (int ch = 0; ch < kChunks; ++ch)
+          if (ch < nj + KB / 8 - 1) win[ch] = load_a_chunk(a_lo + kh * t.ld + 8 * ch, a_hi + kh * t.ld + 8 * ch);
+#pragma unroll
+        for (int j = 0; j < kMaxStrips; ++j) {
+          if (j >= nj) break;
+#pragma unroll
+          for (int ks = 0; ks < KSTEPS; ++ks) mma_16x8x16<T>(win[j + 2 * ks], win[j + 2 * ks + 1], bf[ks], acc[j]);
+        }
       }
+      // Lane outputs: rows m_lo (c[0], c[1]) and m_hi (c[2], c[3]), columns 8j + 2q + {0, 1} of the tile.
       const int64_t co = c0 + c_l;
       const float bias = b != nullptr ? to_float(b[co]) : 0.f;
+      const int64_t col_stride = L == Layout::NCHW ? 1 : p.C;
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int m = i < 2 ? m_lo : m_hi, col = j0 + 2 * q + (i & 1);
-        if (m >= m_total || col >= t.tw) continue;
-        const int64_t n = n0 + m / t.th, oh = oh0 + m % t.th, ow = ow0 + col;
-        if (n < p.N && oh < p.HO && ow < p.WO)
-          store_acc(y + global_index(L, n, co, oh, ow, p.C, p.HO, p.WO), acc[i] + bias);
+      for (int half = 0; half < 2; ++half) {
+        const int m = half == 0 ? m_lo : m_hi;
+        const int64_t n = n0 + m / t.th, oh = oh0 + m % t.th;
+        if (m >= m_total || n >= p.N || oh >= p.HO) continue;
+        T* y_row = y + global_index(L, n, co, oh, ow0, p.C, p.HO, p.WO);
+#pragma unroll
+        for (int j = 0; j < kMaxStrips; ++j) {
+          if (j >= nj) break;
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int col = 8 * j + 2 * q + e;
+            if (col < t.tw && ow0 + col < p.WO) store_acc(y_row + col * col_stride, acc[j][2 * half + e] + bias);
+          }
+        }
       }
     }
     __syncthreads();
@@ -137,7 +161,7 @@ conv_mma_kernel(MmaConv p, MmaTile t, const T* __restrict__ x, const T* __restri
 MmaTile mma_tile(const MmaConv& p, int K) {
   MmaTile t;
   const int KB = band_k(K);
-  t.tw = int(std::min<int64_t>((p.WO + 7) / 8 * 8, 64));
+  t.tw = int(std::min<int64_t>((p.WO + 7) / 8 * 8, 8 * kMaxStrips));
   if (p.HO <= 16) {
     // Whole planes; images per block chosen to waste the fewest of the 16-row blocks.
     t.th = int(p.HO);

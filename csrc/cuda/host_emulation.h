@@ -37,6 +37,7 @@ using cudaStream_t = void*;
 enum cudaError_t : int {
   cudaSuccess = 0,
   cudaErrorInvalidValue = 1,
+  cudaErrorIllegalInstruction = 715,
   cudaErrorMisalignedAddress = 716,
   cudaErrorLaunchFailure = 719
 };
@@ -85,6 +86,9 @@ inline void syncthreads() {
 inline void check_aligned(const void* p, size_t bytes) {
   if (reinterpret_cast<uintptr_t>(p) % bytes != 0) state().last_error = cudaErrorMisalignedAddress;
 }
+
+// A kernel bug the device would turn into garbage silently: make the launch fail instead.
+inline void fail(cudaError_t e) { state().last_error = e; }
 
 inline unsigned char* smem_base() {
   // Round up to 16 bytes so vector types in shared memory are aligned as on the device.
@@ -161,6 +165,7 @@ inline const char* cudaGetErrorString(cudaError_t e) {
     case cudaSuccess: return "no error";
     case cudaErrorInvalidValue: return "invalid argument (emulated launch)";
     case cudaErrorMisalignedAddress: return "misaligned address (emulated vector access)";
+    case cudaErrorIllegalInstruction: return "mma on a fragment that was never loaded (emulated)";
     default: return "unspecified launch failure (emulated: divergent __syncthreads)";
   }
 }
