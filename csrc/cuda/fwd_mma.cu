@@ -36,6 +36,7 @@ struct MmaConv {
 // A block owns cb channels x nb images x a th x tw output tile. Shared memory (elements of T):
 //   bands  [cb][K][8][ldb]          B_kh transposed: band[n][t] = B_kh[t][n]; ldb = KB + 8
 //   input  [cb][nb][rows][ld]       rows = th + K - 1 staged rows, ld >= tw + KB - 8 staged columns
+//   output [cb][nb][th][tw]         the block's results, written to global memory in one coalesced pass
 // ldb / 2 and ld / 2 are 4 mod 8 words, so the 8 row addresses of a fragment load fall in distinct banks.
 struct MmaTile {
   int cb = 1, nb = 1, th = 1, tw = 8, rows = 1, ld = 8, mblocks = 1, jblocks = 1;
@@ -58,6 +59,8 @@ conv_mma_kernel(MmaConv p, MmaTile t, const T* __restrict__ x, const T* __restri
   const T zero = from_float<T>(0.f);
   T* s_band = dynamic_smem<T>();
   T* s_x = s_band + t.cb * K * 8 * LDB;
+  T* s_y = s_x + t.cb * t.nb * plane;
+  const int out_plane = t.th * t.tw;
   const int64_t CI = p.C / p.M;
   const int m_total = t.nb * t.th;
   const int64_t total = t.nblocks * t.cblocks * t.tiles_h * t.tiles_w;
@@ -133,55 +136,64 @@ conv_mma_kernel(MmaConv p, MmaTile t, const T* __restrict__ x, const T* __restri
           for (int ks = 0; ks < KSTEPS; ++ks) mma_16x8x16<T>(win[j + 2 * ks], win[j + 2 * ks + 1], bf[ks], acc[j]);
         }
       }
-      // Lane outputs: rows m_lo (c[0], c[1]) and m_hi (c[2], c[3]), columns 8j + 2q + {0, 1} of the tile.
-      const int64_t co = c0 + c_l;
-      const float bias = b != nullptr ? to_float(b[co]) : 0.f;
-      const int64_t col_stride = L == Layout::NCHW ? 1 : p.C;
+      // Lane results: rows m_lo (c[0], c[1]) and m_hi (c[2], c[3]), columns 8j + 2q + {0, 1} of the tile.
+      const float bias = b != nullptr ? to_float(b[c0 + c_l]) : 0.f;
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         const int m = half == 0 ? m_lo : m_hi;
-        const int64_t n = n0 + m / t.th, oh = oh0 + m % t.th;
-        if (m >= m_total || n >= p.N || oh >= p.HO) continue;
-        T* y_row = y + global_index(L, n, co, oh, ow0, p.C, p.HO, p.WO);
+        if (m >= m_total) continue;
+        T* y_row = s_y + (c_l * t.nb + m / t.th) * out_plane + (m % t.th) * t.tw;
 #pragma unroll
         for (int j = 0; j < kMaxStrips; ++j) {
           if (j >= nj) break;
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int col = 8 * j + 2 * q + e;
-            if (col < t.tw && ow0 + col < p.WO) store_acc(y_row + col * col_stride, acc[j][2 * half + e] + bias);
-          }
+          y_row[8 * j + 2 * q] = from_float<T>(acc[j][2 * half] + bias);
+          y_row[8 * j + 2 * q + 1] = from_float<T>(acc[j][2 * half + 1] + bias);
         }
       }
+    }
+    __syncthreads();
+
+    const int total_y = ncb * t.nb * out_plane;
+    for (int i = threadIdx.x; i < total_y; i += blockDim.x) {
+      int c_l, col, r, img;
+      if constexpr (L == Layout::NCHW) {
+        col = i % t.tw; r = i / t.tw % t.th; img = i / out_plane % t.nb; c_l = i / (out_plane * t.nb);
+      } else {
+        c_l = i % ncb; col = i / ncb % t.tw; r = i / (ncb * t.tw) % t.th; img = i / (ncb * out_plane);
+      }
+      const int64_t n = n0 + img, oh = oh0 + r, ow = ow0 + col;
+      if (n < p.N && oh < p.HO && ow < p.WO)
+        y[global_index(L, n, c0 + c_l, oh, ow, p.C, p.HO, p.WO)] = s_y[(c_l * t.nb + img) * out_plane + r * t.tw + col];
     }
     __syncthreads();
   }
 }
 
-MmaTile mma_tile(const MmaConv& p, int K) {
+// Short maps: whole planes, and the fewest images per block that fill >= 80% of the 16-row blocks (more
+// images leave shared memory for fewer channels, and NHWC staging reads cb channels per pixel). Taller maps:
+// 32 x 64 tiles (NCHW), or 16 x 32 (NHWC, so that 8 channels per block fit at K = 7).
+MmaTile mma_tile(const MmaConv& p, int K, Layout layout) {
   MmaTile t;
   const int KB = band_k(K);
-  t.tw = int(std::min<int64_t>((p.WO + 7) / 8 * 8, 8 * kMaxStrips));
-  if (p.HO <= 16) {
-    // Whole planes; images per block chosen to waste the fewest of the 16-row blocks.
+  const bool tall = p.HO > 16;
+  const int tw_max = tall && layout == Layout::NHWC ? 32 : 8 * kMaxStrips;
+  t.tw = int(std::min<int64_t>((p.WO + 7) / 8 * 8, tw_max));
+  if (!tall) {
     t.th = int(p.HO);
-    double best = 0.0;
-    for (int nb = 1; nb <= std::min<int64_t>(p.N, 8); ++nb) {
-      const int m = nb * t.th;
-      const double use = double(m) / ((m + 15) / 16 * 16);
-      if (use > best + 1e-9) {
-        best = use;
-        t.nb = nb;
-      }
+    const int max_nb = int(std::min<int64_t>(p.N, 8));
+    for (t.nb = 1; t.nb < max_nb; ++t.nb) {
+      const int m = t.nb * t.th;
+      if (m * 5 >= (m + 15) / 16 * 16 * 4) break;
     }
   } else {
-    t.th = int(std::min<int64_t>(p.HO, 32));
+    t.th = int(std::min<int64_t>(p.HO, layout == Layout::NHWC ? 16 : 32));
   }
   t.rows = t.th + K - 1;
   t.ld = (t.tw + KB - 8 + 7) / 16 * 16 + 8;  // smallest >= tw + KB - 8 that is 8 mod 16
   t.mblocks = (t.nb * t.th + 15) / 16;
   t.jblocks = t.tw / 8;
-  const size_t per_channel = sizeof(uint16_t) * (size_t(K) * 8 * (KB + 8) + size_t(t.nb) * t.rows * t.ld);
+  const size_t per_channel =
+      sizeof(uint16_t) * (size_t(K) * 8 * (KB + 8) + size_t(t.nb) * (size_t(t.rows) * t.ld + size_t(t.th) * t.tw));
   t.cb = int(std::min<int64_t>(p.C, 16));
   while (t.cb > 1 && t.cb * per_channel > kSmemLimit) t.cb = (t.cb + 1) / 2;
   t.smem = t.cb * per_channel;
@@ -215,7 +227,7 @@ cudaError_t launch_mma(const MmaConv& p, int64_t ksize, const T* x, const T* w, 
   if constexpr (!std::is_same_v<T, fp16_t> && !std::is_same_v<T, bf16_t>) {
     return cudaErrorInvalidValue;
   } else {
-    const MmaTile t = mma_tile(p, int(ksize));
+    const MmaTile t = mma_tile(p, int(ksize), layout);
     const dim3 grid = grid_for(t.nblocks * t.cblocks * t.tiles_h * t.tiles_w);
     g_mma_launches.fetch_add(1, std::memory_order_relaxed);
     DWCONV_KERNEL_SIZE_SWITCH(ksize, ksize, [&] {
