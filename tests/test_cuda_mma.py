@@ -40,6 +40,7 @@ CASES = [
     ("k9_37x70_several_tiles", 1, 2, 37, 70, 9, 1, (4, 4, 4, 4), True),
     ("k11_20x70_two_k_steps_wide_tiles", 1, 2, 20, 70, 11, 1, (5, 5, 5, 5), False),
     ("k5_mult2_dgrad_on_fma", 1, 3, 9, 13, 5, 2, (2, 2, 2, 2), True),
+    ("k7_18x20_16ch_vector_access", 1, 16, 18, 20, 7, 1, (3, 3, 3, 3), True),
 ]
 
 PARAMS = [pytest.param(case, dtype, cl, id=f"{case[0]}-{str(dtype)[6:]}-{'nhwc' if cl else 'nchw'}")
@@ -118,6 +119,20 @@ def test_mma_requested_but_not_applicable_runs_fma(host_ops, monkeypatch, what):
     host_ops.native_fwd(x, wt, b, list(stride), list(pad), list(dil), y)
     assert host_ops.mma_launches() == before
     assert_close(y, y_ref, dtype, "forward")
+
+
+def test_host_emulated_mma_unaligned_channels_last(host_ops, monkeypatch):
+    """16 channels, channels_last, data pointers not 16-byte aligned: the scalar staging and stores."""
+    monkeypatch.setenv("DWCONV_CUDA_MMA", "1")
+    n, c, h, w = 2, 16, 9, 9
+    x = torch.randn(n * c * h * w + 1).to(BF16)[1:].view(n, h, w, c).permute(0, 3, 1, 2)
+    assert x.is_contiguous(memory_format=torch.channels_last) and x.data_ptr() % 16 != 0
+    wt = (torch.randn(c, 1, 7, 7) / 7).to(BF16)
+    y = torch.full((n * c * h * w + 1,), float("nan"), dtype=BF16)[1:].view(n, h, w, c).permute(0, 3, 1, 2)
+    before = host_ops.mma_launches()
+    host_ops.native_fwd(x, wt, None, [1, 1], [3, 3, 3, 3], [1, 1], y)
+    assert host_ops.mma_launches() == before + 1
+    assert_close(y, reference_conv(x, wt, None, (1, 1), (3, 3, 3, 3), (1, 1)), BF16, "forward")
 
 
 @pytest.mark.gpu

@@ -82,6 +82,30 @@ __device__ __forceinline__ void load16_acc(const T* __restrict__ src, acc_t<T>* 
   for (int i = 0; i < kVec; ++i) dst[i] = acc_t<T>(to_float(vals[i]));
 }
 
+// ---- 16-byte vector load / store of 16 / sizeof(T) elements, no conversion (caller: 16-byte aligned) ----
+template <typename T>
+__device__ __forceinline__ void load16(const T* __restrict__ src, T (&dst)[16 / sizeof(T)]) {
+  Bytes16 raw;
+#if defined(__CUDACC__)
+  raw = *reinterpret_cast<const Bytes16*>(src);
+#else
+  dwconv_emu::check_aligned(src, 16);
+  std::memcpy(&raw, src, 16);
+#endif
+  std::memcpy(dst, &raw, 16);
+}
+template <typename T>
+__device__ __forceinline__ void store16(T* __restrict__ dst, const T (&src)[16 / sizeof(T)]) {
+  Bytes16 raw;
+  std::memcpy(&raw, src, 16);
+#if defined(__CUDACC__)
+  *reinterpret_cast<Bytes16*>(dst) = raw;
+#else
+  dwconv_emu::check_aligned(dst, 16);
+  std::memcpy(dst, &raw, 16);
+#endif
+}
+
 // ---- warp-wide tensor-core product: C(16x8, fp32) += A(16x16) * B(16x8), T = fp16_t or bf16_t ----
 // Operands live in shared memory; lane l has g = l / 4, q = l % 4. A is taken in 8-column chunks: a lane's
 // share of chunk [col0, col0 + 8) comes from a_lo = &A[g][col0] and a_hi = &A[g + 8][col0] (its own rows,

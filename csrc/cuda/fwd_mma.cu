@@ -50,8 +50,9 @@ constexpr int kMinBlocksMma = 2;  // <= 128 registers: 32 accumulators, 22 words
 
 template <typename T, Layout L, int K>
 __global__ void __launch_bounds__(kThreads, kMinBlocksMma)
-conv_mma_kernel(MmaConv p, MmaTile t, const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ b,
-                T* __restrict__ y) {
+conv_mma_kernel(MmaConv p, MmaTile t, bool vec_in, bool vec_out, const T* __restrict__ x, const T* __restrict__ w,
+                const T* __restrict__ b, T* __restrict__ y) {
+  constexpr int kVec = 16 / sizeof(T);  // NHWC: channels per 16-byte access (vec_in / vec_out)
   constexpr int KB = band_k(K), KSTEPS = KB / 16, LDB = KB + 8;
   constexpr int kChunks = kMaxStrips + KB / 8 - 1;  // 8-column chunks of A a tile row can need
   const int plane = t.rows * t.ld;
@@ -84,17 +85,34 @@ conv_mma_kernel(MmaConv p, MmaTile t, const T* __restrict__ x, const T* __restri
     // Staged element (c_l, img, r, col) = in[n0 + img, (c0 + c_l) / M, oh0 - PT + r, ow0 - PL + col], 0 outside
     // the map, past the batch, and at columns no output of the tile reads (col >= tw + K - 1).
     const int total_x = ncb * t.nb * t.rows * t.ld;
-    for (int i = threadIdx.x; i < total_x; i += blockDim.x) {
-      int c_l, col, r, img;
-      if constexpr (L == Layout::NCHW) {
-        col = i % t.ld; r = i / t.ld % t.rows; img = i / (t.ld * t.rows) % t.nb; c_l = i / (t.ld * t.rows * t.nb);
-      } else {
-        c_l = i % ncb; col = i / ncb % t.ld; r = i / (ncb * t.ld) % t.rows; img = i / (ncb * t.ld * t.rows);
+    if (L == Layout::NHWC && vec_in) {
+      const int ncv = ncb / kVec;
+      for (int i = threadIdx.x; i < total_x / kVec; i += blockDim.x) {
+        const int cv = i % ncv, col = i / ncv % t.ld, r = i / (ncv * t.ld) % t.rows, img = i / (ncv * t.ld * t.rows);
+        const int64_t n = n0 + img, h = oh0 - p.PT + r, wc = ow0 - p.PL + col;
+        T vals[kVec];
+        if (n < p.N && h >= 0 && h < p.H && wc >= 0 && wc < p.W && col < t.tw + K - 1) {
+          load16(x + global_index(L, n, c0 + cv * kVec, h, wc, CI, p.H, p.W), vals);
+        } else {
+#pragma unroll
+          for (int k = 0; k < kVec; ++k) vals[k] = zero;
+        }
+#pragma unroll
+        for (int k = 0; k < kVec; ++k) s_x[((cv * kVec + k) * t.nb + img) * plane + r * t.ld + col] = vals[k];
       }
-      const int64_t n = n0 + img, h = oh0 - p.PT + r, wc = ow0 - p.PL + col;
-      const bool inside = n < p.N && h >= 0 && h < p.H && wc >= 0 && wc < p.W && col < t.tw + K - 1;
-      s_x[(c_l * t.nb + img) * plane + r * t.ld + col] =
-          inside ? x[global_index(L, n, (c0 + c_l) / p.M, h, wc, CI, p.H, p.W)] : zero;
+    } else {
+      for (int i = threadIdx.x; i < total_x; i += blockDim.x) {
+        int c_l, col, r, img;
+        if constexpr (L == Layout::NCHW) {
+          col = i % t.ld; r = i / t.ld % t.rows; img = i / (t.ld * t.rows) % t.nb; c_l = i / (t.ld * t.rows * t.nb);
+        } else {
+          c_l = i % ncb; col = i / ncb % t.ld; r = i / (ncb * t.ld) % t.rows; img = i / (ncb * t.ld * t.rows);
+        }
+        const int64_t n = n0 + img, h = oh0 - p.PT + r, wc = ow0 - p.PL + col;
+        const bool inside = n < p.N && h >= 0 && h < p.H && wc >= 0 && wc < p.W && col < t.tw + K - 1;
+        s_x[(c_l * t.nb + img) * plane + r * t.ld + col] =
+            inside ? x[global_index(L, n, (c0 + c_l) / p.M, h, wc, CI, p.H, p.W)] : zero;
+      }
     }
     __syncthreads();
 
@@ -154,16 +172,30 @@ conv_mma_kernel(MmaConv p, MmaTile t, const T* __restrict__ x, const T* __restri
     __syncthreads();
 
     const int total_y = ncb * t.nb * out_plane;
-    for (int i = threadIdx.x; i < total_y; i += blockDim.x) {
-      int c_l, col, r, img;
-      if constexpr (L == Layout::NCHW) {
-        col = i % t.tw; r = i / t.tw % t.th; img = i / out_plane % t.nb; c_l = i / (out_plane * t.nb);
-      } else {
-        c_l = i % ncb; col = i / ncb % t.tw; r = i / (ncb * t.tw) % t.th; img = i / (ncb * out_plane);
+    if (L == Layout::NHWC && vec_out) {
+      const int ncv = ncb / kVec;
+      for (int i = threadIdx.x; i < total_y / kVec; i += blockDim.x) {
+        const int cv = i % ncv, col = i / ncv % t.tw, r = i / (ncv * t.tw) % t.th, img = i / (ncv * out_plane);
+        const int64_t n = n0 + img, oh = oh0 + r, ow = ow0 + col;
+        if (n >= p.N || oh >= p.HO || ow >= p.WO) continue;
+        T vals[kVec];
+#pragma unroll
+        for (int k = 0; k < kVec; ++k) vals[k] = s_y[((cv * kVec + k) * t.nb + img) * out_plane + r * t.tw + col];
+        store16(y + global_index(L, n, c0 + cv * kVec, oh, ow, p.C, p.HO, p.WO), vals);
       }
-      const int64_t n = n0 + img, oh = oh0 + r, ow = ow0 + col;
-      if (n < p.N && oh < p.HO && ow < p.WO)
-        y[global_index(L, n, c0 + c_l, oh, ow, p.C, p.HO, p.WO)] = s_y[(c_l * t.nb + img) * out_plane + r * t.tw + col];
+    } else {
+      for (int i = threadIdx.x; i < total_y; i += blockDim.x) {
+        int c_l, col, r, img;
+        if constexpr (L == Layout::NCHW) {
+          col = i % t.tw; r = i / t.tw % t.th; img = i / out_plane % t.nb; c_l = i / (out_plane * t.nb);
+        } else {
+          c_l = i % ncb; col = i / ncb % t.tw; r = i / (ncb * t.tw) % t.th; img = i / (ncb * out_plane);
+        }
+        const int64_t n = n0 + img, oh = oh0 + r, ow = ow0 + col;
+        if (n < p.N && oh < p.HO && ow < p.WO)
+          y[global_index(L, n, c0 + c_l, oh, ow, p.C, p.HO, p.WO)] =
+              s_y[(c_l * t.nb + img) * out_plane + r * t.tw + col];
+      }
     }
     __syncthreads();
   }
@@ -228,16 +260,20 @@ cudaError_t launch_mma(const MmaConv& p, int64_t ksize, const T* x, const T* w, 
     return cudaErrorInvalidValue;
   } else {
     const MmaTile t = mma_tile(p, int(ksize), layout);
+    // NHWC 16-byte accesses: whole vectors of channels per block (and one input channel per output channel).
+    auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
+    const bool vec_ok = layout == Layout::NHWC && t.cb % 8 == 0 && p.C % 8 == 0;
+    const bool vec_in = vec_ok && p.M == 1 && aligned(x), vec_out = vec_ok && aligned(y);
     const dim3 grid = grid_for(t.nblocks * t.cblocks * t.tiles_h * t.tiles_w);
     g_mma_launches.fetch_add(1, std::memory_order_relaxed);
     DWCONV_KERNEL_SIZE_SWITCH(ksize, ksize, [&] {
       if constexpr (K > 0) {
         if (layout == Layout::NCHW) {
           auto kernel = conv_mma_kernel<T, Layout::NCHW, K>;
-          DWCONV_LAUNCH(kernel, grid, dim3(kThreads), t.smem, stream, p, t, x, w, b, y);
+          DWCONV_LAUNCH(kernel, grid, dim3(kThreads), t.smem, stream, p, t, vec_in, vec_out, x, w, b, y);
         } else {
           auto kernel = conv_mma_kernel<T, Layout::NHWC, K>;
-          DWCONV_LAUNCH(kernel, grid, dim3(kThreads), t.smem, stream, p, t, x, w, b, y);
+          DWCONV_LAUNCH(kernel, grid, dim3(kThreads), t.smem, stream, p, t, vec_in, vec_out, x, w, b, y);
         }
       }
     });
