@@ -6,9 +6,10 @@ Picked up by sass_report.py (`collect_rows` with its signature, rows in its FIEL
 The extension is `dwconv/_C*.so` of this checkout unless DWCONV_CUDA_SO names another build (e.g. one
 built in a copy of the tree). Kernel sizes without a compile-time instantiation (see csrc/cuda/static_switch.h)
 report the generic kernel (variant `..._tiled_kernel<K=any>`). The small-map path is a tile choice of the
-same kernels, so every map reports the same function. fp16/bf16 fwd and dgrad rows of K in 3..13 (odd) are
-followed by a row of the tensor-core kernel that DWCONV_CUDA_MMA=1 selects (kernel `fwd_mma` / `dgrad_mma`,
-variant `conv_mma_kernel<K=..>`; one function serves both).
+same kernels, so every map reports the same function. fp16/bf16 fwd and dgrad rows of K <= 25 are followed
+by rows of the tensor-core kernel that DWCONV_CUDA_MMA=1 selects (kernel `fwd_mma` / `dgrad_mma`, one function
+serves both; variant `conv_mma_kernel<KSTEPS=.., NJ=..>`: k-steps per 8-column strip and strips per tile row,
+which depend on K and the map).
 """
 from __future__ import annotations
 
@@ -31,10 +32,19 @@ _DTYPES = {"float32": "float", "float16": "__half", "bfloat16": "__nv_bfloat16",
 _LAYOUTS = {"nchw": "0", "nhwc": "1"}
 # e.g. "void dwconv::cuda::(anonymous namespace)::fwd_tiled_kernel<float, (dwconv::Layout)1, 7>(...)"
 _KERNEL = re.compile(r"(fwd|dgrad|wgrad)_tiled_kernel<([^,]+), \(dwconv::Layout\)(\d), (\d+)>")
-# The tensor-core kernel (fwd_mma.cu) serves both fwd and stride-1 dgrad; keyed as kernel "mma".
-_MMA_KERNEL = re.compile(r"(conv_mma)_kernel<([^,]+), \(dwconv::Layout\)(\d), (\d+)>")
-MMA_K = (3, 5, 7, 9, 11, 13)
+# The tensor-core kernel (fwd_mma.cu) serves both fwd and stride-1 dgrad: conv_mma_kernel<T, layout, KSTEPS, NJ>,
+# keyed as ("mma", T, layout, (KSTEPS, NJ)).
+_MMA_KERNEL = re.compile(r"(conv_mma)_kernel<([^,]+), \(dwconv::Layout\)(\d), (\d+), (\d+)>")
+MMA_MAX_K = 25
 MMA_DTYPES = ("float16", "bfloat16")
+
+
+def mma_variant(k: int, size: int, layout: str) -> Tuple[int, int]:
+    """(KSTEPS, NJ) the launcher picks for a square size x size map (mma_tile and launch_strips in fwd_mma.cu)."""
+    ksteps = 1 if k <= 9 else 2
+    tw = min((size + 7) // 8 * 8, 32 if size > 16 and layout == "nhwc" else 64)
+    nj = next(n for n in (1, 2, 4, 8) if tw // 8 <= n)
+    return ksteps, nj
 
 
 def extension_path() -> str:
@@ -68,10 +78,12 @@ def extract_kernels(so_path: str, arch: int = ARCH) -> Dict[Tuple[str, str, str,
                                    check=True).stdout
             mangled = re.findall(r"Function (\S+):", usage)
             for raw, pretty in zip(mangled, _demangle(mangled)):
-                m = _KERNEL.search(pretty) or _MMA_KERNEL.search(pretty)
+                m = _KERNEL.search(pretty)
                 if m:
-                    kernel = "mma" if m.group(1) == "conv_mma" else m.group(1)
-                    found[(kernel, m.group(2), m.group(3), int(m.group(4)))] = (cubin, raw)
+                    found[(m.group(1), m.group(2), m.group(3), int(m.group(4)))] = (cubin, raw)
+                m = _MMA_KERNEL.search(pretty)
+                if m:
+                    found[("mma", m.group(2), m.group(3), (int(m.group(4)), int(m.group(5))))] = (cubin, raw)
     return found
 
 
@@ -101,15 +113,19 @@ def collect_rows(ks: Iterable[int], dtypes: Iterable[str], layouts: Iterable[str
                         rows.append(dict(backend="cuda", kernel=kernel, K=k, dtype=dtype_name, layout=layout,
                                          map=size, variant=variant, **stats))
                     # The tensor-core alternative (DWCONV_CUDA_MMA=1), reported as kernel "fwd_mma" / "dgrad_mma".
-                    mma_key = ("mma", _DTYPES[dtype_name], _LAYOUTS[layout], k)
-                    if kernel in ("fwd", "dgrad") and k in MMA_K and dtype_name in MMA_DTYPES:
+                    if kernel not in ("fwd", "dgrad") or k > MMA_MAX_K or dtype_name not in MMA_DTYPES:
+                        continue
+                    for size in maps:
+                        if size < k // 2 + 1:
+                            continue
+                        ksteps, nj = mma_variant(k, size, layout)
+                        mma_key = ("mma", _DTYPES[dtype_name], _LAYOUTS[layout], (ksteps, nj))
                         if mma_key not in table:
                             raise SystemExit(f"sass_cuda: no kernel {mma_key} in {so_path}")
                         cubin, function = table[mma_key]
-                        stats = cubin_stats(cubin, function)
-                        rows += [dict(backend="cuda", kernel=f"{kernel}_mma", K=k, dtype=dtype_name, layout=layout,
-                                      map=size, variant=f"conv_mma_kernel<K={k}>", **stats)
-                                 for size in maps if size >= k // 2 + 1]
+                        rows.append(dict(backend="cuda", kernel=f"{kernel}_mma", K=k, dtype=dtype_name, layout=layout,
+                                         map=size, variant=f"conv_mma_kernel<KSTEPS={ksteps},NJ={nj}>",
+                                         **cubin_stats(cubin, function)))
     return rows
 
 

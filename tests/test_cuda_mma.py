@@ -41,6 +41,9 @@ CASES = [
     ("k11_20x70_two_k_steps_wide_tiles", 1, 2, 20, 70, 11, 1, (5, 5, 5, 5), False),
     ("k5_mult2_dgrad_on_fma", 1, 3, 9, 13, 5, 2, (2, 2, 2, 2), True),
     ("k7_18x20_16ch_vector_access", 1, 16, 18, 20, 7, 1, (3, 3, 3, 3), True),
+    ("k4x9_non_square_even", 3, 8, 9, 13, (4, 9), 1, (1, 2, 4, 4), True),
+    ("k17_20x24", 1, 2, 20, 24, 17, 1, (8, 8, 8, 8), False),
+    ("k25x1_column", 1, 3, 26, 9, (25, 1), 1, (12, 12, 0, 0), True),
 ]
 
 PARAMS = [pytest.param(case, dtype, cl, id=f"{case[0]}-{str(dtype)[6:]}-{'nhwc' if cl else 'nchw'}")
@@ -104,15 +107,15 @@ def test_mma_is_off_unless_requested(host_ops, monkeypatch, setting):
     assert_close(y, reference_conv(x, wt, b, (1, 1), (3, 3, 3, 3), (1, 1)), BF16, "forward")
 
 
-@pytest.mark.parametrize("what", ["float32", "stride2", "dilation2", "k15", "k3x5"])
+@pytest.mark.parametrize("what", ["float32", "stride2", "dilation2", "k27", "k3x27"])
 def test_mma_requested_but_not_applicable_runs_fma(host_ops, monkeypatch, what):
     monkeypatch.setenv("DWCONV_CUDA_MMA", "1")
     dtype = torch.float32 if what == "float32" else BF16
-    k = {"k15": 15, "k3x5": (3, 5)}.get(what, 7)
+    k = {"k27": 27, "k3x27": (3, 27)}.get(what, 7)
     stride = (2, 2) if what == "stride2" else (1, 1)
     dil = (2, 2) if what == "dilation2" else (1, 1)
-    x, wt, b = make_inputs(1, 4, 16, 16, k, dtype=dtype)
-    pad = (7, 7, 7, 7) if what == "k15" else (3, 3, 3, 3)
+    x, wt, b = make_inputs(1, 4, 16, 30, k, dtype=dtype)
+    pad = {"k27": (13, 13, 13, 13), "k3x27": (1, 1, 13, 13)}.get(what, (3, 3, 3, 3))
     y_ref = reference_conv(x, wt, b, stride, pad, dil)
     y = _nan(tuple(y_ref.shape), dtype, "cpu", False)
     before = host_ops.mma_launches()

@@ -1,12 +1,13 @@
 // Tensor-core (mma.sync m16n8k16, fp32 accumulation) depthwise conv for fp16 / bf16 at unit stride and
-// dilation with a square compile-time K (3 .. 13): the forward, and the stride-1 dgrad of multiplier 1 (the
-// forward of dy with the filter rotated 180 degrees and padding K-1-P).
+// dilation, kernel sizes KH, KW up to 25: the forward, and the stride-1 dgrad of multiplier 1 (the forward of
+// dy with the filter rotated 180 degrees and padding K-1-P).
 //
 // Per channel and filter row kh, a strip of 8 output columns [j0, j0 + 8) is a GEMM with a banded Toeplitz
 // matrix:  Y[m, j] += sum_t X[m, t] * B_kh[t, j],  t in [0, KB),
 //   X[m, t]    = staged input of output row m, filter row kh, column j0 + t   (A operand, 16 rows m)
-//   B_kh[t, j] = w[kh, t - j] if 0 <= t - j < K, else 0                       (the same for every strip)
-// KB = 16 when 8 + K - 1 <= 16 (K <= 9), else 32 (two k-steps). The M dimension is output rows of one channel:
+//   B_kh[t, j] = w[kh, t - j] if 0 <= t - j < KW, else 0                      (the same for every strip)
+// KB = 16 KSTEPS: 16 when 8 + KW - 1 <= 16 (KW <= 9), else 32 (two k-steps). Compile time: KSTEPS and NJ, the
+// strips per tile row (1, 2, 4, 8); KH and KW are run-time. The M dimension is output rows of one channel:
 // several images' rows when maps are short (7x7: 2 images = 14 of 16 rows).
 // Not bit-compatible with the FMA kernels around non-finite inputs: an inf / NaN at input column t of a strip
 // multiplies the band's zeros too, so it reaches every output of that strip, not only those whose window
@@ -16,7 +17,6 @@
 
 #include "launchers.h"
 #include "staging.cuh"
-#include "static_switch.h"
 
 namespace dwconv {
 namespace cuda {
@@ -27,15 +27,16 @@ std::atomic<int64_t> g_mma_launches{0};
 
 // One conv in forward form: input (N, C / M, H, W) -> output (N, C, HO, WO), output channel c reads input
 // channel c / M; out[oh, ow] += in[oh + kh - PT, ow + kw - PL] * w[c, kh', kw'] with (kh', kw') = (kh, kw), or
-// (K-1-kh, K-1-kw) when flip.
+// (KH-1-kh, KW-1-kw) when flip.
 struct MmaConv {
   int64_t N, C, M, H, W, HO, WO, PT, PL;
+  int KH, KW;
   bool flip;
 };
 
 // A block owns cb channels x nb images x a th x tw output tile. Shared memory (elements of T):
-//   bands  [cb][K][8][ldb]          B_kh transposed: band[n][t] = B_kh[t][n]; ldb = KB + 8
-//   input  [cb][nb][rows][ld]       rows = th + K - 1 staged rows, ld >= tw + KB - 8 staged columns
+//   bands  [cb][KH][8][ldb]         B_kh transposed: band[n][t] = B_kh[t][n]; ldb = KB + 8
+//   input  [cb][nb][rows][ld]       rows = th + KH - 1 staged rows, ld >= tw + KB - 8 staged columns
 //   output [cb][nb][th][tw]         the block's results, written to global memory in one coalesced pass
 // ldb / 2 and ld / 2 are 4 mod 8 words, so the 8 row addresses of a fragment load fall in distinct banks.
 struct MmaTile {
@@ -44,22 +45,24 @@ struct MmaTile {
   size_t smem = 0;
 };
 
-constexpr int band_k(int K) { return (8 + K - 1 + 15) / 16 * 16; }
+constexpr int kMaxKsteps = 2;  // KW <= 25
+constexpr int ksteps_for(int KW) { return (8 + KW - 1 + 15) / 16; }
 constexpr int kMaxStrips = 8;  // 8-column strips per tile row: tw <= 64
 constexpr int kMinBlocksMma = 2;  // <= 128 registers: 32 accumulators, 22 words of A chunks, the band fragments
 
-template <typename T, Layout L, int K>
+template <typename T, Layout L, int KSTEPS, int NJ>
 __global__ void __launch_bounds__(kThreads, kMinBlocksMma)
 conv_mma_kernel(MmaConv p, MmaTile t, bool vec_in, bool vec_out, const T* __restrict__ x, const T* __restrict__ w,
                 const T* __restrict__ b, T* __restrict__ y) {
   constexpr int kVec = 16 / sizeof(T);  // NHWC: channels per 16-byte access (vec_in / vec_out)
-  constexpr int KB = band_k(K), KSTEPS = KB / 16, LDB = KB + 8;
-  constexpr int kChunks = kMaxStrips + KB / 8 - 1;  // 8-column chunks of A a tile row can need
+  constexpr int KB = 16 * KSTEPS, LDB = KB + 8;
+  constexpr int kChunks = NJ + KB / 8 - 1;  // 8-column chunks of A a tile row can need
+  const int KH = p.KH, KW = p.KW;
   const int plane = t.rows * t.ld;
   const int lane = int(threadIdx.x) % 32, warp = int(threadIdx.x) / 32, nwarps = int(blockDim.x) / 32;
   const T zero = from_float<T>(0.f);
   T* s_band = dynamic_smem<T>();
-  T* s_x = s_band + t.cb * K * 8 * LDB;
+  T* s_x = s_band + t.cb * KH * 8 * LDB;
   T* s_y = s_x + t.cb * t.nb * plane;
   const int out_plane = t.th * t.tw;
   const int64_t CI = p.C / p.M;
@@ -74,16 +77,16 @@ conv_mma_kernel(MmaConv p, MmaTile t, bool vec_in, bool vec_out, const T* __rest
     const int64_t c0 = cblock * t.cb, oh0 = tile_h * t.th, ow0 = tile_w * t.tw;
     const int ncb = int(t.cb < p.C - c0 ? t.cb : p.C - c0);
 
-    for (int i = threadIdx.x; i < ncb * K * 8 * KB; i += blockDim.x) {
-      const int k = i % KB, j = i / KB % 8, kh = i / (KB * 8) % K, c_l = i / (KB * 8 * K);
+    for (int i = threadIdx.x; i < ncb * KH * 8 * KB; i += blockDim.x) {
+      const int k = i % KB, j = i / KB % 8, kh = i / (KB * 8) % KH, c_l = i / (KB * 8 * KH);
       const int tap = k - j;
       T v = zero;
-      if (tap >= 0 && tap < K)
-        v = p.flip ? w[((c0 + c_l) * K + K - 1 - kh) * K + K - 1 - tap] : w[((c0 + c_l) * K + kh) * K + tap];
-      s_band[((c_l * K + kh) * 8 + j) * LDB + k] = v;
+      if (tap >= 0 && tap < KW)
+        v = p.flip ? w[((c0 + c_l) * KH + KH - 1 - kh) * KW + KW - 1 - tap] : w[((c0 + c_l) * KH + kh) * KW + tap];
+      s_band[((c_l * KH + kh) * 8 + j) * LDB + k] = v;
     }
     // Staged element (c_l, img, r, col) = in[n0 + img, (c0 + c_l) / M, oh0 - PT + r, ow0 - PL + col], 0 outside
-    // the map, past the batch, and at columns no output of the tile reads (col >= tw + K - 1).
+    // the map, past the batch, and at columns no output of the tile reads (col >= tw + KW - 1).
     const int total_x = ncb * t.nb * t.rows * t.ld;
     if (L == Layout::NHWC && vec_in) {
       const int ncv = ncb / kVec;
@@ -91,7 +94,7 @@ conv_mma_kernel(MmaConv p, MmaTile t, bool vec_in, bool vec_out, const T* __rest
         const int cv = i % ncv, col = i / ncv % t.ld, r = i / (ncv * t.ld) % t.rows, img = i / (ncv * t.ld * t.rows);
         const int64_t n = n0 + img, h = oh0 - p.PT + r, wc = ow0 - p.PL + col;
         T vals[kVec];
-        if (n < p.N && h >= 0 && h < p.H && wc >= 0 && wc < p.W && col < t.tw + K - 1) {
+        if (n < p.N && h >= 0 && h < p.H && wc >= 0 && wc < p.W && col < t.tw + KW - 1) {
           load16(x + global_index(L, n, c0 + cv * kVec, h, wc, CI, p.H, p.W), vals);
         } else {
 #pragma unroll
@@ -109,7 +112,7 @@ conv_mma_kernel(MmaConv p, MmaTile t, bool vec_in, bool vec_out, const T* __rest
           c_l = i % ncb; col = i / ncb % t.ld; r = i / (ncb * t.ld) % t.rows; img = i / (ncb * t.ld * t.rows);
         }
         const int64_t n = n0 + img, h = oh0 - p.PT + r, wc = ow0 - p.PL + col;
-        const bool inside = n < p.N && h >= 0 && h < p.H && wc >= 0 && wc < p.W && col < t.tw + K - 1;
+        const bool inside = n < p.N && h >= 0 && h < p.H && wc >= 0 && wc < p.W && col < t.tw + KW - 1;
         s_x[(c_l * t.nb + img) * plane + r * t.ld + col] =
             inside ? x[global_index(L, n, (c0 + c_l) / p.M, h, wc, CI, p.H, p.W)] : zero;
       }
@@ -136,10 +139,10 @@ conv_mma_kernel(MmaConv p, MmaTile t, bool vec_in, bool vec_out, const T* __rest
       };
       const T* a_lo = row(m_lo);
       const T* a_hi = row(m_hi);
-      const T* band = s_band + c_l * K * 8 * LDB;
-      float acc[kMaxStrips][4] = {};
+      const T* band = s_band + c_l * KH * 8 * LDB;
+      float acc[NJ][4] = {};
 #pragma unroll 1  // filter rows: each is already 8 strips x KSTEPS independent products
-      for (int kh = 0; kh < K; ++kh) {
+      for (int kh = 0; kh < KH; ++kh) {
         BFrag bf[KSTEPS];
 #pragma unroll
         for (int ks = 0; ks < KSTEPS; ++ks) bf[ks] = load_b_frag(band + kh * 8 * LDB + 16 * ks, LDB);
@@ -148,7 +151,7 @@ conv_mma_kernel(MmaConv p, MmaTile t, bool vec_in, bool vec_out, const T* __rest
         for (int ch = 0; ch < kChunks; ++ch)
           if (ch < nj + KB / 8 - 1) win[ch] = load_a_chunk(a_lo + kh * t.ld + 8 * ch, a_hi + kh * t.ld + 8 * ch);
 #pragma unroll
-        for (int j = 0; j < kMaxStrips; ++j) {
+        for (int j = 0; j < NJ; ++j) {
           if (j >= nj) break;
 #pragma unroll
           for (int ks = 0; ks < KSTEPS; ++ks) mma_16x8x16<T>(win[j + 2 * ks], win[j + 2 * ks + 1], bf[ks], acc[j]);
@@ -162,7 +165,7 @@ conv_mma_kernel(MmaConv p, MmaTile t, bool vec_in, bool vec_out, const T* __rest
         if (m >= m_total) continue;
         T* y_row = s_y + (c_l * t.nb + m / t.th) * out_plane + (m % t.th) * t.tw;
 #pragma unroll
-        for (int j = 0; j < kMaxStrips; ++j) {
+        for (int j = 0; j < NJ; ++j) {
           if (j >= nj) break;
           y_row[8 * j + 2 * q] = from_float<T>(acc[j][2 * half] + bias);
           y_row[8 * j + 2 * q + 1] = from_float<T>(acc[j][2 * half + 1] + bias);
@@ -204,9 +207,9 @@ conv_mma_kernel(MmaConv p, MmaTile t, bool vec_in, bool vec_out, const T* __rest
 // Short maps: whole planes, and the fewest images per block that fill >= 80% of the 16-row blocks (more
 // images leave shared memory for fewer channels, and NHWC staging reads cb channels per pixel). Taller maps:
 // 32 x 64 tiles (NCHW), or 16 x 32 (NHWC, so that 8 channels per block fit at K = 7).
-MmaTile mma_tile(const MmaConv& p, int K, Layout layout) {
+MmaTile mma_tile(const MmaConv& p, Layout layout) {
   MmaTile t;
-  const int KB = band_k(K);
+  const int KB = 16 * ksteps_for(p.KW);
   const bool tall = p.HO > 16;
   const int tw_max = tall && layout == Layout::NHWC ? 32 : 8 * kMaxStrips;
   t.tw = int(std::min<int64_t>((p.WO + 7) / 8 * 8, tw_max));
@@ -220,12 +223,12 @@ MmaTile mma_tile(const MmaConv& p, int K, Layout layout) {
   } else {
     t.th = int(std::min<int64_t>(p.HO, layout == Layout::NHWC ? 16 : 32));
   }
-  t.rows = t.th + K - 1;
+  t.rows = t.th + p.KH - 1;
   t.ld = (t.tw + KB - 8 + 7) / 16 * 16 + 8;  // smallest >= tw + KB - 8 that is 8 mod 16
   t.mblocks = (t.nb * t.th + 15) / 16;
   t.jblocks = t.tw / 8;
   const size_t per_channel =
-      sizeof(uint16_t) * (size_t(K) * 8 * (KB + 8) + size_t(t.nb) * (size_t(t.rows) * t.ld + size_t(t.th) * t.tw));
+      sizeof(uint16_t) * (size_t(p.KH) * 8 * (KB + 8) + size_t(t.nb) * (size_t(t.rows) * t.ld + size_t(t.th) * t.tw));
   t.cb = int(std::min<int64_t>(p.C, 16));
   while (t.cb > 1 && t.cb * per_channel > kSmemLimit) t.cb = (t.cb + 1) / 2;
   t.smem = t.cb * per_channel;
@@ -248,35 +251,47 @@ bool mma_device_ok() {
 #endif
 }
 
+// KW <= 25: two k-steps at most; KH <= 25 keeps one channel's bands, input and output within 48 KiB.
 bool mma_geometry_ok(const ConvShape& s) {
-  const bool k_ok = s.KH == s.KW && s.KH >= 3 && s.KH <= 13 && s.KH % 2 == 1;  // static_switch.h sizes
+  const bool k_ok = s.KH <= 25 && s.KW <= 16 * kMaxKsteps - 7;
   return k_ok && s.SH == 1 && s.SW == 1 && s.DH == 1 && s.DW == 1;
 }
 
+template <typename T, Layout L, int KSTEPS>
+void launch_strips(dim3 grid, const MmaConv& p, const MmaTile& t, bool vec_in, bool vec_out, const T* x,
+                   const T* w, const T* b, T* y, cudaStream_t stream) {
+  auto go = [&](auto nj) {
+    auto kernel = conv_mma_kernel<T, L, KSTEPS, decltype(nj)::value>;
+    DWCONV_LAUNCH(kernel, grid, dim3(kThreads), t.smem, stream, p, t, vec_in, vec_out, x, w, b, y);
+  };
+  if (t.jblocks <= 1) go(std::integral_constant<int, 1>{});
+  else if (t.jblocks <= 2) go(std::integral_constant<int, 2>{});
+  else if (t.jblocks <= 4) go(std::integral_constant<int, 4>{});
+  else go(std::integral_constant<int, 8>{});
+}
+
+template <typename T, Layout L>
+void launch_layout(dim3 grid, const MmaConv& p, const MmaTile& t, bool vec_in, bool vec_out, const T* x,
+                   const T* w, const T* b, T* y, cudaStream_t stream) {
+  if (ksteps_for(p.KW) == 1) launch_strips<T, L, 1>(grid, p, t, vec_in, vec_out, x, w, b, y, stream);
+  else launch_strips<T, L, 2>(grid, p, t, vec_in, vec_out, x, w, b, y, stream);
+}
+
 template <typename T>
-cudaError_t launch_mma(const MmaConv& p, int64_t ksize, const T* x, const T* w, const T* b, T* y, Layout layout,
+cudaError_t launch_mma(const MmaConv& p, const T* x, const T* w, const T* b, T* y, Layout layout,
                        cudaStream_t stream) {
   if constexpr (!std::is_same_v<T, fp16_t> && !std::is_same_v<T, bf16_t>) {
     return cudaErrorInvalidValue;
   } else {
-    const MmaTile t = mma_tile(p, int(ksize), layout);
+    const MmaTile t = mma_tile(p, layout);
     // NHWC 16-byte accesses: whole vectors of channels per block (and one input channel per output channel).
     auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
     const bool vec_ok = layout == Layout::NHWC && t.cb % 8 == 0 && p.C % 8 == 0;
     const bool vec_in = vec_ok && p.M == 1 && aligned(x), vec_out = vec_ok && aligned(y);
     const dim3 grid = grid_for(t.nblocks * t.cblocks * t.tiles_h * t.tiles_w);
     g_mma_launches.fetch_add(1, std::memory_order_relaxed);
-    DWCONV_KERNEL_SIZE_SWITCH(ksize, ksize, [&] {
-      if constexpr (K > 0) {
-        if (layout == Layout::NCHW) {
-          auto kernel = conv_mma_kernel<T, Layout::NCHW, K>;
-          DWCONV_LAUNCH(kernel, grid, dim3(kThreads), t.smem, stream, p, t, vec_in, vec_out, x, w, b, y);
-        } else {
-          auto kernel = conv_mma_kernel<T, Layout::NHWC, K>;
-          DWCONV_LAUNCH(kernel, grid, dim3(kThreads), t.smem, stream, p, t, vec_in, vec_out, x, w, b, y);
-        }
-      }
-    });
+    if (layout == Layout::NCHW) launch_layout<T, Layout::NCHW>(grid, p, t, vec_in, vec_out, x, w, b, y, stream);
+    else launch_layout<T, Layout::NHWC>(grid, p, t, vec_in, vec_out, x, w, b, y, stream);
     return cudaGetLastError();
   }
 }
@@ -299,16 +314,16 @@ bool dgrad_mma_supported(const ConvShape& s) {
 template <typename T>
 cudaError_t launch_fwd_mma(const ConvShape& s, const T* x, const T* w, const T* b, T* y, cudaStream_t stream) {
   if (!fwd_mma_supported<T>(s)) return cudaErrorInvalidValue;
-  const MmaConv p{s.N, s.C * s.M, s.M, s.H, s.W, s.HO, s.WO, s.PT, s.PL, false};
-  return launch_mma<T>(p, s.KH, x, w, b, y, s.layout, stream);
+  const MmaConv p{s.N, s.C * s.M, s.M, s.H, s.W, s.HO, s.WO, s.PT, s.PL, int(s.KH), int(s.KW), false};
+  return launch_mma<T>(p, x, w, b, y, s.layout, stream);
 }
 
 template <typename T>
 cudaError_t launch_dgrad_mma(const ConvShape& s, const T* dy, const T* w, T* dx, cudaStream_t stream) {
   if (!dgrad_mma_supported<T>(s)) return cudaErrorInvalidValue;
-  // dx[h, w] = sum dy[h + kh' - (K-1-PT), w + kw' - (K-1-PL)] * w[K-1-kh', K-1-kw']
-  const MmaConv p{s.N, s.C, 1, s.HO, s.WO, s.H, s.W, s.KH - 1 - s.PT, s.KW - 1 - s.PL, true};
-  return launch_mma<T>(p, s.KH, dy, w, nullptr, dx, s.layout, stream);
+  // dx[h, w] = sum dy[h + kh' - (KH-1-PT), w + kw' - (KW-1-PL)] * w[KH-1-kh', KW-1-kw']
+  const MmaConv p{s.N, s.C, 1, s.HO, s.WO, s.H, s.W, s.KH - 1 - s.PT, s.KW - 1 - s.PL, int(s.KH), int(s.KW), true};
+  return launch_mma<T>(p, dy, w, nullptr, dx, s.layout, stream);
 }
 
 #define DWCONV_MMA_INSTANTIATE(T)                                                                          \
