@@ -74,11 +74,12 @@ def test_triton_matches_reference(case):
 
 def test_interior_and_border_tiles(monkeypatch):
     """Small forced tiles give the direct kernels interior tiles (unmasked path, filter rows unrolled or
-    looped) next to border tiles."""
+    looped) next to border tiles (the row-streaming kernels switched off, as they take stride 1)."""
     import triton
 
-    from dwconv.triton import tiles
+    from dwconv.triton import rows, tiles
     small = triton.Config({"BLOCK_C": 2, "BLOCK_H": 2, "BLOCK_W": 4}, num_warps=1)
+    monkeypatch.setenv(rows.ENV_SWITCH, "0")
     monkeypatch.setattr(tiles, "AUTOTUNE", False)
     monkeypatch.setattr(tiles, "configs", lambda *a, **k: [triton.Config(dict(small.kwargs), num_warps=1)])
     run_case((1, 2, 7, 9, 3, 1, 1, 1, 2, True, False, F32))   # NCHW: filter rows unrolled
@@ -88,11 +89,48 @@ def test_interior_and_border_tiles(monkeypatch):
 def test_int64_indexing(monkeypatch):
     """The 64-bit addressing variant (taken for tensors over 2^31 elements) computes the same result."""
     import importlib
-    for name in ("fwd", "dgrad", "wgrad", "plane"):
+    for name in ("fwd", "dgrad", "wgrad", "plane", "rows"):
         module = importlib.import_module(f"dwconv.triton.{name}")
         monkeypatch.setattr(module, "needs_int64", lambda *tensors: True)
     run_case((2, 3, 9, 8, 5, 2, 2, 1, 2, True, True, F32))
     run_case((1, 2, 7, 7, 3, 1, 1, 2, 1, True, False, BF16))  # small-map GEMM kernels
+    run_case((3, 2, 9, 8, 5, 1, 2, 1, 1, True, False, F32))   # row-streaming kernels
+
+
+def _launched_kernels(call):
+    from dwconv.triton import tiles
+    with tiles.capture_launches() as launches:
+        call()
+    return [launch.kernel.__name__ for launch in launches]
+
+
+def test_stride_one_runs_row_streaming_kernels():
+    """Stride-1 forward and dgrad go to rows.py (the cases above then test it); strided calls and dgrad with
+    a channel multiplier go to the direct kernels."""
+    x, wt, bt = make_inputs(2, 3, 9, 9, 7, 1, F32, DEVICE)
+    dy = torch.randn(2, 3, 9, 9, device=DEVICE)
+    assert _launched_kernels(lambda: dwconv.depthwise_conv2d(x, wt, bt, 1, 3, backend="triton")) == ["rows_kernel"]
+    assert _launched_kernels(lambda: torch.ops.dwconv.dgrad(dy, wt, list(x.shape), [1, 1], [3, 3, 3, 3], [1, 1],
+                                                            "triton")) == ["rows_kernel"]
+    assert _launched_kernels(lambda: dwconv.depthwise_conv2d(x, wt, bt, 2, 3, backend="triton")) == ["fwd_kernel"]
+    assert _launched_kernels(lambda: dwconv.depthwise_conv2d(x, wt, bt, 1, 6, 2, backend="triton")) == ["fwd_kernel"]
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_row_streaming_tiles(monkeypatch, channels_last):
+    """Small forced row-streaming tiles: interior column tiles (unmasked) next to border ones, several row
+    strips, partial image and channel blocks, weights held in registers (K = 5) and loaded per row (K = 11),
+    a strided and dilated W axis, and the flipped-filter dgrad."""
+    import triton
+
+    from dwconv.triton import tiles
+    tile = {"BLOCK_N": 1 if channels_last else 2, "BLOCK_C": 2 if channels_last else 1, "BLOCK_W": 4, "ROWS": 5}
+    monkeypatch.setattr(tiles, "AUTOTUNE", False)
+    monkeypatch.setattr(tiles, "rows_candidates",
+                        lambda *a, **k: [triton.Config(dict(tile), num_warps=1)])
+    run_case((3, 3, 10, 13, 5, 1, 2, 1, 1, True, channels_last, F32))
+    run_case((1, 2, 11, 20, 11, 1, (5, 4, 3, 6), 1, 1, False, channels_last, F32))
+    run_case((1, 3, 7, 19, (3, 5), (1, 2), (1, 1, 4, 2), (1, 2), 2, True, channels_last, F32))
 
 
 def test_small_map_direct_kernels(monkeypatch):

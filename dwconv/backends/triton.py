@@ -60,14 +60,14 @@ class TritonBackend(Backend):
         return None
 
     def forward(self, x, weight, bias, args):
-        from ..triton import fwd, plane
-        kernels = plane if plane.applies(x.dtype, args) else fwd
+        from ..triton import fwd, plane, rows
+        kernels = plane if plane.applies(x.dtype, args) else rows if rows.applies_forward(args) else fwd
         with _on_device(x):
             return kernels.forward(x, weight, bias, args, channels_last=is_channels_last(x))
 
     def dgrad(self, grad_out, weight, args):
-        from ..triton import dgrad, plane
-        kernels = plane if plane.applies(grad_out.dtype, args) else dgrad
+        from ..triton import dgrad, plane, rows
+        kernels = plane if plane.applies(grad_out.dtype, args) else rows if rows.applies_dgrad(args) else dgrad
         with _on_device(grad_out):
             return kernels.dgrad(grad_out, weight, args, channels_last=is_channels_last(grad_out))
 

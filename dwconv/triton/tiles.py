@@ -207,3 +207,67 @@ def launch_plane(kernel, grid, batch: int, channels: int, args, constexprs, chan
         return
     cfg = cands[0]
     launch_fixed(kernel, grid(cfg.kwargs), args, {**constexprs, **cfg.kwargs}, cfg.num_warps)
+
+
+# ---- row-streaming kernels (rows.py): a thread holds E outputs per open output row, KH rows open at once,
+# so E * KH accumulators: E = 8 keeps K = 11 within 255 registers without spills on sm_90; K <= 7 affords 16.
+# (elements per thread, warps); NCHW tiles: BLOCK_N images x BLOCK_C channels x BLOCK_W columns,
+# channels_last tiles: BLOCK_C channels (channel vectors) x BLOCK_W columns. Half-precision channels_last
+# tiles at K <= 7 lead with 16 per thread (their loads are 8 bytes: twice the work per load and conversion
+# keeps the FMA share above one half; fp32 spills there).
+_ROWS_NCHW = [(8, 2), (8, 1), (4, 2), (16, 2)]
+_ROWS_NHWC = [(8, 4), (8, 2), (4, 4), (16, 4)]
+_ROWS_NHWC_HALF_SMALL_K = [(16, 4), (8, 4), (8, 2), (4, 4)]
+ROWS_MAX_STRIP = 64  # maps up to this tall are walked whole; taller ones in strips of 32 rows
+ROWS_TUNE_KEY = ("N", "CO", "H", "W", "HO", "WO", "M", "KH", "KW", "SW", "DW")
+
+
+def rows_candidates(channels_last: bool, batch: int, channels: int, height: int, width: int,
+                    kernel_height: int, element_size: int) -> List[triton.Config]:
+    """Candidates for one shape: the column tile covers the row (up to 64 wide) and the remaining lanes go
+    to images (NCHW: one channel per program, so its weights are uniform) or pixels (channels_last)."""
+    rows = height if height <= ROWS_MAX_STRIP else 32
+    max_n = triton.next_power_of_2(max(batch, 1))
+    max_c = triton.next_power_of_2(max(channels, 1))
+    max_w = triton.next_power_of_2(max(width, 1))
+    out, seen = [], set()
+    if not channels_last:
+        table = _ROWS_NCHW
+    elif kernel_height <= 7 and element_size <= 2:
+        table = _ROWS_NHWC_HALF_SMALL_K
+    else:
+        table = _ROWS_NHWC
+    for per_thread, warps in table:
+        if per_thread > 8 and kernel_height > 7:
+            continue
+        elements = per_thread * 32 * warps
+        if channels_last:
+            bc = min(max_c, 64)  # 16 lanes x 4 channels
+            bw = min(max_w, max(elements // bc, 1))
+            bn = min(max_n, max(elements // (bc * bw), 1))
+        else:
+            bw = min(max_w, 64)
+            bn = min(max_n, max(elements // bw, 1))
+            bc = min(max_c, max(elements // (bw * bn), 1))
+        key = (bn, bc, bw, rows, warps)
+        if key not in seen:
+            seen.add(key)
+            out.append(triton.Config(dict(zip(("BLOCK_N", "BLOCK_C", "BLOCK_W", "ROWS"), key[:4])),
+                                     num_warps=warps))
+    return out
+
+
+def launch_candidates(kernel, grid, cands: List[triton.Config], key, args, constexprs):
+    """Launch `kernel` autotuned among `cands` on the GPU; otherwise with the first candidate (the heuristic
+    choice), or in the interpreter the largest tile (it pays per program, not per element)."""
+    if AUTOTUNE and _captured is None:
+        family = (kernel, tuple(tuple(sorted(c.kwargs.items())) + (c.num_warps,) for c in cands))
+        tuner = _TUNERS.get(family)
+        if tuner is None:
+            tuner = _TUNERS[family] = triton.autotune(configs=cands, key=list(key))(kernel)
+        tuner[grid](*args, **constexprs)
+        return
+    cfg = cands[0]
+    if INTERPRET:
+        cfg = max(cands, key=lambda c: c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_C"] * c.kwargs["BLOCK_W"])
+    launch_fixed(kernel, grid(cfg.kwargs), args, {**constexprs, **cfg.kwargs}, cfg.num_warps)

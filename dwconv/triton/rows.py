@@ -1,0 +1,212 @@
+"""Row-streaming kernels: forward and stride-1 dgrad with a sliding window of output rows in registers.
+
+A program owns BLOCK_N images x BLOCK_C channels x BLOCK_W output columns and walks down a strip of ROWS
+output rows one input row at a time. Input row ih feeds output rows ih + PT - kh (kh < KH), so the program
+keeps KH accumulators, one per output row still open (a tuple of [BLOCK_N, BLOCK_C, BLOCK_W] tensors):
+
+    accs[j] = output row  ih + PT - (KH - 1) + j,   updated with filter row kh = KH - 1 - j.
+
+Per input row and filter column kw it loads the shifted input row once and does KH multiply-adds with it
+(one per open output row): one load per KH FMAs, where the direct kernels (fwd.py) pay one load per FMA.
+After the row, accs[0] is complete: it is stored and the window moves down (accs[1:] + a fresh zero).
+NCHW tiles take several images of one channel (the weights are then uniform across the program, and for
+small kernels are held in registers); channels_last tiles take a 16-byte channel vector per pixel.
+
+Served: stride 1 and dilation 1 along H (consecutive input rows feed consecutive accumulators), any stride
+and dilation along W, KH and KW up to MAX_KERNEL (KH accumulators per thread). The dgrad of such a conv with
+multiplier 1 is the same walk over dy with the filter rotated by 180 degrees (FLIP) and padding K-1-P.
+"""
+from __future__ import annotations
+
+import os
+
+import triton
+import triton.language as tl
+
+from .._conv_args import ConvArgs
+from ..backends.base import new_output
+from . import tiles
+from .common import acc_torch_dtype, acc_dtype, needs_int64, strides4, widen_strides
+
+# KH accumulators of E elements each live in registers: beyond 13 rows they spill.
+MAX_KERNEL = 13
+# Filters up to this many taps are loaded once per program into registers (NCHW, one channel per program).
+MAX_HOISTED_TAPS = 49
+
+
+# DWCONV_TRITON_ROW_STREAM=0 sends every call to the direct kernels (to compare the two on a GPU).
+ENV_SWITCH = "DWCONV_TRITON_ROW_STREAM"
+
+
+def applies_forward(args: ConvArgs) -> bool:
+    kh, kw = args.kernel
+    return (args.stride[0] == 1 and args.dilation[0] == 1 and kh <= MAX_KERNEL and kw <= MAX_KERNEL
+            and os.environ.get(ENV_SWITCH, "1") != "0")
+
+
+def applies_dgrad(args: ConvArgs) -> bool:
+    return applies_forward(args) and args.stride[1] == 1 and args.multiplier == 1
+
+
+@triton.jit
+def _accumulate_row(accs, wts, x_row, w_co, col_ok, sxw, swt: tl.constexpr, KH: tl.constexpr,
+                    KW: tl.constexpr, DW: tl.constexpr, FLIP: tl.constexpr, HOIST: tl.constexpr,
+                    MASKED: tl.constexpr):
+    # x_row: pointers of input row ih at filter column 0; column kw adds kw*DW*sxw (an immediate for NCHW).
+    for kw in tl.static_range(KW):
+        if MASKED:
+            xv = tl.load(x_row + (kw * DW) * sxw, mask=col_ok[kw], other=0.0).to(accs[0].dtype)
+        else:
+            xv = tl.load(x_row + (kw * DW) * sxw).to(accs[0].dtype)
+        updated = ()
+        for j in tl.static_range(KH):
+            if HOIST:
+                wv = wts[kw * KH + j]
+            elif FLIP:
+                wv = tl.load(w_co + (j * KW + (KW - 1 - kw)) * swt)
+            else:
+                wv = tl.load(w_co + ((KH - 1 - j) * KW + kw) * swt)
+            updated = updated + (accs[j] + xv * wv[None, :, None],)
+        accs = updated
+    return accs
+
+
+@triton.jit
+def rows_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, CO, H, W, HO, WO, PT, PL,
+                sxn, sxc, sxh, sxw, syn, syc, syh, syw, swc, swt: tl.constexpr,
+                M: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, SW: tl.constexpr, DW: tl.constexpr,
+                FLIP: tl.constexpr, HAS_BIAS: tl.constexpr, INDEX_64: tl.constexpr, ACC: tl.constexpr,
+                HOIST: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_W: tl.constexpr,
+                ROWS: tl.constexpr):
+    # x: (N, CO/M, H, W) input (dy for dgrad); y: (N, CO, HO, WO) output (dx); w: ACC-typed weights, tap t of
+    # channel c at w_ptr + c*swc + t*swt (swt a compile-time stride: tap offsets fold into load immediates).
+    # Program order: column tiles fastest, then row strips, channel blocks, image blocks.
+    pid = tl.program_id(0)
+    tiles_w = tl.cdiv(WO, BLOCK_W)
+    strips = tl.cdiv(HO, ROWS)
+    cblocks = tl.cdiv(CO, BLOCK_C)
+    tw = pid % tiles_w
+    rest = pid // tiles_w
+    strip = rest % strips
+    rest = rest // strips
+    cb = rest % cblocks
+    nb = rest // cblocks
+    sxn, sxc, sxh, sxw = widen_strides(sxn, sxc, sxh, sxw, INDEX_64)
+    syn, syc, syh, syw = widen_strides(syn, syc, syh, syw, INDEX_64)
+
+    nn = nb * BLOCK_N + tl.arange(0, BLOCK_N)
+    co = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    ow = tw * BLOCK_W + tl.arange(0, BLOCK_W)
+    if INDEX_64:
+        nn = nn.to(tl.int64)
+        co = co.to(tl.int64)
+        ow = ow.to(tl.int64)
+    c_ok = co < CO
+    nc_ok = (nn < N)[:, None, None] & c_ok[None, :, None]
+    iw0 = ow * SW - PL
+    x_col = x_ptr + nn[:, None, None] * sxn + (co // M)[None, :, None] * sxc + iw0[None, None, :] * sxw
+    y_col = y_ptr + nn[:, None, None] * syn + co[None, :, None] * syc + ow[None, None, :] * syw
+    w_co = w_ptr + co * swc
+    col_ok = ()
+    for kw in tl.static_range(KW):
+        iw = iw0 + kw * DW
+        col_ok = col_ok + (nc_ok & ((iw >= 0) & (iw < W))[None, None, :],)
+    out_ok = nc_ok & (ow < WO)[None, None, :]
+    # Interior column tile: every image, channel and column valid, every tap's column inside the input.
+    interior = ((nb * BLOCK_N + BLOCK_N <= N) & (cb * BLOCK_C + BLOCK_C <= CO)
+                & (tw * BLOCK_W + BLOCK_W <= WO) & (tw * BLOCK_W * SW - PL >= 0)
+                & ((tw * BLOCK_W + BLOCK_W - 1) * SW - PL + (KW - 1) * DW < W))
+
+    wts = ()
+    if HOIST:  # wts[kw*KH + j]: the weight input column kw and accumulator j use
+        for kw in tl.static_range(KW):
+            for j in tl.static_range(KH):
+                if FLIP:
+                    wts = wts + (tl.load(w_co + (j * KW + (KW - 1 - kw)) * swt, mask=c_ok, other=0.0),)
+                else:
+                    wts = wts + (tl.load(w_co + ((KH - 1 - j) * KW + kw) * swt, mask=c_ok, other=0.0),)
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + co, mask=c_ok, other=0.0).to(ACC)[None, :, None]
+    else:
+        bias = tl.zeros([1, BLOCK_C, 1], dtype=ACC)
+
+    oh_first = strip * ROWS
+    oh_end = tl.minimum(oh_first + ROWS, HO)
+    zero = tl.zeros([BLOCK_N, BLOCK_C, BLOCK_W], dtype=ACC)
+    accs = (zero,) * KH
+    # Step s reads input row oh_first - PT + s and completes output row oh_first + s - (KH - 1).
+    for step in range(0, oh_end - oh_first + KH - 1):
+        ih = oh_first - PT + step
+        if (ih >= 0) & (ih < H):
+            x_row = x_col + ih * sxh
+            if interior:
+                accs = _accumulate_row(accs, wts, x_row, w_co, col_ok, sxw, swt, KH, KW, DW, FLIP, HOIST,
+                                       MASKED=False)
+            else:
+                accs = _accumulate_row(accs, wts, x_row, w_co, col_ok, sxw, swt, KH, KW, DW, FLIP, HOIST,
+                                       MASKED=True)
+        oh = oh_first + step - (KH - 1)
+        if oh >= oh_first:
+            out = (accs[0] + bias).to(y_ptr.dtype.element_ty)
+            if interior:
+                tl.store(y_col + oh * syh, out)
+            else:
+                tl.store(y_col + oh * syh, out, mask=out_ok)
+        accs = accs[1:] + (zero,)
+
+
+def _weight_operand(weight, channels_last: bool):
+    """The weights in the accumulation dtype with a compile-time tap stride: (CO, taps) for NCHW
+    (tap stride 1), tap-major (taps, CO) for channels_last (one tap of a channel vector is one 16-byte load;
+    tap stride CO, so the kernel is compiled per channel count)."""
+    co, taps = weight.shape[0], weight.shape[2] * weight.shape[3]
+    w = weight.reshape(co, taps).to(acc_torch_dtype(weight.dtype))
+    if channels_last:
+        return w.t().contiguous(), 1, co
+    return w.contiguous(), taps, 1
+
+
+def _launch(x, weight, bias, y, in_hw, out_hw, pad_tl, stride_w, dil_w, multiplier, flip, channels_last):
+    n, co, ho, wo = y.shape
+    kh, kw = weight.shape[2], weight.shape[3]
+    w, swc, swt = _weight_operand(weight, channels_last)
+
+    def grid(meta):
+        return (triton.cdiv(n, meta["BLOCK_N"]) * triton.cdiv(co, meta["BLOCK_C"])
+                * triton.cdiv(ho, meta["ROWS"]) * triton.cdiv(wo, meta["BLOCK_W"]),)
+
+    cands = tiles.rows_candidates(channels_last, n, co, ho, wo, kh, x.element_size())
+    hoist = not channels_last and kh * kw <= MAX_HOISTED_TAPS
+    b = bias if bias is not None else w  # never read when HAS_BIAS is False
+    tiles.launch_candidates(
+        rows_kernel, grid, cands, tiles.ROWS_TUNE_KEY,
+        (x, w, b, y, n, co, in_hw[0], in_hw[1], ho, wo, pad_tl[0], pad_tl[1]) + strides4(x) + strides4(y) + (swc,),
+        dict(swt=swt, M=multiplier, KH=kh, KW=kw, SW=stride_w, DW=dil_w, FLIP=flip, HAS_BIAS=bias is not None,
+             INDEX_64=needs_int64(x, y), ACC=acc_dtype(x.dtype), HOIST=hoist))
+
+
+def forward(x, weight, bias, args: ConvArgs, channels_last: bool):
+    """y = conv(x, weight) + bias for applies_forward(args), allocated with new_output in x's layout."""
+    y = new_output(args.output_shape, like=x)
+    if y.numel() == 0:
+        return y
+    pt, _, pl, _ = args.padding
+    _launch(x, weight, bias, y, (args.height, args.width), (args.out_height, args.out_width), (pt, pl),
+            args.stride[1], args.dilation[1], args.multiplier, False, channels_last)
+    return y
+
+
+def dgrad(grad_out, weight, args: ConvArgs, channels_last: bool):
+    """dx for applies_dgrad(args): the forward over dy with the filter rotated by 180 degrees and
+    padding (K-1)*D - P (dx[ih, iw] = sum dy[ih + PT - kh, iw + PL - kw*DW] * w[kh, kw])."""
+    dx = new_output(args.input_shape, like=grad_out)
+    if dx.numel() == 0:
+        return dx
+    if grad_out.numel() == 0:
+        return dx.zero_()
+    kh, kw = args.kernel
+    dw = args.dilation[1]
+    pt, _, pl, _ = args.padding
+    _launch(grad_out, weight, None, dx, (args.out_height, args.out_width), (args.height, args.width),
+            (kh - 1 - pt, (kw - 1) * dw - pl), 1, dw, 1, True, channels_last)
+    return dx
