@@ -28,7 +28,7 @@ template <typename T>
 cudaError_t launch_wgrad(const ConvShape& s, const T* dy, const T* x, acc_t<T>* dw, bool deterministic,
                          void* workspace, cudaStream_t stream);
 
-// Tensor-core path (fwd_mma.cu): fp16 / bf16, stride 1, dilation 1, square odd K in 3..13 (dgrad: multiplier 1
+// Tensor-core path (fwd_mma.cu): fp16 / bf16, stride 1, dilation 1, KH and KW up to 25 (dgrad: multiplier 1
 // too), on sm_80+. *_supported says whether the launcher accepts the shape (false for float / double); the
 // launchers return cudaErrorInvalidValue otherwise. Same contract as launch_fwd / launch_dgrad.
 template <typename T>
