@@ -124,6 +124,15 @@ def test_mma_requested_but_not_applicable_runs_fma(host_ops, monkeypatch, what):
     assert_close(y, y_ref, dtype, "forward")
 
 
+@pytest.mark.parametrize("dtype", [F16, BF16])
+def test_host_emulated_warp_mma_fragment_layout(host_ops, dtype):
+    """load_a_chunk / load_b_frag / mma_16x8x16 alone: each lane's c[0..3] lands where cuda_compat.cuh says."""
+    a = torch.randn(16, 16).to(dtype)
+    b = torch.randn(16, 8).to(dtype)
+    c = host_ops.mma_selftest(a, b)
+    torch.testing.assert_close(c, a.float() @ b.float(), rtol=1e-5, atol=1e-5)
+
+
 def test_host_emulated_mma_unaligned_channels_last(host_ops, monkeypatch):
     """16 channels, channels_last, data pointers not 16-byte aligned: the scalar staging and stores."""
     monkeypatch.setenv("DWCONV_CUDA_MMA", "1")

@@ -1,7 +1,10 @@
 // Self-test of csrc/cuda/host_emulation.h: a barrier that must order shared-memory writes before reads,
-// a divergent barrier and a misaligned 16-byte load, each of which the emulation must get right or reject.
+// a divergent barrier and a misaligned 16-byte load, each of which the emulation must get right or reject;
+// and the host side of the warp mma (cuda_compat.cuh) against a plain matrix product.
 #include <ATen/ATen.h>
 #include <torch/library.h>
+
+#include <limits>
 
 #include "cuda/cuda_compat.cuh"
 
@@ -39,10 +42,64 @@ at::Tensor emulation_selftest(const at::Tensor& data, int64_t mode) {
   return out;
 }
 
+// One warp: C(16x8) = A(16x16) * B(16x8) through load_a_chunk / load_b_frag / mma_16x8x16, each lane writing
+// its accumulator fragment where cuda_compat.cuh documents it (rows g, g + 8; columns 2q, 2q + 1).
+template <typename T>
+__global__ void mma_kernel(const T* a, const T* b, float* c) {
+  constexpr int ld = 24;  // padded rows, as the conv kernel's shared tiles
+  T* s_a = dynamic_smem<T>();
+  T* s_bt = s_a + 16 * ld;
+  const int lane = int(threadIdx.x);
+  for (int i = lane; i < 16 * 16; i += 32) s_a[i / 16 * ld + i % 16] = a[i];
+  for (int i = lane; i < 16 * 8; i += 32) s_bt[i % 8 * ld + i / 8] = b[i];  // b[k][n] -> bt[n][k]
+  __syncthreads();
+  const int g = lane / 4, q = lane % 4;
+  const dwconv::cuda::AChunk a0 = dwconv::cuda::load_a_chunk(s_a + g * ld, s_a + (g + 8) * ld);
+  const dwconv::cuda::AChunk a8 = dwconv::cuda::load_a_chunk(s_a + g * ld + 8, s_a + (g + 8) * ld + 8);
+  const dwconv::cuda::BFrag bf = dwconv::cuda::load_b_frag(s_bt, ld);
+  float acc[4] = {0.f, 0.f, 0.f, 0.f};
+  dwconv::cuda::mma_16x8x16<T>(a0, a8, bf, acc);
+  c[g * 8 + 2 * q] = acc[0];
+  c[g * 8 + 2 * q + 1] = acc[1];
+  c[(g + 8) * 8 + 2 * q] = acc[2];
+  c[(g + 8) * 8 + 2 * q + 1] = acc[3];
+}
+
+// a: (16, 16), b: (16, 8), both contiguous float16 or bfloat16; returns the float32 product.
+at::Tensor mma_selftest(const at::Tensor& a, const at::Tensor& b) {
+  TORCH_CHECK(a.sizes() == at::IntArrayRef({16, 16}) && b.sizes() == at::IntArrayRef({16, 8}) && a.is_contiguous() &&
+                  b.is_contiguous() && a.scalar_type() == b.scalar_type(),
+              "mma_selftest: a (16, 16) and b (16, 8), contiguous, one dtype");
+  at::Tensor c = at::full({16, 8}, std::numeric_limits<float>::quiet_NaN(), at::kFloat);
+  float* c_ptr = c.mutable_data_ptr<float>();
+  const size_t smem = 2 * 16 * 24 * sizeof(uint16_t);
+  if (a.scalar_type() == at::kHalf) {
+    using T = dwconv::cuda::fp16_t;
+    auto kernel = mma_kernel<T>;
+    const T* a_ptr = reinterpret_cast<const T*>(a.const_data_ptr());
+    const T* b_ptr = reinterpret_cast<const T*>(b.const_data_ptr());
+    DWCONV_LAUNCH(kernel, dim3(1), dim3(32), smem, nullptr, a_ptr, b_ptr, c_ptr);
+  } else {
+    TORCH_CHECK(a.scalar_type() == at::kBFloat16, "mma_selftest: float16 or bfloat16");
+    using T = dwconv::cuda::bf16_t;
+    auto kernel = mma_kernel<T>;
+    const T* a_ptr = reinterpret_cast<const T*>(a.const_data_ptr());
+    const T* b_ptr = reinterpret_cast<const T*>(b.const_data_ptr());
+    DWCONV_LAUNCH(kernel, dim3(1), dim3(32), smem, nullptr, a_ptr, b_ptr, c_ptr);
+  }
+  const cudaError_t err = cudaGetLastError();
+  TORCH_CHECK(err == cudaSuccess, "emulated launch failed: ", cudaGetErrorString(err));
+  return c;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(dwconv_cuda_host, m) {
   m.def("emulation_selftest(Tensor data, int mode) -> Tensor");
+  m.def("mma_selftest(Tensor a, Tensor b) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(dwconv_cuda_host, CPU, m) { m.impl("emulation_selftest", &emulation_selftest); }
+TORCH_LIBRARY_IMPL(dwconv_cuda_host, CPU, m) {
+  m.impl("emulation_selftest", &emulation_selftest);
+  m.impl("mma_selftest", &mma_selftest);
+}
