@@ -141,7 +141,7 @@ conv_mma_kernel(MmaConv p, MmaTile t, bool vec_in, bool vec_out, const T* __rest
       const T* a_hi = row(m_hi);
       const T* band = s_band + c_l * KH * 8 * LDB;
       float acc[NJ][4] = {};
-#pragma unroll 1  // filter rows: each is already 8 strips x KSTEPS independent products
+#pragma unroll 1  // filter rows: each is already NJ x KSTEPS independent products
       for (int kh = 0; kh < KH; ++kh) {
         BFrag bf[KSTEPS];
 #pragma unroll
