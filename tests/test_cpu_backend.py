@@ -27,6 +27,18 @@ CASES = [
     (5, 4, 5, 5, (7, 7), 2, (1, 1), (3, 3, 3, 3), (1, 1)),        # multiplier 2 (dgrad sums two sources)
     (5, 3, 6, 5, (5, 5), 2, (1, 1), (4, 1, 2, 3), (1, 1)),        # asymmetric padding (dgrad windowed)
     (5, 8, 6, 6, (5, 5), 1, (2, 2), (4, 4, 4, 4), (2, 2)),        # strided, dilated (dgrad windowed)
+    # strided dgrad by stride phases: phases with no taps or no pixels, several register blocks and bands
+    (1, 5, 13, 11, (7, 7), 1, (3, 3), (3, 3, 3, 3), (1, 1)),      # stride 3
+    (2, 9, 10, 9, (5, 7), 1, (2, 1), (1, 3, 2, 4), (1, 1)),       # stride (2, 1), asymmetric padding
+    (2, 6, 12, 11, (3, 5), 1, (2, 2), (2, 3, 4, 1), (3, 2)),      # dilation 3 (rows) / 2 (cols: half the phases empty)
+    (2, 5, 15, 13, (11, 11), 2, (2, 2), (5, 5, 5, 5), (1, 1)),    # multiplier 2, stride 2, odd sizes, K=11
+    (2, 9, 1, 5, (3, 3), 1, (2, 2), (1, 1, 1, 1), (1, 1)),        # one row: phase rh = 1 has no pixels
+    (1, 8, 2, 3, (5, 5), 1, (3, 3), (2, 2, 2, 2), (1, 1)),        # map smaller than the stride
+    (1, 8, 7, 6, (1, 1), 1, (2, 2), (0, 0, 0, 0), (1, 1)),        # 1x1 kernel, stride 2: odd pixels get zeros
+    (1, 4, 23, 33, (11, 11), 1, (4, 4), (5, 2, 5, 6), (1, 1)),    # stride 4
+    (1, 3, 9, 40, (7, 7), 1, (2, 2), (3, 3, 3, 3), (1, 1)),       # phase rows 20 wide: 3 register blocks
+    (1, 5, 75, 70, (7, 7), 1, (2, 2), (3, 3, 3, 3), (1, 1)),      # several bands of row groups
+    (1, 8, 14, 14, (4, 6), 1, (2, 2), (1, 2, 3, 2), (1, 1)),      # even kernel, asymmetric "same"-like padding
 ]
 
 
@@ -84,7 +96,7 @@ def test_parity(case, dtype, channels_last):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
-@pytest.mark.parametrize("case", [CASES[2], CASES[5], CASES[12]], ids=_ids)
+@pytest.mark.parametrize("case", [CASES[2], CASES[5], CASES[12], CASES[18]], ids=_ids)
 def test_portable_kernels(case, dtype, monkeypatch):
     """The build for CPUs without AVX2 (DWCONV_CPU_ISA=portable forces it here), NCHW and channels_last."""
     monkeypatch.setenv("DWCONV_CPU_ISA", "portable")
@@ -122,14 +134,15 @@ def test_gradcheck_float64():
     assert torch.autograd.gradcheck(NativeConv.apply, (x, w, b))
 
 
-@pytest.mark.parametrize("n, c, size", [(4, 24, 14), (11, 20, 7)], ids=["windowed", "batched"])
+@pytest.mark.parametrize("n, c, size, s", [(4, 24, 14, 1), (11, 20, 7, 1), (4, 28, 14, 2)],
+                         ids=["windowed", "batched", "strided"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
-def test_thread_count_independence(dtype, channels_last, n, c, size):
+def test_thread_count_independence(dtype, channels_last, n, c, size, s):
     """1 and 2 threads: y, dx and dw are bit-identical (every output element is computed by one work item, whose
     split depends on the shape only; channel counts with a partial block and, in NHWC, a partial group of
-    blocks per work item); dw repeats bit-identically."""
-    stride, padding, dilation = (1, 1), (5, 5, 5, 5), (1, 1)
+    blocks per work item; stride 2: dgrad by stride phases); dw repeats bit-identically."""
+    stride, padding, dilation = (s, s), (5, 5, 5, 5), (1, 1)
     x, w, b = make_inputs(n, c, size, size, 11, dtype=dtype, channels_last=channels_last, seed=3)
     dy = _random_grad_out(x, w, stride, padding, dilation, seed=4)
     old = torch.get_num_threads()

@@ -20,6 +20,8 @@ CASES = [
     (2, 3, 10, 11, 3, 3, 0, 1, 3, True),           # stride 3, valid, multiplier 3
     (2, 2, 9, 16, 7, (2, 1), (3, 1), (1, 2), 1, True),  # per-dim stride/padding/dilation
     (1, 2, 16, 16, 31, 1, 15, 1, 1, True),         # K=31
+    (2, 4, 15, 15, 11, 2, 5, 1, 1, True),          # stride 2 K11 on an odd map (dgrad stride phases)
+    (2, 3, 1, 6, 3, 2, 1, 1, 2, True),             # one row, stride 2: a stride phase without pixels
 ]
 DTYPES = [torch.float32, torch.bfloat16]
 

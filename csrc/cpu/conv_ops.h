@@ -3,13 +3,15 @@
 //
 // Work is split into items (image n, block of L channels, band of output rows); each item gathers its input
 // rectangle (with the zero padding) into an fp32 / fp64 tile [row][col][lane], runs the register-blocked
-// loops of microkernels.h over it and scatters the result. dgrad is the forward correlation of the flipped
-// filter over grad_out upsampled by the stride (zeros between samples). wgrad sums fixed chunks of
+// loops of microkernels.h over it and scatters the result. dgrad at stride 1 is the forward correlation of
+// the flipped filter over grad_out; at larger strides it is split into stride phases, each a stride-1
+// correlation of grad_out with the sub-filter of taps that reach that phase's dx pixels. wgrad sums fixed chunks of
 // (images x channel block) into a workspace, then reduces the chunks in a fixed order. Small maps under
 // large filters take the batched path of batched.h instead (fwd, and dgrad at stride 1).
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "cpu/batched.h"
@@ -94,7 +96,11 @@ DWCONV_TARGET void fwd(const ConvShape& s, const T* x, const T* w, const T* b, T
 }
 
 template <typename T>
+DWCONV_TARGET void dgrad_strided(const ConvShape& s, const T* dy, const T* w, T* dx, int threads);
+
+template <typename T>
 DWCONV_TARGET void dgrad(const ConvShape& s, const T* dy, const T* w, T* dx, int threads) {
+  if (s.SH > 1 || s.SW > 1) return dgrad_strided(s, dy, w, dx, threads);
   using A = acc_t<T>;
   using V = Vec<A>;
   constexpr int L = V::L;
@@ -107,7 +113,7 @@ DWCONV_TARGET void dgrad(const ConvShape& s, const T* dy, const T* w, T* dx, int
       for (int64_t t = 0; t < taps; ++t)
         wt.get()[((j * nblocks + c / L) * taps + t) * L + c % L] =
             c < s.C ? to_acc(w[(c * s.M + j) * taps + (taps - 1 - t)]) : A(0);
-  if (s.SH == 1 && s.SW == 1) {
+  {
     const Correlation g{s.H, s.W, s.KH, s.KW, 1, 1, s.DH, s.DW, s.PT - (s.KH - 1) * s.DH, s.PL - (s.KW - 1) * s.DW,
                         s.HO, s.WO};
     if (const int64_t images = batch_images(g, s.N, L * sizeof(A))) {
@@ -117,8 +123,8 @@ DWCONV_TARGET void dgrad(const ConvShape& s, const T* dy, const T* w, T* dx, int
       return run_batched<V>(p, images, threads);
     }
   }
-  // dx[ih][iw] = sum_{kh,kw} U[ih + kh*DH + r_off][iw + kw*DW + c_off] * wflip[kh][kw], U = dy upsampled by
-  // the stride, r_off = PT - (KH-1)*DH, c_off = PL - (KW-1)*DW.
+  // dx[ih][iw] = sum_{kh,kw} dy[ih + kh*DH + r_off][iw + kw*DW + c_off] * wflip[kh][kw] (stride 1),
+  // r_off = PT - (KH-1)*DH, c_off = PL - (KW-1)*DW.
   const int64_t cols = s.W + (s.KW - 1) * s.DW, row_span = (s.KH - 1) * s.DH + 1;
   const int64_t r_origin = s.PT - (s.KH - 1) * s.DH, c_origin = s.PL - (s.KW - 1) * s.DW;
   const std::vector<Block> blocks = output_blocks(s.W, c_origin, (s.WO - 1) * s.SW, 1, s.DW, s.KW);
@@ -155,6 +161,125 @@ DWCONV_TARGET void dgrad(const ConvShape& s, const T* dy, const T* w, T* dx, int
             correlate_row<V>(out + ih * s.W * L, j > 0, tile + ih * cols * L, s.DH * cols * L, rtaps[ih0 + ih], blocks,
                              1, s.DW, wb, s.KW);
         }
+        const A zeros[L] = {};
+        scatter_tile<T, A, L>(ImageView<T>{dx + n * s.C * s.H * s.W, s.layout, s.C, s.H, s.W}, out, th, blk * L,
+                              int(std::min<int64_t>(L, s.C - blk * L)), ih0, zeros, stage);
+      }
+    }
+  }
+}
+
+// dgrad at stride > 1. dx pixel (rh + SH * i, rw + SW * j) only receives the taps of its phase (rh, rw)
+// (stride_phases, plan.h): a stride-1 correlation of grad_out, not upsampled, with a sub-filter of about
+// KH / SH x KW / SW taps. An item (image, band of row groups i, channel blocks) gathers the band's grad_out
+// rows once per source j, runs every phase into ph[phase][i][j][lane], then interleaves the phases into the
+// dx tile [ih][iw][lane] and scatters it like the stride-1 path.
+template <typename T>
+DWCONV_TARGET void dgrad_strided(const ConvShape& s, const T* dy, const T* w, T* dx, int threads) {
+  using A = acc_t<T>;
+  using V = Vec<A>;
+  constexpr int L = V::L;
+  const int64_t CO = s.CO(), nblocks = ceil_div(s.C, L), taps = s.KH * s.KW, nphases = s.SH * s.SW;
+  const std::vector<Phase> rph = stride_phases(s.H, s.KH, s.SH, s.PT, s.DH);
+  const std::vector<Phase> cph = stride_phases(s.W, s.KW, s.SW, s.PL, s.DW);
+  // Sub-filters: phase p = rh * SW + rw has rph[rh].taps x cph[rw].taps taps at offset w_off[p]; every tap
+  // belongs to exactly one phase, so they fill [j][block][KH * KW][lane]: tap (t, u) of phase p for channel
+  // c = block * L + lane is w[c * M + j][rph[rh].taps[t]][cph[rw].taps[u]] (zero past C).
+  std::vector<int64_t> w_off(nphases + 1, 0);
+  for (int64_t p = 0; p < nphases; ++p)
+    w_off[p + 1] = w_off[p] + int64_t(rph[p / s.SW].taps.size() * cph[p % s.SW].taps.size());
+  Scratch<A> wt(s.M * nblocks * taps * L);
+  for (int64_t j = 0; j < s.M; ++j)
+    for (int64_t c = 0; c < nblocks * L; ++c)
+      for (int64_t p = 0; p < nphases; ++p) {
+        const std::vector<int64_t>&kh = rph[p / s.SW].taps, &kw = cph[p % s.SW].taps;
+        for (size_t t = 0; t < kh.size(); ++t)
+          for (size_t u = 0; u < kw.size(); ++u)
+            wt.get()[((j * nblocks + c / L) * taps + w_off[p] + int64_t(t * kw.size() + u)) * L + c % L] =
+                c < s.C ? to_acc(w[(c * s.M + j) * taps + kh[t] * s.KW + kw[u]]) : A(0);
+      }
+  // Row group i = dx rows i * SH .. i * SH + SH - 1; its phase outputs read grad_out rows i + org + t * dil.
+  // The band's tile row 0 is grad_out row i0 + r_lo, column 0 is grad_out column c_lo (lo / hi: the extreme
+  // offsets over the active phases).
+  const auto extent = [](const std::vector<Phase>& phases, int64_t& lo, int64_t& hi) {
+    lo = hi = 0;
+    bool any = false;
+    for (const Phase& ph : phases) {
+      if (!ph.active()) continue;
+      const int64_t last = ph.org + int64_t(ph.taps.size() - 1) * ph.dil;
+      lo = any ? std::min(lo, ph.org) : ph.org;
+      hi = any ? std::max(hi, last) : last;
+      any = true;
+    }
+  };
+  int64_t r_lo, r_hi, c_lo, c_hi;
+  extent(rph, r_lo, r_hi);
+  extent(cph, c_lo, c_hi);
+  const int64_t HQ = ceil_div(s.H, s.SH), WQ = ceil_div(s.W, s.SW);
+  const int64_t cols = WQ + c_hi - c_lo, row_span = r_hi - r_lo + 1;
+  std::vector<std::vector<Range>> rtaps(s.SH);
+  std::vector<std::vector<Block>> blocks(s.SW);
+  for (const Phase& ph : rph)
+    rtaps[ph.res] = row_taps(ph.count, ph.org, s.HO - 1, 1, ph.dil, int64_t(ph.taps.size()));
+  for (const Phase& ph : cph)
+    blocks[ph.res] = output_blocks(ph.count, ph.org, s.WO - 1, 1, ph.dil, int64_t(ph.taps.size()));
+  const int64_t TQ = band_rows(s.layout, HQ, cols, 1, row_span, L * sizeof(A));
+  const int64_t TH = TQ * s.SH, max_rows = TQ - 1 + row_span, nbands = ceil_div(HQ, TQ);
+  const int64_t group = blocks_per_item(s.layout, L * sizeof(T)), ngroups = ceil_div(nblocks, group);
+  const int64_t items = s.N * ngroups * nbands;
+  const int nthreads = thread_count(threads, items, s.N * CO * s.HO * s.WO * taps);
+  const int64_t chunk = items_per_chunk(s.layout, items, nthreads);
+  const int64_t tile_size = max_rows * cols * L, ph_size = nphases * TQ * WQ * L, out_size = TH * s.W * L;
+  const int64_t stage_size = std::max(2 * L * max_rows * std::max(cols, s.WO), L * TH * s.W);
+  const int64_t per_thread = tile_size + ph_size + out_size + stage_size;
+  Scratch<A> scratch(nthreads * per_thread);
+#pragma omp parallel num_threads(nthreads)
+  {
+    A* tile = scratch.get() + omp_get_thread_num() * per_thread;
+    A* ph = tile + tile_size;
+    A* out = ph + ph_size;
+    A* stage = out + out_size;
+#pragma omp for schedule(dynamic, chunk)
+    for (int64_t item = 0; item < items; ++item) {
+      // item: image n, band, group of channel blocks (innermost, as in the stride-1 path)
+      const int64_t grp = item % ngroups, band = (item / ngroups) % nbands, n = item / (nbands * ngroups);
+      const int64_t i0 = band * TQ, tq = std::min(TQ, HQ - i0), rows = tq - 1 + row_span;
+      const int64_t ih0 = i0 * s.SH, th = std::min(TH, s.H - ih0);
+      for (int64_t blk = grp * group; blk < std::min(nblocks, (grp + 1) * group); ++blk) {
+        const ImageView<const T> src{dy + n * CO * s.HO * s.WO, s.layout, CO, s.HO, s.WO};
+        for (int64_t j = 0; j < s.M; ++j) {
+          int64_t chan[L];
+          for (int l = 0; l < L; ++l) chan[l] = blk * L + l < s.C ? (blk * L + l) * s.M + j : -1;
+          gather_tile<T, A, L>(tile, rows, cols, src, chan, i0 + r_lo, c_lo, 1, 1, stage);
+          for (const Phase& pr : rph)
+            for (const Phase& pc : cph) {
+              if (!pr.active() || !pc.active()) continue;
+              const int64_t p = pr.res * s.SW + pc.res;
+              const A* wp = wt.get() + ((j * nblocks + blk) * taps + w_off[p]) * L;
+              const A* x = tile + ((pr.org - r_lo) * cols + pc.org - c_lo) * L;
+              for (int64_t i = i0; i < std::min(i0 + tq, pr.count); ++i)
+                correlate_row<V>(ph + ((p * TQ + i - i0) * WQ) * L, j > 0, x + (i - i0) * cols * L,
+                                 pr.dil * cols * L, rtaps[pr.res][i], blocks[pc.res], 1, pc.dil, wp,
+                                 int64_t(pc.taps.size()));
+            }
+        }
+        // dx tile row (ih - ih0) = (i - i0) * SH + rh, column jw * SW + rw <- phase (rh, rw), output (i, jw);
+        // phases without taps receive zeros.
+        for (const Phase& pr : rph)
+          for (const Phase& pc : cph) {
+            const int64_t p = pr.res * s.SW + pc.res;
+            const bool active = pr.active() && pc.active();
+            for (int64_t i = i0; i < std::min(i0 + tq, pr.count); ++i) {
+              A* dst = out + (((i - i0) * s.SH + pr.res) * s.W + pc.res) * L;
+              const A* srcp = ph + ((p * TQ + i - i0) * WQ) * L;
+              for (int64_t jw = 0; jw < pc.count; ++jw, dst += s.SW * L, srcp += L) {
+                if (active)
+                  std::memcpy(dst, srcp, sizeof(A) * L);
+                else
+                  std::fill(dst, dst + L, A(0));
+              }
+            }
+          }
         const A zeros[L] = {};
         scatter_tile<T, A, L>(ImageView<T>{dx + n * s.C * s.H * s.W, s.layout, s.C, s.H, s.W}, out, th, blk * L,
                               int(std::min<int64_t>(L, s.C - blk * L)), ih0, zeros, stage);

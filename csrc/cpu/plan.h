@@ -101,4 +101,29 @@ inline std::vector<Range> row_taps(int64_t HO, int64_t r_origin, int64_t row_las
   return taps;
 }
 
+// Strided dgrad, one dimension: dx index res + S * o (o < count) receives only the filter taps k with
+// (res + S * o + P - k * D) % S == 0, i.e. k in `taps` (largest first). Sub-filter tap t = taps[t] reads
+// grad_out index o + org + t * dil: a stride-1 correlation over grad_out with dilation dil = D / gcd(S, D).
+struct Phase {
+  int64_t res, count, org, dil;
+  std::vector<int64_t> taps;
+  bool active() const { return count > 0 && !taps.empty(); }
+};
+
+// The S phases of a dimension of n dx pixels, K taps, stride S, leading padding P, dilation D.
+inline std::vector<Phase> stride_phases(int64_t n, int64_t K, int64_t S, int64_t P, int64_t D) {
+  std::vector<Phase> phases(S);
+  for (int64_t r = 0; r < S; ++r) {
+    Phase& ph = phases[r];
+    ph.res = r;
+    ph.count = r < n ? (n - 1 - r) / S + 1 : 0;
+    for (int64_t k = K - 1; k >= 0; --k)
+      if ((r + P - k * D) % S == 0) ph.taps.push_back(k);
+    // grad_out index of tap k for o = 0 is (r + P - k * D) / S (exact); consecutive taps are S / gcd(S, D) apart.
+    ph.org = ph.taps.empty() ? 0 : (r + P - ph.taps[0] * D) / S;
+    ph.dil = ph.taps.size() > 1 ? (ph.taps[0] - ph.taps[1]) * D / S : 1;
+  }
+  return phases;
+}
+
 }  // namespace dwconv::cpu::DWCONV_ISA
