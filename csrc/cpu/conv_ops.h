@@ -272,12 +272,10 @@ DWCONV_TARGET void dgrad_strided(const ConvShape& s, const T* dy, const T* w, T*
             for (int64_t i = i0; i < std::min(i0 + tq, pr.count); ++i) {
               A* dst = out + (((i - i0) * s.SH + pr.res) * s.W + pc.res) * L;
               const A* srcp = ph + ((p * TQ + i - i0) * WQ) * L;
-              for (int64_t jw = 0; jw < pc.count; ++jw, dst += s.SW * L, srcp += L) {
-                if (active)
-                  std::memcpy(dst, srcp, sizeof(A) * L);
-                else
-                  std::fill(dst, dst + L, A(0));
-              }
+              if (active)
+                for (int64_t jw = 0; jw < pc.count; ++jw) V::store(dst + jw * s.SW * L, V::load(srcp + jw * L));
+              else
+                for (int64_t jw = 0; jw < pc.count; ++jw) V::store(dst + jw * s.SW * L, V::zero());
             }
           }
         const A zeros[L] = {};
