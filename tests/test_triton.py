@@ -89,7 +89,7 @@ def test_interior_and_border_tiles(monkeypatch):
 def test_int64_indexing(monkeypatch):
     """The 64-bit addressing variant (taken for tensors over 2^31 elements) computes the same result."""
     import importlib
-    for name in ("fwd", "dgrad", "wgrad", "plane", "rows"):
+    for name in ("fwd", "dgrad", "wgrad", "plane", "rows", "rows_wgrad"):
         module = importlib.import_module(f"dwconv.triton.{name}")
         monkeypatch.setattr(module, "needs_int64", lambda *tensors: True)
     run_case((2, 3, 9, 8, 5, 2, 2, 1, 2, True, True, F32))
@@ -105,10 +105,12 @@ def _launched_kernels(call):
 
 
 def test_stride_one_runs_row_streaming_kernels():
-    """Stride-1 forward and dgrad go to rows.py (the cases above then test it); strided calls and dgrad with
-    a channel multiplier go to the direct kernels."""
+    """Stride-1 forward, dgrad and wgrad go to rows.py / rows_wgrad.py (the cases above then test them);
+    strided calls and dgrad with a channel multiplier go to the direct kernels."""
     x, wt, bt = make_inputs(2, 3, 9, 9, 7, 1, F32, DEVICE)
     dy = torch.randn(2, 3, 9, 9, device=DEVICE)
+    assert _launched_kernels(lambda: torch.ops.dwconv.wgrad(dy, x, list(wt.shape), [1, 1], [3, 3, 3, 3], [1, 1],
+                                                            "triton")) == ["rows_wgrad_kernel", "wgrad_reduce_kernel"]
     assert _launched_kernels(lambda: dwconv.depthwise_conv2d(x, wt, bt, 1, 3, backend="triton")) == ["rows_kernel"]
     assert _launched_kernels(lambda: torch.ops.dwconv.dgrad(dy, wt, list(x.shape), [1, 1], [3, 3, 3, 3], [1, 1],
                                                             "triton")) == ["rows_kernel"]
@@ -120,17 +122,32 @@ def test_stride_one_runs_row_streaming_kernels():
 def test_row_streaming_tiles(monkeypatch, channels_last):
     """Small forced row-streaming tiles: interior column tiles (unmasked) next to border ones, several row
     strips, partial image and channel blocks, weights held in registers (K = 5) and loaded per row (K = 11),
-    a strided and dilated W axis, and the flipped-filter dgrad."""
+    a strided and dilated W axis, the flipped-filter dgrad, and wgrad over several batch slices."""
     import triton
 
-    from dwconv.triton import tiles
+    from dwconv.triton import rows_wgrad, tiles
     tile = {"BLOCK_N": 1 if channels_last else 2, "BLOCK_C": 2 if channels_last else 1, "BLOCK_W": 4, "ROWS": 5}
     monkeypatch.setattr(tiles, "AUTOTUNE", False)
-    monkeypatch.setattr(tiles, "rows_candidates",
-                        lambda *a, **k: [triton.Config(dict(tile), num_warps=1)])
+    for name in ("rows_candidates", "rows_wgrad_candidates"):
+        monkeypatch.setattr(tiles, name, lambda *a, **k: [triton.Config(dict(tile), num_warps=1)])
+    # wgrad: batch slices of 2 images (the interpreter otherwise runs one slice), the last one partial.
+    monkeypatch.setattr(rows_wgrad, "INTERPRET", False)
+    monkeypatch.setattr(rows_wgrad, "_TARGET_PROGRAMS", 10 ** 6)
     run_case((3, 3, 10, 13, 5, 1, 2, 1, 1, True, channels_last, F32))
     run_case((1, 2, 11, 20, 11, 1, (5, 4, 3, 6), 1, 1, False, channels_last, F32))
     run_case((1, 3, 7, 19, (3, 5), (1, 2), (1, 1, 4, 2), (1, 2), 2, True, channels_last, F32))
+    # Deterministic wgrad: one workspace row per (batch slice, strip, column tile).
+    x, wt, _ = make_inputs(3, 3, 10, 13, 5, 1, F32, DEVICE, channels_last=channels_last, bias=False)
+    grad_out = torch.randn(3, 3, 10, 13, device=DEVICE)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        with poisoned_outputs():
+            dw = torch.ops.dwconv.wgrad(grad_out, x, list(wt.shape), [1, 1], [2, 2, 2, 2], [1, 1], "triton")
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    _, _, dw_ref, _ = reference_grads(x, wt, None, grad_out, (1, 1), (2, 2, 2, 2), (1, 1))
+    assert_close(dw, dw_ref, F32, "deterministic dw over batch slices")
 
 
 def test_small_map_direct_kernels(monkeypatch):

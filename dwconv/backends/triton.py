@@ -72,7 +72,8 @@ class TritonBackend(Backend):
             return kernels.dgrad(grad_out, weight, args, channels_last=is_channels_last(grad_out))
 
     def wgrad(self, grad_out, x, args):
-        from ..triton.wgrad import wgrad
+        from ..triton import rows_wgrad, wgrad
+        kernels = rows_wgrad if rows_wgrad.applies(args) else wgrad
         with _on_device(x):
-            return wgrad(grad_out, x, args, channels_last=is_channels_last(x),
+            return kernels.wgrad(grad_out, x, args, channels_last=is_channels_last(x),
                          deterministic=torch.are_deterministic_algorithms_enabled())

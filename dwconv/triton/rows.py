@@ -34,14 +34,18 @@ MAX_KERNEL = 13
 MAX_HOISTED_TAPS = 49
 
 
-# DWCONV_TRITON_ROW_STREAM=0 sends every call to the direct kernels (to compare the two on a GPU).
+# DWCONV_TRITON_ROW_STREAM=0 sends every call to the direct kernels (forward, dgrad and wgrad; to compare
+# the two on a GPU).
 ENV_SWITCH = "DWCONV_TRITON_ROW_STREAM"
+
+
+def enabled() -> bool:
+    return os.environ.get(ENV_SWITCH, "1") != "0"
 
 
 def applies_forward(args: ConvArgs) -> bool:
     kh, kw = args.kernel
-    return (args.stride[0] == 1 and args.dilation[0] == 1 and kh <= MAX_KERNEL and kw <= MAX_KERNEL
-            and os.environ.get(ENV_SWITCH, "1") != "0")
+    return args.stride[0] == 1 and args.dilation[0] == 1 and kh <= MAX_KERNEL and kw <= MAX_KERNEL and enabled()
 
 
 def applies_dgrad(args: ConvArgs) -> bool:

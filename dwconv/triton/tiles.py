@@ -257,14 +257,49 @@ def rows_candidates(channels_last: bool, batch: int, channels: int, height: int,
     return out
 
 
-def launch_candidates(kernel, grid, cands: List[triton.Config], key, args, constexprs):
+# wgrad (rows_wgrad.py) keeps KH*KW partial sums per element: one element per thread (two for K <= 7).
+_ROWS_WGRAD = [(1, 2), (1, 4), (2, 2)]
+ROWS_WGRAD_MAX_STRIP = 64
+
+
+def rows_wgrad_candidates(channels_last: bool, batch: int, channels: int, height: int, width: int,
+                          taps: int) -> List[triton.Config]:
+    """Candidates for one shape: NCHW tiles span the row (up to 64 columns) and then images; channels_last
+    tiles put 32 consecutive channels on a warp's lanes, then columns, then images."""
+    rows = height if height <= ROWS_WGRAD_MAX_STRIP else ROWS_WGRAD_MAX_STRIP
+    max_n = triton.next_power_of_2(max(batch, 1))
+    max_c = triton.next_power_of_2(max(channels, 1))
+    max_w = triton.next_power_of_2(max(width, 1))
+    out, seen = [], set()
+    for per_thread, warps in _ROWS_WGRAD:
+        if per_thread > 1 and taps > 49:
+            continue
+        elements = per_thread * 32 * warps
+        if channels_last:
+            bc = min(max_c, 32 * per_thread)
+            bw = min(max_w, max(elements // bc, 1))
+            bn = min(max_n, max(elements // (bc * bw), 1))
+        else:
+            bw = min(max_w, 64)
+            bn = min(max_n, max(elements // bw, 1))
+            bc = min(max_c, max(elements // (bw * bn), 1))
+        key = (bn, bc, bw, rows, warps)
+        if key not in seen:
+            seen.add(key)
+            out.append(triton.Config(dict(zip(("BLOCK_N", "BLOCK_C", "BLOCK_W", "ROWS"), key[:4])),
+                                     num_warps=warps))
+    return out
+
+
+def launch_candidates(kernel, grid, cands: List[triton.Config], key, args, constexprs, reset_to_zero=None):
     """Launch `kernel` autotuned among `cands` on the GPU; otherwise with the first candidate (the heuristic
     choice), or in the interpreter the largest tile (it pays per program, not per element)."""
-    if AUTOTUNE and _captured is None:
+    if AUTOTUNE and _captured is None and len(cands) > 1:
         family = (kernel, tuple(tuple(sorted(c.kwargs.items())) + (c.num_warps,) for c in cands))
         tuner = _TUNERS.get(family)
         if tuner is None:
-            tuner = _TUNERS[family] = triton.autotune(configs=cands, key=list(key))(kernel)
+            tuner = _TUNERS[family] = triton.autotune(configs=cands, key=list(key),
+                                                      reset_to_zero=reset_to_zero)(kernel)
         tuner[grid](*args, **constexprs)
         return
     cfg = cands[0]

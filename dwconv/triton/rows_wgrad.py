@@ -1,0 +1,188 @@
+"""Row-streaming wgrad: dw[co, kh, kw] = sum_{n, oh, ow} dy[n, co, oh, ow] * x[n, co/M, oh + kh - PT, iw]
+with iw = ow*SW + kw*DW - PL, for stride 1 and dilation 1 along H.
+
+A program owns BLOCK_N images x BLOCK_C channels x BLOCK_W output columns (one element per thread) of a strip
+of output rows, for a slice of the batch. Every thread keeps one partial sum per tap (KH*KW accumulators)
+and a window of the last KH dy rows it read (a tuple, newest last):
+
+    step s reads dy row s into window[KH-1] and input row ih = s - PT, which meets dy row s - kh
+    (window[KH-1-kh]) through tap kh; shifted by kw columns it gives tap (kh, kw).
+
+So per input row and filter column a thread makes one load and KH FMAs (the direct wgrad kernel, wgrad.py,
+loads both operands for every FMA). At the end each tap's partial sums are reduced over the program (one
+cross-thread sum per tap) and added with one fp32 atomic per channel and tap, or (deterministic) stored into
+the program's own workspace row; wgrad.py's reduce kernel then sums the rows and casts.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .._conv_args import ConvArgs
+from ..backends.base import new_output
+from . import tiles
+from .common import INTERPRET, acc_dtype, acc_torch_dtype, needs_int64, strides4, widen_strides
+from .rows import MAX_KERNEL, enabled
+from .wgrad import wgrad_reduce_kernel
+
+# Programs pass 1 aims for (a few waves on a large GPU); the batch is split to get there.
+_TARGET_PROGRAMS = 1024
+
+
+def applies(args: ConvArgs) -> bool:
+    kh, kw = args.kernel
+    return args.stride[0] == 1 and args.dilation[0] == 1 and kh <= MAX_KERNEL and kw <= MAX_KERNEL and enabled()
+
+
+@triton.jit
+def _taps_of_row(accs, window, x_row, col_ok, sxw, KH: tl.constexpr, KW: tl.constexpr, DW: tl.constexpr,
+                 MASKED: tl.constexpr):
+    # accs[kw*KH + kh]: tap (kh, kw); window[KH-1-kh]: the dy row input row x_row meets through tap kh.
+    for kw in tl.static_range(KW):
+        if MASKED:
+            xv = tl.load(x_row + (kw * DW) * sxw, mask=col_ok[kw], other=0.0).to(accs[0].dtype)
+        else:
+            xv = tl.load(x_row + (kw * DW) * sxw).to(accs[0].dtype)
+        updated = ()
+        for kh in tl.static_range(KH):
+            updated = updated + (accs[kw * KH + kh] + xv * window[KH - 1 - kh],)
+        accs = accs[:kw * KH] + updated + accs[(kw + 1) * KH:]
+    return accs
+
+
+@triton.jit
+def rows_wgrad_kernel(dy_ptr, x_ptr, ws_ptr, N, CO, H, W, HO, WO, PT, PL, IMAGES_PER_PROGRAM,
+                      sdn, sdc, sdh, sdw, sxn, sxc, sxh, sxw,
+                      M: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, SW: tl.constexpr, DW: tl.constexpr,
+                      DETERMINISTIC: tl.constexpr, INDEX_64: tl.constexpr, ACC: tl.constexpr,
+                      BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_W: tl.constexpr, ROWS: tl.constexpr):
+    # Program order: channel blocks fastest, then column tiles, row strips, batch slices; the workspace row
+    # of a program (deterministic) is its (batch slice, strip, column tile) index.
+    pid = tl.program_id(0)
+    cblocks = tl.cdiv(CO, BLOCK_C)
+    tiles_w = tl.cdiv(WO, BLOCK_W)
+    strips = tl.cdiv(HO, ROWS)
+    cb = pid % cblocks
+    split = pid // cblocks
+    tw = split % tiles_w
+    rest = split // tiles_w
+    strip = rest % strips
+    slice_ = rest // strips
+    n_first = slice_ * IMAGES_PER_PROGRAM
+    n_last = tl.minimum(n_first + IMAGES_PER_PROGRAM, N)
+    if INDEX_64:
+        n_first = n_first.to(tl.int64)
+        n_last = n_last.to(tl.int64)
+    sdn, sdc, sdh, sdw = widen_strides(sdn, sdc, sdh, sdw, INDEX_64)
+    sxn, sxc, sxh, sxw = widen_strides(sxn, sxc, sxh, sxw, INDEX_64)
+
+    nl = tl.arange(0, BLOCK_N)
+    co = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    ow = tw * BLOCK_W + tl.arange(0, BLOCK_W)
+    if INDEX_64:
+        co = co.to(tl.int64)
+        ow = ow.to(tl.int64)
+    c_ok = co < CO
+    iw0 = ow * SW - PL
+    dy_col = dy_ptr + nl[:, None, None] * sdn + co[None, :, None] * sdc + ow[None, None, :] * sdw
+    x_col = x_ptr + nl[:, None, None] * sxn + (co // M)[None, :, None] * sxc + iw0[None, None, :] * sxw
+    col_interior = ((cb * BLOCK_C + BLOCK_C <= CO) & (tw * BLOCK_W + BLOCK_W <= WO)
+                    & (tw * BLOCK_W * SW - PL >= 0)
+                    & ((tw * BLOCK_W + BLOCK_W - 1) * SW - PL + (KW - 1) * DW < W))
+    oh_first = strip * ROWS
+    oh_end = tl.minimum(oh_first + ROWS, HO)
+    zero = tl.zeros([BLOCK_N, BLOCK_C, BLOCK_W], dtype=ACC)
+    accs = (zero,) * (KH * KW)
+
+    for n0 in range(n_first, n_last, BLOCK_N):
+        nc_ok = ((n0 + nl) < n_last)[:, None, None] & c_ok[None, :, None]
+        dy_ok = nc_ok & (ow < WO)[None, None, :]
+        col_ok = ()
+        for kw in tl.static_range(KW):
+            iw = iw0 + kw * DW
+            col_ok = col_ok + (nc_ok & ((iw >= 0) & (iw < W))[None, None, :],)
+        interior = col_interior & (n0 + BLOCK_N <= n_last)
+        dy_img = dy_col + n0 * sdn
+        x_img = x_col + n0 * sxn
+        window = (zero,) * KH
+        # Step s reads dy row s (zero past the strip) and input row s - PT.
+        for s in range(oh_first, oh_end + KH - 1):
+            if s < oh_end:
+                if interior:
+                    dyv = tl.load(dy_img + s * sdh).to(ACC)
+                else:
+                    dyv = tl.load(dy_img + s * sdh, mask=dy_ok, other=0.0).to(ACC)
+            else:
+                dyv = zero
+            window = window[1:] + (dyv,)
+            ih = s - PT
+            if (ih >= 0) & (ih < H):
+                x_row = x_img + ih * sxh
+                if interior:
+                    accs = _taps_of_row(accs, window, x_row, col_ok, sxw, KH, KW, DW, MASKED=False)
+                else:
+                    accs = _taps_of_row(accs, window, x_row, col_ok, sxw, KH, KW, DW, MASKED=True)
+
+    if DETERMINISTIC:
+        if INDEX_64:
+            split = split.to(tl.int64)
+        ws_co = ws_ptr + split * (CO * KH * KW) + co * (KH * KW)
+    else:
+        ws_co = ws_ptr + co * (KH * KW)
+    for kw in tl.static_range(KW):
+        for kh in tl.static_range(KH):
+            part = tl.sum(tl.sum(accs[kw * KH + kh], axis=2), axis=0)
+            if DETERMINISTIC:
+                tl.store(ws_co + (kh * KW + kw), part, mask=c_ok)
+            else:
+                tl.atomic_add(ws_co + (kh * KW + kw), part, mask=c_ok)
+
+
+def _images_per_program(n: int, programs_per_slice: int, block_n: int) -> int:
+    """Batch slice of one program: enough programs to fill the GPU, as few atomics as that allows."""
+    if INTERPRET:  # the interpreter pays per program: one slice
+        return n
+    slices = max(1, min(triton.cdiv(n, block_n), _TARGET_PROGRAMS // max(programs_per_slice, 1)))
+    return triton.cdiv(triton.cdiv(n, slices), block_n) * block_n
+
+
+def wgrad(grad_out, x, args: ConvArgs, channels_last: bool, deterministic: bool):
+    """dw (shape args.weight_shape, x's dtype) for applies(args), accumulated in fp32 (fp64 for fp64)."""
+    dw = new_output(args.weight_shape, like=x, channels_last=False)
+    n, co, ho, wo = args.output_shape
+    kh, kw = args.kernel
+    if grad_out.numel() == 0:
+        return dw.zero_()
+    pt, _, pl, _ = args.padding
+    cands = tiles.rows_wgrad_candidates(channels_last, n, co, ho, wo, kh * kw)
+    nominal = cands[0].kwargs
+    cblocks = triton.cdiv(co, nominal["BLOCK_C"])
+    per_slice = triton.cdiv(wo, nominal["BLOCK_W"]) * triton.cdiv(ho, nominal["ROWS"])
+    per_program = _images_per_program(n, cblocks * per_slice, nominal["BLOCK_N"])
+    slices = triton.cdiv(n, per_program)
+
+    def grid(meta):
+        return (triton.cdiv(co, meta["BLOCK_C"]) * triton.cdiv(wo, meta["BLOCK_W"])
+                * triton.cdiv(ho, meta["ROWS"]) * slices,)
+
+    acc_torch = acc_torch_dtype(x.dtype)
+    if deterministic:  # one workspace row per (slice, strip, column tile): the tile is fixed to size it
+        cands = cands[:1]
+        ws = new_output((slices * per_slice, co, kh * kw), like=x, dtype=acc_torch, channels_last=False)
+    else:
+        ws = torch.zeros((co, kh * kw), dtype=acc_torch, device=x.device)
+    tiles.launch_candidates(
+        rows_wgrad_kernel, grid, cands, tiles.ROWS_TUNE_KEY,
+        (grad_out, x, ws, n, co, args.height, args.width, ho, wo, pt, pl, per_program)
+        + strides4(grad_out) + strides4(x),
+        dict(M=args.multiplier, KH=kh, KW=kw, SW=args.stride[1], DW=args.dilation[1],
+             DETERMINISTIC=deterministic, INDEX_64=needs_int64(grad_out, x, ws), ACC=acc_dtype(x.dtype)),
+        reset_to_zero=None if deterministic else ["ws_ptr"])
+
+    splits = ws.shape[0] if deterministic else 1
+    numel = co * kh * kw
+    block = min(1024, triton.next_power_of_2(numel))
+    tiles.launch_fixed(wgrad_reduce_kernel, (triton.cdiv(numel, block),), (ws, dw, splits, numel),
+                       dict(BLOCK=block, ACC=acc_dtype(x.dtype)))
+    return dw
