@@ -110,50 +110,60 @@ __device__ __forceinline__ void store16(T* __restrict__ dst, const T (&src)[16 /
 // Operands live in shared memory; lane l has g = l / 4, q = l % 4. A is taken in 8-column chunks: a lane's
 // share of chunk [col0, col0 + 8) comes from a_lo = &A[g][col0] and a_hi = &A[g + 8][col0] (its own rows,
 // anywhere in shared memory, 4-byte aligned). B is given as its transpose, bt[n * ldb + k] = B[k][n] (ldb even).
-// c is the lane's accumulator fragment of mma.m16n8k16:
+// Registers (the mma.m16n8k16 fragment layout of the PTX ISA; two consecutive k per 32-bit word, lower k in
+// the low half):
+//   AChunk {lo, hi} = {A[g][col0 + 2q ..], A[g + 8][col0 + 2q ..]}
+//   BFrag  {k0, k8} = {B[2q ..][g], B[2q + 8 ..][g]}
 //   c[0], c[1] = C[g][2q], C[g][2q + 1];   c[2], c[3] = C[g + 8][2q], C[g + 8][2q + 1].
-// Device: a chunk is the lane's words {A[g][col0 + 2q ..], A[g + 8][col0 + 2q ..]}, the B fragment its words
-// {B[2q ..][g], B[2q + 8 ..][g]} (two consecutive k per word), and mma_16x8x16 issues mma.sync (sm_80+).
-// Host: a chunk / B fragment records where it was loaded from, and mma_16x8x16 computes the lane's four
-// elements of C directly from those tiles (no lane exchange). Equivalent as long as the tiles do not change
-// between the loads and the product, as between two barriers of a kernel.
+// The loads are the same code on the device and the host. mma_16x8x16 is mma.sync (sm_80+) on the device; on
+// the host a warp-collective emulation: every lane publishes its fragments, and after a warp barrier computes
+// its four elements of C from the A and B that the 32 lanes' registers describe.
 #if defined(__CUDACC__)
-struct AChunk { uint32_t lo = 0, hi = 0; };
-struct BFrag { uint32_t k0 = 0, k8 = 0; };
+inline constexpr uint32_t kUnloadedWord = 0;
 #else
-struct AChunk { const void* lo = nullptr; const void* hi = nullptr; };
-struct BFrag { const void* bt = nullptr; int ldb = 0; };
+inline constexpr uint32_t kUnloadedWord = 0xFFFFFFFFu;  // NaN in both halves: a fragment never loaded poisons C
 #endif
+struct AChunk { uint32_t lo = kUnloadedWord, hi = kUnloadedWord; };
+struct BFrag { uint32_t k0 = kUnloadedWord, k8 = kUnloadedWord; };
 
 __device__ __forceinline__ int lane_id() { return int(threadIdx.x) % 32; }
 
 template <typename T>
-__device__ __forceinline__ AChunk load_a_chunk(const T* a_lo, const T* a_hi) {
+__device__ __forceinline__ uint32_t load_word(const T* p) {
   static_assert(sizeof(T) == 2, "fp16 / bf16 operands");
-  const int q = lane_id() % 4;
 #if defined(__CUDACC__)
-  return {*reinterpret_cast<const uint32_t*>(a_lo + 2 * q), *reinterpret_cast<const uint32_t*>(a_hi + 2 * q)};
+  return *reinterpret_cast<const uint32_t*>(p);
 #else
-  dwconv_emu::check_aligned(a_lo + 2 * q, 4);  // the device would fault on these 32-bit loads
-  dwconv_emu::check_aligned(a_hi + 2 * q, 4);
-  return {a_lo, a_hi};
+  dwconv_emu::check_aligned(p, 4);  // the device would fault on a misaligned 32-bit load
+  uint32_t word;
+  std::memcpy(&word, p, 4);
+  return word;
 #endif
 }
 
 template <typename T>
-__device__ __forceinline__ BFrag load_b_frag(const T* bt, int ldb) {
-  static_assert(sizeof(T) == 2, "fp16 / bf16 operands");
-  const int g = lane_id() / 4, q = lane_id() % 4;
-#if defined(__CUDACC__)
-  const T* p = bt + g * ldb + 2 * q;
-  return {*reinterpret_cast<const uint32_t*>(p), *reinterpret_cast<const uint32_t*>(p + 8)};
-#else
-  dwconv_emu::check_aligned(bt + g * ldb + 2 * q, 4);
-  return {bt, ldb};
-#endif
+__device__ __forceinline__ AChunk load_a_chunk(const T* a_lo, const T* a_hi) {
+  const int q = lane_id() % 4;
+  return {load_word(a_lo + 2 * q), load_word(a_hi + 2 * q)};
 }
 
-// c += A * B with A = chunks a0 (k 0..7) and a8 (k 8..15).
+template <typename T>
+__device__ __forceinline__ BFrag load_b_frag(const T* bt, int ldb) {
+  const int g = lane_id() / 4, q = lane_id() % 4;
+  return {load_word(bt + g * ldb + 2 * q), load_word(bt + g * ldb + 2 * q + 8)};
+}
+
+#if !defined(__CUDACC__)
+template <typename T>
+inline float half_of(uint32_t word, int upper) {
+  const uint16_t bits = uint16_t(upper ? word >> 16 : word & 0xFFFFu);
+  T v;
+  std::memcpy(&v, &bits, 2);
+  return to_float(v);
+}
+#endif
+
+// c += A * B with A = chunks a0 (k 0..7) and a8 (k 8..15). Warp-collective: every lane of the warp calls it.
 template <typename T>
 __device__ __forceinline__ void mma_16x8x16(const AChunk& a0, const AChunk& a8, const BFrag& b, float (&c)[4]) {
 #if defined(__CUDACC__)
@@ -174,20 +184,24 @@ __device__ __forceinline__ void mma_16x8x16(const AChunk& a0, const AChunk& a8, 
   __trap();  // launchers refuse the tensor-core path below sm_80
 #endif
 #else
-  if (a0.lo == nullptr || a8.lo == nullptr || b.bt == nullptr) {  // the device would multiply stale registers
-    dwconv_emu::fail(cudaErrorIllegalInstruction);
-    return;
-  }
-  const int q = lane_id() % 4;
+  // The operand registers in mma.sync's order: a0..a3 = A rows g / g+8 at k 2q.. and k 2q+8.., b0, b1.
+  struct Regs { uint32_t a[4], b[2]; };
+  static_assert(sizeof(Regs) <= dwconv_emu::kExchangeBytes, "exchange slot");
+  Regs* regs = reinterpret_cast<Regs*>(dwconv_emu::warp_exchange());
+  const int lane = lane_id(), g = lane / 4, q = lane % 4;
+  regs[lane] = {{a0.lo, a0.hi, a8.lo, a8.hi}, {b.k0, b.k8}};
+  dwconv_emu::syncwarp();
+  // A[r][k] sits in lane 4 (r % 8) + (k % 8) / 2, register a[(r >= 8) + 2 (k >= 8)], half k % 2;
+  // B[k][n] in lane 4 n + (k % 8) / 2, register b[k >= 8], half k % 2.
+  auto A = [&](int r, int k) { return half_of<T>(regs[4 * (r % 8) + k % 8 / 2].a[(r >= 8) + 2 * (k >= 8)], k % 2); };
+  auto B = [&](int k, int n) { return half_of<T>(regs[4 * n + k % 8 / 2].b[k >= 8], k % 2); };
   for (int i = 0; i < 4; ++i) {
-    const T* lo = static_cast<const T*>(i < 2 ? a0.lo : a0.hi);
-    const T* hi = static_cast<const T*>(i < 2 ? a8.lo : a8.hi);
-    const T* bcol = static_cast<const T*>(b.bt) + (2 * q + (i & 1)) * b.ldb;
+    const int r = g + 8 * (i / 2), n = 2 * q + i % 2;
     float sum = 0.f;
-    for (int k = 0; k < 8; ++k) sum += to_float(lo[k]) * to_float(bcol[k]);
-    for (int k = 0; k < 8; ++k) sum += to_float(hi[k]) * to_float(bcol[8 + k]);
+    for (int k = 0; k < 16; ++k) sum += A(r, k) * B(k, n);
     c[i] += sum;
   }
+  dwconv_emu::syncwarp();  // the slots are read by the other lanes until here
 #endif
 }
 

@@ -2,10 +2,12 @@
 // plain C++ and runs on the CPU (tests/cuda_host builds it; never part of the real extension).
 //
 // Execution model: one launch runs its blocks one after another on the calling OS thread. The threads of a
-// block are ucontext fibers scheduled round-robin: each runs until it reaches __syncthreads() or returns;
-// when every live thread waits at the barrier, all are released. This is deterministic and needs no locks
-// (atomics are plain read-modify-writes). A thread that returns while others still wait at a barrier is a
-// kernel bug (divergent __syncthreads) and makes the launch fail.
+// block are ucontext fibers scheduled round-robin: each runs until it reaches __syncthreads(), a warp barrier
+// (syncwarp below: warp-collective operations such as the mma in cuda_compat.cuh) or returns. A warp barrier
+// releases when every live lane of the warp (32 consecutive threads) waits at it; the block barrier when
+// every live thread waits at it. This is deterministic and needs no locks (atomics are plain
+// read-modify-writes). A thread that returns while others still wait at a block barrier (divergent
+// __syncthreads), or a warp barrier that its warp's lanes cannot all reach, makes the launch fail.
 // Dynamic shared memory is one buffer per launch, filled with 0xFF bytes (NaN for floats) before every
 // block so reads of never-written shared memory poison the result.
 #pragma once
@@ -15,6 +17,7 @@
 
 #include <ucontext.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -37,7 +40,6 @@ using cudaStream_t = void*;
 enum cudaError_t : int {
   cudaSuccess = 0,
   cudaErrorInvalidValue = 1,
-  cudaErrorIllegalInstruction = 715,
   cudaErrorMisalignedAddress = 716,
   cudaErrorLaunchFailure = 719
 };
@@ -52,7 +54,8 @@ struct Fiber {
   ucontext_t ctx;
   std::unique_ptr<char[]> stack;
   bool done = false;
-  bool waiting = false;
+  bool waiting = false;       // at __syncthreads
+  bool warp_waiting = false;  // at syncwarp
 };
 
 struct LaunchState {
@@ -61,8 +64,12 @@ struct LaunchState {
   int current = -1;
   const std::function<void()>* body = nullptr;
   std::vector<unsigned char> smem;  // 16-byte aligned through operator new of unsigned char? see data()
+  std::vector<unsigned char> exchange;  // kExchangeBytes per thread, for warp-collective emulations
   cudaError_t last_error = cudaSuccess;
 };
+
+inline constexpr size_t kExchangeBytes = 64;
+inline constexpr unsigned kWarpSize = 32;
 
 inline LaunchState& state() {
   static thread_local LaunchState s;
@@ -82,13 +89,24 @@ inline void syncthreads() {
   swapcontext(&f.ctx, &s.scheduler);
 }
 
+// Waits until every live lane of the calling thread's warp has called syncwarp.
+inline void syncwarp() {
+  LaunchState& s = state();
+  Fiber& f = s.fibers[s.current];
+  f.warp_waiting = true;
+  swapcontext(&f.ctx, &s.scheduler);
+}
+
+// The calling warp's exchange area: kExchangeBytes per lane, lane-major.
+inline unsigned char* warp_exchange() {
+  LaunchState& s = state();
+  return s.exchange.data() + size_t(s.current) / kWarpSize * kWarpSize * kExchangeBytes;
+}
+
 // A vector access the device would fault on makes the launch fail, as on the GPU.
 inline void check_aligned(const void* p, size_t bytes) {
   if (reinterpret_cast<uintptr_t>(p) % bytes != 0) state().last_error = cudaErrorMisalignedAddress;
 }
-
-// A kernel bug the device would turn into garbage silently: make the launch fail instead.
-inline void fail(cudaError_t e) { state().last_error = e; }
 
 inline unsigned char* smem_base() {
   // Round up to 16 bytes so vector types in shared memory are aligned as on the device.
@@ -108,6 +126,7 @@ inline void launch(dim3 grid, dim3 block, size_t smem_bytes, const std::function
   for (auto& f : s.fibers)
     if (!f.stack) f.stack.reset(new char[kFiberStackBytes]);
   s.smem.assign(smem_bytes + 16, 0xFF);
+  s.exchange.assign((nthreads + kWarpSize - 1) / kWarpSize * kWarpSize * kExchangeBytes, 0xFF);
   s.body = &body;
   blockDim = block;
   gridDim = grid;
@@ -120,29 +139,53 @@ inline void launch(dim3 grid, dim3 block, size_t smem_bytes, const std::function
           Fiber& f = s.fibers[t];
           f.done = false;
           f.waiting = false;
+          f.warp_waiting = false;
           getcontext(&f.ctx);
           f.ctx.uc_stack.ss_sp = f.stack.get();
           f.ctx.uc_stack.ss_size = kFiberStackBytes;
           f.ctx.uc_link = &s.scheduler;
           makecontext(&f.ctx, fiber_entry, 0);
         }
-        for (;;) {
-          size_t live = 0, finished_this_phase = 0;
+        for (;;) {  // one phase: from a block barrier (or the start) to the next
+          size_t done_before = 0;
+          for (size_t t = 0; t < nthreads; ++t) done_before += s.fibers[t].done;
+          for (;;) {
+            bool progress = false;
+            for (size_t t = 0; t < nthreads; ++t) {
+              Fiber& f = s.fibers[t];
+              if (f.done || f.waiting || f.warp_waiting) continue;
+              threadIdx = dim3(unsigned(t % block.x), unsigned(t / block.x % block.y),
+                               unsigned(t / (size_t(block.x) * block.y)));
+              s.current = int(t);
+              swapcontext(&s.scheduler, &f.ctx);
+              progress = true;
+            }
+            for (size_t w0 = 0; w0 < nthreads; w0 += kWarpSize) {  // release complete warp barriers
+              const size_t w1 = std::min(nthreads, w0 + kWarpSize);
+              size_t live = 0, at_warp_barrier = 0;
+              for (size_t t = w0; t < w1; ++t) {
+                live += !s.fibers[t].done;
+                at_warp_barrier += s.fibers[t].warp_waiting;
+              }
+              if (at_warp_barrier == 0 || at_warp_barrier != live) continue;
+              for (size_t t = w0; t < w1; ++t) s.fibers[t].warp_waiting = false;
+              progress = true;
+            }
+            if (!progress) break;
+          }
+          size_t live = 0, done_after = 0, stuck = 0;
           for (size_t t = 0; t < nthreads; ++t) {
-            Fiber& f = s.fibers[t];
-            if (f.done) continue;
-            f.waiting = false;
-            threadIdx = dim3(unsigned(t % block.x), unsigned(t / block.x % block.y),
-                             unsigned(t / (size_t(block.x) * block.y)));
-            s.current = int(t);
-            swapcontext(&s.scheduler, &f.ctx);
-            if (f.done) ++finished_this_phase; else ++live;
+            done_after += s.fibers[t].done;
+            live += !s.fibers[t].done;
+            stuck += s.fibers[t].warp_waiting;
           }
           if (live == 0) break;
-          if (finished_this_phase != 0) {  // some threads returned while others wait at a barrier
+          // Lanes left at a warp barrier, or threads that returned while others wait at __syncthreads.
+          if (stuck != 0 || done_after != done_before) {
             s.last_error = cudaErrorLaunchFailure;
             return;
           }
+          for (size_t t = 0; t < nthreads; ++t) s.fibers[t].waiting = false;
         }
       }
   s.current = -1;
@@ -165,8 +208,7 @@ inline const char* cudaGetErrorString(cudaError_t e) {
     case cudaSuccess: return "no error";
     case cudaErrorInvalidValue: return "invalid argument (emulated launch)";
     case cudaErrorMisalignedAddress: return "misaligned address (emulated vector access)";
-    case cudaErrorIllegalInstruction: return "mma on a fragment that was never loaded (emulated)";
-    default: return "unspecified launch failure (emulated: divergent __syncthreads)";
+    default: return "unspecified launch failure (emulated: divergent __syncthreads or warp barrier)";
   }
 }
 inline cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t = nullptr) {
