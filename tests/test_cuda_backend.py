@@ -143,7 +143,8 @@ def test_host_emulation_orders_shared_memory_at_barriers(host_ops):
     assert out.tolist() == [(i + 1) % 64 for i in range(64)]
 
 
-@pytest.mark.parametrize("mode,message", [(1, "divergent __syncthreads"), (2, "misaligned address")])
+@pytest.mark.parametrize("mode,message", [(1, "divergent __syncthreads"), (2, "misaligned address"),
+                                          (3, "warp barrier")])
 def test_host_emulation_rejects_what_the_gpu_would(host_ops, mode, message):
     with pytest.raises(RuntimeError, match=message):
         host_ops.emulation_selftest(torch.zeros(16), mode)

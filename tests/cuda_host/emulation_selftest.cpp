@@ -13,14 +13,16 @@ namespace {
 using dwconv::cuda::dynamic_smem;
 
 // Every thread publishes its index, then reads its right neighbour's; `diverge` makes thread 0 skip the
-// barrier, `misaligned` issues a 16-byte load from an address 4 bytes past alignment.
-__global__ void neighbour_kernel(int* out, bool diverge, bool misaligned, const float* data) {
+// barrier, `misaligned` issues a 16-byte load from an address 4 bytes past alignment, `half_warp` makes lanes
+// 0..15 of each warp wait at a warp barrier the other lanes never reach.
+__global__ void neighbour_kernel(int* out, bool diverge, bool misaligned, bool half_warp, const float* data) {
   int* s = dynamic_smem<int>();
   s[threadIdx.x] = int(threadIdx.x);
   if (misaligned && threadIdx.x == 0) {
     float tmp[4];
     dwconv::cuda::load16_acc(data + 1, tmp);
   }
+  if (half_warp && threadIdx.x % 32 < 16) dwconv_emu::syncwarp();
   if (!(diverge && threadIdx.x == 0)) __syncthreads();
   out[threadIdx.x] = s[(threadIdx.x + 1) % blockDim.x];
 }
@@ -36,7 +38,7 @@ at::Tensor emulation_selftest(const at::Tensor& data, int64_t mode) {
   int* out_ptr = out.mutable_data_ptr<int>();
   const float* data_ptr = data.data_ptr<float>();
   DWCONV_LAUNCH(kernel, dim3(2), dim3(kThreads), kThreads * sizeof(int), nullptr, out_ptr, mode == 1, mode == 2,
-                data_ptr);
+                mode == 3, data_ptr);
   const cudaError_t err = cudaGetLastError();
   TORCH_CHECK(err == cudaSuccess, "emulated launch failed: ", cudaGetErrorString(err));
   return out;
