@@ -128,8 +128,12 @@ def test_row_streaming_tiles(monkeypatch, channels_last):
     from dwconv.triton import rows_wgrad, tiles
     tile = {"BLOCK_N": 1 if channels_last else 2, "BLOCK_C": 2 if channels_last else 1, "BLOCK_W": 4, "ROWS": 5}
     monkeypatch.setattr(tiles, "AUTOTUNE", False)
-    for name in ("rows_candidates", "rows_wgrad_candidates"):
-        monkeypatch.setattr(tiles, name, lambda *a, **k: [triton.Config(dict(tile), num_warps=1)])
+    monkeypatch.setattr(tiles, "rows_wgrad_candidates", lambda *a, **k: [triton.Config(dict(tile), num_warps=1)])
+
+    def rows_tile(channels_last_, batch, channels, height, width, kernel, element_size):
+        hoist = not channels_last_ and kernel[0] * kernel[1] <= 25  # K = 5 and 3x5 in registers, K = 11 not
+        return [triton.Config(dict(tile, HOIST=hoist), num_warps=1)]
+    monkeypatch.setattr(tiles, "rows_candidates", rows_tile)
     # wgrad: batch slices of 2 images (the interpreter otherwise runs one slice), the last one partial.
     monkeypatch.setattr(rows_wgrad, "INTERPRET", False)
     monkeypatch.setattr(rows_wgrad, "_TARGET_PROGRAMS", 10 ** 6)

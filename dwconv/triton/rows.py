@@ -10,7 +10,8 @@ Per input row and filter column kw it loads the shifted input row once and does 
 (one per open output row): one load per KH FMAs, where the direct kernels (fwd.py) pay one load per FMA.
 After the row, accs[0] is complete: it is stored and the window moves down (accs[1:] + a fresh zero).
 NCHW tiles take several images of one channel (the weights are then uniform across the program, and for
-small kernels are held in registers); channels_last tiles take a 16-byte channel vector per pixel.
+small enough kernels are held in registers: HOIST, see tiles.py); channels_last tiles take a channel vector
+per pixel.
 
 Served: stride 1 and dilation 1 along H (consecutive input rows feed consecutive accumulators), any stride
 and dilation along W, KH and KW up to MAX_KERNEL (KH accumulators per thread). The dgrad of such a conv with
@@ -30,8 +31,6 @@ from .common import acc_torch_dtype, acc_dtype, needs_int64, strides4, widen_str
 
 # KH accumulators of E elements each live in registers: beyond 13 rows they spill.
 MAX_KERNEL = 13
-# Filters up to this many taps are loaded once per program into registers (NCHW, one channel per program).
-MAX_HOISTED_TAPS = 49
 
 
 # DWCONV_TRITON_ROW_STREAM=0 sends every call to the direct kernels (forward, dgrad and wgrad; to compare
@@ -179,14 +178,13 @@ def _launch(x, weight, bias, y, in_hw, out_hw, pad_tl, stride_w, dil_w, multipli
         return (triton.cdiv(n, meta["BLOCK_N"]) * triton.cdiv(co, meta["BLOCK_C"])
                 * triton.cdiv(ho, meta["ROWS"]) * triton.cdiv(wo, meta["BLOCK_W"]),)
 
-    cands = tiles.rows_candidates(channels_last, n, co, ho, wo, kh, x.element_size())
-    hoist = not channels_last and kh * kw <= MAX_HOISTED_TAPS
+    cands = tiles.rows_candidates(channels_last, n, co, ho, wo, (kh, kw), x.element_size())
     b = bias if bias is not None else w  # never read when HAS_BIAS is False
     tiles.launch_candidates(
         rows_kernel, grid, cands, tiles.ROWS_TUNE_KEY,
         (x, w, b, y, n, co, in_hw[0], in_hw[1], ho, wo, pad_tl[0], pad_tl[1]) + strides4(x) + strides4(y) + (swc,),
         dict(swt=swt, M=multiplier, KH=kh, KW=kw, SW=stride_w, DW=dil_w, FLIP=flip, HAS_BIAS=bias is not None,
-             INDEX_64=needs_int64(x, y), ACC=acc_dtype(x.dtype), HOIST=hoist))
+             INDEX_64=needs_int64(x, y), ACC=acc_dtype(x.dtype)))
 
 
 def forward(x, weight, bias, args: ConvArgs, channels_last: bool):

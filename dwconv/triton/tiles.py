@@ -211,21 +211,27 @@ def launch_plane(kernel, grid, batch: int, channels: int, args, constexprs, chan
 
 # ---- row-streaming kernels (rows.py): a thread holds E outputs per open output row, KH rows open at once,
 # so E * KH accumulators: E = 8 keeps K = 11 within 255 registers without spills on sm_90; K <= 7 affords 16.
-# (elements per thread, warps); NCHW tiles: BLOCK_N images x BLOCK_C channels x BLOCK_W columns,
-# channels_last tiles: BLOCK_C channels (channel vectors) x BLOCK_W columns. Half-precision channels_last
-# tiles at K <= 7 lead with 16 per thread (their loads are 8 bytes: twice the work per load and conversion
-# keeps the FMA share above one half; fp32 spills there).
+# (elements per thread, warps); NCHW tiles: BLOCK_N images x one channel x BLOCK_W columns (so the weights
+# are uniform in a program), channels_last tiles: BLOCK_C channels (channel vectors) x BLOCK_W columns.
+# Half-precision channels_last tiles at K <= 7 lead with 16 per thread (their loads are 8 bytes: twice the
+# work per load and conversion keeps the FMA share above one half; fp32 spills there).
 _ROWS_NCHW = [(8, 2), (8, 1), (4, 2), (16, 2)]
 _ROWS_NHWC = [(8, 4), (8, 2), (4, 4), (16, 4)]
 _ROWS_NHWC_HALF_SMALL_K = [(16, 4), (8, 4), (8, 2), (4, 4)]
 ROWS_MAX_STRIP = 64  # maps up to this tall are walked whole; taller ones in strips of 32 rows
 ROWS_TUNE_KEY = ("N", "CO", "H", "W", "HO", "WO", "M", "KH", "KW", "SW", "DW")
+# A program's weights go into registers (HOIST) when it has one channel and taps + KH * E registers stay
+# within this (K = 11 at E = 8, 209, spilled 104 bytes; K = 9 at E = 8 and K = 11 at E = 4 fit).
+ROWS_HOIST_REGISTERS = 170
 
 
 def rows_candidates(channels_last: bool, batch: int, channels: int, height: int, width: int,
-                    kernel_height: int, element_size: int) -> List[triton.Config]:
-    """Candidates for one shape: the column tile covers the row (up to 64 wide) and the remaining lanes go
-    to images (NCHW: one channel per program, so its weights are uniform) or pixels (channels_last)."""
+                    kernel: tuple, element_size: int) -> List[triton.Config]:
+    """Candidates for one shape: the column tile covers the row (up to 64 wide); the remaining lanes go to
+    images (NCHW) or pixels (channels_last). NCHW programs stay on one channel: small batches get fewer
+    elements per thread (or fewer warps) instead, and only a plane too small to fill one warp takes several
+    channels."""
+    kernel_height, taps = kernel[0], kernel[0] * kernel[1]
     rows = height if height <= ROWS_MAX_STRIP else 32
     max_n = triton.next_power_of_2(max(batch, 1))
     max_c = triton.next_power_of_2(max(channels, 1))
@@ -248,11 +254,16 @@ def rows_candidates(channels_last: bool, batch: int, channels: int, height: int,
         else:
             bw = min(max_w, 64)
             bn = min(max_n, max(elements // bw, 1))
-            bc = min(max_c, max(elements // (bw * bn), 1))
-        key = (bn, bc, bw, rows, warps)
+            while warps > 1 and bn * bw < elements:  # fewer images than the tile wants: fewer warps
+                warps //= 2
+                elements //= 2
+            bc = min(max_c, max(32 // (bn * bw), 1))
+        per_thread = max(bn * bc * bw // (32 * warps), 1)
+        hoist = not channels_last and bc == 1 and taps + kernel_height * per_thread <= ROWS_HOIST_REGISTERS
+        key = (bn, bc, bw, rows, hoist, warps)
         if key not in seen:
             seen.add(key)
-            out.append(triton.Config(dict(zip(("BLOCK_N", "BLOCK_C", "BLOCK_W", "ROWS"), key[:4])),
+            out.append(triton.Config(dict(zip(("BLOCK_N", "BLOCK_C", "BLOCK_W", "ROWS", "HOIST"), key[:5])),
                                      num_warps=warps))
     return out
 
