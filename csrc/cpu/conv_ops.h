@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/batched.h"
@@ -263,24 +264,37 @@ DWCONV_TARGET void dgrad_strided(const ConvShape& s, const T* dy, const T* w, T*
                                  int64_t(pc.taps.size()));
             }
         }
-        // dx tile row (ih - ih0) = (i - i0) * SH + rh, column jw * SW + rw <- phase (rh, rw), output (i, jw);
-        // phases without taps receive zeros.
+        // Phase (rh, rw), output (i, jw) is dx pixel (i * SH + rh, jw * SW + rw); phases without taps give zeros.
+        // NHWC blocks of L fp32 / fp64 channels go straight into dx, one vector per pixel; the rest into the dx
+        // tile [ih - ih0][iw][lane], then through scatter_tile.
+        const int lanes = int(std::min<int64_t>(L, s.C - blk * L));
+        const ImageView<T> dst{dx + n * s.C * s.H * s.W, s.layout, s.C, s.H, s.W};
+        bool direct = false;
+        if constexpr (std::is_same_v<T, A>) direct = s.layout == Layout::NHWC && lanes == L;
         for (const Phase& pr : rph)
           for (const Phase& pc : cph) {
             const int64_t p = pr.res * s.SW + pc.res;
             const bool active = pr.active() && pc.active();
             for (int64_t i = i0; i < std::min(i0 + tq, pr.count); ++i) {
-              A* dst = out + (((i - i0) * s.SH + pr.res) * s.W + pc.res) * L;
+              const int64_t ih = i * s.SH + pr.res;
+              A* drow = out + ((ih - ih0) * s.W + pc.res) * L;
+              int64_t step = s.SW * L;
+              if constexpr (std::is_same_v<T, A>)
+                if (direct) {
+                  drow = dst.row(ih) + pc.res * s.C + blk * L;
+                  step = s.SW * s.C;
+                }
               const A* srcp = ph + ((p * TQ + i - i0) * WQ) * L;
               if (active)
-                for (int64_t jw = 0; jw < pc.count; ++jw) V::store(dst + jw * s.SW * L, V::load(srcp + jw * L));
+                for (int64_t jw = 0; jw < pc.count; ++jw) V::store(drow + jw * step, V::load(srcp + jw * L));
               else
-                for (int64_t jw = 0; jw < pc.count; ++jw) V::store(dst + jw * s.SW * L, V::zero());
+                for (int64_t jw = 0; jw < pc.count; ++jw) V::store(drow + jw * step, V::zero());
             }
           }
-        const A zeros[L] = {};
-        scatter_tile<T, A, L>(ImageView<T>{dx + n * s.C * s.H * s.W, s.layout, s.C, s.H, s.W}, out, th, blk * L,
-                              int(std::min<int64_t>(L, s.C - blk * L)), ih0, zeros, stage);
+        if (!direct) {
+          const A zeros[L] = {};
+          scatter_tile<T, A, L>(dst, out, th, blk * L, lanes, ih0, zeros, stage);
+        }
       }
     }
   }
