@@ -160,6 +160,21 @@ def test_thread_count_independence(dtype, channels_last, n, c, size, s):
     assert torch.equal(dw1, dw2), "dw differs between 1 and 2 threads"
 
 
+def test_auto_picks_cpu_for_strided_dgrad():
+    """channels_last 3x3 stays with PyTorch, except the strided dgrad (docs/perf_cpu.md v11)."""
+    from dwconv._conv_args import check_and_resolve
+    from dwconv.backends import select_backend
+
+    x = torch.randn(2, 8, 28, 28).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(8, 1, 3, 3)
+    for stride, op, expected in [(2, "dgrad", "cpu"), ((2, 1), "dgrad", "cpu"), (1, "dgrad", "torch"),
+                                 (2, "fwd", "torch"), (2, "wgrad", "torch")]:
+        args = check_and_resolve(x, w, None, stride, 1, 1)
+        assert select_backend("auto", op, x, args).name == expected, (stride, op)
+    args = check_and_resolve(x.double(), w.double(), None, 2, 1, 1)
+    assert select_backend("auto", "dgrad", x.double(), args).name == "torch"
+
+
 def test_bad_inputs_raise():
     x, w, b = make_inputs(1, 4, 8, 8, 3, seed=0)
     y = torch.empty(1, 4, 8, 8)

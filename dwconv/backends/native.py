@@ -63,8 +63,12 @@ class CpuBackend(_NativeBackend):
         # Measured on 2 cores (docs/perf_cpu.md, v8-v9): PyTorch's oneDNN path wins channels_last 3x3 convs,
         # and the channels_last forward of kernels up to 7x7 on large maps at small batch; float64 is
         # correct here but not tuned. Every other case, and every dgrad/wgrad from 5x5 up, is faster here.
+        # Strided dgrad (v11, stride phases): faster here at every kernel size measured, 3x3 channels_last
+        # included (PyTorch's strided depthwise backward measured 4-90x slower in channels_last).
         if x.dtype == torch.float64:
             return False
+        if op == "dgrad" and args.stride != (1, 1):
+            return True
         if is_channels_last(x):
             area = args.kernel[0] * args.kernel[1]
             if area < 25:
