@@ -44,6 +44,8 @@ CASES = [
     ("k4x9_non_square_even", 3, 8, 9, 13, (4, 9), 1, (1, 2, 4, 4), True),
     ("k17_20x24", 1, 2, 20, 24, 17, 1, (8, 8, 8, 8), False),
     ("k25x1_column", 1, 3, 26, 9, (25, 1), 1, (12, 12, 0, 0), True),
+    ("k7_1x1_map", 3, 8, 1, 1, 7, 1, (3, 3, 3, 3), True),
+    ("k3_padding_beyond_kernel", 1, 2, 5, 6, 3, 1, (3, 4, 2, 3), False),
 ]
 
 PARAMS = [pytest.param(case, dtype, cl, id=f"{case[0]}-{str(dtype)[6:]}-{'nhwc' if cl else 'nchw'}")
