@@ -5,13 +5,12 @@
 // rectangle (with the zero padding) into an fp32 / fp64 tile [row][col][lane], runs the register-blocked
 // loops of microkernels.h over it and scatters the result. dgrad at stride 1 is the forward correlation of
 // the flipped filter over grad_out; at larger strides it is split into stride phases, each a stride-1
-// correlation of grad_out with the sub-filter of taps that reach that phase's dx pixels. wgrad sums fixed chunks of
-// (images x channel block) into a workspace, then reduces the chunks in a fixed order. Small maps under
+// correlation of grad_out with the sub-filter of the taps that reach that phase's dx pixels. wgrad sums fixed
+// chunks of (images x channel block) into a workspace, then reduces the chunks in a fixed order. Small maps under
 // large filters take the batched path of batched.h instead (fwd, and dgrad at stride 1).
 #pragma once
 #include <algorithm>
 #include <cstdint>
-#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -173,8 +172,8 @@ DWCONV_TARGET void dgrad(const ConvShape& s, const T* dy, const T* w, T* dx, int
 // dgrad at stride > 1. dx pixel (rh + SH * i, rw + SW * j) only receives the taps of its phase (rh, rw)
 // (stride_phases, plan.h): a stride-1 correlation of grad_out, not upsampled, with a sub-filter of about
 // KH / SH x KW / SW taps. An item (image, band of row groups i, channel blocks) gathers the band's grad_out
-// rows once per source j, runs every phase into ph[phase][i][j][lane], then interleaves the phases into the
-// dx tile [ih][iw][lane] and scatters it like the stride-1 path.
+// rows once per source j, runs every phase into ph[phase][i][jw][lane], then interleaves the phases into dx:
+// NHWC fp32 / fp64 directly, otherwise through the dx tile [ih][iw][lane] and scatter_tile.
 template <typename T>
 DWCONV_TARGET void dgrad_strided(const ConvShape& s, const T* dy, const T* w, T* dx, int threads) {
   using A = acc_t<T>;
