@@ -5,6 +5,9 @@
 #   bash benchmarks/gpu_session.sh kernels-more # kernels.py, ConvNeXt and RepLKNet-like shapes
 #   bash benchmarks/gpu_session.sh kernels-mma  # cuda backend, bf16 + fp16, fwd and dgrad: FMA kernels vs the
 #                                               # tensor-core kernels (DWCONV_CUDA_MMA=0 / 1), their tests first
+#   bash benchmarks/gpu_session.sh kernels-triton  # triton backend, Robust-ResNet shapes: row-streaming kernels
+#                                               # vs the direct ones (DWCONV_TRITON_ROW_STREAM=0 / 1), and the
+#                                               # half-precision small-map GEMM vs rows (DWCONV_TRITON_PLANE_GEMM)
 #   bash benchmarks/gpu_session.sh throughput-bf16  # throughput.py, four models, bf16 channels_last, batch 128
 #   bash benchmarks/gpu_session.sh throughput-fp32  # throughput.py, four models, fp32 NCHW (official), batch 128
 # Results go to benchmarks/results/ and, when $OUT is set (the device tool's output folder), are copied there.
@@ -16,7 +19,8 @@ nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,utilization.
 case "${1:-}" in
   build)
     pip install --no-build-isolation -e . -q
-    python -m pytest -q -m gpu -x ;;
+    python -m pytest -q -m gpu -x
+    python -m pytest -q -x tests/test_parity.py -k "cuda" ;;
   kernels)
     python benchmarks/kernels.py --shapes robust_resnet --no-progress \
       --json "$RESULTS/cuda-$card-kernels-robust-resnet.json" --plot "$RESULTS/cuda-$card-kernels-robust-resnet.png" ;;
@@ -30,6 +34,14 @@ case "${1:-}" in
       python benchmarks/kernels.py --shapes robust_resnet --backend cuda --dtype bf16,fp16 --ops fwd,dgrad \
         --cuda-mma $mma --no-progress --json "$RESULTS/cuda-$card-kernels-robust-resnet-mma$mma.json"
     done ;;
+  kernels-triton)
+    python -m pytest -q -x tests/test_triton.py
+    for rows in 0 1; do
+      DWCONV_TRITON_ROW_STREAM=$rows python benchmarks/kernels.py --shapes robust_resnet --backend triton \
+        --dtype bf16,fp32 --no-progress --json "$RESULTS/cuda-$card-kernels-robust-resnet-triton-rows$rows.json"
+    done
+    DWCONV_TRITON_PLANE_GEMM=0 python benchmarks/kernels.py --shapes robust_resnet --backend triton --dtype bf16 \
+      --ops fwd,dgrad --no-progress --json "$RESULTS/cuda-$card-kernels-robust-resnet-triton-plane0.json" ;;
   throughput-bf16)
     python benchmarks/throughput.py --dtype bf16 --channels-last --no-progress \
       --json "$RESULTS/cuda-$card-throughput-bf16-channels-last.json" ;;
@@ -37,7 +49,8 @@ case "${1:-}" in
     python benchmarks/throughput.py --dtype fp32 --no-channels-last --no-progress \
       --json "$RESULTS/cuda-$card-throughput-fp32-nchw.json" ;;
   *)
-    echo "usage: $0 build|kernels|kernels-more|kernels-mma|throughput-bf16|throughput-fp32" >&2; exit 2 ;;
+    echo "usage: $0 build|kernels|kernels-more|kernels-mma|kernels-triton|throughput-bf16|throughput-fp32" >&2
+    exit 2 ;;
 esac
 if [ -n "${OUT:-}" ]; then
   mkdir -p "$OUT/results" && cp "$RESULTS"/cuda-* "$OUT/results/" 2>/dev/null || true

@@ -7,6 +7,8 @@ import torch
 # triton is first imported.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# On a GPU the Triton kernels run their heuristic tile (autotuning would compile every candidate per shape).
+os.environ.setdefault("DWCONV_TRITON_AUTOTUNE", "0")
 
 import dwconv  # noqa: E402
 

@@ -138,7 +138,7 @@ def test_row_streaming_tiles(monkeypatch, channels_last):
     monkeypatch.setattr(rows_wgrad, "INTERPRET", False)
     monkeypatch.setattr(rows_wgrad, "_TARGET_PROGRAMS", 10 ** 6)
     run_case((3, 3, 10, 13, 5, 1, 2, 1, 1, True, channels_last, F32))
-    run_case((1, 2, 11, 20, 11, 1, (5, 4, 3, 6), 1, 1, False, channels_last, F32))
+    run_case((1, 1, 11, 20, 11, 1, (5, 4, 3, 6), 1, 1, False, channels_last, F32))
     run_case((1, 3, 7, 19, (3, 5), (1, 2), (1, 1, 4, 2), (1, 2), 2, True, channels_last, F32))
     # Deterministic wgrad: one workspace row per (batch slice, strip, column tile).
     x, wt, _ = make_inputs(3, 3, 10, 13, 5, 1, F32, DEVICE, channels_last=channels_last, bias=False)

@@ -10,6 +10,7 @@ full rows of several channels, so filter rows that fall entirely into padding ar
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import List, NamedTuple, Optional
 
 import triton
@@ -25,8 +26,10 @@ _NHWC_SMALL = [(32, 1, "W", 4), (64, 1, "W", 4), (32, 2, "W", 4), (64, 2, "W", 8
 
 SMALL_MAP_WIDTH = 16
 
-# Autotuning benchmarks every candidate; the interpreter runs the heuristic choice only.
-AUTOTUNE = not INTERPRET
+# Autotuning benchmarks every candidate; the interpreter runs the heuristic choice only, and so does a GPU
+# run with DWCONV_TRITON_AUTOTUNE=0 (the tests: they check results, and compiling every candidate of every
+# test shape would take most of their time).
+AUTOTUNE = not INTERPRET and os.environ.get("DWCONV_TRITON_AUTOTUNE", "1") != "0"
 
 
 # Interior tiles of the direct kernels unroll the filter rows (no loop overhead on the hot path) for NCHW
