@@ -135,6 +135,16 @@ def test_host_emulated_warp_mma_fragment_layout(host_ops, dtype):
     torch.testing.assert_close(c, a.float() @ b.float(), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("voter,voter_block", [(-1, 0), (0, 0), (63, 1), (37, 0)])
+def test_host_emulated_syncthreads_or(host_ops, voter, voter_block):
+    """__syncthreads_or: the OR over the block, in every thread, vote by vote (no result read late)."""
+    out = host_ops.vote_selftest(voter, voter_block).view(2, 64, 3)
+    for block in range(2):
+        first = int(voter >= 0 and block == voter_block)
+        assert out[block, :, 0].tolist() == [first] * 64, f"block {block}, first vote"
+        assert out[block, :, 1].tolist() == [1] * 64 and out[block, :, 2].tolist() == [0] * 64
+
+
 def test_host_emulated_mma_unaligned_channels_last(host_ops, monkeypatch):
     """16 channels, channels_last, data pointers not 16-byte aligned: the scalar staging and stores."""
     monkeypatch.setenv("DWCONV_CUDA_MMA", "1")

@@ -5,9 +5,10 @@
 // block are ucontext fibers scheduled round-robin: each runs until it reaches __syncthreads(), a warp barrier
 // (syncwarp below: warp-collective operations such as the mma in cuda_compat.cuh) or returns. A warp barrier
 // releases when every live lane of the warp (32 consecutive threads) waits at it; the block barrier when
-// every live thread waits at it. This is deterministic and needs no locks (atomics are plain
-// read-modify-writes). A thread that returns while others still wait at a block barrier (divergent
-// __syncthreads), or a warp barrier that its warp's lanes cannot all reach, makes the launch fail.
+// every live thread waits at it (__syncthreads_or: the scheduler combines the votes as it releases). This is
+// deterministic and needs no locks (atomics are plain read-modify-writes). A thread that returns while
+// others still wait at a block barrier (divergent __syncthreads), or a warp barrier that its warp's lanes
+// cannot all reach, makes the launch fail.
 // Dynamic shared memory is one buffer per launch, filled with 0xFF bytes (NaN for floats) before every
 // block so reads of never-written shared memory poison the result.
 #pragma once
@@ -55,6 +56,7 @@ struct Fiber {
   std::unique_ptr<char[]> stack;
   bool done = false;
   bool waiting = false;       // at __syncthreads
+  int vote = 0;               // its predicate at the block barrier it waits at (__syncthreads_or)
   bool warp_waiting = false;  // at syncwarp
 };
 
@@ -65,6 +67,7 @@ struct LaunchState {
   const std::function<void()>* body = nullptr;
   std::vector<unsigned char> smem;  // 16-byte aligned through operator new of unsigned char? see data()
   std::vector<unsigned char> exchange;  // kExchangeBytes per thread, for warp-collective emulations
+  int barrier_or = 0;  // OR of the live threads' votes at the last released block barrier
   cudaError_t last_error = cudaSuccess;
 };
 
@@ -82,11 +85,16 @@ inline void fiber_entry() {
   s.fibers[s.current].done = true;  // returning resumes uc_link (the scheduler)
 }
 
-inline void syncthreads() {
+// Block barrier; returns the OR of the votes of the block's live threads at this barrier. The scheduler
+// combines the votes when it releases the barrier, and every thread reads the result as it resumes, before
+// any thread can reach the next barrier.
+inline int syncthreads(int vote = 0) {
   LaunchState& s = state();
   Fiber& f = s.fibers[s.current];
+  f.vote = vote;
   f.waiting = true;
   swapcontext(&f.ctx, &s.scheduler);
+  return s.barrier_or;
 }
 
 // Waits until every live lane of the calling thread's warp has called syncwarp.
@@ -185,6 +193,9 @@ inline void launch(dim3 grid, dim3 block, size_t smem_bytes, const std::function
             s.last_error = cudaErrorLaunchFailure;
             return;
           }
+          int vote = 0;
+          for (size_t t = 0; t < nthreads; ++t) vote |= !s.fibers[t].done && s.fibers[t].vote != 0;
+          s.barrier_or = vote;
           for (size_t t = 0; t < nthreads; ++t) s.fibers[t].waiting = false;
         }
       }
@@ -194,6 +205,8 @@ inline void launch(dim3 grid, dim3 block, size_t smem_bytes, const std::function
 }  // namespace dwconv_emu
 
 inline void __syncthreads() { dwconv_emu::syncthreads(); }
+// Block barrier that also returns non-zero to every thread when `predicate` is non-zero for any of them.
+inline int __syncthreads_or(int predicate) { return dwconv_emu::syncthreads(predicate != 0); }
 
 inline float atomicAdd(float* p, float v) { float old = *p; *p = old + v; return old; }
 inline double atomicAdd(double* p, double v) { double old = *p; *p = old + v; return old; }

@@ -1,6 +1,6 @@
 // Self-test of csrc/cuda/host_emulation.h: a barrier that must order shared-memory writes before reads,
 // a divergent barrier and a misaligned 16-byte load, each of which the emulation must get right or reject;
-// and the host side of the warp mma (cuda_compat.cuh) against a plain matrix product.
+// __syncthreads_or; and the host side of the warp mma (cuda_compat.cuh) against a plain matrix product.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -39,6 +39,28 @@ at::Tensor emulation_selftest(const at::Tensor& data, int64_t mode) {
   const float* data_ptr = data.data_ptr<float>();
   DWCONV_LAUNCH(kernel, dim3(2), dim3(kThreads), kThreads * sizeof(int), nullptr, out_ptr, mode == 1, mode == 2,
                 mode == 3, data_ptr);
+  const cudaError_t err = cudaGetLastError();
+  TORCH_CHECK(err == cudaSuccess, "emulated launch failed: ", cudaGetErrorString(err));
+  return out;
+}
+
+// Three votes in a row per block: only thread `voter` of block `voter_block` votes 1 at the first, every
+// thread at the second, none at the third (a result read after another thread's next vote would show).
+__global__ void vote_kernel(int* out, int voter, int voter_block) {
+  const int t = int(threadIdx.x), base = 3 * (int(blockIdx.x) * int(blockDim.x) + t);
+  out[base] = __syncthreads_or(t == voter && int(blockIdx.x) == voter_block);
+  out[base + 1] = __syncthreads_or(1);
+  out[base + 2] = __syncthreads_or(0);
+}
+
+// out[3 (block * 64 + thread) + k]: the k-th vote's result in each thread of 2 blocks of 64 threads.
+at::Tensor vote_selftest(int64_t voter, int64_t voter_block) {
+  constexpr int kThreads = 64;
+  at::Tensor out = at::full({2 * kThreads * 3}, -7, at::kInt);
+  auto kernel = vote_kernel;
+  int* out_ptr = out.mutable_data_ptr<int>();
+  const int v = int(voter), vb = int(voter_block);
+  DWCONV_LAUNCH(kernel, dim3(2), dim3(kThreads), 0, nullptr, out_ptr, v, vb);
   const cudaError_t err = cudaGetLastError();
   TORCH_CHECK(err == cudaSuccess, "emulated launch failed: ", cudaGetErrorString(err));
   return out;
@@ -99,9 +121,12 @@ at::Tensor mma_selftest(const at::Tensor& a, const at::Tensor& b) {
 TORCH_LIBRARY_FRAGMENT(dwconv_cuda_host, m) {
   m.def("emulation_selftest(Tensor data, int mode) -> Tensor");
   m.def("mma_selftest(Tensor a, Tensor b) -> Tensor");
+  m.def("vote_selftest(int voter, int voter_block) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(dwconv_cuda_host, CPU, m) {
   m.impl("emulation_selftest", &emulation_selftest);
   m.impl("mma_selftest", &mma_selftest);
 }
+
+TORCH_LIBRARY_IMPL(dwconv_cuda_host, CompositeExplicitAutograd, m) { m.impl("vote_selftest", &vote_selftest); }
