@@ -160,6 +160,37 @@ def test_thread_count_independence(dtype, channels_last, n, c, size, s):
     assert torch.equal(dw1, dw2), "dw differs between 1 and 2 threads"
 
 
+def test_nhwc_bfloat16_rounding_matches_portable(monkeypatch):
+    """channels_last bfloat16 results: the AVX2 build's vector conversion in the result stores rounds like the
+    portable build's scalar one, bit for bit: ties to even, NaN (with payload), infinities, subnormals; full and
+    partial channel blocks (20 channels). A 1x1 filter of ones makes y = x + b and dx = dy exactly in fp32."""
+    g = torch.Generator().manual_seed(5)
+    n, c, h, w = 2, 20, 6, 7
+    base = 1 + torch.randint(0, 128, (n, c, h, w), generator=g).float() * 2.0 ** -7  # 1 + k * 2^-7: exact bf16
+    sign = torch.where(torch.rand(n, c, h, w, generator=g) < 0.5, -1.0, 1.0)
+    scale = 2.0 ** torch.randint(-130, 100, (c,), generator=g).float()
+    x = (sign * base * scale.view(1, c, 1, 1)).bfloat16()
+    flat = x.view(-1).view(torch.int16)
+    flat[:6] = torch.tensor([0x7F81, -0x0041, 0x7F80, -0x0080, 0x0001, -0x7FFF], dtype=torch.int16)  # NaNs, infs, subnormals
+    x = x.contiguous(memory_format=torch.channels_last)
+    b = (torch.randint(-1, 2, (c,), generator=g).float() * scale * 2.0 ** -8).bfloat16()  # ties: half an ulp of x
+    wt = torch.ones(c, 1, 1, 1, dtype=torch.bfloat16)
+    results = {}
+    for isa in ("avx2", "portable"):
+        monkeypatch.setenv("DWCONV_CPU_ISA", isa)
+        y, dx = _poisoned(x.shape, x.dtype, True), _poisoned(x.shape, x.dtype, True)
+        torch.ops.dwconv.native_fwd(x, wt, b, (1, 1), (0, 0, 0, 0), (1, 1), y)
+        torch.ops.dwconv.native_dgrad(x, wt, (1, 1), (0, 0, 0, 0), (1, 1), dx)
+        results[isa] = (y.view(torch.int16), dx.view(torch.int16))
+    assert torch.equal(results["avx2"][0], results["portable"][0]), "y differs between the AVX2 and portable builds"
+    assert torch.equal(results["avx2"][1], results["portable"][1]), "dx differs between the AVX2 and portable builds"
+    expected = (x.float() + b.float().view(1, c, 1, 1)).bfloat16()  # PyTorch: round to nearest even
+    y = results["avx2"][0].view(torch.bfloat16)
+    finite = expected.float().isfinite() & x.float().isfinite()
+    assert torch.equal(y[finite].view(torch.int16), expected[finite].view(torch.int16))
+    assert y.float().isnan().sum() == 2 and results["avx2"][1].view(torch.bfloat16).float().isnan().sum() == 2
+
+
 def test_auto_picks_cpu_for_strided_dgrad():
     """channels_last 3x3 stays with PyTorch, except the strided dgrad (docs/perf_cpu.md v11)."""
     from dwconv._conv_args import check_and_resolve

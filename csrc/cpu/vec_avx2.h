@@ -4,6 +4,8 @@
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 
+#include "cpu/kernels.h"
+
 #define DWCONV_AVX2_FN __attribute__((target("avx2,fma"), always_inline)) inline
 
 namespace dwconv::cpu::avx2 {
@@ -17,6 +19,7 @@ struct Vec<float> {
   static DWCONV_AVX2_FN type zero() { return _mm256_setzero_ps(); }
   static DWCONV_AVX2_FN type load(const float* p) { return _mm256_loadu_ps(p); }
   static DWCONV_AVX2_FN void store(float* p, type a) { _mm256_storeu_ps(p, a); }
+  static DWCONV_AVX2_FN type add(type a, type b) { return _mm256_add_ps(a, b); }
   static DWCONV_AVX2_FN type fma(type a, type b, type c) { return _mm256_fmadd_ps(a, b, c); }
 };
 
@@ -27,8 +30,22 @@ struct Vec<double> {
   static DWCONV_AVX2_FN type zero() { return _mm256_setzero_pd(); }
   static DWCONV_AVX2_FN type load(const double* p) { return _mm256_loadu_pd(p); }
   static DWCONV_AVX2_FN void store(double* p, type a) { _mm256_storeu_pd(p, a); }
+  static DWCONV_AVX2_FN type add(type a, type b) { return _mm256_add_pd(a, b); }
   static DWCONV_AVX2_FN type fma(type a, type b, type c) { return _mm256_fmadd_pd(a, b, c); }
 };
+
+// p[i] = to_bf16(a[i]) for the 8 lanes, bit for bit (kernels.h: round to nearest even, NaN -> quiet NaN).
+DWCONV_AVX2_FN void store_bf16(bf16* p, __m256 a) {
+  const __m256i u = _mm256_castps_si256(a), hi = _mm256_srli_epi32(u, 16);
+  const __m256i bias = _mm256_add_epi32(_mm256_set1_epi32(0x7fff), _mm256_and_si256(hi, _mm256_set1_epi32(1)));
+  const __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(u, bias), 16);
+  const __m256i quiet = _mm256_or_si256(hi, _mm256_set1_epi32(0x40));
+  const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)),
+                                         _mm256_set1_epi32(0x7f800000));
+  const __m256i r = _mm256_blendv_epi8(rounded, quiet, nan);  // 8 x uint32 < 2^16: packing is exact
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
+                   _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1)));
+}
 
 // dst[j * dst_stride + i] = src[i * src_stride + j] for i, j < L: transposes one L x L block.
 template <typename A, int L>

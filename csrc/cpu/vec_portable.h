@@ -3,6 +3,8 @@
 #pragma once
 #include <cstdint>
 
+#include "cpu/kernels.h"
+
 namespace dwconv::cpu::portable {
 
 template <typename A>
@@ -24,6 +26,11 @@ struct Vec {
   static void store(A* p, const type& a) {
     for (int i = 0; i < L; ++i) p[i] = a.v[i];
   }
+  static type add(const type& a, const type& b) {
+    type r;
+    for (int i = 0; i < L; ++i) r.v[i] = a.v[i] + b.v[i];
+    return r;
+  }
   // a * b + c
   static type fma(const type& a, const type& b, const type& c) {
     type r;
@@ -35,6 +42,10 @@ struct Vec {
 }  // namespace dwconv::cpu::portable
 
 namespace dwconv::cpu::portable {
+
+inline void store_bf16(bf16* p, const Vec<float>::type& a) {
+  for (int i = 0; i < Vec<float>::L; ++i) p[i] = to_bf16(a.v[i]);
+}
 
 // dst[j * dst_stride + i] = src[i * src_stride + j] for i, j < L: transposes one L x L block.
 template <typename A, int L>
