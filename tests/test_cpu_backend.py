@@ -160,21 +160,34 @@ def test_thread_count_independence(dtype, channels_last, n, c, size, s):
     assert torch.equal(dw1, dw2), "dw differs between 1 and 2 threads"
 
 
-def test_nhwc_bfloat16_rounding_matches_portable(monkeypatch):
-    """channels_last bfloat16 results: the AVX2 build's vector conversion in the result stores rounds like the
-    portable build's scalar one, bit for bit: ties to even, NaN (with payload), infinities, subnormals; full and
-    partial channel blocks (20 channels). A 1x1 filter of ones makes y = x + b and dx = dy exactly in fp32."""
+# dtype: mantissa bits, the exponent of each of the 20 channels (subnormal results to overflow), special bit
+# patterns (signalling NaN with payload, negative NaN, +-inf, smallest +-subnormal)
+_ROUNDING = {
+    torch.bfloat16: (7, [-133, -130, -127, -126, -120, -60, -10, -3, -1, 0, 0, 1, 2, 5, 20, 60, 100, 126, 127, 127],
+                     [0x7F81, -0x0041, 0x7F80, -0x0080, 0x0001, -0x7FFF]),
+    torch.float16: (10, [-24, -23, -20, -15, -14, -13, -10, -5, -1, 0, 0, 1, 2, 4, 8, 10, 12, 14, 15, 15],
+                    [0x7C01, -0x0201, 0x7C00, -0x0400, 0x0001, -0x7FFF]),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
+def test_nhwc_rounding_matches_portable(dtype, monkeypatch):
+    """channels_last bfloat16 / float16 results: the AVX2 build's vector conversion in the result stores rounds
+    like the portable build's scalar one, bit for bit: ties to even, NaN (with payload), infinities, overflow,
+    subnormals; full and partial channel blocks (20 channels). A 1x1 filter of ones makes y = x + b and dx = dy
+    exactly in fp32."""
+    bits, exponents, special = _ROUNDING[dtype]
     g = torch.Generator().manual_seed(5)
     n, c, h, w = 2, 20, 6, 7
-    base = 1 + torch.randint(0, 128, (n, c, h, w), generator=g).float() * 2.0 ** -7  # 1 + k * 2^-7: exact bf16
+    base = 1 + torch.randint(0, 2 ** bits, (n, c, h, w), generator=g).float() * 2.0 ** -bits  # exact in dtype
+    base[:, -1] = 2 - 2.0 ** -bits  # the largest finite value in the last channel: x + b overflows
     sign = torch.where(torch.rand(n, c, h, w, generator=g) < 0.5, -1.0, 1.0)
-    scale = 2.0 ** torch.randint(-130, 100, (c,), generator=g).float()
-    x = (sign * base * scale.view(1, c, 1, 1)).bfloat16()
-    flat = x.view(-1).view(torch.int16)
-    flat[:6] = torch.tensor([0x7F81, -0x0041, 0x7F80, -0x0080, 0x0001, -0x7FFF], dtype=torch.int16)  # NaNs, infs, subnormals
+    scale = 2.0 ** torch.tensor(exponents, dtype=torch.float)
+    x = (sign * base * scale.view(1, c, 1, 1)).to(dtype)
+    x.view(-1).view(torch.int16)[:6] = torch.tensor(special, dtype=torch.int16)
     x = x.contiguous(memory_format=torch.channels_last)
-    b = (torch.randint(-1, 2, (c,), generator=g).float() * scale * 2.0 ** -8).bfloat16()  # ties: half an ulp of x
-    wt = torch.ones(c, 1, 1, 1, dtype=torch.bfloat16)
+    b = (torch.tensor([1.0, -1.0, 0.0, 1.0] * 5) * scale * 2.0 ** -(bits + 1)).to(dtype)  # half an ulp: ties
+    wt = torch.ones(c, 1, 1, 1, dtype=dtype)
     results = {}
     for isa in ("avx2", "portable"):
         monkeypatch.setenv("DWCONV_CPU_ISA", isa)
@@ -184,11 +197,11 @@ def test_nhwc_bfloat16_rounding_matches_portable(monkeypatch):
         results[isa] = (y.view(torch.int16), dx.view(torch.int16))
     assert torch.equal(results["avx2"][0], results["portable"][0]), "y differs between the AVX2 and portable builds"
     assert torch.equal(results["avx2"][1], results["portable"][1]), "dx differs between the AVX2 and portable builds"
-    expected = (x.float() + b.float().view(1, c, 1, 1)).bfloat16()  # PyTorch: round to nearest even
-    y = results["avx2"][0].view(torch.bfloat16)
-    finite = expected.float().isfinite() & x.float().isfinite()
-    assert torch.equal(y[finite].view(torch.int16), expected[finite].view(torch.int16))
-    assert y.float().isnan().sum() == 2 and results["avx2"][1].view(torch.bfloat16).float().isnan().sum() == 2
+    expected = (x.float() + b.float().view(1, c, 1, 1)).to(dtype)  # PyTorch: round to nearest even
+    y = results["avx2"][0].view(dtype)
+    valid = ~expected.float().isnan()
+    assert torch.equal(y[valid].view(torch.int16), expected[valid].view(torch.int16))
+    assert y.float().isnan().sum() == 2 and results["avx2"][1].view(dtype).float().isnan().sum() == 2
 
 
 def test_auto_picks_cpu_for_strided_dgrad():

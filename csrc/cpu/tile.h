@@ -146,24 +146,21 @@ DWCONV_TARGET void scatter_tile(const ImageView<T>& dst, const A* tile, int64_t 
     }
     return;
   }
-  // NHWC: a full block of fp32 / fp64 / bf16 lanes is one vector store per pixel (GCC vectorizes the
-  // per-element loops below across pixels, one scalar store per element).
+  // NHWC: a full block of lanes is one vector store per pixel (GCC vectorizes the per-element loops below
+  // across pixels, one scalar store per element).
   using V = Vec<A>;
   static_assert(V::L == L);
-  constexpr bool vector_store = std::is_same_v<T, A> || std::is_same_v<T, bf16>;
   for (int64_t r = 0; r < rows; ++r) {
     const A* trow = tile + r * cols * L;
     T* out = dst.row(r0 + r) + chan0;
-    if (vector_store && lanes == L) {
+    if (lanes == L) {
       const typename V::type b = V::load(bias);
       for (int64_t c = 0; c < cols; ++c) {
         const typename V::type v = V::add(V::load(trow + c * L), b);
         if constexpr (std::is_same_v<T, A>) V::store(out + c * dst.C, v);
         else if constexpr (std::is_same_v<T, bf16>) store_bf16(out + c * dst.C, v);
+        else store_f16(out + c * dst.C, v);
       }
-    } else if (lanes == L) {
-      for (int64_t c = 0; c < cols; ++c)
-        for (int l = 0; l < L; ++l) out[c * dst.C + l] = from_acc<T>(trow[c * L + l] + bias[l]);
     } else {
       for (int64_t c = 0; c < cols; ++c)
         for (int l = 0; l < lanes; ++l) out[c * dst.C + l] = from_acc<T>(trow[c * L + l] + bias[l]);

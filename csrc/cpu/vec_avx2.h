@@ -47,6 +47,27 @@ DWCONV_AVX2_FN void store_bf16(bf16* p, __m256 a) {
                    _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1)));
 }
 
+// p[i] = to_f16(a[i]) for the 8 lanes, bit for bit: the three cases of to_f16 (kernels.h) computed for every
+// lane, then picked per lane.
+DWCONV_AVX2_FN void store_f16(f16* p, __m256 a) {
+  const __m256i u = _mm256_castps_si256(a), one = _mm256_set1_epi32(1);
+  const __m256i sign = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x8000));
+  const __m256i mag = _mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff));
+  const __m256i nan = _mm256_cmpgt_epi32(mag, _mm256_set1_epi32(0x7f800000));
+  const __m256i huge = _mm256_blendv_epi8(_mm256_set1_epi32(0x7c00), _mm256_set1_epi32(0x7e00), nan);
+  const __m256i tiny = _mm256_sub_epi32(
+      _mm256_castps_si256(_mm256_add_ps(_mm256_castsi256_ps(mag), _mm256_set1_ps(0.5f))), _mm256_set1_epi32(0x3f000000));
+  const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(mag, 13), one);
+  const __m256i normal =
+      _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(mag, _mm256_set1_epi32(int(0xc8000fffu))), odd), 13);
+  const __m256i is_huge = _mm256_cmpgt_epi32(mag, _mm256_set1_epi32(0x477fffff));
+  const __m256i is_tiny = _mm256_cmpgt_epi32(_mm256_set1_epi32(0x38800000), mag);
+  const __m256i r = _mm256_or_si256(
+      sign, _mm256_blendv_epi8(_mm256_blendv_epi8(normal, tiny, is_tiny), huge, is_huge));  // < 2^16 per lane
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
+                   _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1)));
+}
+
 // dst[j * dst_stride + i] = src[i * src_stride + j] for i, j < L: transposes one L x L block.
 template <typename A, int L>
 DWCONV_AVX2_FN void transpose_block(A* dst, int64_t dst_stride, const A* src, int64_t src_stride);

@@ -46,6 +46,9 @@ namespace dwconv::cpu::portable {
 inline void store_bf16(bf16* p, const Vec<float>::type& a) {
   for (int i = 0; i < Vec<float>::L; ++i) p[i] = to_bf16(a.v[i]);
 }
+inline void store_f16(f16* p, const Vec<float>::type& a) {
+  for (int i = 0; i < Vec<float>::L; ++i) p[i] = to_f16(a.v[i]);
+}
 
 // dst[j * dst_stride + i] = src[i * src_stride + j] for i, j < L: transposes one L x L block.
 template <typename A, int L>
