@@ -219,6 +219,22 @@ def test_auto_picks_cpu_for_strided_dgrad():
     assert select_backend("auto", "dgrad", x.double(), args).name == "torch"
 
 
+def test_auto_picks_cpu_for_float16():
+    """float16 goes to the cpu backend for every op, also where float32 channels_last stays with PyTorch (3x3,
+    the forward of 7x7 on a 56x56 map at batch 8): PyTorch's float16 CPU path measured 15-85x slower
+    (docs/perf_cpu.md v12)."""
+    from dwconv._conv_args import check_and_resolve
+    from dwconv.backends import select_backend
+
+    for shape, k in [((8, 16, 56, 56), 7), ((2, 8, 28, 28), 3)]:
+        x = torch.randn(shape).contiguous(memory_format=torch.channels_last)
+        w = torch.randn(shape[1], 1, k, k)
+        args = check_and_resolve(x, w, None, 1, k // 2, 1)
+        assert select_backend("auto", "fwd", x, args).name == "torch"
+        for op in ("fwd", "dgrad", "wgrad"):
+            assert select_backend("auto", op, x.half(), args).name == "cpu", (shape, k, op)
+
+
 def test_bad_inputs_raise():
     x, w, b = make_inputs(1, 4, 8, 8, 3, seed=0)
     y = torch.empty(1, 4, 8, 8)

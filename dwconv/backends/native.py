@@ -65,8 +65,12 @@ class CpuBackend(_NativeBackend):
         # correct here but not tuned. Every other case, and every dgrad/wgrad from 5x5 up, is faster here.
         # Strided dgrad (v11, stride phases): faster here at every kernel size measured, 3x3 channels_last
         # included (PyTorch's strided depthwise backward measured 4-90x slower in channels_last).
+        # float16 (v12): PyTorch's CPU depthwise conv in float16 measured 15-85x slower than these kernels for
+        # every op in channels_last, 3x3 and the large-map forward included.
         if x.dtype == torch.float64:
             return False
+        if x.dtype == torch.float16:
+            return True
         if op == "dgrad" and args.stride != (1, 1):
             return True
         if is_channels_last(x):
