@@ -159,6 +159,132 @@ def test_host_emulated_mma_unaligned_channels_last(host_ops, monkeypatch):
     assert_close(y, reference_conv(x, wt, None, (1, 1), (3, 3, 3, 3), (1, 1)), BF16, "forward")
 
 
+# Inputs with inf / NaN values: (name, n, c, h, w, k, padding (t, b, l, r), bias). The kernel must give
+# PyTorch's answer: a non-finite input reaches exactly the outputs whose window covers it (the band's zeros
+# must not spread it along the strip).
+NONFINITE_CASES = [
+    ("k7_7x7_batch3", 3, 8, 7, 7, 7, (3, 3, 3, 3), True),
+    ("k11_14x14_two_k_steps", 1, 8, 14, 14, 11, (5, 5, 5, 5), False),
+    ("k9_37x70_several_tiles", 1, 2, 37, 70, 9, (4, 4, 4, 4), True),
+    ("k7_18x20_16ch_vector_access", 1, 16, 18, 20, 7, (3, 3, 3, 3), True),
+    ("k3_9x13_asymmetric_padding", 1, 5, 9, 13, 3, (0, 2, 2, 1), True),
+]
+
+NONFINITE_PARAMS = [pytest.param(case, dtype, cl, id=f"{case[0]}-{str(dtype)[6:]}-{'nhwc' if cl else 'nchw'}")
+                    for case in NONFINITE_CASES for dtype in (F16, BF16) for cl in (False, True)]
+
+
+def _plant_nonfinite(t):
+    """Puts +inf, -inf and NaN into t (N, C, H, W) at corners, borders, the interior and tile seams."""
+    n, c, h, w = t.shape
+    inf, nan = float("inf"), float("nan")
+    spots = [(0, 0, 0, 0, inf), (n - 1, c - 1, h - 1, w - 1, -inf), (0, c // 2, h // 2, w // 2, nan),
+             (n - 1, 0, h // 2, w - 1, inf), (0, c - 1, min(1, h - 1), min(1, w - 1), -inf),
+             (n // 2, c // 2, h - 1, w // 3, nan), (n - 1, c - 1, h // 3, 0, inf)]
+    # Tile seams: NHWC tiles are 32 columns wide, NCHW 64; tall NCHW tiles 32 rows, NHWC 16.
+    spots += [(0, 1 % c, s, w // 2 + 1, -inf) for s in (16, 32) if s < h]
+    spots += [(0, 0, h // 2 + 1, s, nan) for s in (32, 64) if s < w]
+    with torch.no_grad():
+        for ni, ci, hi, wi, v in spots:
+            t[ni, ci, hi, wi] = v
+    return t
+
+
+def _assert_matches_with_nonfinite(actual, expected, dtype, what):
+    """inf / NaN exactly where the float64 reference has them (with the sign of inf); the rest within tolerance."""
+    a = actual.detach().to("cpu", torch.float64)
+    e = expected.detach().to("cpu", torch.float64)
+    for name, mask in (("NaN", torch.isnan), ("+inf", torch.isposinf), ("-inf", torch.isneginf)):
+        diff = mask(a) != mask(e)
+        assert not diff.any(), (f"{what}: {name} pattern differs at {int(diff.sum())} of {a.numel()} outputs, "
+                                f"first at {tuple(diff.nonzero()[0].tolist())}")
+    finite = torch.isfinite(e)
+    assert finite.any() and not finite.all(), f"{what}: the case must have finite and non-finite outputs"
+    assert_close(a[finite], e[finite], dtype, what)
+
+
+def _run_nonfinite(ops, case, dtype, channels_last, device):
+    _, n, c, h, w, k, pad, with_bias = case
+    x, wt, b = make_inputs(n, c, h, w, k, dtype=dtype, device=device, channels_last=channels_last, seed=7)
+    b = b if with_bias else None
+    x = _plant_nonfinite(x)
+    stride, dil = (1, 1), (1, 1)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    y_shape = reference_conv(x[:1], wt, None, stride, pad, dil).shape[1:]
+    y = _nan((n,) + tuple(y_shape), dtype, device, channels_last)
+    assert _ran_mma(ops, device, lambda: ops.native_fwd(x, wt, b, list(stride), list(pad), list(dil), y)), \
+        "the forward did not run the mma kernel"
+    g = torch.Generator().manual_seed(8)
+    grad_out = torch.randn(y.shape, generator=g).to(dtype)
+    grad_out = _plant_nonfinite(grad_out).to(device).contiguous(memory_format=fmt)
+    dx = _nan(x.shape, dtype, device, channels_last)
+    assert _ran_mma(ops, device, lambda: ops.native_dgrad(grad_out, wt, list(stride), list(pad), list(dil), dx)), \
+        "the dgrad did not run the mma kernel"
+    y_ref, dx_ref, _, _ = reference_grads(x, wt, b, grad_out, stride, pad, dil)
+    _assert_matches_with_nonfinite(y, y_ref, dtype, "forward (mma), inf / NaN inputs")
+    _assert_matches_with_nonfinite(dx, dx_ref, dtype, "dgrad (mma), inf / NaN in dy")
+
+
+def _run_single_nonfinite(ops, dtype, channels_last, device):
+    """One inf / NaN per call, so no other value of its tile can trigger the exact path: every channel of a
+    16-channel block (each half of each 32-bit word of both 16-byte NHWC vectors), at rows and columns that
+    move with it (map border and interior, the last staged columns), and in dy for the dgrad."""
+    n, c, h, w, k, pad = 1, 16, 9, 9, 7, (3, 3, 3, 3)
+    x0, wt, b = make_inputs(n, c, h, w, k, dtype=dtype, device=device, channels_last=channels_last, seed=9)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    values = (float("inf"), float("-inf"), float("nan"))
+    for ch in range(c):
+        for what in ("fwd", "dgrad"):
+            spot = (0, ch, (ch * 5) % h, (ch * 7) % w)
+            x = x0.clone()
+            grad_out = torch.randn(n, c, h, w).to(dtype).to(device).contiguous(memory_format=fmt)
+            target = x if what == "fwd" else grad_out
+            target[spot] = values[ch % 3]
+            out = _nan((n, c, h, w), dtype, device, channels_last)
+            if what == "fwd":
+                ran = _ran_mma(ops, device, lambda: ops.native_fwd(x, wt, b, [1, 1], list(pad), [1, 1], out))
+                ref = reference_conv(x, wt, b, (1, 1), pad, (1, 1))
+            else:
+                ran = _ran_mma(ops, device, lambda: ops.native_dgrad(grad_out, wt, [1, 1], list(pad), [1, 1], out))
+                ref = reference_grads(x, wt, b, grad_out, (1, 1), pad, (1, 1))[1]
+            assert ran, f"{what} did not run the mma kernel"
+            _assert_matches_with_nonfinite(out, ref, dtype, f"{what}, {values[ch % 3]} at {spot}")
+
+
+@pytest.mark.parametrize("dtype", [F16, BF16])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_host_emulated_mma_single_nonfinite_value(host_ops, monkeypatch, dtype, channels_last):
+    monkeypatch.setenv("DWCONV_CUDA_MMA", "1")
+    _run_single_nonfinite(host_ops, dtype, channels_last, "cpu")
+
+
+@pytest.mark.parametrize("case,dtype,channels_last", NONFINITE_PARAMS)
+def test_host_emulated_mma_nonfinite_inputs(host_ops, monkeypatch, case, dtype, channels_last):
+    monkeypatch.setenv("DWCONV_CUDA_MMA", "1")
+    _run_nonfinite(host_ops, case, dtype, channels_last, "cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case,dtype,channels_last", NONFINITE_PARAMS)
+def test_device_mma_nonfinite_inputs(monkeypatch, case, dtype, channels_last):
+    ops = _device_ops()
+    if torch.cuda.get_device_capability() < (8, 0):
+        pytest.skip("mma.sync m16n8k16 needs sm_80+")
+    monkeypatch.setenv("DWCONV_CUDA_MMA", "1")
+    _run_nonfinite(ops, case, dtype, channels_last, "cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [F16, BF16])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_device_mma_single_nonfinite_value(monkeypatch, dtype, channels_last):
+    ops = _device_ops()
+    if torch.cuda.get_device_capability() < (8, 0):
+        pytest.skip("mma.sync m16n8k16 needs sm_80+")
+    monkeypatch.setenv("DWCONV_CUDA_MMA", "1")
+    _run_single_nonfinite(ops, dtype, channels_last, "cuda")
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("case,dtype,channels_last", PARAMS)
 def test_device_mma_matches_reference(monkeypatch, case, dtype, channels_last):

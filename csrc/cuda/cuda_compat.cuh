@@ -1,6 +1,6 @@
 // The one place where device-only instructions meet their host equivalents. Kernels use only what is
-// defined here (plus threadIdx/blockIdx/__syncthreads/atomicAdd), so they compile with nvcc for the GPU and
-// as plain C++ (host_emulation.h) for the CPU test build.
+// defined here (plus threadIdx/blockIdx/__syncthreads/__syncthreads_or/atomicAdd), so they compile with nvcc
+// for the GPU and as plain C++ (host_emulation.h) for the CPU test build.
 #pragma once
 #include <cstdint>
 #include <cstring>
@@ -59,6 +59,24 @@ __device__ __forceinline__ float to_float(float v) { return v; }
 __device__ __forceinline__ double to_float(double v) { return v; }
 template <> __device__ __forceinline__ float from_float<float>(float v) { return v; }
 
+// ---- inf / NaN test of fp16 / bf16 values by their bits (no conversion; --use_fast_math cannot drop it) ----
+// nonfinite_probe2<T>(word) for two values packed in a 32-bit word: each half's exponent field plus one unit
+// of it carries into the half's top bit exactly when the field is all ones (inf or NaN), and never into the
+// other half. Probes are ORed together and tested once against kNonfiniteBits: 2 integer ops per word.
+inline constexpr uint32_t kNonfiniteBits = 0x80008000u;
+template <typename T>
+__device__ __forceinline__ uint32_t nonfinite_probe2(uint32_t word) {
+  static_assert(std::is_same_v<T, fp16_t> || std::is_same_v<T, bf16_t>, "fp16 / bf16 values");
+  constexpr uint32_t exp = std::is_same_v<T, fp16_t> ? 0x7c00u : 0x7f80u, unit = exp & ~(exp << 1);
+  return (word & (exp | exp << 16)) + (unit | unit << 16);
+}
+template <typename T>
+__device__ __forceinline__ uint32_t nonfinite_probe(T v) {
+  uint16_t bits;
+  std::memcpy(&bits, &v, 2);
+  return nonfinite_probe2<T>(bits);
+}
+
 template <typename T> __device__ __forceinline__ acc_t<T> load_acc(const T* p) { return acc_t<T>(to_float(*p)); }
 template <typename T> __device__ __forceinline__ void store_acc(T* p, acc_t<T> v) {
   if constexpr (sizeof(T) == 8) *p = v; else *p = from_float<T>(float(v));
@@ -103,6 +121,17 @@ __device__ __forceinline__ void store16(T* __restrict__ dst, const T (&src)[16 /
 #else
   dwconv_emu::check_aligned(dst, 16);
   std::memcpy(dst, &raw, 16);
+#endif
+}
+
+// ---- 16-byte load as four 32-bit words (caller: 16-byte aligned); no byte-wise copy for ptxas to undo ----
+__device__ __forceinline__ void load16_words(const void* __restrict__ src, uint32_t (&dst)[4]) {
+#if defined(__CUDACC__)
+  const uint4 v = *reinterpret_cast<const uint4*>(src);
+  dst[0] = v.x; dst[1] = v.y; dst[2] = v.z; dst[3] = v.w;
+#else
+  dwconv_emu::check_aligned(src, 16);
+  std::memcpy(dst, src, 16);
 #endif
 }
 

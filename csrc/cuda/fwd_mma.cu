@@ -9,10 +9,12 @@
 // KB = 16 KSTEPS: 16 when 8 + KW - 1 <= 16 (KW <= 9), else 32 (two k-steps). Compile time: KSTEPS and NJ, the
 // strips per tile row (1, 2, 4, 8); KH and KW are run-time. The M dimension is output rows of one channel:
 // several images' rows when maps are short (7x7: 2 images = 14 of 16 rows).
-// Not bit-compatible with the FMA kernels around non-finite inputs: an inf / NaN at input column t of a strip
-// multiplies the band's zeros too, so it reaches every output of that strip, not only those whose window
-// covers t.
+// Non-finite inputs: an inf / NaN at input column t of a strip would multiply the band's zeros too (0 * inf =
+// NaN) and reach every output of the strip, not only those whose window covers t. So staging tests every
+// staged value's bits, the block votes (__syncthreads_or), and a tile that holds one is computed with plain
+// FMAs over the staged tile and the band's non-zero taps, which gives PyTorch's (and the FMA kernels') answer.
 #include <atomic>
+#include <cstring>
 #include <type_traits>
 
 #include "launchers.h"
@@ -50,11 +52,21 @@ constexpr int ksteps_for(int KW) { return (8 + KW - 1 + 15) / 16; }
 constexpr int kMaxStrips = 8;  // 8-column strips per tile row: tw <= 64
 constexpr int kMinBlocksMma = 2;  // <= 128 registers: 32 accumulators, 22 words of A chunks, the band fragments
 
+// The fp16 / bf16 value with the low 16 bits of `bits`.
+template <typename T>
+__device__ __forceinline__ T from_bits(uint32_t bits) {
+  const uint16_t b16 = uint16_t(bits);
+  T v;
+  std::memcpy(&v, &b16, 2);
+  return v;
+}
+
 template <typename T, Layout L, int KSTEPS, int NJ>
 __global__ void __launch_bounds__(kThreads, kMinBlocksMma)
 conv_mma_kernel(MmaConv p, MmaTile t, bool vec_in, bool vec_out, const T* __restrict__ x, const T* __restrict__ w,
                 const T* __restrict__ b, T* __restrict__ y) {
   constexpr int kVec = 16 / sizeof(T);  // NHWC: channels per 16-byte access (vec_in / vec_out)
+  static_assert(kVec == 8, "fp16 / bf16");
   constexpr int KB = 16 * KSTEPS, LDB = KB + 8;
   constexpr int kChunks = NJ + KB / 8 - 1;  // 8-column chunks of A a tile row can need
   const int KH = p.KH, KW = p.KW;
@@ -88,20 +100,21 @@ conv_mma_kernel(MmaConv p, MmaTile t, bool vec_in, bool vec_out, const T* __rest
     // Staged element (c_l, img, r, col) = in[n0 + img, (c0 + c_l) / M, oh0 - PT + r, ow0 - PL + col], 0 outside
     // the map, past the batch, and at columns no output of the tile reads (col >= tw + KW - 1).
     const int total_x = ncb * t.nb * t.rows * t.ld;
+    uint32_t probe = 0;  // nonfinite_probe of every value this thread staged, ORed
     if (L == Layout::NHWC && vec_in) {
       const int ncv = ncb / kVec;
       for (int i = threadIdx.x; i < total_x / kVec; i += blockDim.x) {
         const int cv = i % ncv, col = i / ncv % t.ld, r = i / (ncv * t.ld) % t.rows, img = i / (ncv * t.ld * t.rows);
         const int64_t n = n0 + img, h = oh0 - p.PT + r, wc = ow0 - p.PL + col;
-        T vals[kVec];
+        uint32_t words[4] = {0, 0, 0, 0};  // kVec values, two per word (bits 0: +0.0, outside the map)
         if (n < p.N && h >= 0 && h < p.H && wc >= 0 && wc < p.W && col < t.tw + KW - 1) {
-          load16(x + global_index(L, n, c0 + cv * kVec, h, wc, CI, p.H, p.W), vals);
-        } else {
+          load16_words(x + global_index(L, n, c0 + cv * kVec, h, wc, CI, p.H, p.W), words);
 #pragma unroll
-          for (int k = 0; k < kVec; ++k) vals[k] = zero;
+          for (int k = 0; k < 4; ++k) probe |= nonfinite_probe2<T>(words[k]);
         }
 #pragma unroll
-        for (int k = 0; k < kVec; ++k) s_x[((cv * kVec + k) * t.nb + img) * plane + r * t.ld + col] = vals[k];
+        for (int k = 0; k < kVec; ++k)
+          s_x[((cv * kVec + k) * t.nb + img) * plane + r * t.ld + col] = from_bits<T>(words[k / 2] >> 16 * (k % 2));
       }
     } else {
       for (int i = threadIdx.x; i < total_x; i += blockDim.x) {
@@ -113,16 +126,36 @@ conv_mma_kernel(MmaConv p, MmaTile t, bool vec_in, bool vec_out, const T* __rest
         }
         const int64_t n = n0 + img, h = oh0 - p.PT + r, wc = ow0 - p.PL + col;
         const bool inside = n < p.N && h >= 0 && h < p.H && wc >= 0 && wc < p.W && col < t.tw + KW - 1;
-        s_x[(c_l * t.nb + img) * plane + r * t.ld + col] =
-            inside ? x[global_index(L, n, (c0 + c_l) / p.M, h, wc, CI, p.H, p.W)] : zero;
+        const T v = inside ? x[global_index(L, n, (c0 + c_l) / p.M, h, wc, CI, p.H, p.W)] : zero;
+        probe |= nonfinite_probe(v);
+        s_x[(c_l * t.nb + img) * plane + r * t.ld + col] = v;
       }
     }
-    __syncthreads();
+    const bool nonfinite = __syncthreads_or((probe & kNonfiniteBits) != 0) != 0;
+
+    if (nonfinite) {
+      // An inf / NaN somewhere in the staged tile: each output of the tile (c_l, img, r, col), at i in the
+      // layout of s_y, is the sum of its KH x KW taps, read from the band's row j = 0 (band[kh][0][k] = the
+      // tap k of filter row kh, k < KW). Rows and columns past the map are computed and dropped as below.
+      const int total_y = ncb * t.nb * out_plane;
+#pragma unroll 1
+      for (int i = threadIdx.x; i < total_y; i += blockDim.x) {
+        const int col = i % t.tw, r = i / t.tw % t.th, ci = i / out_plane, c_l = ci / t.nb;  // ci = c_l nb + img
+        const T* xs = s_x + ci * plane + r * t.ld + col;
+        const T* band = s_band + c_l * KH * 8 * LDB;
+        float acc = 0.f;
+#pragma unroll 1
+        for (int kh = 0; kh < KH; ++kh)
+#pragma unroll 1
+          for (int kw = 0; kw < KW; ++kw) acc += to_float(xs[kh * t.ld + kw]) * to_float(band[kh * 8 * LDB + kw]);
+        s_y[i] = from_float<T>(acc + (b != nullptr ? to_float(b[c0 + c_l]) : 0.f));
+      }
+    }
 
     // Warp items: (channel, block of 16 rows m = img * th + r) over all jblocks strips of the tile. Per filter
     // row the warp loads the band's fragment(s) once and the row's 8-column chunks of A once each: strip j,
-    // k-step ks multiplies chunks j + 2ks and j + 2ks + 1.
-    const int items = ncb * t.mblocks;
+    // k-step ks multiplies chunks j + 2ks and j + 2ks + 1. None when the tile took the path above.
+    const int items = nonfinite ? 0 : ncb * t.mblocks;
     for (int it = warp; it < items; it += nwarps) {
       int c_l, mb;
       if constexpr (L == Layout::NCHW) {
