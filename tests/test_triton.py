@@ -104,25 +104,35 @@ def _launched_kernels(call):
     return [launch.kernel.__name__ for launch in launches]
 
 
-def test_stride_one_runs_row_streaming_kernels():
-    """Stride-1 forward, dgrad and wgrad go to rows.py / rows_wgrad.py (the cases above then test them);
-    strided calls and dgrad with a channel multiplier go to the direct kernels."""
+def test_row_streaming_routing():
+    """Forward and wgrad with dilation 1 along H (any stride) and stride-1 dgrad with multiplier 1 go to
+    rows.py / rows_wgrad.py (the cases above then test them); the rest goes to the direct kernels."""
     x, wt, bt = make_inputs(2, 3, 9, 9, 7, 1, F32, DEVICE)
     dy = torch.randn(2, 3, 9, 9, device=DEVICE)
-    assert _launched_kernels(lambda: torch.ops.dwconv.wgrad(dy, x, list(wt.shape), [1, 1], [3, 3, 3, 3], [1, 1],
-                                                            "triton")) == ["rows_wgrad_kernel", "wgrad_reduce_kernel"]
+    dy_strided = torch.randn(2, 3, 5, 5, device=DEVICE)
+
+    def dgrad(grad, stride):
+        return lambda: torch.ops.dwconv.dgrad(grad, wt, list(x.shape), stride, [3, 3, 3, 3], [1, 1], "triton")
+
+    def wgrad(grad, stride, dilation=(1, 1)):
+        return lambda: torch.ops.dwconv.wgrad(grad, x, list(wt.shape), stride, [3, 3, 3, 3], dilation, "triton")
+
     assert _launched_kernels(lambda: dwconv.depthwise_conv2d(x, wt, bt, 1, 3, backend="triton")) == ["rows_kernel"]
-    assert _launched_kernels(lambda: torch.ops.dwconv.dgrad(dy, wt, list(x.shape), [1, 1], [3, 3, 3, 3], [1, 1],
-                                                            "triton")) == ["rows_kernel"]
-    assert _launched_kernels(lambda: dwconv.depthwise_conv2d(x, wt, bt, 2, 3, backend="triton")) == ["fwd_kernel"]
+    assert _launched_kernels(lambda: dwconv.depthwise_conv2d(x, wt, bt, 2, 3, backend="triton")) == ["rows_kernel"]
+    assert _launched_kernels(dgrad(dy, [1, 1])) == ["rows_kernel"]
+    assert _launched_kernels(wgrad(dy, [1, 1])) == ["rows_wgrad_kernel", "wgrad_reduce_kernel"]
+    assert _launched_kernels(wgrad(dy_strided, [2, 2])) == ["rows_wgrad_kernel", "wgrad_reduce_kernel"]
+    assert _launched_kernels(dgrad(dy_strided, [2, 2])) == ["dgrad_kernel"]
     assert _launched_kernels(lambda: dwconv.depthwise_conv2d(x, wt, bt, 1, 6, 2, backend="triton")) == ["fwd_kernel"]
+    assert _launched_kernels(wgrad(torch.randn(2, 3, 3, 9), [1, 1], (2, 1))) == ["wgrad_kernel", "wgrad_reduce_kernel"]
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 def test_row_streaming_tiles(monkeypatch, channels_last):
     """Small forced row-streaming tiles: interior column tiles (unmasked) next to border ones, several row
     strips, partial image and channel blocks, weights held in registers (K = 5) and loaded per row (K = 11),
-    a strided and dilated W axis, the flipped-filter dgrad, and wgrad over several batch slices."""
+    a strided and dilated W axis, a strided H axis, the flipped-filter dgrad, and wgrad over several batch
+    slices."""
     import triton
 
     from dwconv.triton import rows_wgrad, tiles
@@ -140,6 +150,7 @@ def test_row_streaming_tiles(monkeypatch, channels_last):
     run_case((3, 3, 10, 13, 5, 1, 2, 1, 1, True, channels_last, F32))
     run_case((1, 1, 11, 20, 11, 1, (5, 4, 3, 6), 1, 1, False, channels_last, F32))
     run_case((1, 3, 7, 19, (3, 5), (1, 2), (1, 1, 4, 2), (1, 2), 2, True, channels_last, F32))
+    run_case((3, 2, 13, 14, 5, (2, 1), 2, 1, 1, True, channels_last, F32))  # stride 2 along H: 3 rows open
     # Deterministic wgrad: one workspace row per (batch slice, strip, column tile).
     x, wt, _ = make_inputs(3, 3, 10, 13, 5, 1, F32, DEVICE, channels_last=channels_last, bias=False)
     grad_out = torch.randn(3, 3, 10, 13, device=DEVICE)

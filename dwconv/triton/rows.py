@@ -1,21 +1,23 @@
 """Row-streaming kernels: forward and stride-1 dgrad with a sliding window of output rows in registers.
 
 A program owns BLOCK_N images x BLOCK_C channels x BLOCK_W output columns and walks down a strip of ROWS
-output rows one input row at a time. Input row ih feeds output rows ih + PT - kh (kh < KH), so the program
-keeps KH accumulators, one per output row still open (a tuple of [BLOCK_N, BLOCK_C, BLOCK_W] tensors):
+output rows. With stride SH, output row o reads input rows o*SH - PT + kh (kh < KH), so an input row feeds
+J = ceil(KH / SH) consecutive output rows and the program keeps J accumulators, one per output row still
+open (a tuple of [BLOCK_N, BLOCK_C, BLOCK_W] tensors). Step s opens output row o = oh_first + s and reads
+its SH input rows o*SH - PT + r:
 
-    accs[j] = output row  ih + PT - (KH - 1) + j,   updated with filter row kh = KH - 1 - j.
+    accs[j] = output row  o - (J - 1) + j,   fed by input row r of the step through filter row (J-1-j)*SH + r.
 
-Per input row and filter column kw it loads the shifted input row once and does KH multiply-adds with it
-(one per open output row): one load per KH FMAs, where the direct kernels (fwd.py) pay one load per FMA.
-After the row, accs[0] is complete: it is stored and the window moves down (accs[1:] + a fresh zero).
+Per input row and filter column kw it loads the shifted input row once and does up to J multiply-adds with
+it (one per open output row; J = KH at stride 1), where the direct kernels (fwd.py) pay one load per FMA.
+After the step accs[0] is complete: it is stored and the window moves down (accs[1:] + a fresh zero).
 NCHW tiles take several images of one channel (the weights are then uniform across the program, and for
 small enough kernels are held in registers: HOIST, see tiles.py); channels_last tiles take a channel vector
 per pixel.
 
-Served: stride 1 and dilation 1 along H (consecutive input rows feed consecutive accumulators), any stride
-and dilation along W, KH and KW up to MAX_KERNEL (KH accumulators per thread). The dgrad of such a conv with
-multiplier 1 is the same walk over dy with the filter rotated by 180 degrees (FLIP) and padding K-1-P.
+Served: dilation 1 along H, any stride along H, any stride and dilation along W, KH and KW up to MAX_KERNEL.
+The dgrad of a stride-1 conv with multiplier 1 is the same walk over dy with the filter rotated by 180
+degrees (FLIP) and padding K-1-P.
 """
 from __future__ import annotations
 
@@ -44,32 +46,41 @@ def enabled() -> bool:
 
 def applies_forward(args: ConvArgs) -> bool:
     kh, kw = args.kernel
-    return args.stride[0] == 1 and args.dilation[0] == 1 and kh <= MAX_KERNEL and kw <= MAX_KERNEL and enabled()
+    return args.dilation[0] == 1 and kh <= MAX_KERNEL and kw <= MAX_KERNEL and enabled()
 
 
 def applies_dgrad(args: ConvArgs) -> bool:
-    return applies_forward(args) and args.stride[1] == 1 and args.multiplier == 1
+    return applies_forward(args) and args.stride == (1, 1) and args.multiplier == 1
 
 
 @triton.jit
-def _accumulate_row(accs, wts, x_row, w_co, col_ok, sxw, swt: tl.constexpr, KH: tl.constexpr,
-                    KW: tl.constexpr, DW: tl.constexpr, FLIP: tl.constexpr, HOIST: tl.constexpr,
-                    MASKED: tl.constexpr):
-    # x_row: pointers of input row ih at filter column 0; column kw adds kw*DW*sxw (an immediate for NCHW).
+def _accumulate_row(accs, wts, x_row, w_co, col_ok, sxw, swt: tl.constexpr, R: tl.constexpr, KH: tl.constexpr,
+                    KW: tl.constexpr, SH: tl.constexpr, DW: tl.constexpr, FLIP: tl.constexpr,
+                    HOIST: tl.constexpr, MASKED: tl.constexpr):
+    # x_row: pointers of the step's input row R at filter column 0 (column kw adds kw*DW*sxw, an immediate
+    # for NCHW). accs[j] takes it through filter row (J-1-j)*SH + R when that is < KH; FLIP (dgrad,
+    # SH = 1): through the rotated filter, i.e. w[j, KW-1-kw]. wts: the hoisted weights, tap-major.
+    J: tl.constexpr = (KH + SH - 1) // SH
     for kw in tl.static_range(KW):
         if MASKED:
             xv = tl.load(x_row + (kw * DW) * sxw, mask=col_ok[kw], other=0.0).to(accs[0].dtype)
         else:
             xv = tl.load(x_row + (kw * DW) * sxw).to(accs[0].dtype)
         updated = ()
-        for j in tl.static_range(KH):
-            if HOIST:
-                wv = wts[kw * KH + j]
-            elif FLIP:
-                wv = tl.load(w_co + (j * KW + (KW - 1 - kw)) * swt)
+        for j in tl.static_range(J):
+            if (J - 1 - j) * SH + R < KH:
+                if FLIP:
+                    if HOIST:
+                        wv = wts[j * KW + (KW - 1 - kw)]
+                    else:
+                        wv = tl.load(w_co + (j * KW + (KW - 1 - kw)) * swt)
+                elif HOIST:
+                    wv = wts[((J - 1 - j) * SH + R) * KW + kw]
+                else:
+                    wv = tl.load(w_co + (((J - 1 - j) * SH + R) * KW + kw) * swt)
+                updated = updated + (accs[j] + xv * wv[None, :, None],)
             else:
-                wv = tl.load(w_co + ((KH - 1 - j) * KW + kw) * swt)
-            updated = updated + (accs[j] + xv * wv[None, :, None],)
+                updated = updated + (accs[j],)
         accs = updated
     return accs
 
@@ -77,8 +88,8 @@ def _accumulate_row(accs, wts, x_row, w_co, col_ok, sxw, swt: tl.constexpr, KH: 
 @triton.jit
 def rows_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, CO, H, W, HO, WO, PT, PL,
                 sxn, sxc, sxh, sxw, syn, syc, syh, syw, swc, swt: tl.constexpr,
-                M: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, SW: tl.constexpr, DW: tl.constexpr,
-                FLIP: tl.constexpr, HAS_BIAS: tl.constexpr, INDEX_64: tl.constexpr, ACC: tl.constexpr,
+                M: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
+                DW: tl.constexpr, FLIP: tl.constexpr, HAS_BIAS: tl.constexpr, INDEX_64: tl.constexpr, ACC: tl.constexpr,
                 HOIST: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_W: tl.constexpr,
                 ROWS: tl.constexpr):
     # x: (N, CO/M, H, W) input (dy for dgrad); y: (N, CO, HO, WO) output (dx); w: ACC-typed weights, tap t of
@@ -121,13 +132,9 @@ def rows_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, CO, H, W, HO, WO, PT, PL,
                 & ((tw * BLOCK_W + BLOCK_W - 1) * SW - PL + (KW - 1) * DW < W))
 
     wts = ()
-    if HOIST:  # wts[kw*KH + j]: the weight input column kw and accumulator j use
-        for kw in tl.static_range(KW):
-            for j in tl.static_range(KH):
-                if FLIP:
-                    wts = wts + (tl.load(w_co + (j * KW + (KW - 1 - kw)) * swt, mask=c_ok, other=0.0),)
-                else:
-                    wts = wts + (tl.load(w_co + ((KH - 1 - j) * KW + kw) * swt, mask=c_ok, other=0.0),)
+    if HOIST:
+        for tap in tl.static_range(KH * KW):
+            wts = wts + (tl.load(w_co + tap * swt, mask=c_ok, other=0.0),)
     if HAS_BIAS:
         bias = tl.load(b_ptr + co, mask=c_ok, other=0.0).to(ACC)[None, :, None]
     else:
@@ -136,19 +143,24 @@ def rows_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, CO, H, W, HO, WO, PT, PL,
     oh_first = strip * ROWS
     oh_end = tl.minimum(oh_first + ROWS, HO)
     zero = tl.zeros([BLOCK_N, BLOCK_C, BLOCK_W], dtype=ACC)
-    accs = (zero,) * KH
-    # Step s reads input row oh_first - PT + s and completes output row oh_first + s - (KH - 1).
-    for step in range(0, oh_end - oh_first + KH - 1):
-        ih = oh_first - PT + step
-        if (ih >= 0) & (ih < H):
-            x_row = x_col + ih * sxh
-            if interior:
-                accs = _accumulate_row(accs, wts, x_row, w_co, col_ok, sxw, swt, KH, KW, DW, FLIP, HOIST,
-                                       MASKED=False)
-            else:
-                accs = _accumulate_row(accs, wts, x_row, w_co, col_ok, sxw, swt, KH, KW, DW, FLIP, HOIST,
-                                       MASKED=True)
-        oh = oh_first + step - (KH - 1)
+    J: tl.constexpr = (KH + SH - 1) // SH  # output rows open at once
+    accs = (zero,) * J
+    # Step s opens output row o = oh_first + s (accs[J-1]), reads its SH input rows o*SH - PT + r and
+    # completes output row o - (J - 1) (accs[0]).
+    for step in range(0, oh_end - oh_first + J - 1):
+        o_new = oh_first + step
+        for r in tl.static_range(SH):
+            if r < KH:  # rows past the filter (stride > KH) feed no output
+                ih = o_new * SH - PT + r
+                if (ih >= 0) & (ih < H):
+                    x_row = x_col + ih * sxh
+                    if interior:
+                        accs = _accumulate_row(accs, wts, x_row, w_co, col_ok, sxw, swt, r, KH, KW, SH, DW, FLIP,
+                                               HOIST, MASKED=False)
+                    else:
+                        accs = _accumulate_row(accs, wts, x_row, w_co, col_ok, sxw, swt, r, KH, KW, SH, DW, FLIP,
+                                               HOIST, MASKED=True)
+        oh = o_new - (J - 1)
         if oh >= oh_first:
             out = (accs[0] + bias).to(y_ptr.dtype.element_ty)
             if interior:
@@ -169,7 +181,7 @@ def _weight_operand(weight, channels_last: bool):
     return w.contiguous(), taps, 1
 
 
-def _launch(x, weight, bias, y, in_hw, out_hw, pad_tl, stride_w, dil_w, multiplier, flip, channels_last):
+def _launch(x, weight, bias, y, in_hw, out_hw, pad_tl, stride, dil_w, multiplier, flip, channels_last):
     n, co, ho, wo = y.shape
     kh, kw = weight.shape[2], weight.shape[3]
     w, swc, swt = _weight_operand(weight, channels_last)
@@ -183,7 +195,7 @@ def _launch(x, weight, bias, y, in_hw, out_hw, pad_tl, stride_w, dil_w, multipli
     tiles.launch_candidates(
         rows_kernel, grid, cands, tiles.ROWS_TUNE_KEY,
         (x, w, b, y, n, co, in_hw[0], in_hw[1], ho, wo, pad_tl[0], pad_tl[1]) + strides4(x) + strides4(y) + (swc,),
-        dict(swt=swt, M=multiplier, KH=kh, KW=kw, SW=stride_w, DW=dil_w, FLIP=flip, HAS_BIAS=bias is not None,
+        dict(swt=swt, M=multiplier, KH=kh, KW=kw, SH=stride[0], SW=stride[1], DW=dil_w, FLIP=flip, HAS_BIAS=bias is not None,
              INDEX_64=needs_int64(x, y), ACC=acc_dtype(x.dtype)))
 
 
@@ -194,7 +206,7 @@ def forward(x, weight, bias, args: ConvArgs, channels_last: bool):
         return y
     pt, _, pl, _ = args.padding
     _launch(x, weight, bias, y, (args.height, args.width), (args.out_height, args.out_width), (pt, pl),
-            args.stride[1], args.dilation[1], args.multiplier, False, channels_last)
+            args.stride, args.dilation[1], args.multiplier, False, channels_last)
     return y
 
 
@@ -210,5 +222,5 @@ def dgrad(grad_out, weight, args: ConvArgs, channels_last: bool):
     dw = args.dilation[1]
     pt, _, pl, _ = args.padding
     _launch(grad_out, weight, None, dx, (args.out_height, args.out_width), (args.height, args.width),
-            (kh - 1 - pt, (kw - 1) * dw - pl), 1, dw, 1, True, channels_last)
+            (kh - 1 - pt, (kw - 1) * dw - pl), (1, 1), dw, 1, True, channels_last)
     return dx

@@ -1,17 +1,18 @@
-"""Row-streaming wgrad: dw[co, kh, kw] = sum_{n, oh, ow} dy[n, co, oh, ow] * x[n, co/M, oh + kh - PT, iw]
-with iw = ow*SW + kw*DW - PL, for stride 1 and dilation 1 along H.
+"""Row-streaming wgrad: dw[co, kh, kw] = sum_{n, oh, ow} dy[n, co, oh, ow] * x[n, co/M, oh*SH + kh - PT, iw]
+with iw = ow*SW + kw*DW - PL, for dilation 1 along H.
 
 A program owns BLOCK_N images x BLOCK_C channels x BLOCK_W output columns (one element per thread) of a strip
 of output rows, for a slice of the batch. Every thread keeps one partial sum per tap (KH*KW accumulators)
-and a window of the last KH dy rows it read (a tuple, newest last):
+and a window of the last J = ceil(KH / SH) dy rows it read (a tuple, newest last):
 
-    step s reads dy row s into window[KH-1] and input row ih = s - PT, which meets dy row s - kh
-    (window[KH-1-kh]) through tap kh; shifted by kw columns it gives tap (kh, kw).
+    step o reads dy row o into window[J-1] and the input rows ih = o*SH - PT + r (r < SH); input row r meets
+    dy row o - d (window[J-1-d]) through filter row kh = d*SH + r; shifted by kw columns, tap (kh, kw).
 
-So per input row and filter column a thread makes one load and KH FMAs (the direct wgrad kernel, wgrad.py,
-loads both operands for every FMA). At the end each tap's partial sums are reduced over the program (one
-cross-thread sum per tap) and added with one fp32 atomic per channel and tap, or (deterministic) stored into
-the program's own workspace row; wgrad.py's reduce kernel then sums the rows and casts.
+So per input row and filter column a thread makes one load and up to J FMAs (KH at stride 1; the direct
+wgrad kernel, wgrad.py, loads both operands for every FMA). At the end each tap's partial sums are reduced
+over the program (one cross-thread sum per tap) and added with one fp32 atomic per channel and tap, or
+(deterministic) stored into the program's own workspace row; wgrad.py's reduce kernel then sums the rows
+and casts.
 """
 from __future__ import annotations
 
@@ -32,13 +33,15 @@ _TARGET_PROGRAMS = 1024
 
 def applies(args: ConvArgs) -> bool:
     kh, kw = args.kernel
-    return args.stride[0] == 1 and args.dilation[0] == 1 and kh <= MAX_KERNEL and kw <= MAX_KERNEL and enabled()
+    return args.dilation[0] == 1 and kh <= MAX_KERNEL and kw <= MAX_KERNEL and enabled()
 
 
 @triton.jit
-def _taps_of_row(accs, window, x_row, col_ok, sxw, KH: tl.constexpr, KW: tl.constexpr, DW: tl.constexpr,
-                 MASKED: tl.constexpr):
-    # accs[kw*KH + kh]: tap (kh, kw); window[KH-1-kh]: the dy row input row x_row meets through tap kh.
+def _taps_of_row(accs, window, x_row, col_ok, sxw, R: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+                 SH: tl.constexpr, DW: tl.constexpr, MASKED: tl.constexpr):
+    # accs[kw*KH + kh]: tap (kh, kw). x_row is input row R of the step: through filter row kh = d*SH + R it
+    # meets dy row o - d, which is window[J-1-d].
+    J: tl.constexpr = (KH + SH - 1) // SH
     for kw in tl.static_range(KW):
         if MASKED:
             xv = tl.load(x_row + (kw * DW) * sxw, mask=col_ok[kw], other=0.0).to(accs[0].dtype)
@@ -46,7 +49,10 @@ def _taps_of_row(accs, window, x_row, col_ok, sxw, KH: tl.constexpr, KW: tl.cons
             xv = tl.load(x_row + (kw * DW) * sxw).to(accs[0].dtype)
         updated = ()
         for kh in tl.static_range(KH):
-            updated = updated + (accs[kw * KH + kh] + xv * window[KH - 1 - kh],)
+            if (kh >= R) and ((kh - R) % SH == 0):
+                updated = updated + (accs[kw * KH + kh] + xv * window[J - 1 - (kh - R) // SH],)
+            else:
+                updated = updated + (accs[kw * KH + kh],)
         accs = accs[:kw * KH] + updated + accs[(kw + 1) * KH:]
     return accs
 
@@ -54,8 +60,8 @@ def _taps_of_row(accs, window, x_row, col_ok, sxw, KH: tl.constexpr, KW: tl.cons
 @triton.jit
 def rows_wgrad_kernel(dy_ptr, x_ptr, ws_ptr, N, CO, H, W, HO, WO, PT, PL, IMAGES_PER_PROGRAM,
                       sdn, sdc, sdh, sdw, sxn, sxc, sxh, sxw,
-                      M: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, SW: tl.constexpr, DW: tl.constexpr,
-                      DETERMINISTIC: tl.constexpr, INDEX_64: tl.constexpr, ACC: tl.constexpr,
+                      M: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
+                      DW: tl.constexpr, DETERMINISTIC: tl.constexpr, INDEX_64: tl.constexpr, ACC: tl.constexpr,
                       BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_W: tl.constexpr, ROWS: tl.constexpr):
     # Program order: channel blocks fastest, then column tiles, row strips, batch slices; the workspace row
     # of a program (deterministic) is its (batch slice, strip, column tile) index.
@@ -105,24 +111,28 @@ def rows_wgrad_kernel(dy_ptr, x_ptr, ws_ptr, N, CO, H, W, HO, WO, PT, PL, IMAGES
         interior = col_interior & (n0 + BLOCK_N <= n_last)
         dy_img = dy_col + n0 * sdn
         x_img = x_col + n0 * sxn
-        window = (zero,) * KH
-        # Step s reads dy row s (zero past the strip) and input row s - PT.
-        for s in range(oh_first, oh_end + KH - 1):
-            if s < oh_end:
+        J: tl.constexpr = (KH + SH - 1) // SH
+        window = (zero,) * J
+        # Step s reads dy row o = oh_first + s (zero past the strip) into window[J-1] and its SH input rows
+        # o*SH - PT + r.
+        for o in range(oh_first, oh_end + J - 1):
+            if o < oh_end:
                 if interior:
-                    dyv = tl.load(dy_img + s * sdh).to(ACC)
+                    dyv = tl.load(dy_img + o * sdh).to(ACC)
                 else:
-                    dyv = tl.load(dy_img + s * sdh, mask=dy_ok, other=0.0).to(ACC)
+                    dyv = tl.load(dy_img + o * sdh, mask=dy_ok, other=0.0).to(ACC)
             else:
                 dyv = zero
             window = window[1:] + (dyv,)
-            ih = s - PT
-            if (ih >= 0) & (ih < H):
-                x_row = x_img + ih * sxh
-                if interior:
-                    accs = _taps_of_row(accs, window, x_row, col_ok, sxw, KH, KW, DW, MASKED=False)
-                else:
-                    accs = _taps_of_row(accs, window, x_row, col_ok, sxw, KH, KW, DW, MASKED=True)
+            for r in tl.static_range(SH):
+                if r < KH:  # rows past the filter (stride > KH) meet no tap
+                    ih = o * SH - PT + r
+                    if (ih >= 0) & (ih < H):
+                        x_row = x_img + ih * sxh
+                        if interior:
+                            accs = _taps_of_row(accs, window, x_row, col_ok, sxw, r, KH, KW, SH, DW, MASKED=False)
+                        else:
+                            accs = _taps_of_row(accs, window, x_row, col_ok, sxw, r, KH, KW, SH, DW, MASKED=True)
 
     if DETERMINISTIC:
         if INDEX_64:
@@ -176,7 +186,7 @@ def wgrad(grad_out, x, args: ConvArgs, channels_last: bool, deterministic: bool)
         rows_wgrad_kernel, grid, cands, tiles.ROWS_TUNE_KEY,
         (grad_out, x, ws, n, co, args.height, args.width, ho, wo, pt, pl, per_program)
         + strides4(grad_out) + strides4(x),
-        dict(M=args.multiplier, KH=kh, KW=kw, SW=args.stride[1], DW=args.dilation[1],
+        dict(M=args.multiplier, KH=kh, KW=kw, SH=args.stride[0], SW=args.stride[1], DW=args.dilation[1],
              DETERMINISTIC=deterministic, INDEX_64=needs_int64(grad_out, x, ws), ACC=acc_dtype(x.dtype)),
         reset_to_zero=None if deterministic else ["ws_ptr"])
 
