@@ -50,7 +50,10 @@ struct MmaTile {
 constexpr int kMaxKsteps = 2;  // KW <= 25
 constexpr int ksteps_for(int KW) { return (8 + KW - 1 + 15) / 16; }
 constexpr int kMaxStrips = 8;  // 8-column strips per tile row: tw <= 64
-constexpr int kMinBlocksMma = 2;  // <= 128 registers: 32 accumulators, 22 words of A chunks, the band fragments
+// Blocks per SM each variant is compiled for: 2 for NJ 4 and 8 (<= 128 registers: 32 accumulators, 22 words
+// of A chunks, the band fragments); 4 for NJ 1 and 2 (<= 64 registers, no spills), the small maps, which
+// measured up to 7 % faster so on an H200 (docs/perf_cuda.md, "Non-finite inputs").
+constexpr int min_blocks_mma(int nj) { return nj <= 2 ? 4 : 2; }
 
 // The fp16 / bf16 value with the low 16 bits of `bits`.
 template <typename T>
@@ -62,7 +65,7 @@ __device__ __forceinline__ T from_bits(uint32_t bits) {
 }
 
 template <typename T, Layout L, int KSTEPS, int NJ>
-__global__ void __launch_bounds__(kThreads, kMinBlocksMma)
+__global__ void __launch_bounds__(kThreads, min_blocks_mma(NJ))
 conv_mma_kernel(MmaConv p, MmaTile t, bool vec_in, bool vec_out, const T* __restrict__ x, const T* __restrict__ w,
                 const T* __restrict__ b, T* __restrict__ y) {
   constexpr int kVec = 16 / sizeof(T);  // NHWC: channels per 16-byte access (vec_in / vec_out)
