@@ -249,3 +249,16 @@ def test_fma_kernel_is_ffma_bound():
     if out.returncode != 0:
         pytest.skip(f"cannot compile for sm_90 here: {out.stderr.strip().splitlines()[-1:]}")
     assert float(out.stdout) > 0.7
+
+
+def test_triton_rows_smoke(tmp_path):
+    """benchmarks/triton_rows.py checks both Triton kernel families against float64 and writes its JSON."""
+    from conftest import require_backend
+    require_backend("triton", "cuda" if torch.cuda.is_available() else "cpu")
+    from benchmarks import triton_rows
+    out = tmp_path / "rows.json"
+    triton_rows.main(["--smoke", "--reps", "1", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert {r["op"] for r in result["rows"]} == {"fwd", "dgrad", "wgrad"}
+    for row in result["rows"]:
+        assert row["rows_rel_err"] < 1e-5 and row["direct_rel_err"] < 1e-5
