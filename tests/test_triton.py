@@ -95,6 +95,13 @@ def test_int64_indexing(monkeypatch):
     run_case((2, 3, 9, 8, 5, 2, 2, 1, 2, True, True, F32))
     run_case((1, 2, 7, 7, 3, 1, 1, 2, 1, True, False, BF16))  # small-map GEMM kernels
     run_case((3, 2, 9, 8, 5, 1, 2, 1, 1, True, False, F32))   # row-streaming kernels
+    run_case((3, 2, 9, 8, 5, 1, 2, 1, 1, True, True, F32))
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)  # the 64-bit workspace offsets of the deterministic wgrad
+    try:
+        run_case((2, 2, 7, 8, 3, 1, 1, 1, 1, False, True, F32))
+    finally:
+        torch.use_deterministic_algorithms(previous)
 
 
 def _launched_kernels(call):
@@ -144,13 +151,16 @@ def test_row_streaming_tiles(monkeypatch, channels_last):
         hoist = not channels_last_ and kernel[0] * kernel[1] <= 25  # K = 5 and 3x5 in registers, K = 11 not
         return [triton.Config(dict(tile, HOIST=hoist), num_warps=1)]
     monkeypatch.setattr(tiles, "rows_candidates", rows_tile)
-    # wgrad: batch slices of 2 images (the interpreter otherwise runs one slice), the last one partial.
+    # wgrad: batch slices of BLOCK_N images (the interpreter otherwise runs one slice), for NCHW the last
+    # one partial.
     monkeypatch.setattr(rows_wgrad, "INTERPRET", False)
     monkeypatch.setattr(rows_wgrad, "_TARGET_PROGRAMS", 10 ** 6)
     run_case((3, 3, 10, 13, 5, 1, 2, 1, 1, True, channels_last, F32))
     run_case((1, 1, 11, 20, 11, 1, (5, 4, 3, 6), 1, 1, False, channels_last, F32))
     run_case((1, 3, 7, 19, (3, 5), (1, 2), (1, 1, 4, 2), (1, 2), 2, True, channels_last, F32))
     run_case((3, 2, 13, 14, 5, (2, 1), 2, 1, 1, True, channels_last, F32))  # stride 2 along H: 3 rows open
+    run_case((2, 3, 6, 11, 3, 1, (1, 2, 0, 4), (1, 3), 1, True, channels_last, F32))  # dgrad with W dilation
+    run_case((1, 3, 9, 18, 5, 1, 2, 1, 1, True, channels_last, F16))  # half precision (18 wide: not plane.py)
     # Deterministic wgrad: one workspace row per (batch slice, strip, column tile).
     x, wt, _ = make_inputs(3, 3, 10, 13, 5, 1, F32, DEVICE, channels_last=channels_last, bias=False)
     grad_out = torch.randn(3, 3, 10, 13, device=DEVICE)

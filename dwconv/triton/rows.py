@@ -17,7 +17,7 @@ per pixel.
 
 Served: dilation 1 along H, any stride along H, any stride and dilation along W, KH and KW up to MAX_KERNEL.
 The dgrad of a stride-1 conv with multiplier 1 is the same walk over dy with the filter rotated by 180
-degrees (FLIP) and padding K-1-P.
+degrees (FLIP) and padding (KH-1-PT, (KW-1)*DW-PL).
 """
 from __future__ import annotations
 
@@ -54,13 +54,22 @@ def applies_dgrad(args: ConvArgs) -> bool:
 
 
 @triton.jit
-def _accumulate_row(accs, wts, x_row, w_co, col_ok, sxw, swt: tl.constexpr, R: tl.constexpr, KH: tl.constexpr,
+def _weight(w_co, tap, swt: tl.constexpr, c_ok, MASKED: tl.constexpr):
+    # One tap's weights for the program's channels: border tiles may hold channels past CO (masked).
+    if MASKED:
+        return tl.load(w_co + tap * swt, mask=c_ok, other=0.0)
+    return tl.load(w_co + tap * swt)
+
+
+@triton.jit
+def _accumulate_row(accs, wts, x_row, w_co, c_ok, col_ok, sxw, swt: tl.constexpr, R: tl.constexpr, KH: tl.constexpr,
                     KW: tl.constexpr, SH: tl.constexpr, DW: tl.constexpr, FLIP: tl.constexpr,
                     HOIST: tl.constexpr, MASKED: tl.constexpr):
     # x_row: pointers of the step's input row R at filter column 0 (column kw adds kw*DW*sxw, an immediate
     # for NCHW). accs[j] takes it through filter row (J-1-j)*SH + R when that is < KH; FLIP (dgrad,
     # SH = 1): through the rotated filter, i.e. w[j, KW-1-kw]. wts: the hoisted weights, tap-major.
     J: tl.constexpr = (KH + SH - 1) // SH
+    tl.static_assert(not FLIP or SH == 1, "the rotated-filter walk (dgrad) is stride 1")
     for kw in tl.static_range(KW):
         if MASKED:
             xv = tl.load(x_row + (kw * DW) * sxw, mask=col_ok[kw], other=0.0).to(accs[0].dtype)
@@ -73,11 +82,11 @@ def _accumulate_row(accs, wts, x_row, w_co, col_ok, sxw, swt: tl.constexpr, R: t
                     if HOIST:
                         wv = wts[j * KW + (KW - 1 - kw)]
                     else:
-                        wv = tl.load(w_co + (j * KW + (KW - 1 - kw)) * swt)
+                        wv = _weight(w_co, j * KW + (KW - 1 - kw), swt, c_ok, MASKED)
                 elif HOIST:
                     wv = wts[((J - 1 - j) * SH + R) * KW + kw]
                 else:
-                    wv = tl.load(w_co + (((J - 1 - j) * SH + R) * KW + kw) * swt)
+                    wv = _weight(w_co, ((J - 1 - j) * SH + R) * KW + kw, swt, c_ok, MASKED)
                 updated = updated + (accs[j] + xv * wv[None, :, None],)
             else:
                 updated = updated + (accs[j],)
@@ -155,10 +164,10 @@ def rows_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, CO, H, W, HO, WO, PT, PL,
                 if (ih >= 0) & (ih < H):
                     x_row = x_col + ih * sxh
                     if interior:
-                        accs = _accumulate_row(accs, wts, x_row, w_co, col_ok, sxw, swt, r, KH, KW, SH, DW, FLIP,
+                        accs = _accumulate_row(accs, wts, x_row, w_co, c_ok, col_ok, sxw, swt, r, KH, KW, SH, DW, FLIP,
                                                HOIST, MASKED=False)
                     else:
-                        accs = _accumulate_row(accs, wts, x_row, w_co, col_ok, sxw, swt, r, KH, KW, SH, DW, FLIP,
+                        accs = _accumulate_row(accs, wts, x_row, w_co, c_ok, col_ok, sxw, swt, r, KH, KW, SH, DW, FLIP,
                                                HOIST, MASKED=True)
         oh = o_new - (J - 1)
         if oh >= oh_first:

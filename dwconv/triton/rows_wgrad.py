@@ -1,7 +1,7 @@
 """Row-streaming wgrad: dw[co, kh, kw] = sum_{n, oh, ow} dy[n, co, oh, ow] * x[n, co/M, oh*SH + kh - PT, iw]
 with iw = ow*SW + kw*DW - PL, for dilation 1 along H.
 
-A program owns BLOCK_N images x BLOCK_C channels x BLOCK_W output columns (one element per thread) of a strip
+A program owns BLOCK_N images x BLOCK_C channels x BLOCK_W output columns (1-2 elements per thread) of a strip
 of output rows, for a slice of the batch. Every thread keeps one partial sum per tap (KH*KW accumulators)
 and a window of the last J = ceil(KH / SH) dy rows it read (a tuple, newest last):
 
@@ -13,6 +13,10 @@ wgrad kernel, wgrad.py, loads both operands for every FMA). At the end each tap'
 over the program (one cross-thread sum per tap) and added with one fp32 atomic per channel and tap, or
 (deterministic) stored into the program's own workspace row; wgrad.py's reduce kernel then sums the rows
 and casts.
+Non-finite inputs: x is masked where this lane's dy does not exist (columns), but a window slot outside the
+strip (or the map) holds a zero dy row, so an inf/NaN in x within KH - 1 rows of a strip's first or last row
+(the map's own edges included) also meets zeros and can turn dw of taps that never touch it in PyTorch into
+NaN (the direct kernel, DWCONV_TRITON_ROW_STREAM=0, does not).
 """
 from __future__ import annotations
 
@@ -104,17 +108,17 @@ def rows_wgrad_kernel(dy_ptr, x_ptr, ws_ptr, N, CO, H, W, HO, WO, PT, PL, IMAGES
     for n0 in range(n_first, n_last, BLOCK_N):
         nc_ok = ((n0 + nl) < n_last)[:, None, None] & c_ok[None, :, None]
         dy_ok = nc_ok & (ow < WO)[None, None, :]
+        # x is read only where this lane's dy exists (ow < WO): an inf there must not meet a missing dy (0).
         col_ok = ()
         for kw in tl.static_range(KW):
             iw = iw0 + kw * DW
-            col_ok = col_ok + (nc_ok & ((iw >= 0) & (iw < W))[None, None, :],)
+            col_ok = col_ok + (dy_ok & ((iw >= 0) & (iw < W))[None, None, :],)
         interior = col_interior & (n0 + BLOCK_N <= n_last)
         dy_img = dy_col + n0 * sdn
         x_img = x_col + n0 * sxn
         J: tl.constexpr = (KH + SH - 1) // SH
         window = (zero,) * J
-        # Step s reads dy row o = oh_first + s (zero past the strip) into window[J-1] and its SH input rows
-        # o*SH - PT + r.
+        # Step o reads dy row o (zero past the strip) into window[J-1] and its SH input rows o*SH - PT + r.
         for o in range(oh_first, oh_end + J - 1):
             if o < oh_end:
                 if interior:
