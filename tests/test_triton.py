@@ -154,7 +154,7 @@ def test_row_streaming_tiles(monkeypatch, channels_last):
     # wgrad: batch slices of BLOCK_N images (the interpreter otherwise runs one slice), for NCHW the last
     # one partial.
     monkeypatch.setattr(rows_wgrad, "INTERPRET", False)
-    monkeypatch.setattr(rows_wgrad, "_TARGET_PROGRAMS", 10 ** 6)
+    monkeypatch.setattr(rows_wgrad, "TARGET_PROGRAMS", 10 ** 6)
     run_case((3, 3, 10, 13, 5, 1, 2, 1, 1, True, channels_last, F32))
     run_case((1, 1, 11, 20, 11, 1, (5, 4, 3, 6), 1, 1, False, channels_last, F32))
     run_case((1, 3, 7, 19, (3, 5), (1, 2), (1, 1, 4, 2), (1, 2), 2, True, channels_last, F32))

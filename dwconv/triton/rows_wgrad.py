@@ -29,10 +29,7 @@ from ..backends.base import new_output
 from . import tiles
 from .common import INTERPRET, acc_dtype, acc_torch_dtype, needs_int64, strides4, widen_strides
 from .rows import MAX_KERNEL, enabled
-from .wgrad import wgrad_reduce_kernel
-
-# Programs pass 1 aims for (a few waves on a large GPU); the batch is split to get there.
-_TARGET_PROGRAMS = 1024
+from .wgrad import TARGET_PROGRAMS, wgrad_reduce_kernel
 
 
 def applies(args: ConvArgs) -> bool:
@@ -157,7 +154,7 @@ def _images_per_program(n: int, programs_per_slice: int, block_n: int) -> int:
     """Batch slice of one program: enough programs to fill the GPU, as few atomics as that allows."""
     if INTERPRET:  # the interpreter pays per program: one slice
         return n
-    slices = max(1, min(triton.cdiv(n, block_n), _TARGET_PROGRAMS // max(programs_per_slice, 1)))
+    slices = max(1, min(triton.cdiv(n, block_n), TARGET_PROGRAMS // max(programs_per_slice, 1)))
     return triton.cdiv(triton.cdiv(n, slices), block_n) * block_n
 
 

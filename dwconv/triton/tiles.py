@@ -221,7 +221,7 @@ def launch_plane(kernel, grid, batch: int, channels: int, args, constexprs, chan
 _ROWS_NCHW = [(8, 2), (8, 1), (4, 2), (16, 2)]
 _ROWS_NHWC = [(8, 4), (8, 2), (4, 4), (16, 4)]
 _ROWS_NHWC_HALF_SMALL_K = [(16, 4), (8, 4), (8, 2), (4, 4)]
-ROWS_MAX_STRIP = 64  # maps up to this tall are walked whole; taller ones in strips of 32 rows
+ROWS_MAX_STRIP, ROWS_LONG_MAP_STRIP = 64, 32  # maps up to 64 tall are walked whole, taller ones in strips of 32
 # FLIP and SH: forward and dgrad (and strides) of one shape tune separately.
 ROWS_TUNE_KEY = ("N", "CO", "H", "W", "HO", "WO", "M", "KH", "KW", "SH", "SW", "DW", "FLIP")
 # A program's weights go into registers (HOIST) when it has one channel and taps + KH * E registers stay
@@ -249,7 +249,7 @@ def rows_candidates(channels_last: bool, batch: int, channels: int, height: int,
     elements per thread (or fewer warps) instead, and only a plane too small to fill one warp takes several
     channels."""
     kernel_height, taps = kernel[0], kernel[0] * kernel[1]
-    rows = height if height <= ROWS_MAX_STRIP else 32
+    rows = height if height <= ROWS_MAX_STRIP else ROWS_LONG_MAP_STRIP
     max_n = triton.next_power_of_2(max(batch, 1))
     max_c = triton.next_power_of_2(max(channels, 1))
     max_w = triton.next_power_of_2(max(width, 1))

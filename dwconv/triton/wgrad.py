@@ -19,7 +19,7 @@ from . import tiles
 from .common import INTERPRET, acc_dtype, acc_torch_dtype, needs_int64, strides4, widen_strides
 
 # Programs pass 1 aims for (a few waves on a large GPU); the batch is split to get there.
-_TARGET_PROGRAMS = 1024
+TARGET_PROGRAMS = 1024
 # Nominal tile used to size the batch split (autotuning may pick another tile, that only shifts the count).
 _NOMINAL_TILE_PIXELS = 256
 _NOMINAL_CHANNELS_NCHW, _NOMINAL_CHANNELS_NHWC = 4, 32
@@ -142,7 +142,7 @@ def images_per_program(args: ConvArgs, channels_last: bool) -> int:
     programs_per_image = triton.cdiv(co, nominal_c) * triton.cdiv(ho * wo, _NOMINAL_TILE_PIXELS)
     if INTERPRET:  # the interpreter pays per program: one slice
         return n
-    slices = max(1, min(n, _TARGET_PROGRAMS // max(programs_per_image, 1)))
+    slices = max(1, min(n, TARGET_PROGRAMS // max(programs_per_image, 1)))
     return triton.cdiv(n, slices)
 
 
