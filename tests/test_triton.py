@@ -217,3 +217,24 @@ def test_availability_reasons():
     assert (cpu_reason is None) == INTERPRET
     if not INTERPRET:
         assert "TRITON_INTERPRET" in cpu_reason
+
+
+def test_row_streaming_wgrad_non_finite_like_pytorch():
+    """An inf or NaN in x reaches only the taps that meet it in PyTorch: not the taps whose dy rows or columns
+    lie outside the map (the row kernels must not multiply it by a stand-in zero)."""
+    x, wt, _ = make_inputs(2, 3, 9, 10, 5, 1, F32, DEVICE, bias=False)
+    x = x.detach().clone()
+    x[0, 0, 0, 0] = float("inf")
+    x[1, 2, 8, 9] = float("-inf")
+    x[0, 1, 4, 0] = float("nan")
+    grad_out = torch.randn(2, 3, 7, 8, device=DEVICE)  # padding 1 on a 5x5 filter: 7x8 outputs
+    assert _launched_kernels(lambda: torch.ops.dwconv.wgrad(grad_out, x, list(wt.shape), [1, 1], [1, 1, 1, 1],
+                                                            [1, 1], "triton"))[0] == "rows_wgrad_kernel"
+    dw = torch.ops.dwconv.wgrad(grad_out, x, list(wt.shape), [1, 1], [1, 1, 1, 1], [1, 1], "triton")
+    _, _, dw_ref, _ = reference_grads(x, wt, None, grad_out, (1, 1), (1, 1, 1, 1), (1, 1))
+    dw_ref = dw_ref.to(dw.device)
+    assert torch.equal(torch.isnan(dw), torch.isnan(dw_ref))
+    assert torch.equal(torch.isposinf(dw), torch.isposinf(dw_ref))
+    assert torch.equal(torch.isneginf(dw), torch.isneginf(dw_ref))
+    finite = torch.isfinite(dw_ref)
+    assert_close(dw[finite], dw_ref[finite], F32, "finite taps")

@@ -13,10 +13,9 @@ wgrad kernel, wgrad.py, loads both operands for every FMA). At the end each tap'
 over the program (one cross-thread sum per tap) and added with one fp32 atomic per channel and tap, or
 (deterministic) stored into the program's own workspace row; wgrad.py's reduce kernel then sums the rows
 and casts.
-Non-finite inputs: x is masked where this lane's dy does not exist (columns), but a window slot outside the
-strip (or the map) holds a zero dy row, so an inf/NaN in x within KH - 1 rows of a strip's first or last row
-(the map's own edges included) also meets zeros and can turn dw of taps that never touch it in PyTorch into
-NaN (the direct kernel, DWCONV_TRITON_ROW_STREAM=0, does not).
+Non-finite inputs give PyTorch's answer: x meets only dy values that exist, so an inf/NaN in x never meets a
+stand-in zero (x is masked where this lane's dy column does not exist; a filter row whose dy row lies outside
+the strip is skipped, one uniform branch per filter row and step).
 """
 from __future__ import annotations
 
@@ -38,23 +37,28 @@ def applies(args: ConvArgs) -> bool:
 
 
 @triton.jit
-def _taps_of_row(accs, window, x_row, col_ok, sxw, R: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-                 SH: tl.constexpr, DW: tl.constexpr, MASKED: tl.constexpr):
-    # accs[kw*KH + kh]: tap (kh, kw). x_row is input row R of the step: through filter row kh = d*SH + R it
-    # meets dy row o - d, which is window[J-1-d].
+def _taps_of_row(accs, window, x_row, col_ok, sxw, o, oh_first, oh_end, R: tl.constexpr, KH: tl.constexpr,
+                 KW: tl.constexpr, SH: tl.constexpr, DW: tl.constexpr, MASKED: tl.constexpr):
+    # accs[kh*KW + kw]: tap (kh, kw). x_row is input row R of the step: through filter row kh = d*SH + R it
+    # meets dy row o - d, which is window[J-1-d]. Only dy rows of the strip exist: a window slot outside it
+    # holds a zero that must not meet x (an inf there would become NaN), so each filter row is skipped as a
+    # whole (one uniform branch) when its dy row is missing.
     J: tl.constexpr = (KH + SH - 1) // SH
+    xs = ()
     for kw in tl.static_range(KW):
         if MASKED:
-            xv = tl.load(x_row + (kw * DW) * sxw, mask=col_ok[kw], other=0.0).to(accs[0].dtype)
+            xs = xs + (tl.load(x_row + (kw * DW) * sxw, mask=col_ok[kw], other=0.0).to(accs[0].dtype),)
         else:
-            xv = tl.load(x_row + (kw * DW) * sxw).to(accs[0].dtype)
-        updated = ()
-        for kh in tl.static_range(KH):
-            if (kh >= R) and ((kh - R) % SH == 0):
-                updated = updated + (accs[kw * KH + kh] + xv * window[J - 1 - (kh - R) // SH],)
-            else:
-                updated = updated + (accs[kw * KH + kh],)
-        accs = accs[:kw * KH] + updated + accs[(kw + 1) * KH:]
+            xs = xs + (tl.load(x_row + (kw * DW) * sxw).to(accs[0].dtype),)
+    for kh in tl.static_range(KH):
+        if (kh >= R) and ((kh - R) % SH == 0):
+            dy_row = o - (kh - R) // SH
+            if (dy_row >= oh_first) & (dy_row < oh_end):
+                dyv = window[J - 1 - (kh - R) // SH]
+                updated = ()
+                for kw in tl.static_range(KW):
+                    updated = updated + (accs[kh * KW + kw] + xs[kw] * dyv,)
+                accs = accs[:kh * KW] + updated + accs[(kh + 1) * KW:]
     return accs
 
 
@@ -131,9 +135,11 @@ def rows_wgrad_kernel(dy_ptr, x_ptr, ws_ptr, N, CO, H, W, HO, WO, PT, PL, IMAGES
                     if (ih >= 0) & (ih < H):
                         x_row = x_img + ih * sxh
                         if interior:
-                            accs = _taps_of_row(accs, window, x_row, col_ok, sxw, r, KH, KW, SH, DW, MASKED=False)
+                            accs = _taps_of_row(accs, window, x_row, col_ok, sxw, o, oh_first, oh_end, r, KH, KW, SH, DW,
+                                                MASKED=False)
                         else:
-                            accs = _taps_of_row(accs, window, x_row, col_ok, sxw, r, KH, KW, SH, DW, MASKED=True)
+                            accs = _taps_of_row(accs, window, x_row, col_ok, sxw, o, oh_first, oh_end, r, KH, KW, SH, DW,
+                                                MASKED=True)
 
     if DETERMINISTIC:
         if INDEX_64:
@@ -143,7 +149,7 @@ def rows_wgrad_kernel(dy_ptr, x_ptr, ws_ptr, N, CO, H, W, HO, WO, PT, PL, IMAGES
         ws_co = ws_ptr + co * (KH * KW)
     for kw in tl.static_range(KW):
         for kh in tl.static_range(KH):
-            part = tl.sum(tl.sum(accs[kw * KH + kh], axis=2), axis=0)
+            part = tl.sum(tl.sum(accs[kh * KW + kw], axis=2), axis=0)
             if DETERMINISTIC:
                 tl.store(ws_co + (kh * KW + kw), part, mask=c_ok)
             else:
