@@ -28,7 +28,7 @@ from ..backends.base import new_output
 from . import tiles
 from .common import INTERPRET, acc_dtype, acc_torch_dtype, needs_int64, strides4, widen_strides
 from .rows import MAX_KERNEL, enabled
-from .wgrad import TARGET_PROGRAMS, wgrad_reduce_kernel
+from .wgrad import TARGET_PROGRAMS, add_tap, reduce_workspace, wgrad_program, workspace_of
 
 
 def applies(args: ConvArgs) -> bool:
@@ -68,23 +68,10 @@ def rows_wgrad_kernel(dy_ptr, x_ptr, ws_ptr, N, CO, H, W, HO, WO, PT, PL, IMAGES
                       M: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
                       DW: tl.constexpr, DETERMINISTIC: tl.constexpr, INDEX_64: tl.constexpr, ACC: tl.constexpr,
                       BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_W: tl.constexpr, ROWS: tl.constexpr):
-    # Program order: channel blocks fastest, then column tiles, row strips, batch slices; the workspace row
-    # of a program (deterministic) is its (batch slice, strip, column tile) index.
-    pid = tl.program_id(0)
-    cblocks = tl.cdiv(CO, BLOCK_C)
-    tiles_w = tl.cdiv(WO, BLOCK_W)
-    strips = tl.cdiv(HO, ROWS)
-    cb = pid % cblocks
-    split = pid // cblocks
-    tw = split % tiles_w
-    rest = split // tiles_w
-    strip = rest % strips
-    slice_ = rest // strips
-    n_first = slice_ * IMAGES_PER_PROGRAM
-    n_last = tl.minimum(n_first + IMAGES_PER_PROGRAM, N)
-    if INDEX_64:
-        n_first = n_first.to(tl.int64)
-        n_last = n_last.to(tl.int64)
+    # Row strips of ROWS rows stand where wgrad_kernel has row tiles; the workspace row of a program
+    # (deterministic) is its (batch slice, strip, column tile) index.
+    cb, split, tw, strip, n_first, n_last = wgrad_program(N, CO, HO, WO, IMAGES_PER_PROGRAM, INDEX_64, BLOCK_C,
+                                                          ROWS, BLOCK_W)
     sdn, sdc, sdh, sdw = widen_strides(sdn, sdc, sdh, sdw, INDEX_64)
     sxn, sxc, sxh, sxw = widen_strides(sxn, sxc, sxh, sxw, INDEX_64)
 
@@ -141,19 +128,9 @@ def rows_wgrad_kernel(dy_ptr, x_ptr, ws_ptr, N, CO, H, W, HO, WO, PT, PL, IMAGES
                             accs = _taps_of_row(accs, window, x_row, col_ok, sxw, o, oh_first, oh_end, r, KH, KW, SH, DW,
                                                 MASKED=True)
 
-    if DETERMINISTIC:
-        if INDEX_64:
-            split = split.to(tl.int64)
-        ws_co = ws_ptr + split * (CO * KH * KW) + co * (KH * KW)
-    else:
-        ws_co = ws_ptr + co * (KH * KW)
-    for kw in tl.static_range(KW):
-        for kh in tl.static_range(KH):
-            part = tl.sum(tl.sum(accs[kh * KW + kw], axis=2), axis=0)
-            if DETERMINISTIC:
-                tl.store(ws_co + (kh * KW + kw), part, mask=c_ok)
-            else:
-                tl.atomic_add(ws_co + (kh * KW + kw), part, mask=c_ok)
+    ws_co = workspace_of(ws_ptr, split, co, CO, KH * KW, DETERMINISTIC)
+    for tap in tl.static_range(KH * KW):
+        add_tap(ws_co, tap, tl.sum(tl.sum(accs[tap], axis=2), axis=0), c_ok, DETERMINISTIC)
 
 
 def _images_per_program(n: int, programs_per_slice: int, block_n: int) -> int:
@@ -197,9 +174,4 @@ def wgrad(grad_out, x, args: ConvArgs, channels_last: bool, deterministic: bool)
              DETERMINISTIC=deterministic, INDEX_64=needs_int64(grad_out, x, ws), ACC=acc_dtype(x.dtype)),
         reset_to_zero=None if deterministic else ["ws_ptr"])
 
-    splits = ws.shape[0] if deterministic else 1
-    numel = co * kh * kw
-    block = min(1024, triton.next_power_of_2(numel))
-    tiles.launch_fixed(wgrad_reduce_kernel, (triton.cdiv(numel, block),), (ws, dw, splits, numel),
-                       dict(BLOCK=block, ACC=acc_dtype(x.dtype)))
-    return dw
+    return reduce_workspace(ws, ws.shape[0] if deterministic else 1, dw)

@@ -42,14 +42,11 @@ def _wgrad_tap(dy_tile, x_tap, n_first, n_last, sdn, sxn, ok, MASKED: tl.constex
 
 
 @triton.jit
-def wgrad_kernel(dy_ptr, x_ptr, ws_ptr,
-                 N, CO, H, W, HO, WO, PT, PL, IMAGES_PER_PROGRAM,
-                 sdn, sdc, sdh, sdw, sxn, sxc, sxh, sxw,
-                 M: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
-                 DH: tl.constexpr, DW: tl.constexpr, DETERMINISTIC: tl.constexpr, INDEX_64: tl.constexpr,
-                 ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
-    # Program order: channel blocks fastest, then column tiles, row tiles, batch slices.
-    # Workspace row of a program (deterministic): its (batch slice, tile) index, the same for all channels.
+def wgrad_program(N, CO, HO, WO, IMAGES_PER_PROGRAM, INDEX_64: tl.constexpr, BLOCK_C: tl.constexpr,
+                  BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """This program's (channel block, split, column tile, row tile, first image, end image). Order: channel
+    blocks fastest, then column tiles, row tiles, batch slices; `split` (the rest) is the program's workspace
+    row when deterministic, the same for all channel blocks."""
     pid = tl.program_id(0)
     cblocks = tl.cdiv(CO, BLOCK_C)
     tiles_w = tl.cdiv(WO, BLOCK_W)
@@ -63,8 +60,38 @@ def wgrad_kernel(dy_ptr, x_ptr, ws_ptr,
     n_first = slice_ * IMAGES_PER_PROGRAM
     n_last = tl.minimum(n_first + IMAGES_PER_PROGRAM, N)
     if INDEX_64:
+        split = split.to(tl.int64)
         n_first = n_first.to(tl.int64)
         n_last = n_last.to(tl.int64)
+    return cb, split, tw, th, n_first, n_last
+
+
+@triton.jit
+def workspace_of(ws_ptr, split, co, CO, TAPS: tl.constexpr, DETERMINISTIC: tl.constexpr):
+    """Per-channel pointers to the taps a program adds to: its own workspace row when deterministic."""
+    if DETERMINISTIC:
+        return ws_ptr + split * (CO * TAPS) + co * TAPS
+    return ws_ptr + co * TAPS
+
+
+@triton.jit
+def add_tap(ws_co, tap, part, c_ok, DETERMINISTIC: tl.constexpr):
+    # One program's sum for one tap: its own workspace element, or an fp32 atomic into the shared one.
+    if DETERMINISTIC:
+        tl.store(ws_co + tap, part, mask=c_ok)
+    else:
+        tl.atomic_add(ws_co + tap, part, mask=c_ok)
+
+
+@triton.jit
+def wgrad_kernel(dy_ptr, x_ptr, ws_ptr,
+                 N, CO, H, W, HO, WO, PT, PL, IMAGES_PER_PROGRAM,
+                 sdn, sdc, sdh, sdw, sxn, sxc, sxh, sxw,
+                 M: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
+                 DH: tl.constexpr, DW: tl.constexpr, DETERMINISTIC: tl.constexpr, INDEX_64: tl.constexpr,
+                 ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    cb, split, tw, th, n_first, n_last = wgrad_program(N, CO, HO, WO, IMAGES_PER_PROGRAM, INDEX_64, BLOCK_C,
+                                                       BLOCK_H, BLOCK_W)
     sdn, sdc, sdh, sdw = widen_strides(sdn, sdc, sdh, sdw, INDEX_64)
     sxn, sxc, sxh, sxw = widen_strides(sxn, sxc, sxh, sxw, INDEX_64)
 
@@ -81,12 +108,7 @@ def wgrad_kernel(dy_ptr, x_ptr, ws_ptr,
     dy_tile = dy_ptr + co[:, None, None] * sdc + oh[None, :, None] * sdh + ow[None, None, :] * sdw
     x_tap0 = x_ptr + (co // M)[:, None, None] * sxc + ih0[None, :, None] * sxh + iw0[None, None, :] * sxw
     out_ok = c_ok[:, None, None] & (oh < HO)[None, :, None] & (ow < WO)[None, None, :]
-    if DETERMINISTIC:
-        if INDEX_64:
-            split = split.to(tl.int64)
-        ws_co = ws_ptr + split * (CO * KH * KW) + co * (KH * KW)
-    else:
-        ws_co = ws_ptr + co * (KH * KW)
+    ws_co = workspace_of(ws_ptr, split, co, CO, KH * KW, DETERMINISTIC)
 
     ih_first = th * BLOCK_H * SH - PT
     iw_first = tw * BLOCK_W * SW - PL
@@ -116,10 +138,7 @@ def wgrad_kernel(dy_ptr, x_ptr, ws_ptr,
                         ok = row_ok & ((iw >= 0) & (iw < W))[None, None, :]
                         part = _wgrad_tap(dy_tile, x_tap, n_first, n_last, sdn, sxn, ok, True, ACC,
                                           BLOCK_C, BLOCK_H, BLOCK_W)
-                    if DETERMINISTIC:
-                        tl.store(ws_co + (kh * KW + kw), part, mask=c_ok)
-                    else:
-                        tl.atomic_add(ws_co + (kh * KW + kw), part, mask=c_ok)
+                    add_tap(ws_co, kh * KW + kw, part, c_ok, DETERMINISTIC)
 
 
 @triton.jit
@@ -182,8 +201,13 @@ def wgrad(grad_out, x, args: ConvArgs, channels_last: bool, deterministic: bool)
         ws = torch.zeros((co, kh * kw), dtype=acc_torch, device=x.device)
         run(ws, reset_to_zero=["ws_ptr"])
 
-    numel = co * kh * kw
+    return reduce_workspace(ws, splits, dw)
+
+
+def reduce_workspace(ws, splits: int, dw):
+    """dw = the sum of the workspace's `splits` rows (one row: a copy with the cast to dw's dtype)."""
+    numel = dw.numel()
     block = min(1024, triton.next_power_of_2(numel))
     tiles.launch_fixed(wgrad_reduce_kernel, (triton.cdiv(numel, block),), (ws, dw, splits, numel),
-                       dict(BLOCK=block, ACC=acc_dtype(x.dtype)))
+                       dict(BLOCK=block, ACC=acc_dtype(ws.dtype)))
     return dw
