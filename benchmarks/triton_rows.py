@@ -4,8 +4,8 @@
 
 For each shape and op (fwd, dgrad, wgrad) it checks both Triton kernel families against a float64 PyTorch
 reference (relative norm error) and times PyTorch (cuDNN or its native kernel, cudnn.benchmark on), the
-row-streaming kernels (DWCONV_TRITON_ROW_STREAM=1) and the direct kernels (=0) in one process: CUDA events,
-medians. Without --autotune the Triton kernels run their heuristic tile (DWCONV_TRITON_AUTOTUNE=0), which
+row-streaming kernels (DWCONV_TRITON_ROW_STREAM=1) and the direct kernels (=0) in one process, interleaved
+(benchmarks/timing.py: CUDA events, medians). Without --autotune the Triton kernels run their heuristic tile (DWCONV_TRITON_AUTOTUNE=0), which
 keeps compile time to one kernel per shape and op. --smoke: tiny shapes, runs anywhere (CPU: interpreter).
 """
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 
@@ -42,29 +41,20 @@ def main(argv=None):
         os.environ.setdefault("TRITON_INTERPRET", "1")
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     import dwconv  # noqa: F401  (registers the ops)
+    from benchmarks.timing import Timer, interleaved
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.backends.cudnn.benchmark = True
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     start = time.time()
     rows = []
+    timer = Timer(torch.device(device))
 
-    def timed(fn, reps):
-        fn()
-        if device == "cpu":
-            return 0.0
-        torch.cuda.synchronize()
-        for _ in range(2):
-            fn()
-        times = []
-        for _ in range(reps):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b) * 1000.0)
-        return statistics.median(times)
+    def with_row_stream(flag, call):
+        def run():
+            os.environ["DWCONV_TRITON_ROW_STREAM"] = flag
+            return call()
+        return run
 
     for name, n, c, hw, k, s, dt, cl in (SMOKE if opts.smoke else SHAPES):
         if time.time() - start > opts.budget_s:
@@ -94,16 +84,18 @@ def main(argv=None):
         }
         for op in ("fwd", "dgrad", "wgrad"):
             row = dict(shape=name, N=n, C=c, H=hw, K=k, stride=s, dtype=dt, channels_last=cl, op=op)
-            row["torch_us"] = timed(torch_calls[op], opts.reps)
+            cases = {"torch": torch_calls[op]}
             for variant, flag in (("rows", "1"), ("direct", "0")):
-                os.environ["DWCONV_TRITON_ROW_STREAM"] = flag
+                cases[variant] = with_row_stream(flag, dwconv_calls[op])
                 t0 = time.time()
-                out = dwconv_calls[op]()
-                ref = refs[op]
-                row[f"{variant}_rel_err"] = float((out.double() - ref).norm() / ref.norm())
+                out = cases[variant]()
+                row[f"{variant}_rel_err"] = float((out.double() - refs[op]).norm() / refs[op].norm())
                 row[f"{variant}_first_call_s"] = round(time.time() - t0, 2)
-                row[f"{variant}_us"] = timed(dwconv_calls[op], opts.reps)
+            # The interpreter's times mean nothing: on a CPU only the checks run.
+            stats = interleaved(cases, timer, warmup=2, reps=opts.reps) if device == "cuda" else {}
             os.environ["DWCONV_TRITON_ROW_STREAM"] = "1"
+            for case in cases:
+                row[f"{case}_us"] = stats[case].median * 1e6 if case in stats else 0.0
             row["rows_vs_direct"] = row["direct_us"] / row["rows_us"] if row["rows_us"] else None
             row["rows_vs_torch"] = row["torch_us"] / row["rows_us"] if row["rows_us"] else None
             rows.append(row)
