@@ -200,16 +200,8 @@ def plane_candidates(channels_last: bool, batch: int, channels: int) -> List[tri
 
 def launch_plane(kernel, grid, batch: int, channels: int, args, constexprs, channels_last: bool):
     """Launch a plane.py kernel: autotuned on the GPU, the first candidate otherwise."""
-    cands = plane_candidates(channels_last, batch, channels)
-    if AUTOTUNE and _captured is None:
-        family = (kernel, channels_last, tuple(tuple(sorted(c.kwargs.items())) for c in cands))
-        tuner = _TUNERS.get(family)
-        if tuner is None:
-            tuner = _TUNERS[family] = triton.autotune(configs=cands, key=list(PLANE_TUNE_KEY))(kernel)
-        tuner[grid](*args, **constexprs)
-        return
-    cfg = cands[0]
-    launch_fixed(kernel, grid(cfg.kwargs), args, {**constexprs, **cfg.kwargs}, cfg.num_warps)
+    launch_candidates(kernel, grid, plane_candidates(channels_last, batch, channels), PLANE_TUNE_KEY, args,
+                      constexprs, largest_in_interpreter=False)
 
 
 # ---- row-streaming kernels (rows.py): a thread holds E outputs per open output row, KH rows open at once,
@@ -321,9 +313,11 @@ def rows_wgrad_candidates(channels_last: bool, batch: int, channels: int, height
     return out
 
 
-def launch_candidates(kernel, grid, cands: List[triton.Config], key, args, constexprs, reset_to_zero=None):
+def launch_candidates(kernel, grid, cands: List[triton.Config], key, args, constexprs, reset_to_zero=None,
+                      largest_in_interpreter: bool = True):
     """Launch `kernel` autotuned among `cands` on the GPU; otherwise with the first candidate (the heuristic
-    choice), or in the interpreter the largest tile (it pays per program, not per element)."""
+    choice), or in the interpreter the largest BLOCK_N x BLOCK_C x BLOCK_W tile (it pays per program, not per
+    element)."""
     if AUTOTUNE and _captured is None and len(cands) > 1:
         family = (kernel, tuple(tuple(sorted(c.kwargs.items())) + (c.num_warps,) for c in cands))
         tuner = _TUNERS.get(family)
@@ -333,6 +327,6 @@ def launch_candidates(kernel, grid, cands: List[triton.Config], key, args, const
         tuner[grid](*args, **constexprs)
         return
     cfg = cands[0]
-    if INTERPRET:
+    if INTERPRET and largest_in_interpreter:
         cfg = max(cands, key=lambda c: c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_C"] * c.kwargs["BLOCK_W"])
     launch_fixed(kernel, grid(cfg.kwargs), args, {**constexprs, **cfg.kwargs}, cfg.num_warps)
