@@ -264,32 +264,33 @@ def test_host_emulated_mma_nonfinite_inputs(host_ops, monkeypatch, case, dtype, 
     _run_nonfinite(host_ops, case, dtype, channels_last, "cpu")
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("case,dtype,channels_last", NONFINITE_PARAMS)
-def test_device_mma_nonfinite_inputs(monkeypatch, case, dtype, channels_last):
+@pytest.fixture
+def device_mma_ops(monkeypatch):
+    """The device build's ops with the tensor-core path requested (GPU tests only)."""
     ops = _device_ops()
     if torch.cuda.get_device_capability() < (8, 0):
         pytest.skip("mma.sync m16n8k16 needs sm_80+")
     monkeypatch.setenv("DWCONV_CUDA_MMA", "1")
+    return ops
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case,dtype,channels_last", NONFINITE_PARAMS)
+def test_device_mma_nonfinite_inputs(device_mma_ops, case, dtype, channels_last):
+    ops = device_mma_ops
     _run_nonfinite(ops, case, dtype, channels_last, "cuda")
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [F16, BF16])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
-def test_device_mma_single_nonfinite_value(monkeypatch, dtype, channels_last):
-    ops = _device_ops()
-    if torch.cuda.get_device_capability() < (8, 0):
-        pytest.skip("mma.sync m16n8k16 needs sm_80+")
-    monkeypatch.setenv("DWCONV_CUDA_MMA", "1")
+def test_device_mma_single_nonfinite_value(device_mma_ops, dtype, channels_last):
+    ops = device_mma_ops
     _run_single_nonfinite(ops, dtype, channels_last, "cuda")
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("case,dtype,channels_last", PARAMS)
-def test_device_mma_matches_reference(monkeypatch, case, dtype, channels_last):
-    ops = _device_ops()
-    if torch.cuda.get_device_capability() < (8, 0):
-        pytest.skip("mma.sync m16n8k16 needs sm_80+")
-    monkeypatch.setenv("DWCONV_CUDA_MMA", "1")
+def test_device_mma_matches_reference(device_mma_ops, case, dtype, channels_last):
+    ops = device_mma_ops
     _run(ops, case, dtype, channels_last, "cuda")
