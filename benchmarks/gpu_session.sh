@@ -1,5 +1,11 @@
 #!/usr/bin/env bash
-# One lent GPU machine, each stage within one 10-minute call (see docs/benchmarking.md):
+# One lent GPU machine, each stage within one 10-minute call (see docs/benchmarking.md). With little device
+# time, run `first`, then `goals` and `profile` on the same warm machine (they reuse first's build):
+#   bash benchmarks/gpu_session.sh first        # sm_90-only build, the CUDA backend's GPU tests and
+#                                               # compute-sanitizer, the goal shapes timed for cuda vs PyTorch
+#   bash benchmarks/gpu_session.sh goals        # the goal shapes: cuda and triton (heuristic tiles) vs PyTorch,
+#                                               # fp32 NCHW and bf16 channels_last, fwd/dgrad/wgrad/fwd+bwd
+#   bash benchmarks/gpu_session.sh profile      # Nsight Compute (when on the PATH): one call per goal case
 #   bash benchmarks/gpu_session.sh build        # build the extension against the machine's torch, run the GPU tests
 #   bash benchmarks/gpu_session.sh kernels      # kernels.py, Robust-ResNet shapes (bf16, fp32) + plot
 #   bash benchmarks/gpu_session.sh kernels-more # kernels.py, ConvNeXt and RepLKNet-like shapes
@@ -16,9 +22,39 @@ cd "$(dirname "$0")/.."
 RESULTS=benchmarks/results
 card=$(python -c "import torch; from benchmarks.run_info import slug; print(slug(torch.cuda.get_device_name()))")
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,utilization.gpu --format=csv || true
+# step SECONDS CMD...: a step that cannot overrun the call; its time and exit status go to the step log.
+STEP_LOG="$RESULTS/gpu-session-steps.log"
+step() {
+  local limit=$1; shift
+  local t0=$SECONDS rc=0
+  timeout "$limit" "$@" || rc=$?
+  echo "$(date -u +%H:%M:%S) rc=$rc $((SECONDS - t0))s: $*" | tee -a "$STEP_LOG"
+}
+goals() {  # goals BACKENDS SUFFIX SECONDS: fp32 NCHW and bf16 channels_last, the layouts the goals name
+  step "$3" python benchmarks/kernels.py --shapes goals --backend "$1" --dtype fp32 --layouts nchw --no-progress \
+    --json "$RESULTS/cuda-$card-kernels-goals-fp32-nchw$2.json"
+  step "$3" python benchmarks/kernels.py --shapes goals --backend "$1" --dtype bf16 --layouts nhwc --no-progress \
+    --json "$RESULTS/cuda-$card-kernels-goals-bf16-nhwc$2.json"
+}
 case "${1:-}" in
+  first)
+    step 240 env DWCONV_CUDA_ARCHS=90 MAX_JOBS="$(nproc)" pip install --no-build-isolation --no-deps -e . -q
+    step 180 python -m pytest -q -m gpu tests/test_cuda_backend.py tests/test_cuda_mma.py -p no:cacheprovider
+    goals cuda -cuda 75 ;;
+  goals)
+    DWCONV_TRITON_AUTOTUNE=0 goals cuda,triton "" 270 ;;
+  profile)
+    if command -v ncu >/dev/null; then
+      for backend in cuda triton torch; do
+        DWCONV_TRITON_AUTOTUNE=0 step 170 ncu --profile-from-start off --section SpeedOfLight --section Occupancy \
+          --section LaunchStats --section WarpStateStats --csv --log-file "$RESULTS/cuda-$card-ncu-$backend.csv" \
+          python benchmarks/profile_ops.py --backend "$backend"
+      done
+    else
+      echo "ncu not on the PATH" | tee -a "$STEP_LOG"
+    fi ;;
   build)
-    pip install --no-build-isolation -e . -q
+    pip install --no-build-isolation --no-deps -e . -q
     python -m pytest -q -m gpu -x
     python -m pytest -q -x tests/test_parity.py -k "cuda" ;;
   kernels)
@@ -49,9 +85,9 @@ case "${1:-}" in
     python benchmarks/throughput.py --dtype fp32 --no-channels-last --no-progress \
       --json "$RESULTS/cuda-$card-throughput-fp32-nchw.json" ;;
   *)
-    echo "usage: $0 build|kernels|kernels-more|kernels-mma|kernels-triton|throughput-bf16|throughput-fp32" >&2
+    echo "usage: $0 first|goals|profile|build|kernels|kernels-more|kernels-mma|kernels-triton|throughput-bf16|throughput-fp32" >&2
     exit 2 ;;
 esac
 if [ -n "${OUT:-}" ]; then
-  mkdir -p "$OUT/results" && cp "$RESULTS"/cuda-* "$OUT/results/" 2>/dev/null || true
+  mkdir -p "$OUT/results" && cp "$RESULTS"/cuda-* "$RESULTS"/gpu-session-steps.log "$OUT/results/" 2>/dev/null || true
 fi

@@ -50,6 +50,9 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
                    help="shape set (default: target on CPU, all on GPU)")
     p.add_argument("--backend", default=None,
                    help="comma-separated dwconv backends (default: every available one except the reference 'torch')")
+    p.add_argument("--layouts", default=",".join(LAYOUTS),
+                   help="comma-separated layouts the dwconv backends run in (PyTorch always runs both: the baseline "
+                        "is its faster layout)")
     p.add_argument("--ops", default=",".join(roofline.OPS), help="comma-separated from " + ", ".join(roofline.OPS))
     p.add_argument("--warmup", type=int, default=None, help="warm-up repetitions (default: 2 GPU, 1 CPU)")
     p.add_argument("--reps", type=int, default=None, help="timed repetitions (default: 10 GPU, 7 CPU)")
@@ -78,6 +81,7 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     args.reps = args.reps if args.reps is not None else (10 if gpu else 7)
     args.dtypes = split_choices(args.dtype or ("bf16,fp32" if gpu else "fp32"), DTYPES, "--dtype", p)
     args.ops = split_choices(args.ops, roofline.OPS, "--ops", p)
+    args.layouts = split_choices(args.layouts, LAYOUTS, "--layouts", p)
     args.backends = (split_choices(args.backend, dwconv.BACKENDS, "--backend", p) if args.backend
                      else default_backends(args.device))
     return args
@@ -102,9 +106,10 @@ def rotation_count(shape: shapes.DWShape, element_size: int, cache_bytes: int, b
     return max(2, min(wanted, 32, max(2, budget_bytes // set_bytes)))
 
 
-def providers(backends: List[str]) -> List[str]:
-    """'torch-nchw', 'torch-nhwc', then '<backend>-nchw', '<backend>-nhwc' for each dwconv backend."""
-    return [f"{b}-{layout}" for b in [conv_ops.PYTORCH] + backends for layout in LAYOUTS]
+def providers(backends: List[str], layouts=LAYOUTS) -> List[str]:
+    """'torch-nchw', 'torch-nhwc', then '<backend>-<layout>' for each dwconv backend and chosen layout."""
+    return ([f"{conv_ops.PYTORCH}-{layout}" for layout in LAYOUTS]
+            + [f"{b}-{layout}" for b in backends for layout in LAYOUTS if layout in layouts])
 
 
 def _check_forward(call, reference, dtype) -> Optional[str]:
@@ -124,7 +129,7 @@ def bench_shape(shape, dtype_name, args, timer, cache_bytes, rates, progress) ->
     count = 1 if args.smoke else rotation_count(shape, element_size, cache_bytes, budget)
     operands = {layout: conv_ops.make_operands(shape, dtype, device, layout == "nhwc", count) for layout in LAYOUTS}
     skipped: Dict[str, str] = {}
-    names = providers(args.backends)
+    names = providers(args.backends, args.layouts)
     for name in names:
         backend, layout = name.rsplit("-", 1)
         if backend == conv_ops.PYTORCH:
@@ -235,7 +240,7 @@ def plot_speedups(records: List[Dict], path: Path, args) -> None:
     except ImportError:
         print("--plot needs matplotlib (pip install matplotlib); no plot written", file=sys.stderr)
         return
-    names = providers(args.backends)[2:]
+    names = providers(args.backends, args.layouts)[2:]
     shape_names = [s.name for s in shapes.shape_set(args.shapes, args.device.type)]
     panels = [(d, o) for d in args.dtypes for o in args.ops]
     fig, axes = plt.subplots(len(panels), 1, sharex=True, squeeze=False,
@@ -287,7 +292,7 @@ def run(args: argparse.Namespace, argv: List[str]) -> Dict:
                                                                reps=2 if args.smoke else 5)}
         print(f"measured: sgemm {rates['sgemm_gflops']:.1f} GFLOP/s on {torch.get_num_threads()} threads")
     shape_list = shapes.shape_set(args.shapes, device.type)
-    n_providers = len(providers(args.backends))
+    n_providers = len(providers(args.backends, args.layouts))
     progress = Progress(len(shape_list) * len(args.dtypes) * len(args.ops) * n_providers * (args.warmup + args.reps),
                         "kernels", enabled=not args.no_progress)
     records: List[Dict] = []
@@ -300,7 +305,7 @@ def run(args: argparse.Namespace, argv: List[str]) -> Dict:
         progress.close()
     result = {"meta": run_metadata("kernels", argv, device, args.notes, load_at_start=load_at_start),
               "settings": {"shapes": args.shapes, "dtypes": args.dtypes, "ops": args.ops, "backends": args.backends,
-                           "warmup": args.warmup, "reps": args.reps, "layouts": list(LAYOUTS),
+                           "warmup": args.warmup, "reps": args.reps, "layouts": args.layouts,
                            "cuda_mma": os.environ.get("DWCONV_CUDA_MMA", ""),
                            "flops_count": "2 per multiply-add, every tap (padding taps too)",
                            "roofline": ("fraction of the sgemm rate" if device.type == "cpu" else

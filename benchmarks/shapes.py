@@ -4,6 +4,8 @@
   (../shared/design/robust-resnet.md; tests/test_benchmarks.py checks this list against the models).
 - convnext: ConvNeXt's 56x56, 28x28, 14x14 and 7x7 stages at K=7.
 - replknet: RepLKNet-like 32x32 maps with K = 11 to 31.
+- goals: the shapes the GPU issues name (batch 128 Robust-ResNet layers: C384 14x14 K11, C768 7x7 K11,
+  C1536 14x14 K7, C768 14x14 K11 stride 2; ConvNeXt 56x56 K7 and RepLKNet-like 32x32 K11 at batch 64).
 - target: the CPU backend's acceptance set (Robust-ResNet's C=384 14x14 K11, C=768 7x7 K11,
   C=1536 14x14 K7 at N=32 and ConvNeXt's 56x56 K7 at N=16): the default on CPU.
 - smoke: tiny shapes for the test suite.
@@ -74,10 +76,14 @@ CONVNEXT = [DWShape("convnext", 16, c, hw, hw, 7) for c, hw in ((96, 56), (192, 
 REPLKNET = [DWShape("replknet", 16, 384, 32, 32, k) for k in (11, 15, 19, 23, 27, 31)]
 TARGET = [DWShape("robust_resnet", 32, 384, 14, 14, 11), DWShape("robust_resnet", 32, 768, 7, 7, 11),
           DWShape("robust_resnet", 32, 1536, 14, 14, 7), DWShape("convnext", 16, 96, 56, 56, 7)]
+GOALS = [DWShape("robust_resnet", 32, 384, 14, 14, 11), DWShape("robust_resnet", 32, 768, 7, 7, 11),
+         DWShape("robust_resnet", 32, 1536, 14, 14, 7), DWShape("robust_resnet", 32, 768, 14, 14, 11, stride=2),
+         DWShape("convnext", 16, 96, 56, 56, 7), DWShape("replknet", 16, 384, 32, 32, 11)]
 SMOKE = [DWShape("smoke", 2, 8, 10, 10, 7), DWShape("smoke", 2, 4, 9, 9, 5, stride=2, multiplier=2)]
 
 SHAPE_SETS: Dict[str, List[DWShape]] = {
     "target": TARGET,
+    "goals": GOALS,
     "robust_resnet": ROBUST_RESNET,
     "convnext": CONVNEXT,
     "replknet": REPLKNET,

@@ -262,3 +262,29 @@ def test_triton_rows_smoke(tmp_path):
     assert {r["op"] for r in result["rows"]} == {"fwd", "dgrad", "wgrad"}
     for row in result["rows"]:
         assert row["rows_rel_err"] < 1e-5 and row["direct_rel_err"] < 1e-5
+
+
+def test_kernels_layouts_restrict_dwconv_providers_only(tmp_path):
+    """--layouts nhwc: the dwconv backend runs channels_last only; PyTorch keeps both layouts (the baseline)."""
+    path = tmp_path / "k.json"
+    from benchmarks import kernels
+    kernels.main(["--smoke", "--device", "cpu", "--backend", "cpu", "--layouts", "nhwc", "--ops", "fwd",
+                  "--no-progress", "--json", str(path)])
+    with open(path) as f:
+        result = json.load(f)
+    assert {r["provider"] for r in result["results"]} == {"torch-nchw", "torch-nhwc", "cpu-nhwc"}
+    assert result["settings"]["layouts"] == ["nhwc"]
+
+
+def test_goals_shape_set_is_the_issue_shapes():
+    """Batch 128 Robust-ResNet layers, batch 64 ConvNeXt 56x56 K7 and RepLKNet-like 32x32 K11 on a GPU; each
+    Robust-ResNet goal shape is a layer of the models."""
+    goals = shapes.shape_set("goals", "cuda")
+    layers = {(s.c, s.h, s.k, s.stride, s.multiplier) for s in shapes.ROBUST_RESNET}
+    for s in goals:
+        if s.family == "robust_resnet":
+            assert s.n == 128 and (s.c, s.h, s.k, s.stride, s.multiplier) in layers
+        else:
+            assert s.n == 64
+    assert {(s.family, s.h, s.k) for s in goals if s.family != "robust_resnet"} == {("convnext", 56, 7),
+                                                                                    ("replknet", 32, 11)}
