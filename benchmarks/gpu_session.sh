@@ -6,6 +6,8 @@
 #   bash benchmarks/gpu_session.sh goals        # the goal shapes: cuda and triton (heuristic tiles) vs PyTorch,
 #                                               # fp32 NCHW and bf16 channels_last, fwd/dgrad/wgrad/fwd+bwd
 #   bash benchmarks/gpu_session.sh profile      # Nsight Compute (when on the PATH): one call per goal case
+#   bash benchmarks/gpu_session.sh tiles        # every Triton autotune candidate timed alone (triton_tiles.py),
+#                                               # Robust-ResNet C384 14x14 K11 and ConvNeXt 56x56 K7
 #   bash benchmarks/gpu_session.sh build        # build the extension against the machine's torch, run the GPU tests
 #   bash benchmarks/gpu_session.sh kernels      # kernels.py, Robust-ResNet shapes (bf16, fp32) + plot
 #   bash benchmarks/gpu_session.sh kernels-more # kernels.py, ConvNeXt and RepLKNet-like shapes
@@ -43,6 +45,9 @@ case "${1:-}" in
     goals cuda -cuda 75 ;;
   goals)
     DWCONV_TRITON_AUTOTUNE=0 goals cuda,triton "" 270 ;;
+  tiles)
+    step 280 python benchmarks/triton_tiles.py --only "C384 14x14 K11" --json "$RESULTS/cuda-$card-triton-tiles-c384.json"
+    step 280 python benchmarks/triton_tiles.py --only "56x56" --json "$RESULTS/cuda-$card-triton-tiles-56.json" ;;
   profile)
     if command -v ncu >/dev/null; then
       for backend in cuda triton torch; do
@@ -85,7 +90,7 @@ case "${1:-}" in
     python benchmarks/throughput.py --dtype fp32 --no-channels-last --no-progress \
       --json "$RESULTS/cuda-$card-throughput-fp32-nchw.json" ;;
   *)
-    echo "usage: $0 first|goals|profile|build|kernels|kernels-more|kernels-mma|kernels-triton|throughput-bf16|throughput-fp32" >&2
+    echo "usage: $0 first|goals|tiles|profile|build|kernels|kernels-more|kernels-mma|kernels-triton|throughput-bf16|throughput-fp32" >&2
     exit 2 ;;
 esac
 if [ -n "${OUT:-}" ]; then

@@ -288,3 +288,18 @@ def test_goals_shape_set_is_the_issue_shapes():
             assert s.n == 64
     assert {(s.family, s.h, s.k) for s in goals if s.family != "robust_resnet"} == {("convnext", 56, 7),
                                                                                     ("replknet", 32, 11)}
+
+
+def test_triton_tiles_smoke(tmp_path):
+    """The tile sweep replays every autotune candidate the launcher records; each one's result matches the
+    first candidate's (here in the interpreter: checks only, no timing)."""
+    from benchmarks import triton_tiles
+    path = tmp_path / "tiles.json"
+    result = triton_tiles.main(["--smoke", "--cases", "fp32-nchw", "--ops", "fwd,wgrad", "--json", str(path)])
+    records = result["results"]
+    assert {r["kernel"] for r in records} == {"rows_kernel", "rows_wgrad_kernel"}
+    assert max(r["candidate"] for r in records) >= 1  # several tiles were replayed
+    for r in records:
+        assert r["finite"] and r["rel_err_vs_first"] <= 1e-6, r
+    with open(path) as f:
+        assert json.load(f)["meta"]["script"] == "triton_tiles"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import List, NamedTuple, Optional
+from typing import Callable, List, NamedTuple, Optional, Tuple
 
 import triton
 
@@ -138,6 +138,11 @@ class Launch(NamedTuple):
     args: tuple
     constexprs: dict  # the kernel's constexpr arguments, tile sizes included
     num_warps: int
+    grid: tuple = (1,)
+    # Autotuned launches: the grid as a function of a candidate's kwargs, and every candidate (the recorded
+    # tile is the first): what a tile sweep (benchmarks/triton_tiles.py) replays.
+    grid_of: Optional[Callable[[dict], tuple]] = None
+    candidates: Tuple[triton.Config, ...] = ()
 
 
 _captured: Optional[List[Launch]] = None
@@ -164,13 +169,15 @@ def launch(kernel, grid, args, constexprs, channels_last: bool, channels: int, h
         tuner[grid](*args, **constexprs)
         return
     cfg = default_config(channels_last, channels, height, width, kernel_height)
-    launch_fixed(kernel, grid(cfg.kwargs), args, {**constexprs, **cfg.kwargs}, cfg.num_warps)
+    launch_fixed(kernel, grid(cfg.kwargs), args, {**constexprs, **cfg.kwargs}, cfg.num_warps, grid,
+                 candidates(channels_last, channels, height, width, kernel_height) if autotune else ())
 
 
-def launch_fixed(kernel, grid, args, constexprs, num_warps: int = 4):
+def launch_fixed(kernel, grid, args, constexprs, num_warps: int = 4, grid_of=None, candidates=()):
     """Launch `kernel` over a fixed grid with fixed constexprs (recorded instead under capture_launches)."""
     if _captured is not None:
-        _captured.append(Launch(kernel, tuple(args), dict(constexprs), num_warps))
+        _captured.append(Launch(kernel, tuple(args), dict(constexprs), num_warps, tuple(grid), grid_of,
+                                tuple(candidates)))
         return
     kernel[grid](*args, **constexprs, num_warps=num_warps)
 
@@ -329,4 +336,4 @@ def launch_candidates(kernel, grid, cands: List[triton.Config], key, args, const
     cfg = cands[0]
     if INTERPRET and largest_in_interpreter:
         cfg = max(cands, key=lambda c: c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_C"] * c.kwargs["BLOCK_W"])
-    launch_fixed(kernel, grid(cfg.kwargs), args, {**constexprs, **cfg.kwargs}, cfg.num_warps)
+    launch_fixed(kernel, grid(cfg.kwargs), args, {**constexprs, **cfg.kwargs}, cfg.num_warps, grid, cands)

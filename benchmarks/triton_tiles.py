@@ -1,0 +1,168 @@
+"""Every tile the Triton autotuner would try, launched one by one on the goal shapes: time, registers,
+spills and occupancy side by side, so a GPU run shows which tile parameters matter.
+
+    python benchmarks/triton_tiles.py --json benchmarks/results/cuda-<card>-triton-tiles.json [--only C384]
+
+For each shape (benchmarks/shapes.py, default the `goals` set), case (fp32 NCHW and bf16 channels_last by
+default) and op, the backend's call is recorded instead of run (`tiles.capture_launches`: the kernel, its
+arguments, its grid function and every autotune candidate; the first candidate is the heuristic choice).
+Each candidate is then launched directly: its result is checked against the first candidate's (outputs
+NaN-poisoned first; wgrad workspaces zeroed), and all candidates plus PyTorch's own call of the op in the
+same layout are timed interleaved (benchmarks/timing.py: CUDA events, medians; kernel launches only, no op
+dispatch). Registers and spills are the compiled kernel's; programs per SM follow from the registers
+(64 K registers and 64 warps per SM, allocated per warp in units of 256). --smoke: tiny shapes, checks only
+(the interpreter on a CPU).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    __package__ = "benchmarks"
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import dwconv  # noqa: E402  (registers the ops)
+from benchmarks import conv_ops, shapes  # noqa: E402
+from benchmarks.run_info import load_average, run_metadata, write_json  # noqa: E402
+from benchmarks.timing import Timer, calibrate_inner, interleaved  # noqa: E402
+from dwconv.triton import tiles  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+OUTPUT_ARGS = ("y_ptr", "dx_ptr", "ws_ptr")  # what the Triton kernels write, by argument name
+REGISTERS_PER_SM, MAX_WARPS_PER_SM, REGISTER_UNIT = 65536, 64, 256
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shapes", default="goals", choices=sorted(shapes.SHAPE_SETS))
+    p.add_argument("--only", default="", help="keep shapes whose name contains this text")
+    p.add_argument("--cases", default="fp32-nchw,bf16-nhwc", help="comma-separated dtype-layout pairs")
+    p.add_argument("--ops", default="fwd,dgrad,wgrad")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--json", metavar="PATH")
+    p.add_argument("--notes", default="")
+    p.add_argument("--smoke", action="store_true", help="tiny shapes, checks only")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.shapes, args.warmup, args.reps = "smoke", 0, 1
+    return args
+
+
+def record(op: str, shape, o: conv_ops.Operands) -> List[tiles.Launch]:
+    """The launches the Triton backend issues for one op (recorded, not run)."""
+    s, p4, d = [shape.stride] * 2, [shape.padding] * 4, [1, 1]
+    with tiles.capture_launches() as launches:
+        if op == "fwd":
+            torch.ops.dwconv.depthwise_conv2d(o.x, o.weight, o.bias, s, p4, d, "triton")
+        elif op == "dgrad":
+            torch.ops.dwconv.dgrad(o.grad_out, o.weight, list(o.x.shape), s, p4, d, "triton")
+        else:
+            torch.ops.dwconv.wgrad(o.grad_out, o.x, list(o.weight.shape), s, p4, d, "triton")
+    return [launch for launch in launches if launch.kernel is launches[0].kernel]  # not wgrad's reduction
+
+
+def outputs(launch: tiles.Launch) -> List[torch.Tensor]:
+    return [a for name, a in zip(launch.kernel.arg_names, launch.args) if name in OUTPUT_ARGS]
+
+
+def runner(launches: List[tiles.Launch], cfg):
+    """A call launching every recorded launch with the candidate `cfg`; returns the compiled kernel."""
+    def run():
+        compiled = None
+        for launch in launches:
+            grid = launch.grid_of(cfg.kwargs) if launch.grid_of else launch.grid
+            compiled = launch.kernel[grid](*launch.args, **{**launch.constexprs, **cfg.kwargs},
+                                           num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        return compiled
+    return run
+
+
+def programs_per_sm(registers: int, num_warps: int) -> int:
+    per_warp = -(-registers * 32 // REGISTER_UNIT) * REGISTER_UNIT
+    return min(REGISTERS_PER_SM // (per_warp * num_warps), MAX_WARPS_PER_SM // num_warps)
+
+
+def sweep_op(op, shape, dtype_name, layout, device, timer, args) -> List[Dict]:
+    o = conv_ops.make_operands(shape, DTYPES[dtype_name], device, layout == "nhwc", 1)
+    launches = record(op, shape, o[0])
+    cands = list(launches[0].candidates)
+    if not cands:  # a launch without candidates (deterministic wgrad): its recorded tile only
+        import triton
+        kw = {k: v for k, v in launches[0].constexprs.items() if k.startswith(("BLOCK_", "ROWS", "HOIST", "UNROLL"))}
+        cands = [triton.Config(kw, num_warps=launches[0].num_warps)]
+    base = {"shape": shape.as_dict(), "dtype": dtype_name, "layout": layout, "op": op,
+            "kernel": launches[0].kernel.__name__, "launches": len(launches)}
+    records, cases, reference = [], {}, None
+    for i, cfg in enumerate(cands):
+        run = runner(launches, cfg)
+        for launch in launches:
+            for name, a in zip(launch.kernel.arg_names, launch.args):
+                if name == "ws_ptr":  # atomics add into it (a deterministic run overwrites it)
+                    a.zero_()
+                elif name in OUTPUT_ARGS:
+                    a.fill_(float("nan"))
+        compiled = run()
+        result = torch.cat([t.detach().double().flatten() for launch in launches for t in outputs(launch)])
+        if reference is None:
+            reference = result.clone()
+        err = ((result - reference).norm() / reference.norm().clamp_min(1e-30)).item()
+        rec = {**base, "candidate": i, "tile": dict(cfg.kwargs), "num_warps": cfg.num_warps,
+               "rel_err_vs_first": err, "finite": bool(torch.isfinite(result).all())}
+        regs = getattr(compiled, "n_regs", None)
+        if regs is not None:
+            rec.update(registers=regs, spills=getattr(compiled, "n_spills", None),
+                       programs_per_sm=programs_per_sm(regs, cfg.num_warps))
+            rec["warps_per_sm"] = rec["programs_per_sm"] * cfg.num_warps
+        grid = launches[0].grid_of(cfg.kwargs) if launches[0].grid_of else launches[0].grid
+        rec["programs"] = grid[0] * len(launches)
+        records.append(rec)
+        cases[f"tile{i}"] = run
+    if device.type == "cuda":
+        cases["torch"] = conv_ops.make_op(conv_ops.PYTORCH, op, shape, o)
+        inner = {name: calibrate_inner(fn, timer, 2e-3) for name, fn in cases.items()}
+        stats = interleaved(cases, timer, warmup=args.warmup, reps=args.reps, inner=inner)
+        for rec in records:
+            rec["us"] = stats[f"tile{rec['candidate']}"].median * 1e6
+            rec["torch_us"] = stats["torch"].median * 1e6
+            rec["speedup_vs_torch_same_layout"] = rec["torch_us"] / rec["us"]
+    for rec in records:
+        print(" ".join(f"{k}={v}" for k, v in rec.items() if k != "shape"), shape.name, flush=True)
+    return records
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    load_at_start = load_average()
+    torch.backends.cudnn.benchmark = True
+    timer = Timer(device)
+    records = []
+    for shape in shapes.shape_set(args.shapes, "cuda" if device.type == "cuda" else "cpu"):
+        if args.only and args.only not in shape.name:
+            continue
+        for pair in args.cases.split(","):
+            dtype_name, layout = pair.split("-")
+            for op in args.ops.split(","):
+                records += sweep_op(op, shape, dtype_name, layout, device, timer, args)
+    result = {"meta": run_metadata("triton_tiles", list(argv if argv is not None else sys.argv[1:]), device,
+                                   args.notes, load_at_start=load_at_start),
+              "settings": {"shapes": args.shapes, "only": args.only, "cases": args.cases, "ops": args.ops,
+                           "warmup": args.warmup, "reps": args.reps},
+              "results": records}
+    if args.json:
+        write_json(Path(args.json), result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
