@@ -88,7 +88,7 @@ def _compile_triton(launch, target):
     values.update(launch.constexprs)
     signature, constexprs, attrs = {}, {}, {}
     for i, (name, param) in enumerate(zip(fn.arg_names, fn.params)):
-        value = values[name]
+        value = values[name] if name in values or not param.has_default else param.default
         if param.is_constexpr:
             signature[name], constexprs[name] = "constexpr", value
             continue

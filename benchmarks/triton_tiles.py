@@ -9,7 +9,8 @@ arguments, its grid function and every autotune candidate; the first candidate i
 Each candidate is then launched directly: its result is checked against the first candidate's (outputs
 NaN-poisoned first; wgrad workspaces zeroed), and all candidates plus PyTorch's own call of the op in the
 same layout are timed interleaved (benchmarks/timing.py: CUDA events, medians; kernel launches only, no op
-dispatch). Registers and spills are the compiled kernel's; programs per SM follow from the registers
+dispatch); for wgrad also the whole op as users call it, with atomics and with the deterministic
+workspace (torch.use_deterministic_algorithms). Registers and spills are the compiled kernel's; programs per SM follow from the registers
 (64 K registers and 64 warps per SM, allocated per warp in units of 256). --smoke: tiny shapes, checks only
 (the interpreter on a CPU).
 """
@@ -87,6 +88,18 @@ def runner(launches: List[tiles.Launch], cfg):
     return run
 
 
+def deterministic(call):
+    """`call` with torch.use_deterministic_algorithms(True) (the wgrad workspace path), restored after."""
+    def run():
+        previous = torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(True)
+        try:
+            return call()
+        finally:
+            torch.use_deterministic_algorithms(previous)
+    return run
+
+
 def programs_per_sm(registers: int, num_warps: int) -> int:
     per_warp = -(-registers * 32 // REGISTER_UNIT) * REGISTER_UNIT
     return min(REGISTERS_PER_SM // (per_warp * num_warps), MAX_WARPS_PER_SM // num_warps)
@@ -127,6 +140,11 @@ def sweep_op(op, shape, dtype_name, layout, device, timer, args) -> List[Dict]:
         rec["programs"] = grid[0] * len(launches)
         records.append(rec)
         cases[f"tile{i}"] = run
+    if op == "wgrad":  # the whole op (kernel, zeroing or workspace, reduction): atomics against the workspace
+        cases["op_atomic"] = conv_ops.make_op("triton", op, shape, o)
+        cases["op_deterministic"] = deterministic(cases["op_atomic"])
+        for name in ("op_atomic", "op_deterministic"):  # runs anywhere (a check off the GPU)
+            cases[name]()
     if device.type == "cuda":
         cases["torch"] = conv_ops.make_op(conv_ops.PYTORCH, op, shape, o)
         inner = {name: calibrate_inner(fn, timer, 2e-3) for name, fn in cases.items()}
@@ -135,6 +153,9 @@ def sweep_op(op, shape, dtype_name, layout, device, timer, args) -> List[Dict]:
             rec["us"] = stats[f"tile{rec['candidate']}"].median * 1e6
             rec["torch_us"] = stats["torch"].median * 1e6
             rec["speedup_vs_torch_same_layout"] = rec["torch_us"] / rec["us"]
+            for name in ("op_atomic", "op_deterministic"):
+                if name in stats:
+                    rec[f"{name}_us"] = stats[name].median * 1e6
     for rec in records:
         print(" ".join(f"{k}={v}" for k, v in rec.items() if k != "shape"), shape.name, flush=True)
     return records

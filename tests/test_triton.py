@@ -175,6 +175,74 @@ def test_row_streaming_tiles(monkeypatch, channels_last):
     assert_close(dw, dw_ref, F32, "deterministic dw over batch slices")
 
 
+def _wgrad_case(n, c, h, w, k, stride, padding, dilation, mult, channels_last, dtype=F32):
+    """dw from the Triton wgrad against the float64 reference, for one case (dy random)."""
+    x, wt, _ = make_inputs(n, c, h, w, k, mult, dtype, DEVICE, channels_last=channels_last, bias=False)
+    args = dwconv._conv_args.check_and_resolve(x, wt, None, stride, padding, dilation)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    grad_out = torch.randn(args.output_shape, device=DEVICE, dtype=dtype).contiguous(memory_format=fmt)
+    with poisoned_outputs():
+        dw = torch.ops.dwconv.wgrad(grad_out, x, list(wt.shape), list(args.stride), list(args.padding),
+                                    list(args.dilation), "triton")
+    _, _, dw_ref, _ = reference_grads(x, wt, None, grad_out, args.stride, args.padding, args.dilation)
+    assert_close(dw, dw_ref, dtype, f"dw {n}x{c}x{h}x{w} k{k} s{stride}")
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_row_streaming_wgrad_prefetch(monkeypatch, channels_last):
+    """The wgrad variant that loads step o + 1 during step o: the forced-tile cases of
+    test_row_streaming_tiles (interior and border columns, several strips and batch slices, strided and
+    dilated W, strided H), plus a strip whose last step prefetches past the map."""
+    import triton
+
+    from dwconv.triton import rows_wgrad, tiles
+    tile = {"BLOCK_N": 1 if channels_last else 2, "BLOCK_C": 2 if channels_last else 1, "BLOCK_W": 4, "ROWS": 5,
+            "PREFETCH": True}
+    monkeypatch.setattr(tiles, "AUTOTUNE", False)
+    monkeypatch.setattr(tiles, "rows_wgrad_candidates", lambda *a, **k: [triton.Config(dict(tile), num_warps=1)])
+    monkeypatch.setattr(rows_wgrad, "INTERPRET", False)
+    monkeypatch.setattr(rows_wgrad, "TARGET_PROGRAMS", 10 ** 6)
+    _wgrad_case(3, 3, 10, 13, 5, 1, 2, 1, 1, channels_last)
+    _wgrad_case(1, 1, 11, 20, 11, 1, (5, 4, 3, 6), 1, 1, channels_last)
+    _wgrad_case(1, 3, 7, 19, (3, 5), (1, 2), (1, 1, 4, 2), (1, 2), 2, channels_last)
+    _wgrad_case(3, 2, 13, 14, 5, (2, 1), 2, 1, 1, channels_last)  # stride 2 along H
+    _wgrad_case(2, 2, 9, 8, 3, (4, 1), 0, 1, 1, channels_last)    # stride 4 > K: rows past the filter
+    _wgrad_case(1, 3, 9, 18, 5, 1, 2, 1, 1, channels_last, F16)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_row_streaming_prefetch_forward_and_dgrad(monkeypatch, channels_last):
+    """The forward / dgrad variant that loads filter column 0 of step s + 1 during step s, on forced small
+    tiles (interior and border columns, several strips, weights in registers and not, strided and dilated W,
+    strided H, stride past the kernel, the rotated dgrad)."""
+    import triton
+
+    from dwconv.triton import tiles
+    tile = {"BLOCK_N": 1 if channels_last else 2, "BLOCK_C": 2 if channels_last else 1, "BLOCK_W": 4, "ROWS": 5,
+            "PREFETCH": True}
+    monkeypatch.setattr(tiles, "AUTOTUNE", False)
+
+    def rows_tile(channels_last_, batch, channels, height, width, kernel, element_size):
+        hoist = not channels_last_ and kernel[0] * kernel[1] <= 25
+        return [triton.Config(dict(tile, HOIST=hoist), num_warps=1)]
+    monkeypatch.setattr(tiles, "rows_candidates", rows_tile)
+    cases = [(3, 3, 10, 13, 5, 1, 2, 1, 1), (1, 1, 11, 20, 11, 1, (5, 4, 3, 6), 1, 1),
+             (1, 3, 7, 19, (3, 5), (1, 2), (1, 1, 4, 2), (1, 2), 2), (3, 2, 13, 14, 5, (2, 1), 2, 1, 1),
+             (2, 2, 9, 8, 3, (4, 1), 0, 1, 1), (2, 3, 6, 11, 3, 1, (1, 2, 0, 4), (1, 3), 1)]
+    for n, c, h, w, k, stride, padding, dilation, mult in cases:
+        x, wt, bt = make_inputs(n, c, h, w, k, mult, F32, DEVICE, channels_last, True)
+        args = dwconv._conv_args.check_and_resolve(x, wt, bt, stride, padding, dilation)
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        grad_out = torch.randn(args.output_shape, device=DEVICE).contiguous(memory_format=fmt)
+        with poisoned_outputs():
+            y = dwconv.depthwise_conv2d(x, wt, bt, stride, padding, dilation, backend="triton")
+            dx = torch.ops.dwconv.dgrad(grad_out, wt, list(x.shape), list(args.stride), list(args.padding),
+                                        list(args.dilation), "triton")
+        y_ref, dx_ref, _, _ = reference_grads(x, wt, bt, grad_out, args.stride, args.padding, args.dilation)
+        assert_close(y, y_ref, F32, f"forward {n}x{c}x{h}x{w} k{k} s{stride}")
+        assert_close(dx, dx_ref, F32, f"dx {n}x{c}x{h}x{w} k{k} s{stride}")
+
+
 def test_small_map_direct_kernels(monkeypatch):
     """With the small-map GEMM switched off, half-precision small maps run the direct kernels."""
     from dwconv.triton import plane

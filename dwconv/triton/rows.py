@@ -62,16 +62,37 @@ def _weight(w_co, tap, swt: tl.constexpr, c_ok, MASKED: tl.constexpr):
 
 
 @triton.jit
-def _accumulate_row(accs, wts, x_row, w_co, c_ok, col_ok, sxw, swt: tl.constexpr, R: tl.constexpr, KH: tl.constexpr,
-                    KW: tl.constexpr, SH: tl.constexpr, DW: tl.constexpr, FLIP: tl.constexpr,
-                    HOIST: tl.constexpr, MASKED: tl.constexpr):
+def _first_columns(x_col, o, H, PT, sxh, col_ok, ACC: tl.constexpr, KH: tl.constexpr, SH: tl.constexpr,
+                   MASKED: tl.constexpr):
+    # Filter column 0 of the input rows that step o reads (o*SH - PT + r, r < min(SH, KH)), in ACC; zero for
+    # a row outside the map (never used). Loaded a step ahead (PREFETCH), they also bring the rows' cache
+    # lines to L1 for the other columns' loads.
+    firsts = ()
+    for r in tl.static_range(SH):
+        if r < KH:
+            ih = o * SH - PT + r
+            ok = (ih >= 0) & (ih < H)
+            if MASKED:
+                firsts = firsts + (tl.load(x_col + ih * sxh, mask=col_ok[0] & ok, other=0.0).to(ACC),)
+            else:
+                firsts = firsts + (tl.load(x_col + ih * sxh, mask=ok, other=0.0).to(ACC),)
+    return firsts
+
+
+@triton.jit
+def _accumulate_row(accs, wts, x_row, x_first, w_co, c_ok, col_ok, sxw, swt: tl.constexpr, R: tl.constexpr,
+                    KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, DW: tl.constexpr, FLIP: tl.constexpr,
+                    HOIST: tl.constexpr, PREFETCH: tl.constexpr, MASKED: tl.constexpr):
     # x_row: pointers of the step's input row R at filter column 0 (column kw adds kw*DW*sxw, an immediate
-    # for NCHW). accs[j] takes it through filter row (J-1-j)*SH + R when that is < KH; FLIP (dgrad,
-    # SH = 1): through the rotated filter, i.e. w[j, KW-1-kw]. wts: the hoisted weights, tap-major.
+    # for NCHW); with PREFETCH, x_first holds column 0 already loaded. accs[j] takes it through filter row
+    # (J-1-j)*SH + R when that is < KH; FLIP (dgrad, SH = 1): through the rotated filter, i.e.
+    # w[j, KW-1-kw]. wts: the hoisted weights, tap-major.
     J: tl.constexpr = (KH + SH - 1) // SH
     tl.static_assert(not FLIP or SH == 1, "the rotated-filter walk (dgrad) is stride 1")
     for kw in tl.static_range(KW):
-        if MASKED:
+        if PREFETCH and kw == 0:
+            xv = x_first
+        elif MASKED:
             xv = tl.load(x_row + (kw * DW) * sxw, mask=col_ok[kw], other=0.0).to(accs[0].dtype)
         else:
             xv = tl.load(x_row + (kw * DW) * sxw).to(accs[0].dtype)
@@ -100,10 +121,11 @@ def rows_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, CO, H, W, HO, WO, PT, PL,
                 M: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
                 DW: tl.constexpr, FLIP: tl.constexpr, HAS_BIAS: tl.constexpr, INDEX_64: tl.constexpr, ACC: tl.constexpr,
                 HOIST: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_W: tl.constexpr,
-                ROWS: tl.constexpr):
+                ROWS: tl.constexpr, PREFETCH: tl.constexpr = False):
     # x: (N, CO/M, H, W) input (dy for dgrad); y: (N, CO, HO, WO) output (dx); w: ACC-typed weights, tap t of
     # channel c at w_ptr + c*swc + t*swt (swt a compile-time stride: tap offsets fold into load immediates).
     # Program order: column tiles fastest, then row strips, channel blocks, image blocks.
+    # PREFETCH: filter column 0 of step s + 1's input rows is loaded before step s's FMAs (_first_columns).
     pid = tl.program_id(0)
     tiles_w = tl.cdiv(WO, BLOCK_W)
     strips = tl.cdiv(HO, ROWS)
@@ -154,21 +176,34 @@ def rows_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, CO, H, W, HO, WO, PT, PL,
     zero = tl.zeros([BLOCK_N, BLOCK_C, BLOCK_W], dtype=ACC)
     J: tl.constexpr = (KH + SH - 1) // SH  # output rows open at once
     accs = (zero,) * J
+    ROWS_READ: tl.constexpr = SH if SH < KH else KH  # input rows a step reads
+    firsts = (zero,) * ROWS_READ  # their filter column 0 (PREFETCH only)
+    if PREFETCH:
+        if interior:
+            ahead = _first_columns(x_col, oh_first, H, PT, sxh, col_ok, ACC, KH, SH, MASKED=False)
+        else:
+            ahead = _first_columns(x_col, oh_first, H, PT, sxh, col_ok, ACC, KH, SH, MASKED=True)
     # Step s opens output row o = oh_first + s (accs[J-1]), reads its SH input rows o*SH - PT + r and
     # completes output row o - (J - 1) (accs[0]).
     for step in range(0, oh_end - oh_first + J - 1):
         o_new = oh_first + step
+        if PREFETCH:
+            firsts = ahead
+            if interior:
+                ahead = _first_columns(x_col, o_new + 1, H, PT, sxh, col_ok, ACC, KH, SH, MASKED=False)
+            else:
+                ahead = _first_columns(x_col, o_new + 1, H, PT, sxh, col_ok, ACC, KH, SH, MASKED=True)
         for r in tl.static_range(SH):
             if r < KH:  # rows past the filter (stride > KH) feed no output
                 ih = o_new * SH - PT + r
                 if (ih >= 0) & (ih < H):
                     x_row = x_col + ih * sxh
                     if interior:
-                        accs = _accumulate_row(accs, wts, x_row, w_co, c_ok, col_ok, sxw, swt, r, KH, KW, SH, DW, FLIP,
-                                               HOIST, MASKED=False)
+                        accs = _accumulate_row(accs, wts, x_row, firsts[r], w_co, c_ok, col_ok, sxw, swt, r, KH, KW, SH,
+                                               DW, FLIP, HOIST, PREFETCH, MASKED=False)
                     else:
-                        accs = _accumulate_row(accs, wts, x_row, w_co, c_ok, col_ok, sxw, swt, r, KH, KW, SH, DW, FLIP,
-                                               HOIST, MASKED=True)
+                        accs = _accumulate_row(accs, wts, x_row, firsts[r], w_co, c_ok, col_ok, sxw, swt, r, KH, KW, SH,
+                                               DW, FLIP, HOIST, PREFETCH, MASKED=True)
         oh = o_new - (J - 1)
         if oh >= oh_first:
             out = (accs[0] + bias).to(y_ptr.dtype.element_ty)

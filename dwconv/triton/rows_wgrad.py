@@ -37,19 +37,43 @@ def applies(args: ConvArgs) -> bool:
 
 
 @triton.jit
-def _taps_of_row(accs, window, x_row, col_ok, sxw, o, oh_first, oh_end, R: tl.constexpr, KH: tl.constexpr,
-                 KW: tl.constexpr, SH: tl.constexpr, DW: tl.constexpr, MASKED: tl.constexpr):
-    # accs[kh*KW + kw]: tap (kh, kw). x_row is input row R of the step: through filter row kh = d*SH + R it
-    # meets dy row o - d, which is window[J-1-d]. Only dy rows of the strip exist: a window slot outside it
-    # holds a zero that must not meet x (an inf there would become NaN), so each filter row is skipped as a
-    # whole (one uniform branch) when its dy row is missing.
-    J: tl.constexpr = (KH + SH - 1) // SH
+def _row_values(x_row, ok, col_ok, sxw, KW: tl.constexpr, DW: tl.constexpr, ACC: tl.constexpr,
+                MASKED: tl.constexpr):
+    # The KW shifted x values of one input row (column kw at x_row + kw*DW*sxw). ok: the row exists (a
+    # scalar; rows outside the map are never used, their loads only must not fault).
     xs = ()
     for kw in tl.static_range(KW):
         if MASKED:
-            xs = xs + (tl.load(x_row + (kw * DW) * sxw, mask=col_ok[kw], other=0.0).to(accs[0].dtype),)
+            xs = xs + (tl.load(x_row + (kw * DW) * sxw, mask=col_ok[kw] & ok, other=0.0).to(ACC),)
         else:
-            xs = xs + (tl.load(x_row + (kw * DW) * sxw).to(accs[0].dtype),)
+            xs = xs + (tl.load(x_row + (kw * DW) * sxw, mask=ok, other=0.0).to(ACC),)
+    return xs
+
+
+@triton.jit
+def _load_step(dy_img, x_img, o, oh_end, H, PT, sdh, sxh, sxw, dy_ok, col_ok, ACC: tl.constexpr, KH: tl.constexpr,
+               KW: tl.constexpr, SH: tl.constexpr, DW: tl.constexpr, MASKED: tl.constexpr):
+    # Step o's operands, (dy row o, then input row r's KW values for r < min(SH, KH)): zeros for a dy row
+    # past the strip or an input row outside the map.
+    if MASKED:
+        vals = (tl.load(dy_img + o * sdh, mask=dy_ok & (o < oh_end), other=0.0).to(ACC),)
+    else:
+        vals = (tl.load(dy_img + o * sdh, mask=o < oh_end, other=0.0).to(ACC),)
+    for r in tl.static_range(SH):
+        if r < KH:
+            ih = o * SH - PT + r
+            vals = vals + _row_values(x_img + ih * sxh, (ih >= 0) & (ih < H), col_ok, sxw, KW, DW, ACC, MASKED)
+    return vals
+
+
+@triton.jit
+def _taps_of_row(accs, window, xs, o, oh_first, oh_end, R: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+                 SH: tl.constexpr):
+    # accs[kh*KW + kw]: tap (kh, kw). xs: the KW values of the step's input row R; through filter row
+    # kh = d*SH + R they meet dy row o - d, which is window[J-1-d]. Only dy rows of the strip exist: a window
+    # slot outside it holds a zero that must not meet x (an inf there would become NaN), so each filter row
+    # is skipped as a whole (one uniform branch) when its dy row is missing.
+    J: tl.constexpr = (KH + SH - 1) // SH
     for kh in tl.static_range(KH):
         if (kh >= R) and ((kh - R) % SH == 0):
             dy_row = o - (kh - R) // SH
@@ -63,13 +87,31 @@ def _taps_of_row(accs, window, x_row, col_ok, sxw, o, oh_first, oh_end, R: tl.co
 
 
 @triton.jit
+def _accumulate_step(accs, window, vals, o, oh_first, oh_end, H, PT, KH: tl.constexpr, KW: tl.constexpr,
+                     SH: tl.constexpr):
+    # vals = _load_step(o): dy row o enters the window, then each input row of the step meets it.
+    J: tl.constexpr = (KH + SH - 1) // SH
+    window = window[1:] + (vals[0],)
+    for r in tl.static_range(SH):
+        if r < KH:  # rows past the filter (stride > KH) meet no tap
+            ih = o * SH - PT + r
+            if (ih >= 0) & (ih < H):
+                accs = _taps_of_row(accs, window, vals[1 + r * KW:1 + (r + 1) * KW], o, oh_first, oh_end, r, KH,
+                                    KW, SH)
+    return accs, window
+
+
+@triton.jit
 def rows_wgrad_kernel(dy_ptr, x_ptr, ws_ptr, N, CO, H, W, HO, WO, PT, PL, IMAGES_PER_PROGRAM,
                       sdn, sdc, sdh, sdw, sxn, sxc, sxh, sxw,
                       M: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
                       DW: tl.constexpr, DETERMINISTIC: tl.constexpr, INDEX_64: tl.constexpr, ACC: tl.constexpr,
-                      BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_W: tl.constexpr, ROWS: tl.constexpr):
+                      BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_W: tl.constexpr, ROWS: tl.constexpr,
+                      PREFETCH: tl.constexpr = False):
     # Row strips of ROWS rows stand where wgrad_kernel has row tiles; the workspace row of a program
-    # (deterministic) is its (batch slice, strip, column tile) index.
+    # (deterministic) is its (batch slice, strip, column tile) index. PREFETCH: step o + 1's loads are issued
+    # before step o's FMAs (their latency hides behind a step of work, for (1 + SH*KW) * elements more
+    # registers per thread).
     cb, split, tw, strip, n_first, n_last = wgrad_program(N, CO, HO, WO, IMAGES_PER_PROGRAM, INDEX_64, BLOCK_C,
                                                           ROWS, BLOCK_W)
     sdn, sdc, sdh, sdw = widen_strides(sdn, sdc, sdh, sdw, INDEX_64)
@@ -92,6 +134,7 @@ def rows_wgrad_kernel(dy_ptr, x_ptr, ws_ptr, N, CO, H, W, HO, WO, PT, PL, IMAGES
     oh_end = tl.minimum(oh_first + ROWS, HO)
     zero = tl.zeros([BLOCK_N, BLOCK_C, BLOCK_W], dtype=ACC)
     accs = (zero,) * (KH * KW)
+    J: tl.constexpr = (KH + SH - 1) // SH
 
     for n0 in range(n_first, n_last, BLOCK_N):
         nc_ok = ((n0 + nl) < n_last)[:, None, None] & c_ok[None, :, None]
@@ -104,29 +147,33 @@ def rows_wgrad_kernel(dy_ptr, x_ptr, ws_ptr, N, CO, H, W, HO, WO, PT, PL, IMAGES
         interior = col_interior & (n0 + BLOCK_N <= n_last)
         dy_img = dy_col + n0 * sdn
         x_img = x_col + n0 * sxn
-        J: tl.constexpr = (KH + SH - 1) // SH
         window = (zero,) * J
         # Step o reads dy row o (zero past the strip) into window[J-1] and its SH input rows o*SH - PT + r.
-        for o in range(oh_first, oh_end + J - 1):
-            if o < oh_end:
-                if interior:
-                    dyv = tl.load(dy_img + o * sdh).to(ACC)
-                else:
-                    dyv = tl.load(dy_img + o * sdh, mask=dy_ok, other=0.0).to(ACC)
+        if PREFETCH:
+            if interior:
+                ahead = _load_step(dy_img, x_img, oh_first, oh_end, H, PT, sdh, sxh, sxw, dy_ok, col_ok, ACC, KH, KW,
+                                   SH, DW, MASKED=False)
             else:
-                dyv = zero
-            window = window[1:] + (dyv,)
-            for r in tl.static_range(SH):
-                if r < KH:  # rows past the filter (stride > KH) meet no tap
-                    ih = o * SH - PT + r
-                    if (ih >= 0) & (ih < H):
-                        x_row = x_img + ih * sxh
-                        if interior:
-                            accs = _taps_of_row(accs, window, x_row, col_ok, sxw, o, oh_first, oh_end, r, KH, KW, SH, DW,
-                                                MASKED=False)
-                        else:
-                            accs = _taps_of_row(accs, window, x_row, col_ok, sxw, o, oh_first, oh_end, r, KH, KW, SH, DW,
-                                                MASKED=True)
+                ahead = _load_step(dy_img, x_img, oh_first, oh_end, H, PT, sdh, sxh, sxw, dy_ok, col_ok, ACC, KH, KW,
+                                   SH, DW, MASKED=True)
+            for o in range(oh_first, oh_end + J - 1):
+                vals = ahead
+                if interior:
+                    ahead = _load_step(dy_img, x_img, o + 1, oh_end, H, PT, sdh, sxh, sxw, dy_ok, col_ok, ACC, KH, KW,
+                                       SH, DW, MASKED=False)
+                else:
+                    ahead = _load_step(dy_img, x_img, o + 1, oh_end, H, PT, sdh, sxh, sxw, dy_ok, col_ok, ACC, KH, KW,
+                                       SH, DW, MASKED=True)
+                accs, window = _accumulate_step(accs, window, vals, o, oh_first, oh_end, H, PT, KH, KW, SH)
+        else:
+            for o in range(oh_first, oh_end + J - 1):
+                if interior:
+                    vals = _load_step(dy_img, x_img, o, oh_end, H, PT, sdh, sxh, sxw, dy_ok, col_ok, ACC, KH, KW, SH,
+                                      DW, MASKED=False)
+                else:
+                    vals = _load_step(dy_img, x_img, o, oh_end, H, PT, sdh, sxh, sxw, dy_ok, col_ok, ACC, KH, KW, SH,
+                                      DW, MASKED=True)
+                accs, window = _accumulate_step(accs, window, vals, o, oh_first, oh_end, H, PT, KH, KW, SH)
 
     ws_co = workspace_of(ws_ptr, split, co, CO, KH * KW, DETERMINISTIC)
     for tap in tl.static_range(KH * KW):

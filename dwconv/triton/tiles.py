@@ -260,7 +260,9 @@ def rows_candidates(channels_last: bool, batch: int, channels: int, height: int,
     else:
         table = _ROWS_NHWC
     for per_thread, warps in table:
-        if per_thread > 8 and kernel_height > 7:
+        # 16 accumulators per open row: past K = 7 they do not fit; at K = 7 only half-precision channels_last
+        # tiles hold them (NCHW with hoisted weights spilled 128-240 bytes on sm_90).
+        if per_thread > 8 and (kernel_height > 7 or (kernel_height == 7 and table is not _ROWS_NHWC_HALF_SMALL_K)):
             continue
         elements = per_thread * 32 * warps
         if channels_last:
@@ -283,7 +285,14 @@ def rows_candidates(channels_last: bool, batch: int, channels: int, height: int,
             seen.add(key)
             out.append(triton.Config(dict(zip(("BLOCK_N", "BLOCK_C", "BLOCK_W", "ROWS", "HOIST"), key[:5])),
                                      num_warps=warps))
-    return out
+    return with_prefetch_twin(out)
+
+
+def with_prefetch_twin(cands: List[triton.Config]) -> List[triton.Config]:
+    """The candidates with the first one's PREFETCH twin second (loads of the next step issued before this
+    step's FMAs; not yet measured against the plain tile, so the heuristic choice stays the plain one)."""
+    first = cands[0]
+    return [first, triton.Config({**first.kwargs, "PREFETCH": True}, num_warps=first.num_warps)] + cands[1:]
 
 
 # wgrad (rows_wgrad.py) keeps KH*KW partial sums per element: one element per thread (two for K <= 7).
@@ -317,7 +326,7 @@ def rows_wgrad_candidates(channels_last: bool, batch: int, channels: int, height
             seen.add(key)
             out.append(triton.Config(dict(zip(("BLOCK_N", "BLOCK_C", "BLOCK_W", "ROWS"), key[:4])),
                                      num_warps=warps))
-    return out
+    return with_prefetch_twin(out)
 
 
 def launch_candidates(kernel, grid, cands: List[triton.Config], key, args, constexprs, reset_to_zero=None,
