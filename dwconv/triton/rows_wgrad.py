@@ -38,23 +38,27 @@ def applies(args: ConvArgs) -> bool:
 
 @triton.jit
 def _row_values(x_row, ok, col_ok, sxw, KW: tl.constexpr, DW: tl.constexpr, ACC: tl.constexpr,
-                MASKED: tl.constexpr):
-    # The KW shifted x values of one input row (column kw at x_row + kw*DW*sxw). ok: the row exists (a
-    # scalar; rows outside the map are never used, their loads only must not fault).
+                MASKED: tl.constexpr, GUARDED: tl.constexpr):
+    # The KW shifted x values of one input row (column kw at x_row + kw*DW*sxw). GUARDED: the row may lie
+    # outside the map (ok false: a prefetch; such rows are never used, their loads only must not fault).
     xs = ()
     for kw in tl.static_range(KW):
-        if MASKED:
+        if MASKED and GUARDED:
             xs = xs + (tl.load(x_row + (kw * DW) * sxw, mask=col_ok[kw] & ok, other=0.0).to(ACC),)
-        else:
+        elif MASKED:
+            xs = xs + (tl.load(x_row + (kw * DW) * sxw, mask=col_ok[kw], other=0.0).to(ACC),)
+        elif GUARDED:
             xs = xs + (tl.load(x_row + (kw * DW) * sxw, mask=ok, other=0.0).to(ACC),)
+        else:
+            xs = xs + (tl.load(x_row + (kw * DW) * sxw).to(ACC),)
     return xs
 
 
 @triton.jit
-def _load_step(dy_img, x_img, o, oh_end, H, PT, sdh, sxh, sxw, dy_ok, col_ok, ACC: tl.constexpr, KH: tl.constexpr,
-               KW: tl.constexpr, SH: tl.constexpr, DW: tl.constexpr, MASKED: tl.constexpr):
-    # Step o's operands, (dy row o, then input row r's KW values for r < min(SH, KH)): zeros for a dy row
-    # past the strip or an input row outside the map.
+def _prefetch_step(dy_img, x_img, o, oh_end, H, PT, sdh, sxh, sxw, dy_ok, col_ok, ACC: tl.constexpr,
+                   KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, DW: tl.constexpr, MASKED: tl.constexpr):
+    # Step o's operands, loaded a step ahead: (dy row o, then input row r's KW values for r < min(SH, KH));
+    # zeros for a dy row past the strip or an input row outside the map.
     if MASKED:
         vals = (tl.load(dy_img + o * sdh, mask=dy_ok & (o < oh_end), other=0.0).to(ACC),)
     else:
@@ -62,7 +66,8 @@ def _load_step(dy_img, x_img, o, oh_end, H, PT, sdh, sxh, sxw, dy_ok, col_ok, AC
     for r in tl.static_range(SH):
         if r < KH:
             ih = o * SH - PT + r
-            vals = vals + _row_values(x_img + ih * sxh, (ih >= 0) & (ih < H), col_ok, sxw, KW, DW, ACC, MASKED)
+            vals = vals + _row_values(x_img + ih * sxh, (ih >= 0) & (ih < H), col_ok, sxw, KW, DW, ACC, MASKED,
+                                      GUARDED=True)
     return vals
 
 
@@ -87,10 +92,9 @@ def _taps_of_row(accs, window, xs, o, oh_first, oh_end, R: tl.constexpr, KH: tl.
 
 
 @triton.jit
-def _accumulate_step(accs, window, vals, o, oh_first, oh_end, H, PT, KH: tl.constexpr, KW: tl.constexpr,
+def _prefetched_step(accs, window, vals, o, oh_first, oh_end, H, PT, KH: tl.constexpr, KW: tl.constexpr,
                      SH: tl.constexpr):
-    # vals = _load_step(o): dy row o enters the window, then each input row of the step meets it.
-    J: tl.constexpr = (KH + SH - 1) // SH
+    # vals = _prefetch_step(o): dy row o enters the window, then each input row of the step meets it.
     window = window[1:] + (vals[0],)
     for r in tl.static_range(SH):
         if r < KH:  # rows past the filter (stride > KH) meet no tap
@@ -98,6 +102,33 @@ def _accumulate_step(accs, window, vals, o, oh_first, oh_end, H, PT, KH: tl.cons
             if (ih >= 0) & (ih < H):
                 accs = _taps_of_row(accs, window, vals[1 + r * KW:1 + (r + 1) * KW], o, oh_first, oh_end, r, KH,
                                     KW, SH)
+    return accs, window
+
+
+@triton.jit
+def _step(accs, window, dy_img, x_img, o, oh_first, oh_end, H, PT, sdh, sxh, sxw, dy_ok, col_ok, zero, interior,
+          ACC: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, DW: tl.constexpr):
+    # Step o without prefetch: dy row o (zero past the strip) enters the window; each input row inside the
+    # map is loaded and meets it (rows outside are neither loaded nor used).
+    if o < oh_end:
+        if interior:
+            dyv = tl.load(dy_img + o * sdh).to(ACC)
+        else:
+            dyv = tl.load(dy_img + o * sdh, mask=dy_ok, other=0.0).to(ACC)
+    else:
+        dyv = zero
+    window = window[1:] + (dyv,)
+    for r in tl.static_range(SH):
+        if r < KH:  # rows past the filter (stride > KH) meet no tap
+            ih = o * SH - PT + r
+            if (ih >= 0) & (ih < H):
+                x_row = x_img + ih * sxh
+                if interior:
+                    xs = _row_values(x_row, True, col_ok, sxw, KW, DW, ACC, MASKED=False, GUARDED=False)
+                    accs = _taps_of_row(accs, window, xs, o, oh_first, oh_end, r, KH, KW, SH)
+                else:
+                    xs = _row_values(x_row, True, col_ok, sxw, KW, DW, ACC, MASKED=True, GUARDED=False)
+                    accs = _taps_of_row(accs, window, xs, o, oh_first, oh_end, r, KH, KW, SH)
     return accs, window
 
 
@@ -151,29 +182,24 @@ def rows_wgrad_kernel(dy_ptr, x_ptr, ws_ptr, N, CO, H, W, HO, WO, PT, PL, IMAGES
         # Step o reads dy row o (zero past the strip) into window[J-1] and its SH input rows o*SH - PT + r.
         if PREFETCH:
             if interior:
-                ahead = _load_step(dy_img, x_img, oh_first, oh_end, H, PT, sdh, sxh, sxw, dy_ok, col_ok, ACC, KH, KW,
-                                   SH, DW, MASKED=False)
+                ahead = _prefetch_step(dy_img, x_img, oh_first, oh_end, H, PT, sdh, sxh, sxw, dy_ok, col_ok, ACC, KH,
+                                       KW, SH, DW, MASKED=False)
             else:
-                ahead = _load_step(dy_img, x_img, oh_first, oh_end, H, PT, sdh, sxh, sxw, dy_ok, col_ok, ACC, KH, KW,
-                                   SH, DW, MASKED=True)
+                ahead = _prefetch_step(dy_img, x_img, oh_first, oh_end, H, PT, sdh, sxh, sxw, dy_ok, col_ok, ACC, KH,
+                                       KW, SH, DW, MASKED=True)
             for o in range(oh_first, oh_end + J - 1):
                 vals = ahead
                 if interior:
-                    ahead = _load_step(dy_img, x_img, o + 1, oh_end, H, PT, sdh, sxh, sxw, dy_ok, col_ok, ACC, KH, KW,
-                                       SH, DW, MASKED=False)
+                    ahead = _prefetch_step(dy_img, x_img, o + 1, oh_end, H, PT, sdh, sxh, sxw, dy_ok, col_ok, ACC, KH,
+                                           KW, SH, DW, MASKED=False)
                 else:
-                    ahead = _load_step(dy_img, x_img, o + 1, oh_end, H, PT, sdh, sxh, sxw, dy_ok, col_ok, ACC, KH, KW,
-                                       SH, DW, MASKED=True)
-                accs, window = _accumulate_step(accs, window, vals, o, oh_first, oh_end, H, PT, KH, KW, SH)
+                    ahead = _prefetch_step(dy_img, x_img, o + 1, oh_end, H, PT, sdh, sxh, sxw, dy_ok, col_ok, ACC, KH,
+                                           KW, SH, DW, MASKED=True)
+                accs, window = _prefetched_step(accs, window, vals, o, oh_first, oh_end, H, PT, KH, KW, SH)
         else:
             for o in range(oh_first, oh_end + J - 1):
-                if interior:
-                    vals = _load_step(dy_img, x_img, o, oh_end, H, PT, sdh, sxh, sxw, dy_ok, col_ok, ACC, KH, KW, SH,
-                                      DW, MASKED=False)
-                else:
-                    vals = _load_step(dy_img, x_img, o, oh_end, H, PT, sdh, sxh, sxw, dy_ok, col_ok, ACC, KH, KW, SH,
-                                      DW, MASKED=True)
-                accs, window = _accumulate_step(accs, window, vals, o, oh_first, oh_end, H, PT, KH, KW, SH)
+                accs, window = _step(accs, window, dy_img, x_img, o, oh_first, oh_end, H, PT, sdh, sxh, sxw, dy_ok,
+                                     col_ok, zero, interior, ACC, KH, KW, SH, DW)
 
     ws_co = workspace_of(ws_ptr, split, co, CO, KH * KW, DETERMINISTIC)
     for tap in tl.static_range(KH * KW):
