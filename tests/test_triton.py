@@ -4,10 +4,13 @@ Without a GPU the kernels run in Triton's interpreter on CPU tensors (conftest s
 which pays per program and per tap: the grid is a covering set of small shapes, each case with its own
 layout and dtype, rather than a product.
 """
+import contextlib
+
 import pytest
 import torch
 
 import dwconv
+import interpreter_bounds
 from conftest import HAS_CUDA, require_backend
 from utils import assert_close, make_inputs, poisoned_outputs, reference_grads
 
@@ -65,6 +68,37 @@ def run_case(case, device=DEVICE):
 @pytest.fixture(autouse=True)
 def _triton_available():
     require_backend("triton", DEVICE)
+
+
+def bounds_checked():
+    """In the interpreter: every load/store/atomic of an active lane must stay inside the launch's tensors
+    (tests/interpreter_bounds.py). On a GPU the kernels run natively (compute-sanitizer's job)."""
+    from dwconv.triton.common import INTERPRET
+    if not INTERPRET:
+        return contextlib.nullcontext()
+    assert interpreter_bounds.available(), "this Triton's interpreter lacks the hooks interpreter_bounds.py uses"
+    return interpreter_bounds.bounds_checked()
+
+
+def test_bounds_checker_catches_out_of_bounds_loads():
+    """The checker itself: a kernel reading one element past its tensor fails, the in-bounds read passes."""
+    import triton
+    import triton.language as tl
+    from dwconv.triton.common import INTERPRET
+    if not INTERPRET:
+        pytest.skip("the bounds checker hooks the interpreter")
+
+    @triton.jit
+    def copy_shifted(x_ptr, y_ptr, SHIFT: tl.constexpr):
+        offs = tl.arange(0, 4)
+        tl.store(y_ptr + offs, tl.load(x_ptr + offs + SHIFT))
+
+    x, y = torch.randn(4), torch.empty(4)
+    with bounds_checked():
+        copy_shifted[(1,)](x, y, SHIFT=0)
+        assert torch.equal(x, y)
+        with pytest.raises(Exception, match="out-of-bounds load"):
+            copy_shifted[(1,)](x, y, SHIFT=1)
 
 
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
@@ -155,12 +189,13 @@ def test_row_streaming_tiles(monkeypatch, channels_last):
     # one partial.
     monkeypatch.setattr(rows_wgrad, "INTERPRET", False)
     monkeypatch.setattr(rows_wgrad, "TARGET_PROGRAMS", 10 ** 6)
-    run_case((3, 3, 10, 13, 5, 1, 2, 1, 1, True, channels_last, F32))
-    run_case((1, 1, 11, 20, 11, 1, (5, 4, 3, 6), 1, 1, False, channels_last, F32))
-    run_case((1, 3, 7, 19, (3, 5), (1, 2), (1, 1, 4, 2), (1, 2), 2, True, channels_last, F32))
-    run_case((3, 2, 13, 14, 5, (2, 1), 2, 1, 1, True, channels_last, F32))  # stride 2 along H: 3 rows open
-    run_case((2, 3, 6, 11, 3, 1, (1, 2, 0, 4), (1, 3), 1, True, channels_last, F32))  # dgrad with W dilation
-    run_case((1, 3, 9, 18, 5, 1, 2, 1, 1, True, channels_last, F16))  # half precision (18 wide: not plane.py)
+    with bounds_checked():
+        run_case((3, 3, 10, 13, 5, 1, 2, 1, 1, True, channels_last, F32))
+        run_case((1, 1, 11, 20, 11, 1, (5, 4, 3, 6), 1, 1, False, channels_last, F32))
+        run_case((1, 3, 7, 19, (3, 5), (1, 2), (1, 1, 4, 2), (1, 2), 2, True, channels_last, F32))
+        run_case((3, 2, 13, 14, 5, (2, 1), 2, 1, 1, True, channels_last, F32))  # stride 2 along H: 3 rows open
+        run_case((2, 3, 6, 11, 3, 1, (1, 2, 0, 4), (1, 3), 1, True, channels_last, F32))  # dgrad, W dilation
+        run_case((1, 3, 9, 18, 5, 1, 2, 1, 1, True, channels_last, F16))  # half precision (18 wide: not plane.py)
     # Deterministic wgrad: one workspace row per (batch slice, strip, column tile).
     x, wt, _ = make_inputs(3, 3, 10, 13, 5, 1, F32, DEVICE, channels_last=channels_last, bias=False)
     grad_out = torch.randn(3, 3, 10, 13, device=DEVICE)
@@ -202,12 +237,13 @@ def test_row_streaming_wgrad_prefetch(monkeypatch, channels_last):
     monkeypatch.setattr(tiles, "rows_wgrad_candidates", lambda *a, **k: [triton.Config(dict(tile), num_warps=1)])
     monkeypatch.setattr(rows_wgrad, "INTERPRET", False)
     monkeypatch.setattr(rows_wgrad, "TARGET_PROGRAMS", 10 ** 6)
-    _wgrad_case(3, 3, 10, 13, 5, 1, 2, 1, 1, channels_last)
-    _wgrad_case(1, 1, 11, 20, 11, 1, (5, 4, 3, 6), 1, 1, channels_last)
-    _wgrad_case(1, 3, 7, 19, (3, 5), (1, 2), (1, 1, 4, 2), (1, 2), 2, channels_last)
-    _wgrad_case(3, 2, 13, 14, 5, (2, 1), 2, 1, 1, channels_last)  # stride 2 along H
-    _wgrad_case(2, 2, 9, 8, 3, (4, 1), 0, 1, 1, channels_last)    # stride 4 > K: rows past the filter
-    _wgrad_case(1, 3, 9, 18, 5, 1, 2, 1, 1, channels_last, F16)
+    with bounds_checked():
+        _wgrad_case(3, 3, 10, 13, 5, 1, 2, 1, 1, channels_last)
+        _wgrad_case(1, 1, 11, 20, 11, 1, (5, 4, 3, 6), 1, 1, channels_last)
+        _wgrad_case(1, 3, 7, 19, (3, 5), (1, 2), (1, 1, 4, 2), (1, 2), 2, channels_last)
+        _wgrad_case(3, 2, 13, 14, 5, (2, 1), 2, 1, 1, channels_last)  # stride 2 along H
+        _wgrad_case(2, 2, 9, 8, 3, (4, 1), 0, 1, 1, channels_last)    # stride 4 > K: rows past the filter
+        _wgrad_case(1, 3, 9, 18, 5, 1, 2, 1, 1, channels_last, F16)
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
@@ -234,13 +270,45 @@ def test_row_streaming_prefetch_forward_and_dgrad(monkeypatch, channels_last):
         args = dwconv._conv_args.check_and_resolve(x, wt, bt, stride, padding, dilation)
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         grad_out = torch.randn(args.output_shape, device=DEVICE).contiguous(memory_format=fmt)
-        with poisoned_outputs():
+        with poisoned_outputs(), bounds_checked():
             y = dwconv.depthwise_conv2d(x, wt, bt, stride, padding, dilation, backend="triton")
             dx = torch.ops.dwconv.dgrad(grad_out, wt, list(x.shape), list(args.stride), list(args.padding),
                                         list(args.dilation), "triton")
         y_ref, dx_ref, _, _ = reference_grads(x, wt, bt, grad_out, args.stride, args.padding, args.dilation)
         assert_close(y, y_ref, F32, f"forward {n}x{c}x{h}x{w} k{k} s{stride}")
         assert_close(dx, dx_ref, F32, f"dx {n}x{c}x{h}x{w} k{k} s{stride}")
+
+
+@pytest.mark.parametrize("prefetch", [False, True], ids=["plain", "prefetch"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_row_streaming_wgrad_non_finite_on_partial_tiles(monkeypatch, channels_last, prefetch):
+    """inf/NaN in x near the right and bottom edges, on forced 4-wide tiles over 7 output columns: the lanes
+    of the last column tile that have no dy column must not read x (an inf times their stand-in zero would be
+    NaN in taps where PyTorch has a finite value), nor must strips meet rows past their dy rows."""
+    import triton
+
+    from dwconv.triton import rows_wgrad, tiles
+    tile = {"BLOCK_N": 1 if channels_last else 2, "BLOCK_C": 2 if channels_last else 1, "BLOCK_W": 4, "ROWS": 3,
+            "PREFETCH": prefetch}
+    monkeypatch.setattr(tiles, "AUTOTUNE", False)
+    monkeypatch.setattr(tiles, "rows_wgrad_candidates", lambda *a, **k: [triton.Config(dict(tile), num_warps=1)])
+    x, wt, _ = make_inputs(2, 3, 8, 9, 3, 1, F32, DEVICE, channels_last=channels_last, bias=False)
+    x = x.detach().clone()
+    x[0, 0, 2, 8] = float("inf")    # last column: only the lanes of output columns 6 and 7 (missing) reach it
+    x[1, 1, 7, 7] = float("-inf")   # last row
+    x[0, 2, 4, 8] = float("nan")
+    x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    grad_out = torch.randn(2, 3, 8, 7, device=DEVICE)  # 3x3 filter, padding (1, 1, 0, 0): 8x7 outputs
+    with bounds_checked():
+        dw = torch.ops.dwconv.wgrad(grad_out, x, list(wt.shape), [1, 1], [1, 1, 0, 0], [1, 1], "triton")
+    _, _, dw_ref, _ = reference_grads(x, wt, None, grad_out, (1, 1), (1, 1, 0, 0), (1, 1))
+    dw_ref = dw_ref.to(dw.device)
+    assert torch.isfinite(dw_ref).any() and not torch.isfinite(dw_ref).all()
+    assert torch.equal(torch.isnan(dw), torch.isnan(dw_ref))
+    assert torch.equal(torch.isposinf(dw), torch.isposinf(dw_ref))
+    assert torch.equal(torch.isneginf(dw), torch.isneginf(dw_ref))
+    finite = torch.isfinite(dw_ref)
+    assert_close(dw[finite], dw_ref[finite], F32, "finite taps")
 
 
 def test_small_map_direct_kernels(monkeypatch):
