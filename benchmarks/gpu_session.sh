@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# One lent GPU machine, each stage within one 10-minute call (see docs/benchmarking.md). With little device
-# time, run `first`, then `goals` and `profile` on the same warm machine (they reuse first's build):
+# One lent GPU machine, each stage within one 10-minute call (see docs/benchmarking.md). With a 15-minute lease
+# (start-up included), run `first`, then `goals` on the same warm machine (it reuses first's build); `tiles` and
+# `profile` only with time left. Every step has its own time limit; a benchmark cut short keeps the shapes it
+# finished (its JSON is rewritten after each one, "complete": false).
 #   bash benchmarks/gpu_session.sh first        # sm_90-only build, the CUDA backend's GPU tests and
 #                                               # compute-sanitizer, the goal shapes timed for cuda vs PyTorch
 #   bash benchmarks/gpu_session.sh goals        # the goal shapes: cuda and triton (heuristic tiles) vs PyTorch,
@@ -29,9 +31,19 @@ STEP_LOG="$RESULTS/gpu-session-steps.log"
 step() {
   local limit=$1; shift
   local t0=$SECONDS rc=0
-  timeout "$limit" "$@" || rc=$?
-  echo "$(date -u +%H:%M:%S) rc=$rc $((SECONDS - t0))s: $*" | tee -a "$STEP_LOG"
+  timeout -k 10 "$limit" "$@" || rc=$?
+  echo "$(date -u +%H:%M:%S) rc=$rc $((SECONDS - t0))s: $*" | tee -a "$STEP_LOG" || true
+  save_results
 }
+save_results() {  # into the device tool's output folder after every step: a call cut off keeps what it made
+  if [ -n "${OUT:-}" ]; then
+    mkdir -p "$OUT/results" && cp "$RESULTS"/cuda-* "$STEP_LOG" "$OUT/results/" 2>/dev/null || true
+  fi
+}
+export PATH="$PATH:/usr/local/cuda/bin"  # compute-sanitizer, ncu
+for tool in nvcc compute-sanitizer ncu; do
+  echo "$tool: $(command -v "$tool" || echo 'not on the PATH')" | tee -a "$STEP_LOG" || true
+done
 goals() {  # goals BACKENDS SUFFIX SECONDS: fp32 NCHW and bf16 channels_last, the layouts the goals name
   step "$3" python benchmarks/kernels.py --shapes goals --backend "$1" --dtype fp32 --layouts nchw --no-progress \
     --json "$RESULTS/cuda-$card-kernels-goals-fp32-nchw$2.json"
@@ -93,6 +105,4 @@ case "${1:-}" in
     echo "usage: $0 first|goals|tiles|profile|build|kernels|kernels-more|kernels-mma|kernels-triton|throughput-bf16|throughput-fp32" >&2
     exit 2 ;;
 esac
-if [ -n "${OUT:-}" ]; then
-  mkdir -p "$OUT/results" && cp "$RESULTS"/cuda-* "$RESULTS"/gpu-session-steps.log "$OUT/results/" 2>/dev/null || true
-fi
+save_results

@@ -297,20 +297,26 @@ def run(args: argparse.Namespace, argv: List[str]) -> Dict:
                         "kernels", enabled=not args.no_progress)
     records: List[Dict] = []
     cache_bytes = _cache_bytes(device)
+
+    def result_of(records_, complete: bool) -> Dict:
+        return {"meta": run_metadata("kernels", argv, device, args.notes, load_at_start=load_at_start),
+                "settings": {"shapes": args.shapes, "dtypes": args.dtypes, "ops": args.ops, "backends": args.backends,
+                             "warmup": args.warmup, "reps": args.reps, "layouts": args.layouts,
+                             "cuda_mma": os.environ.get("DWCONV_CUDA_MMA", ""),
+                             "flops_count": "2 per multiply-add, every tap (padding taps too)",
+                             "roofline": ("fraction of the sgemm rate" if device.type == "cpu" else
+                                          "lower bound max(ideal bytes / DRAM bandwidth, FLOPs / FMA rate) over time")},
+                "machine": rates, "complete": complete, "results": records_, "summary": summarize(records_)}
+
     try:
         for dtype_name in args.dtypes:
             for shape in shape_list:
                 records += bench_shape(shape, dtype_name, args, timer, cache_bytes, rates, progress)
+                if args.json:  # a run cut short (a time limit) keeps the shapes it finished
+                    write_json(result_path(args.json, device, "kernels"), result_of(records, False), quiet=True)
     finally:
         progress.close()
-    result = {"meta": run_metadata("kernels", argv, device, args.notes, load_at_start=load_at_start),
-              "settings": {"shapes": args.shapes, "dtypes": args.dtypes, "ops": args.ops, "backends": args.backends,
-                           "warmup": args.warmup, "reps": args.reps, "layouts": args.layouts,
-                           "cuda_mma": os.environ.get("DWCONV_CUDA_MMA", ""),
-                           "flops_count": "2 per multiply-add, every tap (padding taps too)",
-                           "roofline": ("fraction of the sgemm rate" if device.type == "cpu" else
-                                        "lower bound max(ideal bytes / DRAM bandwidth, FLOPs / FMA rate) over time")},
-              "machine": rates, "results": records, "summary": summarize(records)}
+    result = result_of(records, True)
     for dtype_name in args.dtypes:
         for op in args.ops:
             print("\n" + tables.kernel_op_table(result, dtype_name, op))

@@ -116,9 +116,13 @@ def run_metadata(script: str, argv: List[str], device: torch.device, notes: str 
     return meta
 
 
-def write_json(path: Path, data: Dict[str, Any]) -> None:
+def write_json(path: Path, data: Dict[str, Any], quiet: bool = False) -> None:
+    """Write `data` to `path` (through a temporary file, so a reader never sees half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
+    partial = path.with_name(path.name + ".tmp")
+    with open(partial, "w") as f:
         json.dump(data, f, indent=1)
         f.write("\n")
-    print(f"wrote {path}", file=sys.stderr)
+    os.replace(partial, path)
+    if not quiet:
+        print(f"wrote {path}", file=sys.stderr)

@@ -6,8 +6,8 @@ spills and occupancy side by side, so a GPU run shows which tile parameters matt
 For each shape (benchmarks/shapes.py, default the `goals` set), case (fp32 NCHW and bf16 channels_last by
 default) and op, the backend's call is recorded instead of run (`tiles.capture_launches`: the kernel, its
 arguments, its grid function and every autotune candidate; the first candidate is the heuristic choice).
-Each candidate is then launched directly: its result is checked against the first candidate's (outputs
-NaN-poisoned first; wgrad workspaces zeroed), and all candidates plus PyTorch's own call of the op in the
+Each candidate is then launched directly: its result is checked against the first candidate's and against
+PyTorch in float64 (outputs NaN-poisoned first; wgrad workspaces zeroed), and all candidates plus PyTorch's own call of the op in the
 same layout are timed interleaved (benchmarks/timing.py: CUDA events, medians; kernel launches only, no op
 dispatch); for wgrad also the whole op as users call it, with atomics and with the deterministic
 workspace (torch.use_deterministic_algorithms). Registers and spills are the compiled kernel's; programs per SM follow from the registers
@@ -88,6 +88,37 @@ def runner(launches: List[tiles.Launch], cfg):
     return run
 
 
+def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((actual.double() - expected.double()).norm() / expected.double().norm().clamp_min(1e-30)).item()
+
+
+def float64_reference(shape, o: conv_ops.Operands) -> Dict[str, torch.Tensor]:
+    """y, dx and dw of one operand set, computed by PyTorch in float64."""
+    x, w, b, dy = (t.detach().double() for t in (o.x, o.weight, o.bias, o.grad_out))
+    s, p = [shape.stride] * 2, [shape.padding] * 2
+    y = torch.nn.functional.conv2d(x, w, b, s, p, 1, shape.c)
+    dx, dw, _ = torch.ops.aten.convolution_backward(dy, x, w, None, s, p, [1, 1], False, [0, 0], shape.c,
+                                                    [True, True, False])
+    return {"y": y, "dx": dx, "dw": dw}
+
+
+def launch_error(launches: List[tiles.Launch], refs: Dict[str, torch.Tensor]) -> float:
+    """The largest relative error of what the launches wrote: y or dx as a whole, or the wgrad workspace
+    summed over its rows (one per program when deterministic) against dw."""
+    errors, seen = [], set()
+    for launch in launches:
+        for name, a in zip(launch.kernel.arg_names, launch.args):
+            if name not in OUTPUT_ARGS or a.data_ptr() in seen:
+                continue
+            seen.add(a.data_ptr())
+            if name == "ws_ptr":
+                ref = refs["dw"].flatten()
+                errors.append(rel_err(a.double().reshape(-1, ref.numel()).sum(0), ref))
+            else:
+                errors.append(rel_err(a, refs["y" if name == "y_ptr" else "dx"]))
+    return max(errors)
+
+
 def deterministic(call):
     """`call` with torch.use_deterministic_algorithms(True) (the wgrad workspace path), restored after."""
     def run():
@@ -115,7 +146,8 @@ def sweep_op(op, shape, dtype_name, layout, device, timer, args) -> List[Dict]:
         cands = [triton.Config(kw, num_warps=launches[0].num_warps)]
     base = {"shape": shape.as_dict(), "dtype": dtype_name, "layout": layout, "op": op,
             "kernel": launches[0].kernel.__name__, "launches": len(launches)}
-    records, cases, reference = [], {}, None
+    refs = float64_reference(shape, o[0])
+    records, cases, first = [], {}, None
     for i, cfg in enumerate(cands):
         run = runner(launches, cfg)
         for launch in launches:
@@ -126,11 +158,11 @@ def sweep_op(op, shape, dtype_name, layout, device, timer, args) -> List[Dict]:
                     a.fill_(float("nan"))
         compiled = run()
         result = torch.cat([t.detach().double().flatten() for launch in launches for t in outputs(launch)])
-        if reference is None:
-            reference = result.clone()
-        err = ((result - reference).norm() / reference.norm().clamp_min(1e-30)).item()
+        if first is None:
+            first = result.clone()
         rec = {**base, "candidate": i, "tile": dict(cfg.kwargs), "num_warps": cfg.num_warps,
-               "rel_err_vs_first": err, "finite": bool(torch.isfinite(result).all())}
+               "rel_err_vs_first": rel_err(result, first), "rel_err_vs_float64": launch_error(launches, refs),
+               "finite": bool(torch.isfinite(result).all())}
         regs = getattr(compiled, "n_regs", None)
         if regs is not None:
             rec.update(registers=regs, spills=getattr(compiled, "n_spills", None),
@@ -143,8 +175,10 @@ def sweep_op(op, shape, dtype_name, layout, device, timer, args) -> List[Dict]:
     if op == "wgrad":  # the whole op (kernel, zeroing or workspace, reduction): atomics against the workspace
         cases["op_atomic"] = conv_ops.make_op("triton", op, shape, o)
         cases["op_deterministic"] = deterministic(cases["op_atomic"])
-        for name in ("op_atomic", "op_deterministic"):  # runs anywhere (a check off the GPU)
-            cases[name]()
+        op_errors = {f"{name}_rel_err_vs_float64": rel_err(cases[name]().double(), refs["dw"])  # a check anywhere
+                     for name in ("op_atomic", "op_deterministic")}
+        for rec in records:
+            rec.update(op_errors)
     if device.type == "cuda":
         cases["torch"] = conv_ops.make_op(conv_ops.PYTORCH, op, shape, o)
         inner = {name: calibrate_inner(fn, timer, 2e-3) for name, fn in cases.items()}
@@ -168,6 +202,14 @@ def main(argv=None):
     torch.backends.cudnn.benchmark = True
     timer = Timer(device)
     records = []
+
+    def result_of(complete: bool) -> Dict:
+        return {"meta": run_metadata("triton_tiles", list(argv if argv is not None else sys.argv[1:]), device,
+                                     args.notes, load_at_start=load_at_start),
+                "settings": {"shapes": args.shapes, "only": args.only, "cases": args.cases, "ops": args.ops,
+                             "warmup": args.warmup, "reps": args.reps},
+                "complete": complete, "results": records}
+
     for shape in shapes.shape_set(args.shapes, "cuda" if device.type == "cuda" else "cpu"):
         if args.only and args.only not in shape.name:
             continue
@@ -175,11 +217,9 @@ def main(argv=None):
             dtype_name, layout = pair.split("-")
             for op in args.ops.split(","):
                 records += sweep_op(op, shape, dtype_name, layout, device, timer, args)
-    result = {"meta": run_metadata("triton_tiles", list(argv if argv is not None else sys.argv[1:]), device,
-                                   args.notes, load_at_start=load_at_start),
-              "settings": {"shapes": args.shapes, "only": args.only, "cases": args.cases, "ops": args.ops,
-                           "warmup": args.warmup, "reps": args.reps},
-              "results": records}
+                if args.json:  # a run cut short (a time limit) keeps what it finished
+                    write_json(Path(args.json), result_of(False), quiet=True)
+    result = result_of(True)
     if args.json:
         write_json(Path(args.json), result)
     return result
