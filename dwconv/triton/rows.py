@@ -54,10 +54,9 @@ def applies_dgrad(args: ConvArgs) -> bool:
 
 
 @triton.jit
-def _weight(w_co, tap, swt: tl.constexpr, c_ok, MASKED: tl.constexpr):
-    # One tap's weights for the program's channels: border tiles may hold channels past CO (masked).
-    if MASKED:
-        return tl.load(w_co + tap * swt, mask=c_ok, other=0.0)
+def _weight(w_co, tap, swt: tl.constexpr):
+    # One tap's weights for the program's channels (the operand is zero-padded to whole channel blocks, so
+    # a partial block reads zeros, never past the buffer).
     return tl.load(w_co + tap * swt)
 
 
@@ -80,7 +79,7 @@ def _first_columns(x_col, o, H, PT, sxh, col_ok, ACC: tl.constexpr, KH: tl.const
 
 
 @triton.jit
-def _accumulate_row(accs, wts, x_row, x_first, w_co, c_ok, col_ok, sxw, swt: tl.constexpr, R: tl.constexpr,
+def _accumulate_row(accs, wts, x_row, x_first, w_co, col_ok, sxw, swt: tl.constexpr, R: tl.constexpr,
                     KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, DW: tl.constexpr, FLIP: tl.constexpr,
                     HOIST: tl.constexpr, PREFETCH: tl.constexpr, MASKED: tl.constexpr):
     # x_row: pointers of the step's input row R at filter column 0 (column kw adds kw*DW*sxw, an immediate
@@ -103,11 +102,11 @@ def _accumulate_row(accs, wts, x_row, x_first, w_co, c_ok, col_ok, sxw, swt: tl.
                     if HOIST:
                         wv = wts[j * KW + (KW - 1 - kw)]
                     else:
-                        wv = _weight(w_co, j * KW + (KW - 1 - kw), swt, c_ok, MASKED)
+                        wv = _weight(w_co, j * KW + (KW - 1 - kw), swt)
                 elif HOIST:
                     wv = wts[((J - 1 - j) * SH + R) * KW + kw]
                 else:
-                    wv = _weight(w_co, ((J - 1 - j) * SH + R) * KW + kw, swt, c_ok, MASKED)
+                    wv = _weight(w_co, ((J - 1 - j) * SH + R) * KW + kw, swt)
                 updated = updated + (accs[j] + xv * wv[None, :, None],)
             else:
                 updated = updated + (accs[j],)
@@ -165,7 +164,7 @@ def rows_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, CO, H, W, HO, WO, PT, PL,
     wts = ()
     if HOIST:
         for tap in tl.static_range(KH * KW):
-            wts = wts + (tl.load(w_co + tap * swt, mask=c_ok, other=0.0),)
+            wts = wts + (_weight(w_co, tap, swt),)
     if HAS_BIAS:
         bias = tl.load(b_ptr + co, mask=c_ok, other=0.0).to(ACC)[None, :, None]
     else:
@@ -199,10 +198,10 @@ def rows_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, CO, H, W, HO, WO, PT, PL,
                 if (ih >= 0) & (ih < H):
                     x_row = x_col + ih * sxh
                     if interior:
-                        accs = _accumulate_row(accs, wts, x_row, firsts[r], w_co, c_ok, col_ok, sxw, swt, r, KH, KW, SH,
+                        accs = _accumulate_row(accs, wts, x_row, firsts[r], w_co, col_ok, sxw, swt, r, KH, KW, SH,
                                                DW, FLIP, HOIST, PREFETCH, MASKED=False)
                     else:
-                        accs = _accumulate_row(accs, wts, x_row, firsts[r], w_co, c_ok, col_ok, sxw, swt, r, KH, KW, SH,
+                        accs = _accumulate_row(accs, wts, x_row, firsts[r], w_co, col_ok, sxw, swt, r, KH, KW, SH,
                                                DW, FLIP, HOIST, PREFETCH, MASKED=True)
         oh = o_new - (J - 1)
         if oh >= oh_first:
@@ -214,27 +213,30 @@ def rows_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, CO, H, W, HO, WO, PT, PL,
         accs = accs[1:] + (zero,)
 
 
-def _weight_operand(weight, channels_last: bool):
-    """The weights in the accumulation dtype with a compile-time tap stride: (CO, taps) for NCHW
-    (tap stride 1), tap-major (taps, CO) for channels_last (one tap of a channel vector is one 16-byte load;
-    tap stride CO, so the kernel is compiled per channel count)."""
+def _weight_operand(weight, channels_last: bool, channel_block: int):
+    """The weights in the accumulation dtype with a compile-time tap stride: (CO', taps) for NCHW
+    (tap stride 1), tap-major (taps, CO') for channels_last (one tap of a channel vector is one 16-byte load;
+    tap stride CO', so the kernel is compiled per channel count). CO' is CO rounded up to whole channel
+    blocks, the extra channels zero: weight loads need no mask."""
     co, taps = weight.shape[0], weight.shape[2] * weight.shape[3]
-    w = weight.reshape(co, taps).to(acc_torch_dtype(weight.dtype))
+    co_padded = triton.cdiv(co, channel_block) * channel_block
+    w = weight.new_zeros((co_padded, taps), dtype=acc_torch_dtype(weight.dtype))
+    w[:co] = weight.reshape(co, taps)
     if channels_last:
-        return w.t().contiguous(), 1, co
-    return w.contiguous(), taps, 1
+        return w.t().contiguous(), 1, co_padded
+    return w, taps, 1
 
 
 def _launch(x, weight, bias, y, in_hw, out_hw, pad_tl, stride, dil_w, multiplier, flip, channels_last):
     n, co, ho, wo = y.shape
     kh, kw = weight.shape[2], weight.shape[3]
-    w, swc, swt = _weight_operand(weight, channels_last)
 
     def grid(meta):
         return (triton.cdiv(n, meta["BLOCK_N"]) * triton.cdiv(co, meta["BLOCK_C"])
                 * triton.cdiv(ho, meta["ROWS"]) * triton.cdiv(wo, meta["BLOCK_W"]),)
 
     cands = tiles.rows_candidates(channels_last, n, co, ho, wo, (kh, kw), x.element_size())
+    w, swc, swt = _weight_operand(weight, channels_last, max(c.kwargs["BLOCK_C"] for c in cands))
     b = bias if bias is not None else w  # never read when HAS_BIAS is False
     tiles.launch_candidates(
         rows_kernel, grid, cands, tiles.ROWS_TUNE_KEY,
