@@ -244,6 +244,8 @@ def test_row_streaming_wgrad_prefetch(monkeypatch, channels_last):
         _wgrad_case(3, 2, 13, 14, 5, (2, 1), 2, 1, 1, channels_last)  # stride 2 along H
         _wgrad_case(2, 2, 9, 8, 3, (4, 1), 0, 1, 1, channels_last)    # stride 4 > K: rows past the filter
         _wgrad_case(1, 3, 9, 18, 5, 1, 2, 1, 1, channels_last, F16)
+        monkeypatch.setattr(rows_wgrad, "needs_int64", lambda *tensors: True)  # the 64-bit addressing variant
+        _wgrad_case(3, 3, 10, 13, 5, 1, 2, 1, 1, channels_last)
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
@@ -253,7 +255,7 @@ def test_row_streaming_prefetch_forward_and_dgrad(monkeypatch, channels_last):
     strided H, stride past the kernel, the rotated dgrad)."""
     import triton
 
-    from dwconv.triton import tiles
+    from dwconv.triton import rows, tiles
     tile = {"BLOCK_N": 1 if channels_last else 2, "BLOCK_C": 2 if channels_last else 1, "BLOCK_W": 4, "ROWS": 5,
             "PREFETCH": True}
     monkeypatch.setattr(tiles, "AUTOTUNE", False)
@@ -264,8 +266,11 @@ def test_row_streaming_prefetch_forward_and_dgrad(monkeypatch, channels_last):
     monkeypatch.setattr(tiles, "rows_candidates", rows_tile)
     cases = [(3, 3, 10, 13, 5, 1, 2, 1, 1), (1, 1, 11, 20, 11, 1, (5, 4, 3, 6), 1, 1),
              (1, 3, 7, 19, (3, 5), (1, 2), (1, 1, 4, 2), (1, 2), 2), (3, 2, 13, 14, 5, (2, 1), 2, 1, 1),
-             (2, 2, 9, 8, 3, (4, 1), 0, 1, 1), (2, 3, 6, 11, 3, 1, (1, 2, 0, 4), (1, 3), 1)]
-    for n, c, h, w, k, stride, padding, dilation, mult in cases:
+             (2, 2, 9, 8, 3, (4, 1), 0, 1, 1), (2, 3, 6, 11, 3, 1, (1, 2, 0, 4), (1, 3), 1),
+             (3, 3, 10, 13, 5, 1, 2, 1, 1, "int64")]  # the last again with 64-bit addressing
+    for n, c, h, w, k, stride, padding, dilation, mult, *int64 in cases:
+        if int64:
+            monkeypatch.setattr(rows, "needs_int64", lambda *tensors: True)
         x, wt, bt = make_inputs(n, c, h, w, k, mult, F32, DEVICE, channels_last, True)
         args = dwconv._conv_args.check_and_resolve(x, wt, bt, stride, padding, dilation)
         fmt = torch.channels_last if channels_last else torch.contiguous_format
