@@ -70,6 +70,13 @@ def _triton_available():
     require_backend("triton", DEVICE)
 
 
+@pytest.fixture(autouse=True)
+def _bounds_checked():
+    """Every test of this file runs its kernels under the interpreter bounds checker (see bounds_checked)."""
+    with bounds_checked():
+        yield
+
+
 def bounds_checked():
     """In the interpreter: every load/store/atomic of an active lane must stay inside the launch's tensors
     (tests/interpreter_bounds.py). On a GPU the kernels run natively (compute-sanitizer's job)."""
@@ -94,11 +101,10 @@ def test_bounds_checker_catches_out_of_bounds_loads():
         tl.store(y_ptr + offs, tl.load(x_ptr + offs + SHIFT))
 
     x, y = torch.randn(4), torch.empty(4)
-    with bounds_checked():
-        copy_shifted[(1,)](x, y, SHIFT=0)
-        assert torch.equal(x, y)
-        with pytest.raises(Exception, match="out-of-bounds load"):
-            copy_shifted[(1,)](x, y, SHIFT=1)
+    copy_shifted[(1,)](x, y, SHIFT=0)
+    assert torch.equal(x, y)
+    with pytest.raises(Exception, match="out-of-bounds load"):
+        copy_shifted[(1,)](x, y, SHIFT=1)
 
 
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
@@ -189,13 +195,12 @@ def test_row_streaming_tiles(monkeypatch, channels_last):
     # one partial.
     monkeypatch.setattr(rows_wgrad, "INTERPRET", False)
     monkeypatch.setattr(rows_wgrad, "TARGET_PROGRAMS", 10 ** 6)
-    with bounds_checked():
-        run_case((3, 3, 10, 13, 5, 1, 2, 1, 1, True, channels_last, F32))
-        run_case((1, 1, 11, 20, 11, 1, (5, 4, 3, 6), 1, 1, False, channels_last, F32))
-        run_case((1, 3, 7, 19, (3, 5), (1, 2), (1, 1, 4, 2), (1, 2), 2, True, channels_last, F32))
-        run_case((3, 2, 13, 14, 5, (2, 1), 2, 1, 1, True, channels_last, F32))  # stride 2 along H: 3 rows open
-        run_case((2, 3, 6, 11, 3, 1, (1, 2, 0, 4), (1, 3), 1, True, channels_last, F32))  # dgrad, W dilation
-        run_case((1, 3, 9, 18, 5, 1, 2, 1, 1, True, channels_last, F16))  # half precision (18 wide: not plane.py)
+    run_case((3, 3, 10, 13, 5, 1, 2, 1, 1, True, channels_last, F32))
+    run_case((1, 1, 11, 20, 11, 1, (5, 4, 3, 6), 1, 1, False, channels_last, F32))
+    run_case((1, 3, 7, 19, (3, 5), (1, 2), (1, 1, 4, 2), (1, 2), 2, True, channels_last, F32))
+    run_case((3, 2, 13, 14, 5, (2, 1), 2, 1, 1, True, channels_last, F32))  # stride 2 along H: 3 rows open
+    run_case((2, 3, 6, 11, 3, 1, (1, 2, 0, 4), (1, 3), 1, True, channels_last, F32))  # dgrad, W dilation
+    run_case((1, 3, 9, 18, 5, 1, 2, 1, 1, True, channels_last, F16))  # half precision (18 wide: not plane.py)
     # Deterministic wgrad: one workspace row per (batch slice, strip, column tile).
     x, wt, _ = make_inputs(3, 3, 10, 13, 5, 1, F32, DEVICE, channels_last=channels_last, bias=False)
     grad_out = torch.randn(3, 3, 10, 13, device=DEVICE)
@@ -237,15 +242,14 @@ def test_row_streaming_wgrad_prefetch(monkeypatch, channels_last):
     monkeypatch.setattr(tiles, "rows_wgrad_candidates", lambda *a, **k: [triton.Config(dict(tile), num_warps=1)])
     monkeypatch.setattr(rows_wgrad, "INTERPRET", False)
     monkeypatch.setattr(rows_wgrad, "TARGET_PROGRAMS", 10 ** 6)
-    with bounds_checked():
-        _wgrad_case(3, 3, 10, 13, 5, 1, 2, 1, 1, channels_last)
-        _wgrad_case(1, 1, 11, 20, 11, 1, (5, 4, 3, 6), 1, 1, channels_last)
-        _wgrad_case(1, 3, 7, 19, (3, 5), (1, 2), (1, 1, 4, 2), (1, 2), 2, channels_last)
-        _wgrad_case(3, 2, 13, 14, 5, (2, 1), 2, 1, 1, channels_last)  # stride 2 along H
-        _wgrad_case(2, 2, 9, 8, 3, (4, 1), 0, 1, 1, channels_last)    # stride 4 > K: rows past the filter
-        _wgrad_case(1, 3, 9, 18, 5, 1, 2, 1, 1, channels_last, F16)
-        monkeypatch.setattr(rows_wgrad, "needs_int64", lambda *tensors: True)  # the 64-bit addressing variant
-        _wgrad_case(3, 3, 10, 13, 5, 1, 2, 1, 1, channels_last)
+    _wgrad_case(3, 3, 10, 13, 5, 1, 2, 1, 1, channels_last)
+    _wgrad_case(1, 1, 11, 20, 11, 1, (5, 4, 3, 6), 1, 1, channels_last)
+    _wgrad_case(1, 3, 7, 19, (3, 5), (1, 2), (1, 1, 4, 2), (1, 2), 2, channels_last)
+    _wgrad_case(3, 2, 13, 14, 5, (2, 1), 2, 1, 1, channels_last)  # stride 2 along H
+    _wgrad_case(2, 2, 9, 8, 3, (4, 1), 0, 1, 1, channels_last)    # stride 4 > K: rows past the filter
+    _wgrad_case(1, 3, 9, 18, 5, 1, 2, 1, 1, channels_last, F16)
+    monkeypatch.setattr(rows_wgrad, "needs_int64", lambda *tensors: True)  # the 64-bit addressing variant
+    _wgrad_case(3, 3, 10, 13, 5, 1, 2, 1, 1, channels_last)
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
@@ -275,7 +279,7 @@ def test_row_streaming_prefetch_forward_and_dgrad(monkeypatch, channels_last):
         args = dwconv._conv_args.check_and_resolve(x, wt, bt, stride, padding, dilation)
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         grad_out = torch.randn(args.output_shape, device=DEVICE).contiguous(memory_format=fmt)
-        with poisoned_outputs(), bounds_checked():
+        with poisoned_outputs():
             y = dwconv.depthwise_conv2d(x, wt, bt, stride, padding, dilation, backend="triton")
             dx = torch.ops.dwconv.dgrad(grad_out, wt, list(x.shape), list(args.stride), list(args.padding),
                                         list(args.dilation), "triton")
@@ -304,8 +308,7 @@ def test_row_streaming_wgrad_non_finite_on_partial_tiles(monkeypatch, channels_l
     x[0, 2, 4, 8] = float("nan")
     x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     grad_out = torch.randn(2, 3, 8, 7, device=DEVICE)  # 3x3 filter, padding (1, 1, 0, 0): 8x7 outputs
-    with bounds_checked():
-        dw = torch.ops.dwconv.wgrad(grad_out, x, list(wt.shape), [1, 1], [1, 1, 0, 0], [1, 1], "triton")
+    dw = torch.ops.dwconv.wgrad(grad_out, x, list(wt.shape), [1, 1], [1, 1, 0, 0], [1, 1], "triton")
     _, _, dw_ref, _ = reference_grads(x, wt, None, grad_out, (1, 1), (1, 1, 0, 0), (1, 1))
     dw_ref = dw_ref.to(dw.device)
     assert torch.isfinite(dw_ref).any() and not torch.isfinite(dw_ref).all()
