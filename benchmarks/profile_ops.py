@@ -20,7 +20,9 @@ if __package__ in (None, ""):
 
 import torch
 
+import dwconv
 from benchmarks import conv_ops, shapes
+from benchmarks.cli import DTYPE_LAYOUT_CASES, SINGLE_OPS, split_choices
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -33,17 +35,21 @@ def parse_args(argv):
     p.add_argument("--cases", default="fp32-nchw,bf16-nhwc", help="comma-separated dtype-layout pairs")
     p.add_argument("--ops", default="fwd,dgrad,wgrad")
     p.add_argument("--dry-run", action="store_true", help="list the cases, run nothing")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.cases = split_choices(args.cases, DTYPE_LAYOUT_CASES, "--cases", p)
+    args.ops = split_choices(args.ops, SINGLE_OPS, "--ops", p)
+    args.backend = split_choices(args.backend, ["torch"] + list(dwconv.BACKENDS), "--backend", p)
+    return args
 
 
 def cases(args):
     for shape in shapes.shape_set(args.shapes, "cuda"):
         if args.only and args.only not in shape.name:
             continue
-        for pair in args.cases.split(","):
+        for pair in args.cases:
             dtype, layout = pair.split("-")
-            for backend in args.backend.split(","):
-                for op in args.ops.split(","):
+            for backend in args.backend:
+                for op in args.ops:
                     yield shape, dtype, layout, backend, op
 
 

@@ -33,6 +33,7 @@ if not torch.cuda.is_available():
 
 import dwconv  # noqa: E402  (registers the ops)
 from benchmarks import conv_ops, shapes  # noqa: E402
+from benchmarks.cli import DTYPE_LAYOUT_CASES, SINGLE_OPS, split_choices  # noqa: E402
 from benchmarks.run_info import load_average, run_metadata, write_json  # noqa: E402
 from benchmarks.timing import Timer, calibrate_inner, interleaved  # noqa: E402
 from dwconv.triton import tiles  # noqa: E402
@@ -54,6 +55,8 @@ def parse_args(argv):
     p.add_argument("--notes", default="")
     p.add_argument("--smoke", action="store_true", help="tiny shapes, checks only")
     args = p.parse_args(argv)
+    args.cases = split_choices(args.cases, DTYPE_LAYOUT_CASES, "--cases", p)
+    args.ops = split_choices(args.ops, SINGLE_OPS, "--ops", p)
     if args.smoke:
         args.shapes, args.warmup, args.reps = "smoke", 0, 1
     return args
@@ -213,9 +216,9 @@ def main(argv=None):
     for shape in shapes.shape_set(args.shapes, "cuda" if device.type == "cuda" else "cpu"):
         if args.only and args.only not in shape.name:
             continue
-        for pair in args.cases.split(","):
+        for pair in args.cases:
             dtype_name, layout = pair.split("-")
-            for op in args.ops.split(","):
+            for op in args.ops:
                 records += sweep_op(op, shape, dtype_name, layout, device, timer, args)
                 if args.json:  # a run cut short (a time limit) keeps what it finished
                     write_json(Path(args.json), result_of(False), quiet=True)
