@@ -11,8 +11,17 @@ if not torch.cuda.is_available():
 os.environ.setdefault("DWCONV_TRITON_AUTOTUNE", "0")
 
 import dwconv  # noqa: E402
+import interpreter_bounds  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
+
+
+@pytest.fixture(autouse=True)
+def _triton_accesses_in_bounds():
+    """Triton kernels run in the interpreter must keep every access inside their tensors (the interpreter
+    would silently read or write whatever memory lies past them)."""
+    with interpreter_bounds.checked_when_interpreting():
+        yield
 
 
 def pytest_collection_modifyitems(config, items):

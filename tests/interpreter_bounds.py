@@ -4,11 +4,13 @@ The interpreter executes a kernel's loads and stores on host copies of its tenso
 past a tensor reads or writes whatever memory lies there and a test can pass anyway. Inside
 `bounds_checked()`, every load, store and atomic of an active (unmasked) lane must fall inside the storage
 of one of the launch's tensor arguments; otherwise it raises at once. The hooks use the interpreter's
-internals (triton.runtime.interpreter), so `available()` says whether this Triton has them.
+internals (triton.runtime.interpreter), so `available()` says whether this Triton has them; tests/conftest.py
+runs every test under `checked_when_interpreting()`.
 """
 from __future__ import annotations
 
 import contextlib
+import os
 
 import numpy as np
 
@@ -80,3 +82,12 @@ def bounds_checked():
         executor._init_args_hst = saved_init
         for name, fn in saved.items():
             setattr(builder, name, fn)
+
+
+def checked_when_interpreting():
+    """`bounds_checked()` when Triton kernels run in the interpreter (TRITON_INTERPRET=1), else nothing to
+    do (on a GPU out-of-bounds accesses are compute-sanitizer's job)."""
+    if os.environ.get("TRITON_INTERPRET", "0") != "1":
+        return contextlib.nullcontext()
+    assert available(), "this Triton's interpreter lacks the hooks tests/interpreter_bounds.py uses"
+    return bounds_checked()

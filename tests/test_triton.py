@@ -4,13 +4,10 @@ Without a GPU the kernels run in Triton's interpreter on CPU tensors (conftest s
 which pays per program and per tap: the grid is a covering set of small shapes, each case with its own
 layout and dtype, rather than a product.
 """
-import contextlib
-
 import pytest
 import torch
 
 import dwconv
-import interpreter_bounds
 from conftest import HAS_CUDA, require_backend
 from utils import assert_close, make_inputs, poisoned_outputs, reference_grads
 
@@ -70,23 +67,6 @@ def _triton_available():
     require_backend("triton", DEVICE)
 
 
-@pytest.fixture(autouse=True)
-def _bounds_checked():
-    """Every test of this file runs its kernels under the interpreter bounds checker (see bounds_checked)."""
-    with bounds_checked():
-        yield
-
-
-def bounds_checked():
-    """In the interpreter: every load/store/atomic of an active lane must stay inside the launch's tensors
-    (tests/interpreter_bounds.py). On a GPU the kernels run natively (compute-sanitizer's job)."""
-    from dwconv.triton.common import INTERPRET
-    if not INTERPRET:
-        return contextlib.nullcontext()
-    assert interpreter_bounds.available(), "this Triton's interpreter lacks the hooks interpreter_bounds.py uses"
-    return interpreter_bounds.bounds_checked()
-
-
 def test_bounds_checker_catches_out_of_bounds_loads():
     """The checker itself: a kernel reading one element past its tensor fails, the in-bounds read passes."""
     import triton
@@ -100,7 +80,7 @@ def test_bounds_checker_catches_out_of_bounds_loads():
         offs = tl.arange(0, 4)
         tl.store(y_ptr + offs, tl.load(x_ptr + offs + SHIFT))
 
-    x, y = torch.randn(4), torch.empty(4)
+    x, y = torch.randn(4), torch.empty(4)  # the suite's autouse fixture has the checker on (conftest.py)
     copy_shifted[(1,)](x, y, SHIFT=0)
     assert torch.equal(x, y)
     with pytest.raises(Exception, match="out-of-bounds load"):
