@@ -142,7 +142,21 @@ DWCONV_TARGET void scatter_tile(const ImageView<T>& dst, const A* tile, int64_t 
       T* out = dst.row(r0) + (chan0 + l) * dst.H * cols;
       const A* in = stage + l * n;
       const A b = bias[l];
-      for (int64_t j = 0; j < n; ++j) out[j] = from_acc<T>(in[j] + b);
+      int64_t j = 0;
+      if constexpr (!std::is_same_v<T, A>) {
+        // bf16 / fp16: 8 pixels per vector conversion and 16-byte store (GCC leaves from_acc's per-element
+        // rounding scalar); the same add and rounding, so the same bits.
+        using V = Vec<A>;
+        A b_lanes[V::L];
+        for (int i = 0; i < V::L; ++i) b_lanes[i] = b;
+        const typename V::type bv = V::load(b_lanes);
+        for (; j + V::L <= n; j += V::L) {
+          const typename V::type v = V::add(V::load(in + j), bv);
+          if constexpr (std::is_same_v<T, bf16>) store_bf16(out + j, v);
+          else store_f16(out + j, v);
+        }
+      }
+      for (; j < n; ++j) out[j] = from_acc<T>(in[j] + b);
     }
     return;
   }
