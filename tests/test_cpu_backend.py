@@ -170,12 +170,13 @@ _ROUNDING = {
 }
 
 
+@pytest.mark.parametrize("channels_last", [True, False], ids=["nhwc", "nchw"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
-def test_nhwc_rounding_matches_portable(dtype, monkeypatch):
-    """channels_last bfloat16 / float16 results: the AVX2 build's vector conversion in the result stores rounds
-    like the portable build's scalar one, bit for bit: ties to even, NaN (with payload), infinities, overflow,
-    subnormals; full and partial channel blocks (20 channels). A 1x1 filter of ones makes y = x + b and dx = dy
-    exactly in fp32."""
+def test_half_rounding_matches_portable(dtype, channels_last, monkeypatch):
+    """bfloat16 / float16 results: the AVX2 build's vector conversion in the result stores rounds like the
+    portable build's scalar one, bit for bit: ties to even, NaN (with payload), infinities, overflow,
+    subnormals; channels_last: full and partial channel blocks (20 channels); NCHW: runs of 8 pixels and the
+    tail of each 42-pixel plane. A 1x1 filter of ones makes y = x + b and dx = dy exactly in fp32."""
     bits, exponents, special = _ROUNDING[dtype]
     g = torch.Generator().manual_seed(5)
     n, c, h, w = 2, 20, 6, 7
@@ -185,13 +186,13 @@ def test_nhwc_rounding_matches_portable(dtype, monkeypatch):
     scale = 2.0 ** torch.tensor(exponents, dtype=torch.float)
     x = (sign * base * scale.view(1, c, 1, 1)).to(dtype)
     x.view(-1).view(torch.int16)[:6] = torch.tensor(special, dtype=torch.int16)
-    x = x.contiguous(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     b = (torch.tensor([1.0, -1.0, 0.0, 1.0] * 5) * scale * 2.0 ** -(bits + 1)).to(dtype)  # half an ulp: ties
     wt = torch.ones(c, 1, 1, 1, dtype=dtype)
     results = {}
     for isa in ("avx2", "portable"):
         monkeypatch.setenv("DWCONV_CPU_ISA", isa)
-        y, dx = _poisoned(x.shape, x.dtype, True), _poisoned(x.shape, x.dtype, True)
+        y, dx = _poisoned(x.shape, x.dtype, channels_last), _poisoned(x.shape, x.dtype, channels_last)
         torch.ops.dwconv.native_fwd(x, wt, b, (1, 1), (0, 0, 0, 0), (1, 1), y)
         torch.ops.dwconv.native_dgrad(x, wt, (1, 1), (0, 0, 0, 0), (1, 1), dx)
         results[isa] = (y.view(torch.int16), dx.view(torch.int16))
