@@ -9,12 +9,14 @@ import torch
 
 import dwconv
 
+from . import conv_ops, roofline
+
 __all__ = ["split_choices", "default_backends", "resolve_device", "DTYPE_LAYOUT_CASES", "SINGLE_OPS"]
 
 
 # "<dtype>-<layout>" pairs the per-case scripts (triton_tiles.py, profile_ops.py) accept, and their ops.
-DTYPE_LAYOUT_CASES = [f"{d}-{layout}" for d in ("fp32", "bf16", "fp16") for layout in ("nchw", "nhwc")]
-SINGLE_OPS = ("fwd", "dgrad", "wgrad")
+DTYPE_LAYOUT_CASES = [f"{d}-{layout}" for d in conv_ops.DTYPES for layout in ("nchw", "nhwc")]
+SINGLE_OPS = tuple(op for op in roofline.OPS if op != "fwd+bwd")
 
 
 def split_choices(text: str, allowed: Iterable[str], flag: str, parser: argparse.ArgumentParser) -> List[str]:

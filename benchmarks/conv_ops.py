@@ -18,9 +18,10 @@ import dwconv
 
 from .shapes import DWShape
 
-__all__ = ["Operands", "make_operands", "make_op", "PYTORCH"]
+__all__ = ["Operands", "make_operands", "make_op", "PYTORCH", "DTYPES"]
 
 PYTORCH = "torch"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # the benchmarks' dtype names
 
 
 @dataclass

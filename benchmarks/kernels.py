@@ -34,7 +34,7 @@ from benchmarks.progress import Progress
 from benchmarks.run_info import device_name, load_average, result_path, run_metadata, write_json
 from benchmarks.timing import Timer, calibrate_inner, interleaved
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = conv_ops.DTYPES
 LAYOUTS = ("nchw", "nhwc")
 FWD_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 5e-3}
 

@@ -24,7 +24,6 @@ import dwconv
 from benchmarks import conv_ops, shapes
 from benchmarks.cli import DTYPE_LAYOUT_CASES, SINGLE_OPS, split_choices
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def parse_args(argv):
@@ -65,7 +64,7 @@ def main(argv=None):
     torch.backends.cudnn.benchmark = True
     device = torch.device("cuda")
     for shape, dtype, layout, backend, op in todo:
-        operands = conv_ops.make_operands(shape, DTYPES[dtype], device, layout == "nhwc", 1)
+        operands = conv_ops.make_operands(shape, conv_ops.DTYPES[dtype], device, layout == "nhwc", 1)
         call = conv_ops.make_op(backend, op, shape, operands)
         call()
         torch.cuda.synchronize()

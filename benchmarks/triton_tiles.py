@@ -38,7 +38,6 @@ from benchmarks.run_info import load_average, run_metadata, write_json  # noqa: 
 from benchmarks.timing import Timer, calibrate_inner, interleaved  # noqa: E402
 from dwconv.triton import tiles  # noqa: E402
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 OUTPUT_ARGS = ("y_ptr", "dx_ptr", "ws_ptr")  # what the Triton kernels write, by argument name
 REGISTERS_PER_SM, MAX_WARPS_PER_SM, REGISTER_UNIT = 65536, 64, 256
 
@@ -140,7 +139,7 @@ def programs_per_sm(registers: int, num_warps: int) -> int:
 
 
 def sweep_op(op, shape, dtype_name, layout, device, timer, args) -> List[Dict]:
-    o = conv_ops.make_operands(shape, DTYPES[dtype_name], device, layout == "nhwc", 1)
+    o = conv_ops.make_operands(shape, conv_ops.DTYPES[dtype_name], device, layout == "nhwc", 1)
     launches = record(op, shape, o[0])
     cands = list(launches[0].candidates)
     if not cands:  # a launch without candidates (deterministic wgrad): its recorded tile only

@@ -107,7 +107,11 @@ def default_config(channels_last: bool, channels: int, height: int, width: int,
     On the GPU: the family's first candidate. The interpreter pays per program, not per element: the
     largest candidate tile.
     """
-    cands = candidates(channels_last, channels, height, width, kernel_height)
+    return heuristic_of(candidates(channels_last, channels, height, width, kernel_height))
+
+
+def heuristic_of(cands: List[triton.Config]) -> triton.Config:
+    """default_config's choice among given candidates."""
     if INTERPRET:
         return max(cands, key=lambda c: c.kwargs["BLOCK_C"] * c.kwargs["BLOCK_H"] * c.kwargs["BLOCK_W"])
     return cands[0]
@@ -168,9 +172,10 @@ def launch(kernel, grid, args, constexprs, channels_last: bool, channels: int, h
         tuner = tuned(kernel, channels_last, channels, height, width, kernel_height, TUNE_KEY, reset_to_zero)
         tuner[grid](*args, **constexprs)
         return
-    cfg = default_config(channels_last, channels, height, width, kernel_height)
+    cands = candidates(channels_last, channels, height, width, kernel_height)
+    cfg = heuristic_of(cands)
     launch_fixed(kernel, grid(cfg.kwargs), args, {**constexprs, **cfg.kwargs}, cfg.num_warps, grid,
-                 candidates(channels_last, channels, height, width, kernel_height) if autotune else ())
+                 cands if autotune else ())
 
 
 def launch_fixed(kernel, grid, args, constexprs, num_warps: int = 4, grid_of=None, candidates=()):
