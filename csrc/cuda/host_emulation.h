@@ -9,6 +9,10 @@
 // deterministic and needs no locks (atomics are plain read-modify-writes). A thread that returns while
 // others still wait at a block barrier (divergent __syncthreads), or a warp barrier that its warp's lanes
 // cannot all reach, makes the launch fail.
+// The threads of a phase run in index order, or in reverse order after set_reverse_schedule(true): a kernel
+// without shared-memory races gives bitwise the same results under both (a write and a read, or two writes, of
+// one address by different threads between two barriers see each other in one order and not in the other);
+// the tests compare the two, the host's counterpart of compute-sanitizer's racecheck.
 // Dynamic shared memory is one buffer per launch, filled with 0xFF bytes (NaN for floats) before every
 // block so reads of never-written shared memory poison the result.
 #pragma once
@@ -68,6 +72,8 @@ struct LaunchState {
   std::vector<unsigned char> smem;  // 16-byte aligned through operator new of unsigned char? see data()
   std::vector<unsigned char> exchange;  // kExchangeBytes per thread, for warp-collective emulations
   int barrier_or = 0;  // OR of the live threads' votes at the last released block barrier
+  bool reverse_schedule = false;  // run each phase's threads from the highest index down
+  int64_t max_grid_blocks = int64_t(1) << 30;  // grid_for's cap (tile_geometry.cuh)
   cudaError_t last_error = cudaSuccess;
 };
 
@@ -122,6 +128,23 @@ inline unsigned char* smem_base() {
   return reinterpret_cast<unsigned char*>((addr + 15) & ~uintptr_t(15));
 }
 
+// Sets the order in which later launches on this OS thread run the threads of a block; returns the previous.
+inline bool set_reverse_schedule(bool reverse) {
+  const bool previous = state().reverse_schedule;
+  state().reverse_schedule = reverse;
+  return previous;
+}
+
+// Caps the grids grid_for (tile_geometry.cuh) gives later launches on this OS thread, so that tests make the
+// kernels' grid-stride loops (`blk += gridDim.x`, on the GPU only past 2^30 blocks) run several rounds per
+// block; returns the previous cap.
+inline int64_t set_max_grid_blocks(int64_t blocks) {
+  const int64_t previous = state().max_grid_blocks;
+  state().max_grid_blocks = blocks;
+  return previous;
+}
+inline int64_t max_grid_blocks() { return state().max_grid_blocks; }
+
 // Runs `body` (the kernel call) for every thread of every block of the grid.
 inline void launch(dim3 grid, dim3 block, size_t smem_bytes, const std::function<void()>& body) {
   LaunchState& s = state();
@@ -159,7 +182,8 @@ inline void launch(dim3 grid, dim3 block, size_t smem_bytes, const std::function
           for (size_t t = 0; t < nthreads; ++t) done_before += s.fibers[t].done;
           for (;;) {
             bool progress = false;
-            for (size_t t = 0; t < nthreads; ++t) {
+            for (size_t i = 0; i < nthreads; ++i) {
+              const size_t t = s.reverse_schedule ? nthreads - 1 - i : i;
               Fiber& f = s.fibers[t];
               if (f.done || f.waiting || f.warp_waiting) continue;
               threadIdx = dim3(unsigned(t % block.x), unsigned(t / block.x % block.y),

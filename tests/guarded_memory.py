@@ -1,0 +1,67 @@
+"""Tensors placed against an inaccessible page, for out-of-bounds checks of C++ kernels (tests only).
+
+`guarded_copy(t, placement)` returns a tensor with t's values, shape and strides (t must be dense: contiguous
+or channels_last) whose storage lies in an anonymous mapping of its own, between two PROT_NONE pages:
+
+  "after"          the byte after its last element is inaccessible (the start keeps only the element
+                   alignment, so a kernel's 16-byte vector path may be off);
+  "after_aligned"  the start rounded down to 16 bytes (vector paths on), up to 15 bytes of slack after;
+  "before"         the byte before its first element is inaccessible (the start is page-aligned).
+
+Any load or store across that edge raises SIGSEGV at once, reads included: the host counterpart of
+compute-sanitizer's memcheck for kernels compiled as C++ (csrc/cpu, and csrc/cuda through the host
+emulation). A crash ends the process, so the checks run in a subprocess (tests/memcheck_kernels.py).
+"""
+from __future__ import annotations
+
+import ctypes
+import mmap
+
+import torch
+
+PAGE = mmap.PAGESIZE
+PLACEMENTS = ("after", "after_aligned", "before")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+_PROT_NONE = 0
+
+
+def _protect(address: int) -> None:
+    if _libc.mprotect(address, PAGE, _PROT_NONE) != 0:
+        raise OSError(ctypes.get_errno(), "mprotect failed")
+
+
+def guarded_empty(shape, strides, dtype: torch.dtype, placement: str) -> torch.Tensor:
+    """An uninitialised dense tensor of `shape` and `strides`, placed as `placement` says (module docstring)."""
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
+    numel = 1
+    for s in shape:
+        numel *= s
+    nbytes = max(numel, 1) * torch.empty((), dtype=dtype).element_size()
+    data_pages = (nbytes + 16 + PAGE - 1) // PAGE
+    region = mmap.mmap(-1, (data_pages + 2) * PAGE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    base = torch.frombuffer(region, dtype=torch.uint8)  # holds `region` alive as long as any view of it
+    _protect(base.data_ptr())
+    _protect(base.data_ptr() + (data_pages + 1) * PAGE)
+    end = (data_pages + 1) * PAGE
+    offset = {"before": PAGE, "after": end - nbytes, "after_aligned": (end - nbytes) // 16 * 16}[placement]
+    flat = base[offset:offset + nbytes].view(dtype)
+    return flat.as_strided(tuple(shape), tuple(strides))
+
+
+def guarded_copy(t: torch.Tensor, placement: str) -> torch.Tensor:
+    """t's values in a guarded tensor of the same shape, strides and dtype."""
+    if not (t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last)):
+        raise ValueError("guarded_copy needs a dense tensor (contiguous or channels_last)")
+    out = guarded_empty(t.shape, t.stride(), t.dtype, placement)
+    out.copy_(t)
+    return out
+
+
+def guarded_full(like: torch.Tensor, value: float, placement: str) -> torch.Tensor:
+    """A guarded tensor of like's shape, strides and dtype, filled with value."""
+    out = guarded_empty(like.shape, like.stride(), like.dtype, placement)
+    out.fill_(value)
+    return out

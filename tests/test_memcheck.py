@@ -1,0 +1,36 @@
+"""Out-of-bounds accesses of the C++ kernels (csrc/cpu, and csrc/cuda in the host emulation), without a GPU.
+
+Each suite of tests/memcheck_kernels.py runs a backend's test grid with every input and output placed against
+an inaccessible page (tests/guarded_memory.py), in a subprocess: a read or write past either end of a tensor
+kills it with SIGSEGV. The stray-read cases show that the guard pages do catch such an access.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "memcheck_kernels.py")
+
+
+def _run(arg):
+    result = subprocess.run([sys.executable, SCRIPT, arg], capture_output=True, text=True, timeout=1200)
+    return result, "\n".join((result.stdout + result.stderr).splitlines()[-25:])
+
+
+@pytest.mark.parametrize("suite", ["cuda_host", "cuda_host_mma", "cpu", "cpu_portable"])
+def test_kernels_stay_in_bounds(suite):
+    result, tail = _run(suite)
+    assert result.returncode == 0, f"memcheck suite {suite} failed (rc {result.returncode}):\n{tail}"
+    assert "runs clean" in result.stdout, tail
+
+
+@pytest.mark.parametrize("side", ["after", "before"])
+def test_guard_pages_catch_a_stray_read(side):
+    result, tail = _run(f"stray_read_{side}")
+    assert "in-bounds run clean" in result.stdout, tail
+    assert result.returncode == -signal.SIGSEGV, f"expected SIGSEGV, rc {result.returncode}:\n{tail}"
+    assert "stray read not caught" not in result.stdout

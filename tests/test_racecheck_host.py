@@ -1,0 +1,133 @@
+"""Shared-memory races in the CUDA kernels, found without a GPU (the host's counterpart of racecheck).
+
+The host emulation (csrc/cuda/host_emulation.h) runs the threads of a block one after another between two
+barriers, in index order or, after set_reverse_schedule(True), in reverse order. When two threads touch one
+shared-memory address between two barriers and one of them writes, each sees the other's access in one order
+and not in the other, so a racy kernel's results depend on the order. Every kernel family here must give
+bitwise the same outputs under both orders, from the same inputs.
+
+The same tests run once more with the grid capped at a few blocks (set_max_grid_blocks), so that each block
+runs several rounds of its grid-stride loop: a barrier missing at the end of a round (the next round's staging
+overwriting shared memory that other threads still read) shows only there. On the GPU those rounds happen only
+past 2^30 blocks.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import test_cuda_backend as fma  # noqa: E402
+import test_cuda_mma as mma  # noqa: E402
+
+host_ops = fma.host_ops  # the session fixture building the host library
+
+
+@contextlib.contextmanager
+def reverse_schedule(ops):
+    previous = ops.set_reverse_schedule(True)
+    try:
+        yield
+    finally:
+        ops.set_reverse_schedule(previous)
+
+
+@contextlib.contextmanager
+def max_grid_blocks(ops, blocks):
+    previous = ops.set_max_grid_blocks(blocks) if blocks else None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            ops.set_max_grid_blocks(previous)
+
+
+GRIDS = [pytest.param(None, id="full_grid"), pytest.param(3, id="grid_of_3_blocks")]
+
+
+def _outputs_in_both_orders(ops, run):
+    """run() twice from the same random state, in index then in reverse thread order."""
+    torch.manual_seed(1234)
+    forward = run()
+    with reverse_schedule(ops):
+        torch.manual_seed(1234)
+        backward = run()
+    return forward, backward
+
+
+def _assert_bitwise_equal(forward, backward, what):
+    for name, a, b in zip(("y", "dx", "dw"), forward, backward):
+        assert not a.isnan().any(), f"{what} {name}: NaN left in the output"
+        assert torch.equal(a, b), (f"{what} {name}: {int((a != b).sum())} of {a.numel()} elements differ between "
+                                   f"the two thread orders (a shared-memory race)")
+
+
+def test_schedule_order_exposes_a_race(host_ops):
+    """The self-test kernel without its barrier gives different results in the two orders; with it, the same."""
+    data = torch.zeros(16)
+    racy = _outputs_in_both_orders(host_ops, lambda: host_ops.emulation_selftest(data, 4))
+    assert not torch.equal(*racy)
+    correct = _outputs_in_both_orders(host_ops, lambda: host_ops.emulation_selftest(data, 0))
+    assert torch.equal(*correct) and correct[0].tolist() == [(i + 1) % 64 for i in range(64)]
+
+
+def _fma_race_check(ops, case, dtype, channels_last, deterministic):
+    """Both orders bitwise equal, and the first against the float64 reference."""
+    runs = []
+
+    def run():
+        runs.append(fma._run_native(ops, case, dtype, channels_last, "cpu", deterministic))
+        return runs[-1][1]
+    _assert_bitwise_equal(*_outputs_in_both_orders(ops, run), case[0])
+    fma._check_against_reference(*runs[0], case, dtype, channels_last)
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+@pytest.mark.parametrize("deterministic", [False, True], ids=["atomic_wgrad", "deterministic_wgrad"])
+@pytest.mark.parametrize("case,dtype,channels_last", fma.PARAMS)
+def test_fma_kernels_race_free(host_ops, case, dtype, channels_last, deterministic, grid):
+    with max_grid_blocks(host_ops, grid):
+        _fma_race_check(host_ops, case, dtype, channels_last, deterministic)
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+@pytest.mark.parametrize("deterministic", [False, True], ids=["atomic_wgrad", "deterministic_wgrad"])
+def test_wgrad_several_images_per_block_race_free(host_ops, monkeypatch, deterministic, grid):
+    monkeypatch.setenv("DWCONV_CUDA_WGRAD_TARGET_BLOCKS", "1")
+    with max_grid_blocks(host_ops, grid):
+        for case in (fma.CASES[1], fma.CASES[7]):
+            for channels_last in (False, True):
+                _fma_race_check(host_ops, case, fma.F32, channels_last, deterministic)
+
+
+def _run_mma(ops, case, dtype, channels_last):
+    """The mma forward and dgrad of one case (y, dx, checked against the reference) and a placeholder for dw."""
+    _, n, c, h, w, k, m, pad, with_bias = case
+    x, wt, b = fma.make_inputs(n, c, h, w, k, m, dtype=dtype, channels_last=channels_last)
+    b = b if with_bias else None
+    y_shape = fma.reference_conv(x[:1], wt, None, (1, 1), pad, (1, 1)).shape[1:]
+    y = fma._nan((n,) + tuple(y_shape), dtype, "cpu", channels_last)
+    before = ops.mma_launches()
+    ops.native_fwd(x, wt, b, [1, 1], list(pad), [1, 1], y)
+    assert ops.mma_launches() == before + 1, "the forward did not run the mma kernel"
+    grad_out = torch.randn(y.shape).to(dtype).contiguous(
+        memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    dx = fma._nan(x.shape, dtype, "cpu", channels_last)
+    ops.native_dgrad(grad_out, wt, [1, 1], list(pad), [1, 1], dx)
+    y_ref, dx_ref, _, _ = fma.reference_grads(x, wt, b, grad_out, (1, 1), pad, (1, 1))
+    fma.assert_close(y, y_ref, dtype, "forward (mma)")
+    fma.assert_close(dx, dx_ref, dtype, "dgrad")
+    return y, dx, torch.zeros(1)
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+@pytest.mark.parametrize("case,dtype,channels_last", mma.PARAMS)
+def test_mma_kernels_race_free(host_ops, monkeypatch, case, dtype, channels_last, grid):
+    monkeypatch.setenv("DWCONV_CUDA_MMA", "1")
+    with max_grid_blocks(host_ops, grid):
+        outputs = _outputs_in_both_orders(host_ops, lambda: _run_mma(host_ops, case, dtype, channels_last))
+    _assert_bitwise_equal(*outputs, case[0])
