@@ -1,16 +1,19 @@
 """Tensors placed against an inaccessible page, for out-of-bounds checks of C++ kernels (tests only).
 
 `guarded_copy(t, placement)` returns a tensor with t's values, shape and strides (t must be dense: contiguous
-or channels_last) whose storage lies in an anonymous mapping of its own, between two PROT_NONE pages:
+or channels_last) whose storage lies in an anonymous mapping of its own, between two inaccessible (PROT_NONE)
+regions, each at least as large as the tensor and at least a page:
 
   "after"          the byte after its last element is inaccessible (the start keeps only the element
                    alignment, so a kernel's 16-byte vector path may be off);
   "after_aligned"  the start rounded down to 16 bytes (vector paths on), up to 15 bytes of slack after;
   "before"         the byte before its first element is inaccessible (the start is page-aligned).
 
-Any load or store across that edge raises SIGSEGV at once, reads included: the host counterpart of
-compute-sanitizer's memcheck for kernels compiled as C++ (csrc/cpu, and csrc/cuda through the host
-emulation). A crash ends the process, so the checks run in a subprocess (tests/memcheck_kernels.py).
+A load or store across that edge, by up to the tensor's own size, raises SIGSEGV at once, reads included:
+the host counterpart of compute-sanitizer's memcheck for kernels compiled as C++ (csrc/cpu, and csrc/cuda
+through the host emulation). A crash ends the process, so the checks run in a subprocess
+(tests/memcheck_kernels.py). Linux only (mmap with prot, mprotect through libc); zero-size tensors are not
+guarded (torch gives them a null data pointer).
 """
 from __future__ import annotations
 
@@ -27,9 +30,19 @@ _libc.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
 _PROT_NONE = 0
 
 
-def _protect(address: int) -> None:
-    if _libc.mprotect(address, PAGE, _PROT_NONE) != 0:
+def _protect(address: int, length: int) -> None:
+    if _libc.mprotect(address, length, _PROT_NONE) != 0:
         raise OSError(ctypes.get_errno(), "mprotect failed")
+
+
+def start_offset(nbytes: int, placement: str) -> int:
+    """Where a tensor of nbytes starts within its data pages (a multiple of 16 for "after_aligned")."""
+    data = _data_bytes(nbytes)
+    return {"before": 0, "after": data - nbytes, "after_aligned": (data - nbytes) // 16 * 16}[placement]
+
+
+def _data_bytes(nbytes: int) -> int:
+    return (nbytes + 16 + PAGE - 1) // PAGE * PAGE
 
 
 def guarded_empty(shape, strides, dtype: torch.dtype, placement: str) -> torch.Tensor:
@@ -40,13 +53,13 @@ def guarded_empty(shape, strides, dtype: torch.dtype, placement: str) -> torch.T
     for s in shape:
         numel *= s
     nbytes = max(numel, 1) * torch.empty((), dtype=dtype).element_size()
-    data_pages = (nbytes + 16 + PAGE - 1) // PAGE
-    region = mmap.mmap(-1, (data_pages + 2) * PAGE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    data = _data_bytes(nbytes)
+    guard = data  # >= the tensor and >= a page
+    region = mmap.mmap(-1, guard + data + guard, prot=mmap.PROT_READ | mmap.PROT_WRITE)
     base = torch.frombuffer(region, dtype=torch.uint8)  # holds `region` alive as long as any view of it
-    _protect(base.data_ptr())
-    _protect(base.data_ptr() + (data_pages + 1) * PAGE)
-    end = (data_pages + 1) * PAGE
-    offset = {"before": PAGE, "after": end - nbytes, "after_aligned": (end - nbytes) // 16 * 16}[placement]
+    _protect(base.data_ptr(), guard)
+    _protect(base.data_ptr() + guard + data, guard)
+    offset = guard + start_offset(nbytes, placement)
     flat = base[offset:offset + nbytes].view(dtype)
     return flat.as_strided(tuple(shape), tuple(strides))
 

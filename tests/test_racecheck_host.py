@@ -1,10 +1,12 @@
 """Shared-memory races in the CUDA kernels, found without a GPU (the host's counterpart of racecheck).
 
-The host emulation (csrc/cuda/host_emulation.h) runs the threads of a block one after another between two
-barriers, in index order or, after set_reverse_schedule(True), in reverse order. When two threads touch one
-shared-memory address between two barriers and one of them writes, each sees the other's access in one order
-and not in the other, so a racy kernel's results depend on the order. Every kernel family here must give
-bitwise the same outputs under both orders, from the same inputs.
+The host emulation (csrc/cuda/host_emulation.h) runs a block's warps one at a time between two block
+barriers, and a warp's lanes one after another between two warp barriers, in index order or, after
+set_reverse_schedule(True), in reverse order. When two threads touch one shared-memory address in that span
+and one of them writes, each sees the other's access in one order and not in the other, so a racy kernel's
+results depend on the order. Every kernel family here must give bitwise the same outputs under both orders,
+from the same inputs. (Not seen this way: a lost update of a non-atomic read-modify-write, since a thread is
+never interrupted between its read and its write.)
 
 The same tests run once more with the grid capped at a few blocks (set_max_grid_blocks), so that each block
 runs several rounds of its grid-stride loop: a barrier missing at the end of a round (the next round's staging
@@ -51,25 +53,30 @@ GRIDS = [pytest.param(None, id="full_grid"), pytest.param(3, id="grid_of_3_block
 
 def _outputs_in_both_orders(ops, run):
     """run() twice from the same random state, in index then in reverse thread order."""
+    launches = [ops.emulated_launches(False), ops.emulated_launches(True)]
     torch.manual_seed(1234)
-    forward = run()
+    index_order = run()
     with reverse_schedule(ops):
         torch.manual_seed(1234)
-        backward = run()
-    return forward, backward
+        reverse_order = run()
+    assert ops.emulated_launches(False) > launches[0] and ops.emulated_launches(True) > launches[1], \
+        "the kernels did not run under both schedules"
+    return index_order, reverse_order
 
 
-def _assert_bitwise_equal(forward, backward, what):
-    for name, a, b in zip(("y", "dx", "dw"), forward, backward):
+def _assert_bitwise_equal(index_order, reverse_order, what):
+    for name, a, b in zip(("y", "dx", "dw"), index_order, reverse_order):
         assert not a.isnan().any(), f"{what} {name}: NaN left in the output"
         assert torch.equal(a, b), (f"{what} {name}: {int((a != b).sum())} of {a.numel()} elements differ between "
                                    f"the two thread orders (a shared-memory race)")
 
 
-def test_schedule_order_exposes_a_race(host_ops):
-    """The self-test kernel without its barrier gives different results in the two orders; with it, the same."""
+@pytest.mark.parametrize("mode", [4, 7], ids=["no_barrier", "warps_skewed_by_a_warp_barrier"])
+def test_schedule_order_exposes_a_race(host_ops, mode):
+    """The self-test kernel without its barrier gives different results in the two orders (also when one
+    warp passes a warp barrier before its racing write and the other does not); with it, the same."""
     data = torch.zeros(16)
-    racy = _outputs_in_both_orders(host_ops, lambda: host_ops.emulation_selftest(data, 4))
+    racy = _outputs_in_both_orders(host_ops, lambda: host_ops.emulation_selftest(data, mode))
     assert not torch.equal(*racy)
     correct = _outputs_in_both_orders(host_ops, lambda: host_ops.emulation_selftest(data, 0))
     assert torch.equal(*correct) and correct[0].tolist() == [(i + 1) % 64 for i in range(64)]

@@ -245,5 +245,16 @@ __device__ __forceinline__ T* dynamic_smem() {
 #endif
 }
 
+// ---- launch geometry ----
+// The most blocks a launcher's grid takes (grid_for, tile_geometry.cuh); the kernels' grid-stride loops
+// cover the rest. The host emulation lets tests lower it, to run those loops' later rounds.
+inline int64_t max_grid_blocks() {
+#if defined(DWCONV_CUDA_HOST_EMULATION)
+  return dwconv_emu::max_grid_blocks();
+#else
+  return int64_t(1) << 30;
+#endif
+}
+
 }  // namespace cuda
 }  // namespace dwconv

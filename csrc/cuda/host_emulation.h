@@ -2,32 +2,44 @@
 // plain C++ and runs on the CPU (tests/cuda_host builds it; never part of the real extension).
 //
 // Execution model: one launch runs its blocks one after another on the calling OS thread. The threads of a
-// block are ucontext fibers scheduled round-robin: each runs until it reaches __syncthreads(), a warp barrier
-// (syncwarp below: warp-collective operations such as the mma in cuda_compat.cuh) or returns. A warp barrier
-// releases when every live lane of the warp (32 consecutive threads) waits at it; the block barrier when
-// every live thread waits at it (__syncthreads_or: the scheduler combines the votes as it releases). This is
-// deterministic and needs no locks (atomics are plain read-modify-writes). A thread that returns while
-// others still wait at a block barrier (divergent __syncthreads), or a warp barrier that its warp's lanes
-// cannot all reach, makes the launch fail.
-// The threads of a phase run in index order, or in reverse order after set_reverse_schedule(true): a kernel
-// without shared-memory races gives bitwise the same results under both (a write and a read, or two writes, of
-// one address by different threads between two barriers see each other in one order and not in the other);
-// the tests compare the two, the host's counterpart of compute-sanitizer's racecheck.
-// Dynamic shared memory is one buffer per launch, filled with 0xFF bytes (NaN for floats) before every
-// block so reads of never-written shared memory poison the result.
+// block are ucontext fibers. Between two block barriers (__syncthreads) the warps run one at a time: a warp's
+// lanes run round-robin, each until it reaches a warp barrier (syncwarp below: warp-collective operations
+// such as the mma in cuda_compat.cuh), the block barrier, or returns; the warp barrier releases when every
+// live lane of the warp (32 consecutive threads) waits at it, and the warp's turn ends when all its lanes wait
+// at the block barrier or have returned. The block barrier then releases (__syncthreads_or: the scheduler
+// combines the votes as it releases). This is deterministic and needs no locks (atomics are plain
+// read-modify-writes). A thread that returns while others still wait at a block barrier (divergent
+// __syncthreads), or a warp barrier that its warp's lanes cannot all reach, makes the launch fail.
+//
+// Warps and lanes run in index order or, after set_reverse_schedule(true), in reverse order (blocks keep
+// their order: the atomic weight gradient's float sums would change). Two threads that touch one
+// shared-memory address between two block barriers, one of them writing, then see each other's access in one
+// order and not in the other when they are in different warps, or in the same warp between two warp
+// barriers; a kernel without such races gives bitwise the same results under both orders, and the tests
+// compare the two (the host's counterpart of compute-sanitizer's racecheck). What the two orders cannot show:
+// a lost update of a non-atomic read-modify-write (a fiber is never interrupted between its read and its
+// write), and order-dependence across blocks.
+//
+// Dynamic shared memory is one buffer per launch whose end (rounded up to 16 bytes) lies against an
+// inaccessible page, so a read or write past it faults; it is filled with 0xFF bytes (NaN for floats) before
+// every block so reads of never-written shared memory poison the result.
 #pragma once
 #if defined(__CUDACC__)
 #error "host_emulation.h is for host-only builds"
 #endif
 
+#include <sys/mman.h>
 #include <ucontext.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <new>
 #include <vector>
 
 #define __global__
@@ -64,12 +76,51 @@ struct Fiber {
   bool warp_waiting = false;  // at syncwarp
 };
 
+// `bytes` (rounded up to 16) ending at an inaccessible page; 16-byte aligned. One mapping, reused while it
+// is large enough.
+class GuardedBuffer {
+ public:
+  GuardedBuffer() = default;
+  GuardedBuffer(const GuardedBuffer&) = delete;
+  GuardedBuffer& operator=(const GuardedBuffer&) = delete;
+  ~GuardedBuffer() { release(); }
+
+  unsigned char* resize(size_t bytes) {
+    const size_t page = size_t(sysconf(_SC_PAGESIZE));
+    const size_t data = (bytes + 15) / 16 * 16;
+    const size_t data_pages = (data + page - 1) / page * page;
+    if (data_pages > data_capacity_ || map_ == nullptr) {
+      release();
+      void* map = mmap(nullptr, data_pages + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (map == MAP_FAILED) throw std::bad_alloc();
+      map_ = static_cast<unsigned char*>(map);
+      data_capacity_ = data_pages;
+      mprotect(map_ + data_pages, page, PROT_NONE);
+    }
+    return map_ + data_capacity_ - data;
+  }
+
+ private:
+  void release() {
+    if (map_ != nullptr) munmap(map_, data_capacity_ + size_t(sysconf(_SC_PAGESIZE)));
+    map_ = nullptr;
+    data_capacity_ = 0;
+  }
+  unsigned char* map_ = nullptr;
+  size_t data_capacity_ = 0;
+};
+
+// Launches run so far with each schedule (index 1: reverse), over all OS threads: tests check that a
+// comparison of the two orders really ran both.
+inline std::atomic<int64_t> launches_by_schedule[2];
+
 struct LaunchState {
   ucontext_t scheduler;
   std::vector<Fiber> fibers;
   int current = -1;
   const std::function<void()>* body = nullptr;
-  std::vector<unsigned char> smem;  // 16-byte aligned through operator new of unsigned char? see data()
+  GuardedBuffer smem;
+  unsigned char* smem_data = nullptr;  // this launch's dynamic shared memory (in `smem`)
   std::vector<unsigned char> exchange;  // kExchangeBytes per thread, for warp-collective emulations
   int barrier_or = 0;  // OR of the live threads' votes at the last released block barrier
   bool reverse_schedule = false;  // run each phase's threads from the highest index down
@@ -122,11 +173,7 @@ inline void check_aligned(const void* p, size_t bytes) {
   if (reinterpret_cast<uintptr_t>(p) % bytes != 0) state().last_error = cudaErrorMisalignedAddress;
 }
 
-inline unsigned char* smem_base() {
-  // Round up to 16 bytes so vector types in shared memory are aligned as on the device.
-  auto addr = reinterpret_cast<uintptr_t>(state().smem.data());
-  return reinterpret_cast<unsigned char*>((addr + 15) & ~uintptr_t(15));
-}
+inline unsigned char* smem_base() { return state().smem_data; }
 
 // Sets the order in which later launches on this OS thread run the threads of a block; returns the previous.
 inline bool set_reverse_schedule(bool reverse) {
@@ -135,15 +182,47 @@ inline bool set_reverse_schedule(bool reverse) {
   return previous;
 }
 
-// Caps the grids grid_for (tile_geometry.cuh) gives later launches on this OS thread, so that tests make the
-// kernels' grid-stride loops (`blk += gridDim.x`, on the GPU only past 2^30 blocks) run several rounds per
-// block; returns the previous cap.
+// Caps the grids the launchers ask for (max_grid_blocks in cuda_compat.cuh) in later launches on this OS
+// thread, so that tests make the kernels' grid-stride loops (`blk += gridDim.x`, on the GPU only past 2^30
+// blocks) run several rounds per block; returns the previous cap.
 inline int64_t set_max_grid_blocks(int64_t blocks) {
   const int64_t previous = state().max_grid_blocks;
   state().max_grid_blocks = blocks;
   return previous;
 }
 inline int64_t max_grid_blocks() { return state().max_grid_blocks; }
+
+// Resumes thread t of the block until it reaches a barrier or returns.
+inline void run_thread(LaunchState& s, size_t t, dim3 block) {
+  threadIdx = dim3(unsigned(t % block.x), unsigned(t / block.x % block.y), unsigned(t / (size_t(block.x) * block.y)));
+  s.current = int(t);
+  swapcontext(&s.scheduler, &s.fibers[t].ctx);
+}
+
+// Runs the lanes [t0, t1) of one warp until each waits at the block barrier or has returned (or the warp is
+// stuck at a warp barrier some lanes cannot reach), releasing its warp barriers as they complete.
+inline void run_warp(LaunchState& s, size_t t0, size_t t1, dim3 block) {
+  for (;;) {
+    bool progress = false;
+    for (size_t i = 0; i < t1 - t0; ++i) {
+      const size_t t = s.reverse_schedule ? t1 - 1 - i : t0 + i;
+      const Fiber& f = s.fibers[t];
+      if (f.done || f.waiting || f.warp_waiting) continue;
+      run_thread(s, t, block);
+      progress = true;
+    }
+    size_t live = 0, at_warp_barrier = 0;
+    for (size_t t = t0; t < t1; ++t) {
+      live += !s.fibers[t].done;
+      at_warp_barrier += s.fibers[t].warp_waiting;
+    }
+    if (at_warp_barrier != 0 && at_warp_barrier == live) {
+      for (size_t t = t0; t < t1; ++t) s.fibers[t].warp_waiting = false;
+      progress = true;
+    }
+    if (!progress) return;
+  }
+}
 
 // Runs `body` (the kernel call) for every thread of every block of the grid.
 inline void launch(dim3 grid, dim3 block, size_t smem_bytes, const std::function<void()>& body) {
@@ -153,19 +232,21 @@ inline void launch(dim3 grid, dim3 block, size_t smem_bytes, const std::function
     s.last_error = cudaErrorInvalidValue;
     return;
   }
+  launches_by_schedule[s.reverse_schedule ? 1 : 0] += 1;
   if (s.fibers.size() < nthreads) s.fibers.resize(nthreads);
   for (auto& f : s.fibers)
     if (!f.stack) f.stack.reset(new char[kFiberStackBytes]);
-  s.smem.assign(smem_bytes + 16, 0xFF);
+  s.smem_data = s.smem.resize(smem_bytes);
   s.exchange.assign((nthreads + kWarpSize - 1) / kWarpSize * kWarpSize * kExchangeBytes, 0xFF);
   s.body = &body;
   blockDim = block;
   gridDim = grid;
+  const size_t nwarps = (nthreads + kWarpSize - 1) / kWarpSize;
   for (unsigned bz = 0; bz < grid.z; ++bz)
     for (unsigned by = 0; by < grid.y; ++by)
       for (unsigned bx = 0; bx < grid.x; ++bx) {
         blockIdx = dim3(bx, by, bz);
-        std::memset(smem_base(), 0xFF, smem_bytes);
+        std::memset(s.smem_data, 0xFF, smem_bytes);
         for (size_t t = 0; t < nthreads; ++t) {
           Fiber& f = s.fibers[t];
           f.done = false;
@@ -180,30 +261,9 @@ inline void launch(dim3 grid, dim3 block, size_t smem_bytes, const std::function
         for (;;) {  // one phase: from a block barrier (or the start) to the next
           size_t done_before = 0;
           for (size_t t = 0; t < nthreads; ++t) done_before += s.fibers[t].done;
-          for (;;) {
-            bool progress = false;
-            for (size_t i = 0; i < nthreads; ++i) {
-              const size_t t = s.reverse_schedule ? nthreads - 1 - i : i;
-              Fiber& f = s.fibers[t];
-              if (f.done || f.waiting || f.warp_waiting) continue;
-              threadIdx = dim3(unsigned(t % block.x), unsigned(t / block.x % block.y),
-                               unsigned(t / (size_t(block.x) * block.y)));
-              s.current = int(t);
-              swapcontext(&s.scheduler, &f.ctx);
-              progress = true;
-            }
-            for (size_t w0 = 0; w0 < nthreads; w0 += kWarpSize) {  // release complete warp barriers
-              const size_t w1 = std::min(nthreads, w0 + kWarpSize);
-              size_t live = 0, at_warp_barrier = 0;
-              for (size_t t = w0; t < w1; ++t) {
-                live += !s.fibers[t].done;
-                at_warp_barrier += s.fibers[t].warp_waiting;
-              }
-              if (at_warp_barrier == 0 || at_warp_barrier != live) continue;
-              for (size_t t = w0; t < w1; ++t) s.fibers[t].warp_waiting = false;
-              progress = true;
-            }
-            if (!progress) break;
+          for (size_t i = 0; i < nwarps; ++i) {
+            const size_t w = s.reverse_schedule ? nwarps - 1 - i : i;
+            run_warp(s, w * kWarpSize, std::min(nthreads, (w + 1) * kWarpSize), block);
           }
           size_t live = 0, done_after = 0, stuck = 0;
           for (size_t t = 0; t < nthreads; ++t) {

@@ -119,12 +119,7 @@ bool shrink_to_fit(Tile& t, Bytes bytes) {
 
 // Blocks of a 1-D grid; kernels loop `for (blk = blockIdx.x; blk < total; blk += gridDim.x)`.
 inline dim3 grid_for(int64_t total_blocks) {
-#if defined(DWCONV_CUDA_HOST_EMULATION)
-  const int64_t cap = dwconv_emu::max_grid_blocks();  // tests lower it to run the loop's later rounds
-#else
-  const int64_t cap = int64_t(1) << 30;
-#endif
-  return dim3(unsigned(std::clamp<int64_t>(total_blocks, 1, cap)));
+  return dim3(unsigned(std::clamp<int64_t>(total_blocks, 1, max_grid_blocks())));
 }
 
 }  // namespace cuda

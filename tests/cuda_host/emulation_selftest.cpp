@@ -13,14 +13,21 @@ namespace {
 using dwconv::cuda::dynamic_smem;
 
 // Every thread publishes its index, then reads its right neighbour's; `racy` drops the barrier between the
-// two (each thread's read races with its neighbour's write), `stray` makes thread 0 also read data[stray_index]
-// (past one end of data, for the guard-page checks), `diverge` makes thread 0 skip the barrier, `misaligned`
+// two (each thread's read races with its neighbour's write), `skew` puts a warp barrier before warp 0's
+// writes (so warps reach the racing accesses after different numbers of warp barriers), `stray` makes
+// thread 0 also read data[stray_index] (past one end of data, for the guard-page checks) and `stray_shared`
+// the int just past the block's shared memory, `diverge` makes thread 0 skip the barrier, `misaligned`
 // issues a 16-byte load from an address 4 bytes past alignment, `half_warp` makes lanes
 // 0..15 of each warp wait at a warp barrier the other lanes never reach.
-__global__ void neighbour_kernel(int* out, bool racy, bool diverge, bool misaligned, bool half_warp,
-                                 const float* data, bool stray, int64_t stray_index) {
+__global__ void neighbour_kernel(int* out, bool racy, bool skew, bool diverge, bool misaligned, bool half_warp,
+                                 const float* data, bool stray, int64_t stray_index, bool stray_shared) {
   int* s = dynamic_smem<int>();
+  if (skew && threadIdx.x < 32) dwconv_emu::syncwarp();
   s[threadIdx.x] = int(threadIdx.x);
+  if (stray_shared && threadIdx.x == 0) {
+    volatile int sink = s[blockDim.x];
+    (void)sink;
+  }
   if (stray && threadIdx.x == 0) {
     volatile float sink = data[stray_index];
     (void)sink;
@@ -35,7 +42,8 @@ __global__ void neighbour_kernel(int* out, bool racy, bool diverge, bool misalig
 }
 
 // data: a float32 tensor with >= 8 elements, 16-byte aligned (as torch allocates). mode: 0 correct, 1 divergent
-// barrier, 2 misaligned load, 3 half-warp barrier, 4 racy (no barrier), 5 reads data[numel], 6 reads data[-1].
+// barrier, 2 misaligned load, 3 half-warp barrier, 4 racy (no barrier), 5 reads data[numel], 6 reads data[-1],
+// 7 racy between warps skewed by a warp barrier, 8 reads past the shared memory.
 at::Tensor emulation_selftest(const at::Tensor& data, int64_t mode) {
   constexpr int kThreads = 64;
   TORCH_CHECK(data.scalar_type() == at::kFloat && data.numel() >= 8 && data.data_ptr<float>() != nullptr &&
@@ -45,8 +53,9 @@ at::Tensor emulation_selftest(const at::Tensor& data, int64_t mode) {
   auto kernel = neighbour_kernel;
   int* out_ptr = out.mutable_data_ptr<int>();
   const float* data_ptr = data.data_ptr<float>();
-  DWCONV_LAUNCH(kernel, dim3(2), dim3(kThreads), kThreads * sizeof(int), nullptr, out_ptr, mode == 4, mode == 1,
-                mode == 2, mode == 3, data_ptr, mode == 5 || mode == 6, mode == 5 ? data.numel() : int64_t(-1));
+  DWCONV_LAUNCH(kernel, dim3(2), dim3(kThreads), kThreads * sizeof(int), nullptr, out_ptr, mode == 4 || mode == 7,
+                mode == 7, mode == 1, mode == 2, mode == 3, data_ptr, mode == 5 || mode == 6,
+                mode == 5 ? data.numel() : int64_t(-1), mode == 8);
   const cudaError_t err = cudaGetLastError();
   TORCH_CHECK(err == cudaSuccess, "emulated launch failed: ", cudaGetErrorString(err));
   return out;
@@ -127,6 +136,9 @@ at::Tensor mma_selftest(const at::Tensor& a, const at::Tensor& b) {
 // The block schedule of later emulated launches on this thread (reverse or index order); returns the previous.
 bool set_reverse_schedule(bool reverse) { return dwconv_emu::set_reverse_schedule(reverse); }
 
+// Emulated launches so far, over all OS threads, with the reverse (or the index-order) schedule.
+int64_t emulated_launches(bool reverse) { return dwconv_emu::launches_by_schedule[reverse ? 1 : 0].load(); }
+
 // The most blocks the kernels' launchers may ask for (grid-stride loops cover the rest); returns the previous.
 int64_t set_max_grid_blocks(int64_t blocks) {
   TORCH_CHECK(blocks >= 1, "set_max_grid_blocks: at least one block, got ", blocks);
@@ -138,6 +150,7 @@ int64_t set_max_grid_blocks(int64_t blocks) {
 TORCH_LIBRARY_FRAGMENT(dwconv_cuda_host, m) {
   m.def("set_reverse_schedule(bool reverse) -> bool");
   m.def("set_max_grid_blocks(int blocks) -> int");
+  m.def("emulated_launches(bool reverse) -> int");
   m.def("emulation_selftest(Tensor data, int mode) -> Tensor");
   m.def("mma_selftest(Tensor a, Tensor b) -> Tensor");
   m.def("vote_selftest(int voter, int voter_block) -> Tensor");
@@ -152,4 +165,5 @@ TORCH_LIBRARY_IMPL(dwconv_cuda_host, CompositeExplicitAutograd, m) {
   m.impl("vote_selftest", &vote_selftest);
   m.impl("set_reverse_schedule", &set_reverse_schedule);
   m.impl("set_max_grid_blocks", &set_max_grid_blocks);
+  m.impl("emulated_launches", &emulated_launches);
 }
