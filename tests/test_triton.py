@@ -154,12 +154,14 @@ def test_row_streaming_routing():
     assert _launched_kernels(wgrad(torch.randn(2, 3, 3, 9), [1, 1], (2, 1))) == ["wgrad_kernel", "wgrad_reduce_kernel"]
 
 
-@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
-def test_row_streaming_tiles(monkeypatch, channels_last):
+@pytest.mark.parametrize("channels_last,window", [(False, 1), (False, 2), (True, 1)],
+                         ids=["nchw", "nchw_windows_of_2", "nhwc"])
+def test_row_streaming_tiles(monkeypatch, channels_last, window):
     """Small forced row-streaming tiles: interior column tiles (unmasked) next to border ones, several row
     strips, partial image and channel blocks, weights held in registers (K = 5) and loaded per row (K = 11),
     a strided and dilated W axis, a strided H axis, the flipped-filter dgrad, and wgrad over several batch
-    slices."""
+    slices. NCHW also with column windows (WIN = 2: two groups of 2 columns per 4-wide tile) wherever W has
+    stride 1 and dilation 1."""
     import triton
 
     from dwconv.triton import rows_wgrad, tiles
@@ -167,9 +169,9 @@ def test_row_streaming_tiles(monkeypatch, channels_last):
     monkeypatch.setattr(tiles, "AUTOTUNE", False)
     monkeypatch.setattr(tiles, "rows_wgrad_candidates", lambda *a, **k: [triton.Config(dict(tile), num_warps=1)])
 
-    def rows_tile(channels_last_, batch, channels, height, width, kernel, element_size):
+    def rows_tile(channels_last_, batch, channels, height, width, kernel, element_size, column_windows=False):
         hoist = not channels_last_ and kernel[0] * kernel[1] <= 25  # K = 5 and 3x5 in registers, K = 11 not
-        return [triton.Config(dict(tile, HOIST=hoist), num_warps=1)]
+        return [triton.Config(dict(tile, HOIST=hoist, WIN=window if column_windows else 1), num_warps=1)]
     monkeypatch.setattr(tiles, "rows_candidates", rows_tile)
     # wgrad: batch slices of BLOCK_N images (the interpreter otherwise runs one slice), for NCHW the last
     # one partial.
@@ -193,6 +195,27 @@ def test_row_streaming_tiles(monkeypatch, channels_last):
         torch.use_deterministic_algorithms(previous)
     _, _, dw_ref, _ = reference_grads(x, wt, None, grad_out, (1, 1), (2, 2, 2, 2), (1, 1))
     assert_close(dw, dw_ref, F32, "deterministic dw over batch slices")
+
+
+@pytest.mark.parametrize("shape", [(32, 64, 56, 56, 7, 2), (128, 384, 14, 14, 11, 4), (1, 8, 7, 7, 7, 4),
+                                   (2, 3, 9, 5, 3, 2)], ids=["56x56_k7", "14x14_k11", "batch1_7x7", "5_wide"])
+def test_row_streaming_candidates_windows(shape):
+    """NCHW with unit W stride and dilation: the heuristic tile takes column windows of its elements per
+    thread, its PREFETCH twin follows, then its single-column twin; otherwise (channels_last, or a strided
+    or dilated W) every candidate has WIN = 1. Every window divides the tile width."""
+    from dwconv.triton import tiles
+    n, c, h, w, k, size = shape
+    windowed = tiles.rows_candidates(False, n, c, h, w, (k, k), size, column_windows=True)
+    first = windowed[0].kwargs
+    per_thread = first["BLOCK_N"] * first["BLOCK_C"] * first["BLOCK_W"] // (32 * windowed[0].num_warps)
+    assert first["WIN"] == min(max(per_thread, 1), first["BLOCK_W"])
+    if first["WIN"] > 1:
+        assert windowed[1].kwargs == {**first, "PREFETCH": True}
+        assert windowed[2].kwargs == {**first, "WIN": 1} and windowed[2].num_warps == windowed[0].num_warps
+    assert all(cfg.kwargs["BLOCK_W"] % cfg.kwargs["WIN"] == 0 for cfg in windowed)
+    for channels_last, column_windows in ((False, False), (True, True)):
+        cands = tiles.rows_candidates(channels_last, n, c, h, w, (k, k), size, column_windows=column_windows)
+        assert all(cfg.kwargs["WIN"] == 1 for cfg in cands)
 
 
 def _wgrad_case(n, c, h, w, k, stride, padding, dilation, mult, channels_last, dtype=F32):
@@ -236,7 +259,7 @@ def test_row_streaming_wgrad_prefetch(monkeypatch, channels_last):
 def test_row_streaming_prefetch_forward_and_dgrad(monkeypatch, channels_last):
     """The forward / dgrad variant that loads filter column 0 of step s + 1 during step s, on forced small
     tiles (interior and border columns, several strips, weights in registers and not, strided and dilated W,
-    strided H, stride past the kernel, the rotated dgrad)."""
+    strided H, stride past the kernel, the rotated dgrad; NCHW with column windows of 2 where W allows)."""
     import triton
 
     from dwconv.triton import rows, tiles
@@ -244,9 +267,10 @@ def test_row_streaming_prefetch_forward_and_dgrad(monkeypatch, channels_last):
             "PREFETCH": True}
     monkeypatch.setattr(tiles, "AUTOTUNE", False)
 
-    def rows_tile(channels_last_, batch, channels, height, width, kernel, element_size):
+    def rows_tile(channels_last_, batch, channels, height, width, kernel, element_size, column_windows=False):
         hoist = not channels_last_ and kernel[0] * kernel[1] <= 25
-        return [triton.Config(dict(tile, HOIST=hoist), num_warps=1)]
+        win = 2 if column_windows and not channels_last_ else 1
+        return [triton.Config(dict(tile, HOIST=hoist, WIN=win), num_warps=1)]
     monkeypatch.setattr(tiles, "rows_candidates", rows_tile)
     cases = [(3, 3, 10, 13, 5, 1, 2, 1, 1), (1, 1, 11, 20, 11, 1, (5, 4, 3, 6), 1, 1),
              (1, 3, 7, 19, (3, 5), (1, 2), (1, 1, 4, 2), (1, 2), 2), (3, 2, 13, 14, 5, (2, 1), 2, 1, 1),

@@ -11,6 +11,11 @@ its SH input rows o*SH - PT + r:
 Per input row and filter column kw it loads the shifted input row once and does up to J multiply-adds with
 it (one per open output row; J = KH at stride 1), where the direct kernels (fwd.py) pay one load per FMA.
 After the step accs[0] is complete: it is stored and the window moves down (accs[1:] + a fresh zero).
+
+Along W, with stride 1 and dilation 1 (NCHW tiles, WIN > 1), a thread's outputs are WIN consecutive columns
+and its input row values are shared along W as well: a row's WIN + KW - 1 input columns are loaded once and
+each feeds every (column, filter column) pair that needs it, instead of one shifted load per filter column
+(WIN * KW). Each accumulator is then one tensor per output phase (column g*WIN + e of the tile).
 NCHW tiles take several images of one channel (the weights are then uniform across the program, and for
 small enough kernels are held in registers: HOIST, see tiles.py); channels_last tiles take a channel vector
 per pixel.
@@ -81,37 +86,43 @@ def _first_columns(x_col, o, H, PT, sxh, col_ok, ACC: tl.constexpr, KH: tl.const
 @triton.jit
 def _accumulate_row(accs, wts, x_row, x_first, w_co, col_ok, sxw, swt: tl.constexpr, R: tl.constexpr,
                     KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, DW: tl.constexpr, FLIP: tl.constexpr,
-                    HOIST: tl.constexpr, PREFETCH: tl.constexpr, MASKED: tl.constexpr):
-    # x_row: pointers of the step's input row R at filter column 0 (column kw adds kw*DW*sxw, an immediate
-    # for NCHW); with PREFETCH, x_first holds column 0 already loaded. accs[j] takes it through filter row
-    # (J-1-j)*SH + R when that is < KH; FLIP (dgrad, SH = 1): through the rotated filter, i.e.
-    # w[j, KW-1-kw]. wts: the hoisted weights, tap-major.
+                    HOIST: tl.constexpr, WIN: tl.constexpr, PREFETCH: tl.constexpr, MASKED: tl.constexpr):
+    # x_row: pointers of the step's input row R at the window's first column (see rows_kernel); with
+    # PREFETCH, x_first holds that column already loaded. Window value t (col_ok[t]) is column t*DW (WIN = 1)
+    # or t (WIN > 1: stride 1, dilation 1 along W); output phase e, filter column kw reads value
+    # e + kw (WIN > 1) or kw. accs[j * WIN + e] takes it through filter row (J-1-j)*SH + R when that is
+    # < KH; FLIP (dgrad, SH = 1): through the rotated filter, i.e. w[j, KW-1-kw]. wts: the hoisted weights,
+    # tap-major.
     J: tl.constexpr = (KH + SH - 1) // SH
+    T: tl.constexpr = KW if WIN == 1 else WIN + KW - 1
     tl.static_assert(not FLIP or SH == 1, "the rotated-filter walk (dgrad) is stride 1")
-    for kw in tl.static_range(KW):
-        if PREFETCH and kw == 0:
-            xv = x_first
+    window = ()
+    for t in tl.static_range(T):
+        if PREFETCH and t == 0:
+            window = window + (x_first,)
         elif MASKED:
-            xv = tl.load(x_row + (kw * DW) * sxw, mask=col_ok[kw], other=0.0).to(accs[0].dtype)
+            window = window + (tl.load(x_row + (t * DW) * sxw, mask=col_ok[t], other=0.0).to(accs[0].dtype),)
         else:
-            xv = tl.load(x_row + (kw * DW) * sxw).to(accs[0].dtype)
-        updated = ()
-        for j in tl.static_range(J):
+            window = window + (tl.load(x_row + (t * DW) * sxw).to(accs[0].dtype),)
+    updated = ()
+    for j in tl.static_range(J):
+        for e in tl.static_range(WIN):
+            acc = accs[j * WIN + e]
             if (J - 1 - j) * SH + R < KH:
-                if FLIP:
-                    if HOIST:
-                        wv = wts[j * KW + (KW - 1 - kw)]
+                for kw in tl.static_range(KW):
+                    xv = window[e + kw] if WIN > 1 else window[kw]
+                    if FLIP:
+                        if HOIST:
+                            wv = wts[j * KW + (KW - 1 - kw)]
+                        else:
+                            wv = _weight(w_co, j * KW + (KW - 1 - kw), swt)
+                    elif HOIST:
+                        wv = wts[((J - 1 - j) * SH + R) * KW + kw]
                     else:
-                        wv = _weight(w_co, j * KW + (KW - 1 - kw), swt)
-                elif HOIST:
-                    wv = wts[((J - 1 - j) * SH + R) * KW + kw]
-                else:
-                    wv = _weight(w_co, ((J - 1 - j) * SH + R) * KW + kw, swt)
-                updated = updated + (accs[j] + xv * wv[None, :, None],)
-            else:
-                updated = updated + (accs[j],)
-        accs = updated
-    return accs
+                        wv = _weight(w_co, ((J - 1 - j) * SH + R) * KW + kw, swt)
+                    acc = acc + xv * wv[None, :, None]
+            updated = updated + (acc,)
+    return updated
 
 
 @triton.jit
@@ -120,11 +131,18 @@ def rows_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, CO, H, W, HO, WO, PT, PL,
                 M: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
                 DW: tl.constexpr, FLIP: tl.constexpr, HAS_BIAS: tl.constexpr, INDEX_64: tl.constexpr, ACC: tl.constexpr,
                 HOIST: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_W: tl.constexpr,
-                ROWS: tl.constexpr, PREFETCH: tl.constexpr = False):
+                ROWS: tl.constexpr, WIN: tl.constexpr = 1, PREFETCH: tl.constexpr = False):
     # x: (N, CO/M, H, W) input (dy for dgrad); y: (N, CO, HO, WO) output (dx); w: ACC-typed weights, tap t of
     # channel c at w_ptr + c*swc + t*swt (swt a compile-time stride: tap offsets fold into load immediates).
     # Program order: column tiles fastest, then row strips, channel blocks, image blocks.
+    # WIN > 1 (column windows, module docstring): the tile's columns are G groups of WIN; every tensor is
+    # [BLOCK_N, BLOCK_C, G], one per output phase e (tile column g*WIN + e); group g reads input columns
+    # g*WIN - PL + t, t < T.
     # PREFETCH: filter column 0 of step s + 1's input rows is loaded before step s's FMAs (_first_columns).
+    tl.static_assert(WIN == 1 or (SW == 1 and DW == 1), "windows of several columns need stride 1, dilation 1")
+    tl.static_assert(BLOCK_W % WIN == 0, "BLOCK_W must be whole windows")
+    G: tl.constexpr = BLOCK_W // WIN
+    T: tl.constexpr = KW if WIN == 1 else WIN + KW - 1  # window values per group and row
     pid = tl.program_id(0)
     tiles_w = tl.cdiv(WO, BLOCK_W)
     strips = tl.cdiv(HO, ROWS)
@@ -140,7 +158,7 @@ def rows_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, CO, H, W, HO, WO, PT, PL,
 
     nn = nb * BLOCK_N + tl.arange(0, BLOCK_N)
     co = cb * BLOCK_C + tl.arange(0, BLOCK_C)
-    ow = tw * BLOCK_W + tl.arange(0, BLOCK_W)
+    ow = tw * BLOCK_W + tl.arange(0, G) * WIN  # each group's first output column
     if INDEX_64:
         nn = nn.to(tl.int64)
         co = co.to(tl.int64)
@@ -152,10 +170,12 @@ def rows_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, CO, H, W, HO, WO, PT, PL,
     y_col = y_ptr + nn[:, None, None] * syn + co[None, :, None] * syc + ow[None, None, :] * syw
     w_co = w_ptr + co * swc
     col_ok = ()
-    for kw in tl.static_range(KW):
-        iw = iw0 + kw * DW
+    for t in tl.static_range(T):
+        iw = iw0 + t * DW
         col_ok = col_ok + (nc_ok & ((iw >= 0) & (iw < W))[None, None, :],)
-    out_ok = nc_ok & (ow < WO)[None, None, :]
+    out_ok = ()
+    for e in tl.static_range(WIN):
+        out_ok = out_ok + (nc_ok & (ow + e < WO)[None, None, :],)
     # Interior column tile: every image, channel and column valid, every tap's column inside the input.
     interior = ((nb * BLOCK_N + BLOCK_N <= N) & (cb * BLOCK_C + BLOCK_C <= CO)
                 & (tw * BLOCK_W + BLOCK_W <= WO) & (tw * BLOCK_W * SW - PL >= 0)
@@ -172,9 +192,9 @@ def rows_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, CO, H, W, HO, WO, PT, PL,
 
     oh_first = strip * ROWS
     oh_end = tl.minimum(oh_first + ROWS, HO)
-    zero = tl.zeros([BLOCK_N, BLOCK_C, BLOCK_W], dtype=ACC)
+    zero = tl.zeros([BLOCK_N, BLOCK_C, G], dtype=ACC)
     J: tl.constexpr = (KH + SH - 1) // SH  # output rows open at once
-    accs = (zero,) * J
+    accs = (zero,) * (J * WIN)  # accs[j * WIN + e]: open row j, phase e
     ROWS_READ: tl.constexpr = SH if SH < KH else KH  # input rows a step reads
     firsts = (zero,) * ROWS_READ  # their filter column 0 (PREFETCH only)
     if PREFETCH:
@@ -182,8 +202,8 @@ def rows_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, CO, H, W, HO, WO, PT, PL,
             ahead = _first_columns(x_col, oh_first, H, PT, sxh, col_ok, ACC, KH, SH, MASKED=False)
         else:
             ahead = _first_columns(x_col, oh_first, H, PT, sxh, col_ok, ACC, KH, SH, MASKED=True)
-    # Step s opens output row o = oh_first + s (accs[J-1]), reads its SH input rows o*SH - PT + r and
-    # completes output row o - (J - 1) (accs[0]).
+    # Step s opens output row o = oh_first + s (accs[(J-1)*WIN:]), reads its SH input rows o*SH - PT + r and
+    # completes output row o - (J - 1) (accs[:WIN]).
     for step in range(0, oh_end - oh_first + J - 1):
         o_new = oh_first + step
         if PREFETCH:
@@ -199,18 +219,19 @@ def rows_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, CO, H, W, HO, WO, PT, PL,
                     x_row = x_col + ih * sxh
                     if interior:
                         accs = _accumulate_row(accs, wts, x_row, firsts[r], w_co, col_ok, sxw, swt, r, KH, KW, SH,
-                                               DW, FLIP, HOIST, PREFETCH, MASKED=False)
+                                               DW, FLIP, HOIST, WIN, PREFETCH, MASKED=False)
                     else:
                         accs = _accumulate_row(accs, wts, x_row, firsts[r], w_co, col_ok, sxw, swt, r, KH, KW, SH,
-                                               DW, FLIP, HOIST, PREFETCH, MASKED=True)
+                                               DW, FLIP, HOIST, WIN, PREFETCH, MASKED=True)
         oh = o_new - (J - 1)
         if oh >= oh_first:
-            out = (accs[0] + bias).to(y_ptr.dtype.element_ty)
-            if interior:
-                tl.store(y_col + oh * syh, out)
-            else:
-                tl.store(y_col + oh * syh, out, mask=out_ok)
-        accs = accs[1:] + (zero,)
+            for e in tl.static_range(WIN):
+                out = (accs[e] + bias).to(y_ptr.dtype.element_ty)
+                if interior:
+                    tl.store(y_col + oh * syh + e * syw, out)
+                else:
+                    tl.store(y_col + oh * syh + e * syw, out, mask=out_ok[e])
+        accs = accs[WIN:] + (zero,) * WIN
 
 
 def _weight_operand(weight, channels_last: bool, channel_block: int):
@@ -235,7 +256,8 @@ def _launch(x, weight, bias, y, in_hw, out_hw, pad_tl, stride, dil_w, multiplier
         return (triton.cdiv(n, meta["BLOCK_N"]) * triton.cdiv(co, meta["BLOCK_C"])
                 * triton.cdiv(ho, meta["ROWS"]) * triton.cdiv(wo, meta["BLOCK_W"]),)
 
-    cands = tiles.rows_candidates(channels_last, n, co, ho, wo, (kh, kw), x.element_size())
+    cands = tiles.rows_candidates(channels_last, n, co, ho, wo, (kh, kw), x.element_size(),
+                                  column_windows=stride[1] == 1 and dil_w == 1)
     w, swc, swt = _weight_operand(weight, channels_last, max(c.kwargs["BLOCK_C"] for c in cands))
     b = bias if bias is not None else w  # never read when HAS_BIAS is False
     tiles.launch_candidates(

@@ -247,11 +247,13 @@ def _split_rows(rows: int, programs: int, kernel_height: int) -> int:
 
 
 def rows_candidates(channels_last: bool, batch: int, channels: int, height: int, width: int,
-                    kernel: tuple, element_size: int) -> List[triton.Config]:
+                    kernel: tuple, element_size: int, column_windows: bool = False) -> List[triton.Config]:
     """Candidates for one shape: the column tile covers the row (up to 64 wide); the remaining lanes go to
     images (NCHW) or pixels (channels_last). NCHW programs stay on one channel: small batches get fewer
     elements per thread (or fewer warps) instead, and only a plane too small to fill one warp takes several
-    channels."""
+    channels. With `column_windows` (NCHW, stride 1 and dilation 1 along W) each thread's elements are
+    consecutive columns of one row (WIN, rows.py), so a row's input loads are shared across its taps; the
+    first candidate's single-column twin (WIN = 1) stays among the candidates."""
     kernel_height, taps = kernel[0], kernel[0] * kernel[1]
     rows = height if height <= ROWS_MAX_STRIP else ROWS_LONG_MAP_STRIP
     max_n = triton.next_power_of_2(max(batch, 1))
@@ -285,12 +287,16 @@ def rows_candidates(channels_last: bool, batch: int, channels: int, height: int,
         hoist = not channels_last and bc == 1 and taps + kernel_height * per_thread <= ROWS_HOIST_REGISTERS
         programs = (triton.cdiv(batch, bn) * triton.cdiv(channels, bc) * triton.cdiv(width, bw)
                     * triton.cdiv(height, rows))
-        key = (bn, bc, bw, _split_rows(rows, programs, kernel_height), hoist, warps)
+        win = min(per_thread, bw) if column_windows and not channels_last else 1
+        key = (bn, bc, bw, _split_rows(rows, programs, kernel_height), hoist, win, warps)
         if key not in seen:
             seen.add(key)
-            out.append(triton.Config(dict(zip(("BLOCK_N", "BLOCK_C", "BLOCK_W", "ROWS", "HOIST"), key[:5])),
+            out.append(triton.Config(dict(zip(("BLOCK_N", "BLOCK_C", "BLOCK_W", "ROWS", "HOIST", "WIN"), key[:6])),
                                      num_warps=warps))
-    return with_prefetch_twin(out)
+    out = with_prefetch_twin(out)
+    if out[0].kwargs["WIN"] > 1:
+        out.insert(2, triton.Config({**out[0].kwargs, "WIN": 1}, num_warps=out[0].num_warps))
+    return out
 
 
 def with_prefetch_twin(cands: List[triton.Config]) -> List[triton.Config]:
