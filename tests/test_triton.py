@@ -218,6 +218,27 @@ def test_row_streaming_candidates_windows(shape):
         assert all(cfg.kwargs["WIN"] == 1 for cfg in cands)
 
 
+def test_row_streaming_windows_give_the_same_bits(monkeypatch):
+    """Column windows change which loads feed an accumulator, not its sum order: WIN = 2 and WIN = 1 tiles
+    give bitwise the same forward and dgrad."""
+    import triton
+
+    from dwconv.triton import tiles
+    monkeypatch.setattr(tiles, "AUTOTUNE", False)
+    x, wt, bt = make_inputs(2, 3, 9, 13, 5, 1, F32, DEVICE)
+    grad_out = torch.randn(2, 3, 9, 13, device=DEVICE)
+    results = []
+    for win in (1, 2):
+        def rows_tile(*args, column_windows=False, _win=win):
+            tile = {"BLOCK_N": 2, "BLOCK_C": 1, "BLOCK_W": 4, "ROWS": 5, "HOIST": True, "WIN": _win}
+            return [triton.Config(tile, num_warps=1)]
+        monkeypatch.setattr(tiles, "rows_candidates", rows_tile)
+        y = dwconv.depthwise_conv2d(x, wt, bt, 1, 2, backend="triton")
+        dx = torch.ops.dwconv.dgrad(grad_out, wt, list(x.shape), [1, 1], [2, 2, 2, 2], [1, 1], "triton")
+        results.append((y, dx))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
 def _wgrad_case(n, c, h, w, k, stride, padding, dilation, mult, channels_last, dtype=F32):
     """dw from the Triton wgrad against the float64 reference, for one case (dy random)."""
     x, wt, _ = make_inputs(n, c, h, w, k, mult, dtype, DEVICE, channels_last=channels_last, bias=False)

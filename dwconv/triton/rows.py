@@ -96,33 +96,32 @@ def _accumulate_row(accs, wts, x_row, x_first, w_co, col_ok, sxw, swt: tl.conste
     J: tl.constexpr = (KH + SH - 1) // SH
     T: tl.constexpr = KW if WIN == 1 else WIN + KW - 1
     tl.static_assert(not FLIP or SH == 1, "the rotated-filter walk (dgrad) is stride 1")
-    window = ()
+    # One window value at a time, used at once by every (phase, filter column) pair that reads it: few
+    # values stay live, and each accumulator still sums its filter columns in ascending order.
     for t in tl.static_range(T):
         if PREFETCH and t == 0:
-            window = window + (x_first,)
+            xv = x_first
         elif MASKED:
-            window = window + (tl.load(x_row + (t * DW) * sxw, mask=col_ok[t], other=0.0).to(accs[0].dtype),)
+            xv = tl.load(x_row + (t * DW) * sxw, mask=col_ok[t], other=0.0).to(accs[0].dtype)
         else:
-            window = window + (tl.load(x_row + (t * DW) * sxw).to(accs[0].dtype),)
-    updated = ()
-    for j in tl.static_range(J):
+            xv = tl.load(x_row + (t * DW) * sxw).to(accs[0].dtype)
         for e in tl.static_range(WIN):
-            acc = accs[j * WIN + e]
-            if (J - 1 - j) * SH + R < KH:
-                for kw in tl.static_range(KW):
-                    xv = window[e + kw] if WIN > 1 else window[kw]
-                    if FLIP:
-                        if HOIST:
-                            wv = wts[j * KW + (KW - 1 - kw)]
-                        else:
-                            wv = _weight(w_co, j * KW + (KW - 1 - kw), swt)
-                    elif HOIST:
-                        wv = wts[((J - 1 - j) * SH + R) * KW + kw]
-                    else:
-                        wv = _weight(w_co, ((J - 1 - j) * SH + R) * KW + kw, swt)
-                    acc = acc + xv * wv[None, :, None]
-            updated = updated + (acc,)
-    return updated
+            for kw in tl.static_range(KW):
+                if (e + kw == t) if WIN > 1 else (kw == t):
+                    for j in tl.static_range(J):
+                        if (J - 1 - j) * SH + R < KH:
+                            if FLIP:
+                                if HOIST:
+                                    wv = wts[j * KW + (KW - 1 - kw)]
+                                else:
+                                    wv = _weight(w_co, j * KW + (KW - 1 - kw), swt)
+                            elif HOIST:
+                                wv = wts[((J - 1 - j) * SH + R) * KW + kw]
+                            else:
+                                wv = _weight(w_co, ((J - 1 - j) * SH + R) * KW + kw, swt)
+                            accs = (accs[:j * WIN + e] + (accs[j * WIN + e] + xv * wv[None, :, None],)
+                                    + accs[j * WIN + e + 1:])
+    return accs
 
 
 @triton.jit
