@@ -68,6 +68,7 @@ def _ran_mma(ops, device, call):
 
 
 def _run(ops, case, dtype, channels_last, device):
+    """The mma forward and dgrad of one case, checked (path taken, float64 reference); returns (y, dx)."""
     _, n, c, h, w, k, m, pad, with_bias = case
     x, wt, b = make_inputs(n, c, h, w, k, m, dtype=dtype, device=device, channels_last=channels_last)
     b = b if with_bias else None
@@ -85,6 +86,7 @@ def _run(ops, case, dtype, channels_last, device):
     assert y.is_contiguous(memory_format=fmt) and dx.is_contiguous(memory_format=fmt)
     assert_close(y, y_ref, dtype, "forward (mma)")
     assert_close(dx, dx_ref, dtype, "dgrad (mma)" if m == 1 else "dgrad (fma)")
+    return y, dx
 
 
 @pytest.mark.parametrize("case,dtype,channels_last", PARAMS)

@@ -111,30 +111,12 @@ def test_wgrad_several_images_per_block_race_free(host_ops, monkeypatch, determi
                 _fma_race_check(host_ops, case, fma.F32, channels_last, deterministic)
 
 
-def _run_mma(ops, case, dtype, channels_last):
-    """The mma forward and dgrad of one case (y, dx, checked against the reference) and a placeholder for dw."""
-    _, n, c, h, w, k, m, pad, with_bias = case
-    x, wt, b = fma.make_inputs(n, c, h, w, k, m, dtype=dtype, channels_last=channels_last)
-    b = b if with_bias else None
-    y_shape = fma.reference_conv(x[:1], wt, None, (1, 1), pad, (1, 1)).shape[1:]
-    y = fma._nan((n,) + tuple(y_shape), dtype, "cpu", channels_last)
-    before = ops.mma_launches()
-    ops.native_fwd(x, wt, b, [1, 1], list(pad), [1, 1], y)
-    assert ops.mma_launches() == before + 1, "the forward did not run the mma kernel"
-    grad_out = torch.randn(y.shape).to(dtype).contiguous(
-        memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    dx = fma._nan(x.shape, dtype, "cpu", channels_last)
-    ops.native_dgrad(grad_out, wt, [1, 1], list(pad), [1, 1], dx)
-    y_ref, dx_ref, _, _ = fma.reference_grads(x, wt, b, grad_out, (1, 1), pad, (1, 1))
-    fma.assert_close(y, y_ref, dtype, "forward (mma)")
-    fma.assert_close(dx, dx_ref, dtype, "dgrad")
-    return y, dx, torch.zeros(1)
-
-
 @pytest.mark.parametrize("grid", GRIDS)
 @pytest.mark.parametrize("case,dtype,channels_last", mma.PARAMS)
 def test_mma_kernels_race_free(host_ops, monkeypatch, case, dtype, channels_last, grid):
     monkeypatch.setenv("DWCONV_CUDA_MMA", "1")
     with max_grid_blocks(host_ops, grid):
-        outputs = _outputs_in_both_orders(host_ops, lambda: _run_mma(host_ops, case, dtype, channels_last))
+        # mma._run checks the path and the float64 reference; there is no dw here (a placeholder).
+        outputs = _outputs_in_both_orders(
+            host_ops, lambda: (*mma._run(host_ops, case, dtype, channels_last, "cpu"), torch.zeros(1)))
     _assert_bitwise_equal(*outputs, case[0])

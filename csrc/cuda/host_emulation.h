@@ -95,7 +95,10 @@ class GuardedBuffer {
       if (map == MAP_FAILED) throw std::bad_alloc();
       map_ = static_cast<unsigned char*>(map);
       data_capacity_ = data_pages;
-      mprotect(map_ + data_pages, page, PROT_NONE);
+      if (mprotect(map_ + data_pages, page, PROT_NONE) != 0) {  // without the guard the check would be void
+        release();
+        throw std::bad_alloc();
+      }
     }
     return map_ + data_capacity_ - data;
   }
