@@ -111,6 +111,7 @@ setup(
         "triton": ["triton"],
         "train": ["timm", "torchvision", "tqdm"],
         "bench": ["fvcore", "tqdm", "matplotlib"],
+        "peers": ["onnx", "onnxruntime", "openvino"],
         "test": ["pytest", "fvcore", "timm", "torchvision", "tqdm"],
     },
     ext_modules=_extensions(),

@@ -6,8 +6,8 @@
 Every result file contributes a section: the device, versions, commit and exact command, then its tables
 (throughput: model costs and images/s with speed-ups over nn.Conv2d; kernels: geometric-mean speed-ups
 per op, the forward + backward time of every shape, and the plot when a PNG of the same name sits beside
-the JSON). GPU files come before CPU files. Image links are relative to the repository root (the README's
-folder).
+the JSON; peers: dwconv's inference forward against PyTorch, ONNX Runtime and OpenVINO). GPU files come
+before CPU files. Image links are relative to the repository root (the README's folder).
 """
 from __future__ import annotations
 
@@ -25,6 +25,9 @@ from benchmarks import tables
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
+
+# The result files rendered, in this order within a device.
+_SCRIPT_ORDER = {"throughput": 0, "kernels": 1, "peers": 2}
 
 BEGIN_MARKER = "<!-- results:begin -->"
 END_MARKER = "<!-- results:end -->"
@@ -55,15 +58,18 @@ def _relative_to_repo(path: Path) -> str:
 
 def load_results_from(results: List[Dict]) -> List[Dict]:
     """The benchmark results among `results`, GPU runs first, then by device, script and date."""
-    kept = [r for r in results if "meta" in r and r["meta"].get("script") in ("kernels", "throughput")]
+    kept = [r for r in results if "meta" in r and r["meta"].get("script") in _SCRIPT_ORDER]
     if len(kept) < len(results):
         print(f"skipping {len(results) - len(kept)} file(s) that are not benchmark results", file=sys.stderr)
     return sorted(kept, key=lambda r: (r["meta"]["device_type"] != "cuda", r["meta"]["device_name"],
-                                       r["meta"]["script"] != "throughput", r["meta"]["date_utc"]))
+                                       _SCRIPT_ORDER[r["meta"]["script"]], r["meta"]["date_utc"]))
 
 
 def section(result: Dict) -> str:
     meta = result["meta"]
+    if meta["script"] == "peers":
+        return "\n\n".join([f"#### Depthwise-conv inference against other libraries, {meta['device_name']}",
+                            tables.run_heading(result), tables.peers_summary(result), tables.peers_table(result)])
     if meta["script"] == "throughput":
         return "\n\n".join([f"#### Model throughput, {meta['device_name']}", tables.run_heading(result),
                             tables.model_cost_table(result), tables.throughput_table(result)])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Sequence
 
 __all__ = ["markdown_table", "kernel_op_table", "kernel_rate_table", "kernel_summary_table", "throughput_table", "model_cost_table",
-           "run_heading"]
+           "run_heading", "peers_table", "peers_rate_table", "peers_summary"]
 
 PYTORCH_PROVIDERS = ("torch-nchw", "torch-nhwc")
 
@@ -78,6 +78,84 @@ def kernel_summary_table(result: Dict) -> str:
     title = (f"Geometric mean over {n_shapes} shapes of the speed-up over PyTorch's faster layout; "
              f"last column: forward at K=11, lowest fraction {_fraction_label(result)}")
     return f"{title}\n\n" + markdown_table(["dtype", "provider"] + ops + ["fwd K=11"], rows)
+
+
+def _peers_cell(r: Optional[Dict]) -> str:
+    if r is None:
+        return "n/a"
+    if "missing" in r:
+        return "missing"
+    return "n/a" if "ms" not in r else f"{r['ms']:.2f}"
+
+
+def _percent(fraction: Optional[float]) -> str:
+    return "n/a" if fraction is None else f"{100 * fraction:.0f}%"
+
+
+def peers_table(result: Dict) -> str:
+    """peers.py: one row per shape: every provider's ms, dwconv's faster layout against the fastest peer, and
+    its forward GFLOP/s with the fractions of the FMA peak and of sgemm."""
+    providers = _providers(result)
+    index = {(r["shape"]["name"], r["provider"]): r for r in result["results"]}
+    rows = []
+    for s in result["summary"]["per_shape"]:
+        cells = [s["shape"]] + [_peers_cell(index.get((s["shape"], p))) for p in providers]
+        ratio = s.get("speedup_vs_best_peer")
+        cells.append("n/a" if ratio is None else f"{ratio:.2f}x vs {s['best_peer']}")
+        cells.append("n/a" if "dwconv_gflops" not in s else
+                     f"{s['dwconv_gflops']:.3g} ({_percent(s['dwconv_fma_peak_fraction'])} / "
+                     f"{_percent(s['dwconv_sgemm_fraction'])})")
+        rows.append(cells)
+    machine = result["machine"]
+    peak = f"{machine['fma_peak_isa']} FMA peak" if machine.get("fma_peak_isa") else "FMA peak"
+    header = (["shape"] + [f"{p} ms" for p in providers]
+              + ["dwconv best / best peer", f"dwconv GFLOP/s (of {peak} / of sgemm)"])
+    return markdown_table(header, rows)
+
+
+def peers_rate_table(result: Dict) -> str:
+    """peers.py: one row per shape: every provider's forward GFLOP/s (fraction of the FMA peak)."""
+    providers = _providers(result)
+    index = {(r["shape"]["name"], r["provider"]): r for r in result["results"]}
+    rows = []
+    for s in result["summary"]["per_shape"]:
+        cells = [s["shape"]]
+        for p in providers:
+            r = index.get((s["shape"], p))
+            cells.append("n/a" if r is None or "ms" not in r else
+                         f"{r['gflops']:.3g} ({_percent(r['fma_peak_fraction'])})")
+        rows.append(cells)
+    return "forward GFLOP/s (fraction of the FMA peak)\n\n" + markdown_table(["shape"] + providers, rows)
+
+
+def peers_summary(result: Dict) -> str:
+    """peers.py: the machine's measured rates, the geometric-mean speed-ups and the peers that did not run."""
+    m, summary, threads = result["machine"], result["summary"], result["settings"]["threads"]
+    lines = []
+    probe = m.get("fma_probe", {}).get("isas", {})
+    rates = []
+    for isa, entry in probe.items():
+        if "gflops" in entry:
+            per = ", ".join(f"{v['median']:.0f} on {n} thread{'s' if n != '1' else ''}" for n, v in entry["gflops"].items())
+            rates.append(f"{isa} {per}")
+        else:
+            rates.append(f"{isa} skipped ({entry['skipped']})")
+    lines.append(f"Measured in the same run: fp32 FMA peak (GFLOP/s) {'; '.join(rates) or 'n/a'}; "
+                 f"sgemm {m['sgemm_gflops']:.1f} GFLOP/s on {threads} threads.")
+    if m.get("fma_peak_note"):
+        lines.append(f"The FMA peak used is {m.get('fma_peak_isa') or 'unknown'}: {m['fma_peak_note']}.")
+    geo = summary.get("geomean_speedup_vs_best_peer")
+    if geo is not None:
+        each = ", ".join(f"{p} {v:.2f}x" for p, v in summary["geomean_speedup_vs"].items() if v is not None)
+        lines.append(f"dwconv's faster layout against the fastest peer, geometric mean over "
+                     f"{summary['shapes_compared']} shapes: {geo:.2f}x (against each: {each}).")
+    for name, runtime in result["settings"].get("runtimes", {}).items():
+        if "missing" in runtime:
+            lines.append(f"{name}: missing ({runtime['missing']}).")
+    skipped = [f"{r['shape']['name']} {r['provider']}: {r['skipped']}" for r in result["results"] if "skipped" in r]
+    if skipped:
+        lines.append("Skipped: " + "; ".join(skipped) + ".")
+    return "\n\n".join(lines)
 
 
 def _config_label(r: Dict) -> str:
