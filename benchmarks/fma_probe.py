@@ -4,12 +4,15 @@ A tiny C loop (12 independent accumulator chains, so neither the FMA latency nor
 at run time with gcc, one function per instruction set through function target attributes (no -march: the
 build runs anywhere, each function is called only where the CPU has its instructions), cached in the temp
 directory and loaded with ctypes. ctypes releases the GIL during the call, so N Python threads calling it
-run truly in parallel: the all-threads rate is every thread's FLOPs over the wall time from the common
-start to the last thread's end. A rate counts 2 FLOPs per lane per FMA.
+run truly in parallel, started together. A rate counts 2 FLOPs per lane per FMA. The peak sums each
+thread's FLOPs over its own CPU time (time.thread_time): other processes on a shared machine delay the
+threads but do not lower it, while cores that share FMA units (SMT siblings, a power limit) still do. The
+wall-clock rate (all FLOPs over the time from the common start to the last thread's end) is reported
+beside it.
 
     python benchmarks/fma_probe.py                # a line per instruction set: 1 thread and all threads
     python benchmarks/fma_probe.py --json         # the same as JSON on stdout
-    python benchmarks/fma_probe.py --threads 1,2,4 --seconds 0.5
+    python benchmarks/fma_probe.py --threads 1,2 --seconds 0.5
 
 From another benchmark: `fma_peak("avx512", threads=2)` (GFLOP/s; raises FMAProbeUnavailable with the reason
 when the CPU lacks the instructions or gcc is missing) and `describe()` (everything, as a dict).
@@ -29,13 +32,15 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
-__all__ = ["ISAS", "CHAINS", "FMAProbeUnavailable", "available_isas", "fma_peak", "fma_rates", "describe",
+__all__ = ["ISAS", "CHAINS", "CLOCKS", "FMAProbeUnavailable", "available_isas", "fma_peak", "fma_rates", "describe",
            "all_threads"]
 
 CHAINS = 12
+CLOCKS = ("cpu", "wall")
 
 
 class FMAProbeUnavailable(RuntimeError):
@@ -173,41 +178,68 @@ def all_threads() -> int:
         return os.cpu_count() or 1
 
 
-def _run_parallel(fn, iters: int, threads: int) -> float:
-    """Seconds from the common start to the end of the last of `threads` concurrent calls of fn(iters)."""
+@dataclass(frozen=True)
+class _Run:
+    wall_s: float  # from the common start to the end of the last thread
+    cpu_s: Tuple[float, ...]  # each thread's CPU time
+
+
+def _run_parallel(fn, iters: int, threads: int) -> _Run:
+    """`threads` concurrent calls of fn(iters), started together."""
     barrier = threading.Barrier(threads)
-    spans: List[tuple] = [(0.0, 0.0)] * threads
+    spans: List[tuple] = [(0.0, 0.0, 0.0)] * threads
 
     def worker(i: int) -> None:
         barrier.wait()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         fn(iters, 0.9999, 1e-4)
-        spans[i] = (t0, time.perf_counter())
+        spans[i] = (t0, time.perf_counter(), time.thread_time() - c0)
 
     pool = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
     for t in pool:
         t.start()
     for t in pool:
         t.join()
-    return max(end for _, end in spans) - min(start for start, _ in spans)
+    wall = max(end for _, end, _ in spans) - min(start for start, _, _ in spans)
+    return _Run(wall, tuple(max(cpu, 1e-9) for _, _, cpu in spans))
 
 
-def fma_rates(isa: str, threads: int = 1, *, seconds: float = 0.1, reps: int = 5,
+def _gflops(run: _Run, flops_per_thread: int, clock: str) -> float:
+    if clock == "wall":
+        return flops_per_thread * len(run.cpu_s) / run.wall_s / 1e9
+    return sum(flops_per_thread / cpu for cpu in run.cpu_s) / 1e9
+
+
+def calibrate_iters(isa: str, seconds: float) -> int:
+    """Iterations of the FMA loop that take about `seconds` of CPU time on one thread (from a trial run)."""
+    fn = getattr(_check(isa), f"fma_chains_{isa}")
+    trial = 100_000
+    fn(trial, 0.9999, 1e-4)  # warm-up: clocks up, page in
+    per_iter = _run_parallel(fn, trial, 1).cpu_s[0] / trial
+    return max(trial, int(seconds / per_iter))
+
+
+def _runs(isa: str, threads: int, reps: int, iters: int, clock: str) -> List[_Run]:
+    if threads < 1 or reps < 1 or iters < 1:
+        raise ValueError("threads, reps and iters must be at least 1")
+    if clock not in CLOCKS:
+        raise ValueError(f"unknown clock {clock!r}; choose from {', '.join(CLOCKS)}")
+    if clock == "cpu" and threads > all_threads():
+        raise ValueError(f"the CPU-time rate needs a core per thread: {threads} threads > {all_threads()} cores "
+                         "(use clock='wall')")
+    fn = getattr(_check(isa), f"fma_chains_{isa}")
+    return [_run_parallel(fn, iters, threads) for _ in range(reps)]
+
+
+def fma_rates(isa: str, threads: int = 1, *, clock: str = "cpu", seconds: float = 0.1, reps: int = 5,
               iters: Optional[int] = None) -> List[float]:
     """GFLOP/s of `reps` runs of the FMA loop on `threads` threads at once, each thread running `iters`
-    iterations (default: as many as take about `seconds` on one thread, from a short trial run)."""
-    if threads < 1 or reps < 1:
-        raise ValueError("threads and reps must be at least 1")
-    fn = getattr(_check(isa), f"fma_chains_{isa}")
-    if iters is None:
-        trial = 100_000
-        fn(trial, 0.9999, 1e-4)  # warm-up: clocks up, page in
-        per_iter = max(_run_parallel(fn, trial, 1), 1e-9) / trial
-        iters = max(trial, int(seconds / per_iter))
-    if iters < 1:
-        raise ValueError("iters must be at least 1")
-    total = flops_per_iteration(isa) * iters * threads
-    return [total / _run_parallel(fn, iters, threads) / 1e9 for _ in range(reps)]
+    iterations (default: as many as take about `seconds` on one thread). clock "cpu": the sum over threads
+    of each thread's FLOPs over its own CPU time (time.thread_time), so processes sharing the cores slow
+    the wall clock but not the measure (a thread per core at most); "wall": all FLOPs over the wall time."""
+    iters = calibrate_iters(isa, seconds) if iters is None else iters
+    flops = flops_per_iteration(isa) * iters
+    return [_gflops(run, flops, clock) for run in _runs(isa, threads, reps, iters, clock)]
 
 
 def fma_peak(isa: str, threads: int = 1, **kwargs) -> float:
@@ -215,26 +247,41 @@ def fma_peak(isa: str, threads: int = 1, **kwargs) -> float:
     return statistics.median(fma_rates(isa, threads, **kwargs))
 
 
-def describe(threads: Optional[Sequence[int]] = None, **kwargs) -> Dict:
-    """The probe's setting and, per instruction set, the median and best GFLOP/s per thread count (1 and all
-    threads by default) or the reason it was skipped."""
+def _stats(rates: List[float]) -> Dict:
+    return {"median": statistics.median(rates), "max": max(rates), "samples": [round(r, 2) for r in rates]}
+
+
+def describe(threads: Optional[Sequence[int]] = None, *, seconds: float = 0.1, reps: int = 5,
+             iters: Optional[int] = None) -> Dict:
+    """The probe's setting and, per instruction set, the rate per thread count (1 and all threads by
+    default) or the reason it was skipped: "gflops" by CPU time (the peak), "wall_gflops" by wall time
+    (what the machine delivered while others used it). The runs of every instruction set and thread count
+    are interleaved (one of each per repetition), so a machine that gets busier slows them alike."""
     threads = list(threads or dict.fromkeys([1, all_threads()]))
     cc = _compiler()
     out: Dict = {"method": f"register-only loop, {CHAINS} independent FMA chains, 2 FLOPs per lane per FMA, "
-                           "threads started together (ctypes releases the GIL)",
+                           "threads started together (ctypes releases the GIL); rates by each thread's CPU time "
+                           "(wall-clock rates beside them)",
                  "compiler": _compiler_version(cc) if cc else None, "all_threads": all_threads(), "isas": {}}
+    runnable = {}
     for isa, reason in available_isas().items():
         reg, lanes = ISAS[isa][:2]
-        entry: Dict = {"register": reg, "lanes": lanes}
+        out["isas"][isa] = {"register": reg, "lanes": lanes}
         if reason is not None:
-            entry["skipped"] = reason
+            out["isas"][isa]["skipped"] = reason
         else:
-            entry["gflops"] = {}
-            for n in threads:
-                rates = fma_rates(isa, n, **kwargs)
-                entry["gflops"][str(n)] = {"median": statistics.median(rates), "max": max(rates),
-                                           "samples": [round(r, 2) for r in rates]}
-        out["isas"][isa] = entry
+            runnable[isa] = iters if iters is not None else calibrate_iters(isa, seconds)
+    runs: Dict[tuple, List[_Run]] = {(isa, n): [] for isa in runnable for n in threads}
+    for _ in range(reps):
+        for isa, n in runs:
+            runs[isa, n] += _runs(isa, n, 1, runnable[isa], "cpu")
+    for isa, count in runnable.items():
+        flops = flops_per_iteration(isa) * count
+        out["isas"][isa]["iterations"] = count
+        out["isas"][isa]["gflops"] = {str(n): _stats([_gflops(r, flops, "cpu") for r in runs[isa, n]])
+                                      for n in threads}
+        out["isas"][isa]["wall_gflops"] = {str(n): _stats([_gflops(r, flops, "wall") for r in runs[isa, n]])
+                                           for n in threads}
     return out
 
 
@@ -248,8 +295,9 @@ def format_description(info: Dict) -> str:
         cells = []
         for n, rate in entry["gflops"].items():
             per_thread = rate["median"] / int(n)
+            wall = entry["wall_gflops"][n]["median"]
             cells.append(f"{n} thread{'s' if n != '1' else ''} {rate['median']:.1f} GFLOP/s "
-                         f"({per_thread:.1f} per thread, best {rate['max']:.1f})")
+                         f"({per_thread:.1f} per thread; wall clock {wall:.1f})")
         lines.append(f"{label} " + "; ".join(cells))
     return "\n".join(lines)
 
@@ -265,8 +313,8 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         threads = [int(t) for t in args.threads.split(",")] if args.threads else None
     except ValueError:
         p.error(f"--threads: expected comma-separated integers, got {args.threads!r}")
-    if threads is not None and (not threads or min(threads) < 1):
-        p.error("--threads: thread counts must be at least 1")
+    if threads is not None and (not threads or min(threads) < 1 or max(threads) > all_threads()):
+        p.error(f"--threads: thread counts from 1 to the {all_threads()} cores this process may use")
     info = describe(threads, seconds=args.seconds, reps=args.reps)
     print(json.dumps(info, indent=1) if args.json else format_description(info))
     return info

@@ -124,10 +124,12 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
 
 
 def measure_machine(smoke: bool, threads: int) -> Dict:
-    """sgemm (as kernels.py measures it) and the fp32 FMA peak on 1 and `threads` threads; fma_peak_gflops
-    is the widest instruction set's rate on `threads` threads (None, with the reason, without the probe)."""
+    """sgemm (as kernels.py measures it) and the fp32 FMA peak on 1 and `threads` threads (at most one per
+    core); fma_peak_gflops is the widest instruction set's rate on those threads, by CPU time (None, with
+    the reason, without the probe)."""
     rates: Dict = {"sgemm_gflops": roofline.measure_sgemm_gflops(torch.device("cpu"), n=256 if smoke else 2048,
                                                                  reps=2 if smoke else 5)}
+    threads = min(threads, fma_probe.all_threads())  # the probe's CPU-time rate needs a core per thread
     probe = fma_probe.describe(dict.fromkeys([1, threads]), seconds=0.005 if smoke else 0.2, reps=1 if smoke else 5)
     rates["fma_probe"] = probe
     rates["fma_peak_gflops"] = rates["fma_peak_isa"] = None

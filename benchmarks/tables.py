@@ -140,7 +140,7 @@ def peers_summary(result: Dict) -> str:
             rates.append(f"{isa} {per}")
         else:
             rates.append(f"{isa} skipped ({entry['skipped']})")
-    lines.append(f"Measured in the same run: fp32 FMA peak (GFLOP/s) {'; '.join(rates) or 'n/a'}; "
+    lines.append(f"Measured in the same run: fp32 FMA peak (GFLOP/s, by thread CPU time) {'; '.join(rates) or 'n/a'}; "
                  f"sgemm {m['sgemm_gflops']:.1f} GFLOP/s on {threads} threads.")
     if m.get("fma_peak_note"):
         lines.append(f"The FMA peak used is {m.get('fma_peak_isa') or 'unknown'}: {m['fma_peak_note']}.")

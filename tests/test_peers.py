@@ -99,11 +99,18 @@ def test_fma_probe_gives_a_rate_or_a_reason():
         pytest.skip(f"FMA probe unavailable here: {available}")
     for isa in runnable:
         assert fma_probe.fma_peak(isa, 1, iters=20_000, reps=1) > 0
-    assert fma_probe.fma_peak(runnable[0], 2, iters=20_000, reps=2) > 0
+    threads = fma_probe.all_threads()
+    assert fma_probe.fma_peak(runnable[0], threads, iters=20_000, reps=2) > 0
+    assert fma_probe.fma_peak(runnable[0], threads + 1, clock="wall", iters=20_000, reps=1) > 0
+    with pytest.raises(ValueError, match="a core per thread"):
+        fma_probe.fma_peak(runnable[0], threads + 1, iters=1000)
     with pytest.raises(ValueError, match="unknown instruction set"):
         fma_probe.fma_peak("sse9", 1)
     info = fma_probe.describe([1], iters=1000, reps=1)
-    assert all(("gflops" in e) != ("skipped" in e) for e in info["isas"].values())
+    for entry in info["isas"].values():
+        assert ("gflops" in entry) != ("skipped" in entry)
+        if "gflops" in entry:
+            assert entry["gflops"]["1"]["median"] > 0 and entry["wall_gflops"]["1"]["median"] > 0
 
 
 def test_fma_probe_without_a_compiler(monkeypatch):
