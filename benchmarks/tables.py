@@ -109,7 +109,7 @@ def peers_table(result: Dict) -> str:
     machine = result["machine"]
     peak = f"{machine['fma_peak_isa']} FMA peak" if machine.get("fma_peak_isa") else "FMA peak"
     header = (["shape"] + [f"{p} ms" for p in providers]
-              + ["dwconv best / best peer", f"dwconv GFLOP/s (of {peak} / of sgemm)"])
+              + ["dwconv's faster layout: speed-up over the fastest peer", f"its GFLOP/s (of {peak} / of sgemm)"])
     return markdown_table(header, rows)
 
 
