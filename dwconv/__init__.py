@@ -3,6 +3,7 @@
     y = dwconv.depthwise_conv2d(x, weight, bias, stride, padding, dilation, backend="auto")
     conv = dwconv.FastDWConv(C, C, 11, padding=5)        # an nn.Conv2d with groups=C
     model = dwconv.convert(model)                         # swap every depthwise nn.Conv2d in place
+    model = dwconv.fold_batchnorm(model.eval())           # inference: BatchNorms folded into the convs before them
     dwconv.available_backends("cuda")                     # which backends can serve here, and why not
 """
 import torch  # noqa: F401  (must precede the extension, which links against libtorch)
@@ -10,6 +11,7 @@ import torch  # noqa: F401  (must precede the extension, which links against lib
 from . import _extension, ops  # noqa: F401
 from .backends import BACKENDS, BackendUnavailableError, available_backends
 from .convert import convert, is_depthwise_conv
+from .fold import fold_batchnorm
 from .flops import register_fvcore
 from .functional import depthwise_conv2d
 from .module import FastDWConv
@@ -19,4 +21,4 @@ register_fvcore()
 
 __version__ = "0.1.0"
 __all__ = ["depthwise_conv2d", "FastDWConv", "convert", "available_backends", "BACKENDS",
-           "BackendUnavailableError", "is_depthwise_conv"]
+           "BackendUnavailableError", "is_depthwise_conv", "fold_batchnorm"]
