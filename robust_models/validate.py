@@ -10,7 +10,9 @@ Reports top-1 / top-5 accuracy (%) on each folder. ImageNet-R and ImageNet-A are
 classes only (the other logits are ignored). ImageNet-C (<root>/<corruption>/<severity>/<class>/...) is
 reported as the mean top-1 error over its corruption x severity folders (the paper's number) with the
 AlexNet-normalized mCE beside it. Class folders named by ImageNet WordNet ids are labelled with their
-ImageNet class index, so folders with a subset of the classes work. Needs timm and torchvision.
+ImageNet class index, so folders with a subset of the classes work. Each BatchNorm is folded into the
+conv before it (dwconv.fold_batchnorm: the same logits up to rounding; --no-fold-bn keeps them).
+Needs timm and torchvision.
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
+
+from dwconv import fold_batchnorm
 
 from . import data
 from .distributed import DistContext, init_distributed, shutdown_distributed
@@ -55,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--block-type", default=None, choices=("a", "b", "c", "d"))
     g.add_argument("--norm-act", default=None, choices=("reduced", "full"))
     g.add_argument("--in-chans", type=int, default=None)
+    g.add_argument("--fold-bn", action=argparse.BooleanOptionalAction, default=True,
+                   help="fold each BatchNorm into the conv before it (dwconv.fold_batchnorm; same outputs up to "
+                        "rounding, one pass less per BatchNorm); --no-fold-bn runs the model as trained")
 
     g = p.add_argument_group("benchmarks (give at least one folder)")
     g.add_argument("--imagenet", default=None, help="ImageFolder scored on all classes (e.g. ImageNet val)")
@@ -155,10 +162,12 @@ class _Evaluator:
 def run(args: argparse.Namespace, ctx: DistContext) -> Dict[str, Any]:
     """All requested benchmarks' results (identical on every process)."""
     model = build_model(args).to(ctx.device).eval()
+    if args.fold_bn:
+        fold_batchnorm(model)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     score = _Evaluator(model, args, ctx)
-    results: Dict[str, Any] = {"model": args.model, "checkpoint": args.checkpoint}
+    results: Dict[str, Any] = {"model": args.model, "checkpoint": args.checkpoint, "fold_bn": args.fold_bn}
     if args.imagenet:
         results["imagenet"] = score(args.imagenet, "imagenet")
     for name, wnids in _CLASS_SUBSETS.items():
