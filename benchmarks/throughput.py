@@ -12,12 +12,14 @@ finishes in about a minute. Under torchrun (more than one process) it measures D
 
     python benchmarks/throughput.py
     python benchmarks/throughput.py --model robust_resnet_dw_small --dtype bf16 --channels-last --compile
+    python benchmarks/throughput.py --fold-bn      # also inference with BatchNorms folded (own columns)
     torchrun --nproc_per_node 8 benchmarks/throughput.py --json benchmarks/results/
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import gc
 import os
 import sys
@@ -45,6 +47,7 @@ from benchmarks.timing import Timer, interleaved
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 MODES = ("inference", "train")
+FOLDED = " folded"  # suffix of a variant with its BatchNorms folded (dwconv.fold_batchnorm), timed in inference
 CPU_DEFAULT_MODEL = "robust_resnet_dw_small"
 SMOKE_MODEL_OVERRIDES = {"depths": (1, 1, 1, 1), "dims": (16, 32, 64, 128)}
 
@@ -80,6 +83,9 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=None, help="per process; replaces the default (128 GPU, 2 CPU)")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--compile", action="store_true", help="torch.compile every variant")
+    p.add_argument("--fold-bn", action="store_true",
+                   help="also time inference of every variant with its BatchNorms folded into the convs before "
+                        "them (dwconv.fold_batchnorm): a '<variant> folded' column")
     p.add_argument("--backend", default=None,
                    help="comma-separated dwconv backends (default: every available one except the reference "
                         "'torch', plus 'auto')")
@@ -183,6 +189,8 @@ def bench_model(name: str, args, world_size: int, timer: Timer, progress: Progre
     """Records for every configuration, mode and variant of one model, and the model's cost."""
     device = args.device
     variants = build_variants(name, args.backends, **args.model_overrides)
+    if args.fold_bn:
+        variants.update({v + FOLDED: dwconv.fold_batchnorm(copy.deepcopy(m).eval()) for v, m in list(variants.items())})
     cost = model_cost(variants[PLAIN].to(device), args.image_size, device) if is_main else {}
     if is_main:
         gflops = "n/a" if cost["gflops"] is None else f"{cost['gflops']:.2f}"
@@ -199,7 +207,8 @@ def bench_model(name: str, args, world_size: int, timer: Timer, progress: Progre
                                  ddp=world_size > 1) for v, m in variants.items()}
         for mode in args.modes:
             progress.set_description(f"{name} {config.label} {mode}")
-            cases = {v: getattr(r, mode) for v, r in runners.items()}
+            timed = [v for v in runners if mode == "inference" or not v.endswith(FOLDED)]
+            cases = {v: getattr(runners[v], mode) for v in timed}
             base_record = {"model": name, "mode": mode, **asdict(config), "compile": args.compile,
                            "image_size": args.image_size, "world_size": world_size}
             skipped = {}
@@ -214,7 +223,7 @@ def bench_model(name: str, args, world_size: int, timer: Timer, progress: Progre
                     del cases[v]
             stats = interleaved(cases, timer, warmup=args.warmup, reps=args.reps, on_sample=progress.update)
             base = stats[PLAIN].median
-            for v in runners:
+            for v in timed:
                 if v in skipped:
                     records.append({**base_record, "variant": v, "skipped": skipped[v]})
                     continue
@@ -224,6 +233,9 @@ def bench_model(name: str, args, world_size: int, timer: Timer, progress: Progre
                                 "ms_per_step": s.median * 1e3, "p20_ms": s.p20 * 1e3, "p80_ms": s.p80 * 1e3,
                                 "samples": s.samples, "samples_ms": [round(v * 1e3, 4) for v in s.values],
                                 "speedup_vs_conv2d": base / s.median})
+                unfolded = stats.get(v[:-len(FOLDED)]) if v.endswith(FOLDED) else None
+                if unfolded is not None:
+                    records[-1]["speedup_vs_unfolded"] = unfolded.median / s.median
         del runners
         gc.collect()
         if device.type == "cuda":
@@ -253,8 +265,10 @@ def run(args: argparse.Namespace, argv: List[str]) -> Optional[Dict]:
               f"x {world_size}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
               f"variants {[PLAIN] + [f'dwconv-{b}' for b in args.backends]}, configurations "
               f"{[c.label for c in args.configs]}, modes {args.modes}, warm-up {args.warmup}, reps {args.reps}"
-              + (", torch.compile" if args.compile else ""), flush=True)
-    total = len(args.models) * len(args.configs) * len(args.modes) * (1 + len(args.backends)) * (args.warmup + args.reps)
+              + (", torch.compile" if args.compile else "")
+              + (", inference also with BatchNorms folded" if args.fold_bn else ""), flush=True)
+    timed_modes = len(args.modes) + (args.fold_bn and "inference" in args.modes)
+    total = len(args.models) * len(args.configs) * timed_modes * (1 + len(args.backends)) * (args.warmup + args.reps)
     progress = Progress(total, "throughput", enabled=is_main and not args.no_progress)
     records, models = [], []
     try:
@@ -271,7 +285,8 @@ def run(args: argparse.Namespace, argv: List[str]) -> Optional[Dict]:
     launcher = "python" if world_size == 1 else f"torchrun --nproc_per_node {os.environ.get('LOCAL_WORLD_SIZE', world_size)}"
     result = {"meta": run_metadata("throughput", argv, args.device, args.notes, launcher, load_at_start),
               "settings": {"models": args.models, "configs": [asdict(c) for c in args.configs], "modes": args.modes,
-                           "backends": args.backends, "compile": args.compile, "image_size": args.image_size,
+                           "backends": args.backends, "compile": args.compile, "fold_bn": args.fold_bn,
+                           "image_size": args.image_size,
                            "world_size": world_size, "warmup": args.warmup, "reps": args.reps,
                            "optimizer": "AdamW", "model_overrides": args.model_overrides},
               "models": models, "results": records}

@@ -286,3 +286,20 @@ def test_robust_resnet_every_batchnorm_folds(name, norm_act):
 
 def test_exported_at_top_level():
     assert dwconv.fold_batchnorm is fold_batchnorm and "fold_batchnorm" in dwconv.__all__
+
+
+def test_throughput_benchmark_times_folded_inference(tmp_path):
+    from benchmarks import make_tables, tables, throughput
+
+    path = tmp_path / "t.json"
+    result = throughput.main(["--smoke", "--device", "cpu", "--backend", "cpu", "--fold-bn", "--no-progress",
+                              "--json", str(path)])
+    assert result["settings"]["fold_bn"] is True
+    timed = {(r["mode"], r["variant"]) for r in result["results"]}
+    assert timed == {("inference", "nn.Conv2d"), ("inference", "dwconv-cpu"), ("inference", "nn.Conv2d folded"),
+                     ("inference", "dwconv-cpu folded"), ("train", "nn.Conv2d"), ("train", "dwconv-cpu")}
+    for r in result["results"]:
+        assert ("speedup_vs_unfolded" in r) == r["variant"].endswith(" folded")
+    header = "| model | configuration | mode | nn.Conv2d img/s | dwconv-cpu img/s | nn.Conv2d folded img/s | " \
+             "dwconv-cpu folded img/s |"
+    assert header in tables.throughput_table(result) and header in make_tables.main([str(path)])
