@@ -2,8 +2,8 @@
 
 Each op takes a backend name ("auto" included) and resolves it when it runs, so torch.compile sees the
 ops as opaque calls and never traces backend selection. The ops
-carry fake kernels (torch.compile / meta tracing), the autograd formula (backward = dgrad + wgrad + a sum
-for the bias), an autocast rule matching nn.Conv2d's, and FLOP formulas for FlopCounterMode.
+carry fake kernels (torch.compile / meta tracing), their derivatives (autograd.py: backward, double backward,
+forward-mode AD; batching.py: vmap), an autocast rule matching nn.Conv2d's, and FLOP formulas for FlopCounterMode.
 """
 from __future__ import annotations
 
@@ -97,28 +97,12 @@ def _(grad_out, x, weight_shape, stride, padding, dilation, backend):
     return _empty(weight_shape, x)
 
 
-def _setup_context(ctx, inputs, output):
-    x, weight, bias, stride, padding, dilation, backend = inputs
-    ctx.save_for_backward(x, weight)
-    ctx.has_bias = bias is not None
-    ctx.conv = (stride, padding, dilation, backend)
+# Autograd (backward, double backward, forward-mode AD) and vmap rules, written with the three ops above.
+from . import autograd as _autograd  # noqa: E402
+from . import batching as _batching  # noqa: E402
 
-
-def _backward(ctx, grad_out):
-    x, weight = ctx.saved_tensors
-    stride, padding, dilation, backend = ctx.conv
-    grad_out = grad_out.contiguous(memory_format=_memory_format(x))
-    dx = dw = db = None
-    if ctx.needs_input_grad[0]:
-        dx = torch.ops.dwconv.dgrad(grad_out, weight, list(x.shape), stride, padding, dilation, backend)
-    if ctx.needs_input_grad[1]:
-        dw = torch.ops.dwconv.wgrad(grad_out, x, list(weight.shape), stride, padding, dilation, backend)
-    if ctx.has_bias and ctx.needs_input_grad[2]:
-        db = grad_out.sum(dim=(0, 2, 3))
-    return dx, dw, db, None, None, None, None
-
-
-forward.register_autograd(_backward, setup_context=_setup_context)
+_autograd.register(forward, dgrad, wgrad)
+_batching.register(forward, dgrad, wgrad)
 
 
 def _register_autocast(device_type: str) -> None:

@@ -1,0 +1,195 @@
+"""Derivatives of every order and in every mode: double backward, forward-mode AD, the torch.func transforms
+(grad, jvp, vmap, jacrev, jacfwd, hessian, nestings) and the vmap rules of the three ops, in float64
+against F.conv2d."""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.func import grad, hessian, jacfwd, jacrev, jvp, vmap
+
+import dwconv
+from conftest import require_backend
+from utils import assert_close
+
+F64 = torch.float64
+# A geometry that exercises every argument: channel multiplier 2, per-dim stride, asymmetric padding,
+# dilation, a non-square kernel.
+STRIDE, PADDING, DILATION = (1, 2), (1, 0, 2, 1), (2, 1)
+
+
+def _inputs(n=2, c=2, h=6, w=5, kernel=(3, 2), multiplier=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, h, w, generator=g, dtype=F64)
+    weight = torch.randn(c * multiplier, 1, *kernel, generator=g, dtype=F64)
+    bias = torch.randn(c * multiplier, generator=g, dtype=F64)
+    return x, weight, bias
+
+
+def _dw(backend, stride=STRIDE, padding=PADDING, dilation=DILATION):
+    return lambda x, w, b=None: dwconv.depthwise_conv2d(x, w, b, stride, padding, dilation, backend=backend)
+
+
+def _ref(stride=STRIDE, padding=PADDING, dilation=DILATION):
+    pt, pb, pl, pr = padding
+
+    def conv(x, w, b=None):
+        return F.conv2d(F.pad(x, (pl, pr, pt, pb)), w, b, stride, 0, dilation, groups=x.shape[-3])
+    return conv
+
+
+def _close(actual, expected, what):
+    if isinstance(expected, (tuple, list)):
+        assert len(actual) == len(expected), what
+        for i, (a, e) in enumerate(zip(actual, expected)):
+            _close(a, e, f"{what}[{i}]")
+        return
+    assert_close(actual, expected, F64, what)
+
+
+def _requiring_grad(*tensors):
+    return tuple(t.clone().requires_grad_(True) for t in tensors)
+
+
+# gradcheck / gradgradcheck: cpu in full on the whole geometry; torch (PyTorch's own float64 conv, slow on
+# the CPU) in fast mode; triton in the interpreter (it pays per program) in fast mode on a small case.
+def _check_case(backend):
+    if backend == "triton":
+        x, w, b = _inputs(n=1, c=2, h=4, w=3, kernel=(2, 3), multiplier=2)
+        return _dw(backend, (1, 2), (1, 0, 0, 1), 1), (x, w, b), True
+    return _dw(backend), _inputs(n=1, h=5, w=4), backend != "cpu"
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch", "triton"])
+def test_gradgradcheck(backend):
+    """Backward of the backward (x, weight, bias): reverse-over-reverse, and forward-over-reverse (Hessian-vector
+    products) on the CPU kernels."""
+    require_backend(backend, "cpu")
+    conv, inputs, fast = _check_case(backend)
+    inputs = _requiring_grad(*inputs)
+    assert torch.autograd.gradgradcheck(conv, inputs, fast_mode=fast, check_fwd_over_rev=backend == "cpu")
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch", "triton"])
+def test_forward_ad_gradcheck(backend):
+    require_backend(backend, "cpu")
+    conv, inputs, fast = _check_case(backend)
+    inputs = _requiring_grad(*inputs)
+    assert torch.autograd.gradcheck(conv, inputs, fast_mode=fast, check_forward_ad=True,
+                                    check_batched_forward_grad=not fast, check_batched_grad=not fast)
+
+
+def test_dgrad_and_wgrad_have_derivatives_of_every_order():
+    """dgrad and wgrad themselves: backward, double backward and forward AD (third derivatives of the conv)."""
+    x, w, _ = _inputs(n=1, h=5, w=4)
+    args = (list(STRIDE), list(PADDING), list(DILATION), "cpu")
+    gy = torch.randn_like(_ref()(x, w))
+    dgrad = lambda g, w: torch.ops.dwconv.dgrad(g, w, list(x.shape), *args)  # noqa: E731
+    wgrad = lambda g, x: torch.ops.dwconv.wgrad(g, x, list(w.shape), *args)  # noqa: E731
+    for op, inputs in ((dgrad, (gy, w)), (wgrad, (gy, x))):
+        inputs = _requiring_grad(*inputs)
+        assert torch.autograd.gradcheck(op, inputs, check_forward_ad=True, check_batched_grad=True)
+        assert torch.autograd.gradgradcheck(op, inputs, check_fwd_over_rev=True)
+
+
+def test_derivative_math_against_conv2d():
+    """The formulas, not only their consistency: dgrad / wgrad values and their gradients equal autograd
+    of F.conv2d's own input / weight gradients."""
+    x, w, _ = _inputs()
+    gy = torch.randn_like(_ref()(x, w))
+    args = (list(STRIDE), list(PADDING), list(DILATION), "cpu")
+
+    def ref_dx(gy, w):
+        return torch.autograd.grad(_ref()(x.requires_grad_(True), w), x, gy, create_graph=True)[0]
+
+    def ref_dw(gy, x):
+        return torch.autograd.grad(_ref()(x, w.requires_grad_(True)), w, gy, create_graph=True)[0]
+
+    g_dx, g_dw = torch.randn_like(x), torch.randn_like(w)
+    for op, ref, inputs, g in (
+            (lambda gy, w: torch.ops.dwconv.dgrad(gy, w, list(x.shape), *args), ref_dx, (gy, w), g_dx),
+            (lambda gy, x: torch.ops.dwconv.wgrad(gy, x, list(w.shape), *args), ref_dw, (gy, x), g_dw)):
+        a, e = _requiring_grad(*inputs), _requiring_grad(*inputs)
+        out, out_ref = op(*a), ref(*e)
+        _close(out, out_ref, "value")
+        _close(torch.autograd.grad(out, a, g), torch.autograd.grad(out_ref, e, g), "gradients")
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_torch_func_transforms_match_conv2d(backend):
+    x, w, b = _inputs()
+    conv, ref = _dw(backend), _ref()
+
+    def loss(fn):
+        return lambda x, w, b: fn(x, w, b).sin().sum()
+
+    _close(grad(loss(conv), argnums=(0, 1, 2))(x, w, b), grad(loss(ref), argnums=(0, 1, 2))(x, w, b), "grad")
+    tangents = tuple(torch.randn_like(t) for t in (x, w, b))
+    _close(jvp(conv, (x, w, b), tangents), jvp(ref, (x, w, b), tangents), "jvp")
+    _close(jvp(lambda b: conv(x, w, b), (b,), (tangents[2],)), jvp(lambda b: ref(x, w, b), (b,), (tangents[2],)),
+           "jvp of the bias alone")
+    small = x[:1, :, :4, :4]
+    _close(jacrev(conv, argnums=(0, 1, 2))(small, w, b), jacrev(ref, argnums=(0, 1, 2))(small, w, b), "jacrev")
+    _close(jacfwd(conv, argnums=(0, 1, 2))(small, w, b), jacfwd(ref, argnums=(0, 1, 2))(small, w, b), "jacfwd")
+    _close(hessian(loss(conv), argnums=(0, 1))(small, w, b), hessian(loss(ref), argnums=(0, 1))(small, w, b),
+           "hessian (jacfwd of jacrev)")
+
+    def grad_of_grad(fn):
+        return grad(lambda x, w: grad(loss(fn), argnums=1)(x, w, b).cos().sum(), argnums=(0, 1))
+    _close(grad_of_grad(conv)(x, w), grad_of_grad(ref)(x, w), "grad of grad")
+
+    def per_sample_grads(fn):
+        return vmap(grad(lambda w, x: loss(fn)(x[None], w, b), argnums=0), in_dims=(None, 0))(w, x)
+    _close(per_sample_grads(conv), per_sample_grads(ref), "per-sample weight gradients")
+
+
+@pytest.mark.parametrize("in_dims", [(0, None, None), (None, 0, 0), (1, 0, None), (2, None, 0)])
+def test_vmap_of_the_forward(in_dims):
+    """vmap over activations (folded into the batch), weights or bias (folded into the channels), or both;
+    an unbatched input is channels_last."""
+    x, w, b = _inputs()
+    x = x.contiguous(memory_format=torch.channels_last)
+    batched = [torch.randn(3, *t.shape, dtype=F64).movedim(0, d) if d is not None else t
+               for t, d in zip((x, w, b), in_dims)]
+    _close(vmap(_dw("cpu"), in_dims=in_dims)(*batched), vmap(_ref(), in_dims=in_dims)(*batched), f"vmap {in_dims}")
+
+
+@pytest.mark.parametrize("in_dims", [(0, None), (None, 0), (1, 0)])
+def test_vmap_of_dgrad_and_wgrad(in_dims):
+    x, w, _ = _inputs()
+    args = (list(STRIDE), list(PADDING), list(DILATION), "cpu")
+    gy = torch.randn_like(_ref()(x, w))
+    ops = {"dgrad": (lambda g, w: torch.ops.dwconv.dgrad(g, w, list(x.shape), *args), (gy, w)),
+           "wgrad": (lambda g, x: torch.ops.dwconv.wgrad(g, x, list(w.shape), *args), (gy, x))}
+    for name, (op, inputs) in ops.items():
+        stacks = [torch.randn(3, *t.shape, dtype=F64) if d is not None else t for t, d in zip(inputs, in_dims)]
+        batched = [s.movedim(0, d) if d is not None else s for s, d in zip(stacks, in_dims)]
+        expected = torch.stack([op(*[s[i] if d is not None else s for s, d in zip(stacks, in_dims)])
+                                for i in range(3)])
+        _close(vmap(op, in_dims=in_dims)(*batched), expected, f"vmap of {name} {in_dims}")
+
+
+def _small_net(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 6, 5, padding=2, groups=6), nn.GELU(),
+                         nn.Conv2d(6, 12, 3, stride=2, padding=1, groups=6), nn.Tanh(), nn.Conv2d(12, 2, 1))
+
+
+def test_gradient_penalty_and_hessian_vector_product_in_a_converted_model():
+    """create_graph=True through a converted model: a gradient penalty's parameter gradients and a
+    Hessian-vector product equal the nn.Conv2d model's (float32)."""
+    plain = _small_net()
+    fast = dwconv.convert(_small_net())
+    x = torch.randn(2, 3, 12, 12)
+
+    def penalty_grads(model):
+        xi = x.clone().requires_grad_(True)
+        (gx,) = torch.autograd.grad(model(xi).square().sum(), xi, create_graph=True)
+        penalty = gx.square().sum()
+        return torch.autograd.grad(penalty, list(model.parameters()))
+
+    for got, want in zip(penalty_grads(fast), penalty_grads(plain)):
+        assert_close(got, want.double(), torch.float32, "gradient-penalty parameter gradient", factor=10)
+    v = torch.randn_like(x)
+    _, hvp = torch.autograd.functional.hvp(lambda xi: fast(xi).sin().sum(), x, v)
+    _, hvp_ref = torch.autograd.functional.hvp(lambda xi: plain(xi).sin().sum(), x, v)
+    assert_close(hvp, hvp_ref.double(), torch.float32, "Hessian-vector product", factor=10)
