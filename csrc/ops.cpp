@@ -15,7 +15,13 @@ TORCH_LIBRARY_FRAGMENT(dwconv, m) {
   // (NCHW- or channels_last-contiguous). padding is (top, bottom, left, right). Kernel size comes from
   // weight / grad_w, input size from x / grad_x. grad_w is fp32 (fp64 for double inputs) and is fully
   // overwritten (never accumulated into).
-  m.def("native_fwd(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[4] padding, int[2] dilation, Tensor(a!) y) -> ()");
-  m.def("native_dgrad(Tensor grad_out, Tensor weight, int[2] stride, int[4] padding, int[2] dilation, Tensor(a!) grad_x) -> ()");
-  m.def("native_wgrad(Tensor grad_out, Tensor x, int[2] stride, int[4] padding, int[2] dilation, bool deterministic, Tensor(a!) grad_w) -> ()");
+  // family / variant: which kernels run (a plan's family and variant, dwconv/plans.py). cpu: family "avx512",
+  // "avx2" or "portable" (the instruction set; "" = the best this CPU has), variant 0. cuda: family "fma" or
+  // "mma" ("" = "fma"), variant 0 except wgrad's, the block count its batch is sliced for (0 = default).
+  // A family or variant that cannot run the call is an error.
+  m.def("native_fwd(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[4] padding, int[2] dilation, str family, int variant, Tensor(a!) y) -> ()");
+  m.def("native_dgrad(Tensor grad_out, Tensor weight, int[2] stride, int[4] padding, int[2] dilation, str family, int variant, Tensor(a!) grad_x) -> ()");
+  m.def("native_wgrad(Tensor grad_out, Tensor x, int[2] stride, int[4] padding, int[2] dilation, bool deterministic, str family, int variant, Tensor(a!) grad_w) -> ()");
+  // The CPU families this machine can run, best first (an empty list when built without CPU kernels).
+  m.def("cpu_families() -> str[]");
 }

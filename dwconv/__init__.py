@@ -8,12 +8,13 @@
 """
 import torch  # noqa: F401  (must precede the extension, which links against libtorch)
 
-from . import _extension, ops  # noqa: F401
+from . import _extension, config, ops  # noqa: F401
 from .backends import BACKENDS, BackendUnavailableError, available_backends
 from .convert import convert, is_depthwise_conv
 from .fold import fold_batchnorm
 from .flops import register_fvcore
 from .functional import depthwise_conv2d
+from .config import set_benchmark
 from .module import FastDWConv
 
 _extension.load()
@@ -21,4 +22,4 @@ register_fvcore()
 
 __version__ = "0.1.0"
 __all__ = ["depthwise_conv2d", "FastDWConv", "convert", "available_backends", "BACKENDS",
-           "BackendUnavailableError", "is_depthwise_conv", "fold_batchnorm"]
+           "BackendUnavailableError", "is_depthwise_conv", "set_benchmark", "config", "fold_batchnorm"]

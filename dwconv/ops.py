@@ -1,7 +1,7 @@
 """The `dwconv` op namespace in torch.library: forward, dgrad and wgrad as custom ops.
 
-Each op takes a backend name ("auto" included) and resolves it when it runs, so torch.compile sees the
-ops as opaque calls and never traces backend selection. The ops
+Each op takes a backend name or plan ("auto" included) and resolves it when it runs (dwconv/dispatch.py),
+so torch.compile sees the ops as opaque calls and never traces backend selection. The ops
 carry fake kernels (torch.compile / meta tracing), their derivatives (autograd.py: backward, double backward,
 forward-mode AD; batching.py: vmap), an autocast rule matching nn.Conv2d's, and FLOP formulas for FlopCounterMode.
 """
@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from ._conv_args import ConvArgs, is_channels_last
-from .backends import select_backend
+from . import dispatch
 
 
 def _args(x_shape, w_shape, stride, padding, dilation) -> ConvArgs:
@@ -55,8 +55,8 @@ def forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence[
     if x.numel() == 0:
         return _empty(args.output_shape, x, _memory_format(x))
     x = as_kernel_layout(x)
-    impl = select_backend(backend, "fwd", x, args)
-    return impl.forward(x, weight.contiguous(), None if bias is None else bias.contiguous(), args)
+    weight, bias = weight.contiguous(), None if bias is None else bias.contiguous()
+    return dispatch.run(backend, "fwd", x, args, lambda impl, plan: impl.forward(x, weight, bias, args, plan))
 
 
 @forward.register_fake
@@ -72,8 +72,8 @@ def dgrad(grad_out: Tensor, weight: Tensor, input_shape: Sequence[int], stride: 
     _check_grad_shape(grad_out, args)
     if grad_out.numel() == 0:
         return _empty(args.input_shape, grad_out, _memory_format(grad_out), zero=True)
-    grad_out = as_kernel_layout(grad_out)
-    return select_backend(backend, "dgrad", grad_out, args).dgrad(grad_out, weight.contiguous(), args)
+    grad_out, weight = as_kernel_layout(grad_out), weight.contiguous()
+    return dispatch.run(backend, "dgrad", grad_out, args, lambda impl, plan: impl.dgrad(grad_out, weight, args, plan))
 
 
 @dgrad.register_fake
@@ -89,7 +89,8 @@ def wgrad(grad_out: Tensor, x: Tensor, weight_shape: Sequence[int], stride: Sequ
     if grad_out.numel() == 0:
         return _empty(args.weight_shape, x, zero=True)
     x = as_kernel_layout(x)
-    return select_backend(backend, "wgrad", x, args).wgrad(as_kernel_layout(grad_out, like=x), x, args)
+    grad_out = as_kernel_layout(grad_out, like=x)
+    return dispatch.run(backend, "wgrad", x, args, lambda impl, plan: impl.wgrad(grad_out, x, args, plan))
 
 
 @wgrad.register_fake

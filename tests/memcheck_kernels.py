@@ -21,7 +21,7 @@ from __future__ import annotations
 import faulthandler
 import os
 import sys
-from typing import Callable, Dict, NamedTuple, Optional, Tuple
+from typing import Callable, NamedTuple, Optional, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -33,7 +33,6 @@ from guarded_memory import PLACEMENTS, guarded_copy, guarded_full, start_offset 
 from utils import TOLERANCE, assert_close, make_inputs, reference_grads  # noqa: E402
 
 F32, F64 = torch.float32, torch.float64
-SWITCHES = ("DWCONV_CUDA_MMA", "DWCONV_CPU_ISA", "DWCONV_CUDA_WGRAD_TARGET_BLOCKS")
 
 
 class Case(NamedTuple):
@@ -54,7 +53,7 @@ class Case(NamedTuple):
 class Suite(NamedTuple):
     load_ops: Callable
     cases: Callable
-    switches: Dict[str, str]  # the SWITCHES it sets; the others are removed
+    family: str  # the kernel family the native ops are asked for ("" = the backend's default)
     wgrad_modes: tuple  # deterministic flags to run wgrad with (none: forward and dgrad only)
     mma: Optional[bool] = None  # the CUDA forward must (True) or must not (False) run the mma kernel
 
@@ -95,11 +94,10 @@ def _cpu_cases(dtypes=None):
 
 
 SUITES = {
-    "cuda_host": Suite(_cuda_host_ops, _cuda_cases, {"DWCONV_CUDA_MMA": "0"}, (False, True), mma=False),
-    "cuda_host_mma": Suite(_cuda_host_ops, _mma_cases, {"DWCONV_CUDA_MMA": "1"}, (), mma=True),
-    "cpu": Suite(_cpu_ops, _cpu_cases, {}, (True,)),
-    "cpu_portable": Suite(_cpu_ops, lambda: _cpu_cases((torch.float32, torch.bfloat16)),
-                          {"DWCONV_CPU_ISA": "portable"}, (True,)),
+    "cuda_host": Suite(_cuda_host_ops, _cuda_cases, "fma", (False, True), mma=False),
+    "cuda_host_mma": Suite(_cuda_host_ops, _mma_cases, "mma", (), mma=True),
+    "cpu": Suite(_cpu_ops, _cpu_cases, "", (True,)),
+    "cpu_portable": Suite(_cpu_ops, lambda: _cpu_cases((torch.float32, torch.bfloat16)), "portable", (True,)),
 }
 
 
@@ -123,17 +121,19 @@ def run_case(ops, suite: Suite, case: Case, dtype, channels_last: bool, placemen
     bg = None if b is None else guarded_copy(b, placement)
     y = guarded_full(y_ref.to(dtype).contiguous(memory_format=fmt), float("nan"), placement)
     mma_before = ops.mma_launches() if suite.mma is not None else 0
-    ops.native_fwd(xg, wg, bg, *geometry, y)
+    ops.native_fwd(xg, wg, bg, *geometry, suite.family, 0, y)
     if suite.mma is not None:
         assert (ops.mma_launches() > mma_before) == suite.mma, f"{case.name}: mma kernel ran: {not suite.mma}"
     assert_close(y, y_ref, dtype, f"{case.name} forward")
     dx = guarded_full(x, float("nan"), placement)
-    ops.native_dgrad(dy, wg, *geometry, dx)
+    # The mma dgrad takes multiplier 1 only: the FMA kernels serve the others.
+    dgrad_family = "fma" if suite.family == "mma" and case.multiplier != 1 else suite.family
+    ops.native_dgrad(dy, wg, *geometry, dgrad_family, 0, dx)
     assert_close(dx, dx_ref, dtype, f"{case.name} dgrad")
     acc = F64 if dtype == F64 else F32
     for deterministic in suite.wgrad_modes:
         dw = guarded_full(torch.empty(wt.shape, dtype=acc), float("nan"), placement)
-        ops.native_wgrad(dy, xg, *geometry, deterministic, dw)
+        ops.native_wgrad(dy, xg, *geometry, deterministic, suite.family, 0, dw)
         factor = max(1.0, 10 * TOLERANCE[acc] / TOLERANCE[dtype])
         assert_close(dw, dw_ref, dtype, f"{case.name} wgrad", factor=factor)
 
@@ -147,9 +147,6 @@ def _distinct_placements(case: Case, dtype) -> list:
 
 def run_suite(name: str) -> int:
     suite = SUITES[name]
-    for switch in SWITCHES:
-        os.environ.pop(switch, None)
-    os.environ.update(suite.switches)
     ops = suite.load_ops()
     runs = 0
     for case in suite.cases():

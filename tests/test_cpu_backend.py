@@ -58,16 +58,17 @@ def _poisoned(shape, dtype, channels_last):
     return torch.empty(shape, dtype=dtype, memory_format=fmt).fill_(float("nan"))
 
 
-def run_native(x, w, b, dy, stride, padding, dilation):
-    """(y, dx, dw) from the native CPU ops into NaN-poisoned outputs in x's layout."""
+def run_native(x, w, b, dy, stride, padding, dilation, family=""):
+    """(y, dx, dw) from the native CPU ops (kernel family: "" = the best this CPU has) into NaN-poisoned outputs
+    in x's layout."""
     cl = not x.is_contiguous()
     n, c, h, wd = x.shape
     y = _poisoned(dy.shape, x.dtype, cl)
-    torch.ops.dwconv.native_fwd(x, w, b, stride, padding, dilation, y)
+    torch.ops.dwconv.native_fwd(x, w, b, stride, padding, dilation, family, 0, y)
     dx = _poisoned(x.shape, x.dtype, cl)
-    torch.ops.dwconv.native_dgrad(dy, w, stride, padding, dilation, dx)
+    torch.ops.dwconv.native_dgrad(dy, w, stride, padding, dilation, family, 0, dx)
     dw = _poisoned(w.shape, torch.float64 if x.dtype == torch.float64 else torch.float32, False)
-    torch.ops.dwconv.native_wgrad(dy, x, stride, padding, dilation, True, dw)
+    torch.ops.dwconv.native_wgrad(dy, x, stride, padding, dilation, True, family, 0, dw)
     return y, dx, dw
 
 
@@ -82,11 +83,11 @@ def _random_grad_out(x, w, stride, padding, dilation, seed):
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
 @pytest.mark.parametrize("case", CASES, ids=_ids)
-def test_parity(case, dtype, channels_last):
+def test_parity(case, dtype, channels_last, family=""):
     n, c, h, wd, k, m, stride, padding, dilation = case
     x, w, b = make_inputs(n, c, h, wd, k, m, dtype=dtype, channels_last=channels_last, seed=hash(case) % 1000)
     dy = _random_grad_out(x, w, stride, padding, dilation, seed=7)
-    y, dx, dw = run_native(x, w, b, dy, stride, padding, dilation)
+    y, dx, dw = run_native(x, w, b, dy, stride, padding, dilation, family)
     ry, rdx, rdw, _ = reference_grads(x, w, b, dy, stride, padding, dilation)
     assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     # bf16 / fp16 outputs carry one rounding; dw (fp32 accumulation) is compared at the input rounding's level.
@@ -97,11 +98,10 @@ def test_parity(case, dtype, channels_last):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
 @pytest.mark.parametrize("case", [CASES[2], CASES[5], CASES[12], CASES[18]], ids=_ids)
-def test_portable_kernels(case, dtype, monkeypatch):
-    """The build for CPUs without AVX2 (DWCONV_CPU_ISA=portable forces it here), NCHW and channels_last."""
-    monkeypatch.setenv("DWCONV_CPU_ISA", "portable")
+def test_portable_kernels(case, dtype):
+    """The build for CPUs without AVX2 (family "portable" forces it here), NCHW and channels_last."""
     for channels_last in (False, True):
-        test_parity(case, dtype, channels_last)
+        test_parity(case, dtype, channels_last, family="portable")
 
 
 def test_gradcheck_float64():
@@ -115,7 +115,7 @@ def test_gradcheck_float64():
             n, c, h, wd = x.shape
             ho, wo = _out_size(h, wd, tuple(w.shape[2:]), stride, padding, dilation)
             y = torch.empty(n, w.shape[0], ho, wo, dtype=x.dtype)
-            torch.ops.dwconv.native_fwd(x, w, b, stride, padding, dilation, y)
+            torch.ops.dwconv.native_fwd(x, w, b, stride, padding, dilation, "", 0, y)
             return y
 
         @staticmethod
@@ -123,9 +123,9 @@ def test_gradcheck_float64():
             x, w = ctx.saved_tensors
             dy = dy.contiguous()
             dx = torch.empty_like(x)
-            torch.ops.dwconv.native_dgrad(dy, w, stride, padding, dilation, dx)
+            torch.ops.dwconv.native_dgrad(dy, w, stride, padding, dilation, "", 0, dx)
             dw = torch.empty_like(w)
-            torch.ops.dwconv.native_wgrad(dy, x, stride, padding, dilation, True, dw)
+            torch.ops.dwconv.native_wgrad(dy, x, stride, padding, dilation, True, "", 0, dw)
             return dx, dw, dy.sum((0, 2, 3))
 
     x, w, b = make_inputs(2, 3, 7, 8, (3, 4), 2, dtype=torch.float64, seed=1)
@@ -172,7 +172,7 @@ _ROUNDING = {
 
 @pytest.mark.parametrize("channels_last", [True, False], ids=["nhwc", "nchw"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
-def test_half_rounding_matches_portable(dtype, channels_last, monkeypatch):
+def test_half_rounding_matches_portable(dtype, channels_last):
     """bfloat16 / float16 results: the AVX2 build's vector conversion in the result stores rounds like the
     portable build's scalar one, bit for bit: ties to even, NaN (with payload), infinities, overflow,
     subnormals; channels_last: full and partial channel blocks (20 channels); NCHW: runs of 8 pixels and the
@@ -191,10 +191,9 @@ def test_half_rounding_matches_portable(dtype, channels_last, monkeypatch):
     wt = torch.ones(c, 1, 1, 1, dtype=dtype)
     results = {}
     for isa in ("avx2", "portable"):
-        monkeypatch.setenv("DWCONV_CPU_ISA", isa)
         y, dx = _poisoned(x.shape, x.dtype, channels_last), _poisoned(x.shape, x.dtype, channels_last)
-        torch.ops.dwconv.native_fwd(x, wt, b, (1, 1), (0, 0, 0, 0), (1, 1), y)
-        torch.ops.dwconv.native_dgrad(x, wt, (1, 1), (0, 0, 0, 0), (1, 1), dx)
+        torch.ops.dwconv.native_fwd(x, wt, b, (1, 1), (0, 0, 0, 0), (1, 1), isa, 0, y)
+        torch.ops.dwconv.native_dgrad(x, wt, (1, 1), (0, 0, 0, 0), (1, 1), isa, 0, dx)
         results[isa] = (y.view(torch.int16), dx.view(torch.int16))
     assert torch.equal(results["avx2"][0], results["portable"][0]), "y differs between the AVX2 and portable builds"
     assert torch.equal(results["avx2"][1], results["portable"][1]), "dx differs between the AVX2 and portable builds"
@@ -205,35 +204,35 @@ def test_half_rounding_matches_portable(dtype, channels_last, monkeypatch):
     assert y.float().isnan().sum() == 2 and results["avx2"][1].view(dtype).float().isnan().sum() == 2
 
 
+def _rule_backend(op, x, w, stride, padding):
+    """The backend of the plan "auto"'s fallback rule (dispatch table off) picks for one call."""
+    from dwconv import config, dispatch
+    from dwconv._conv_args import check_and_resolve
+
+    with config.override(dispatch_table=False):
+        return dispatch.plan_for("auto", op, x, check_and_resolve(x, w, None, stride, padding, 1)).backend
+
+
 def test_auto_picks_cpu_for_strided_dgrad():
     """channels_last 3x3 stays with PyTorch, except the strided dgrad (docs/perf_cpu.md v11)."""
-    from dwconv._conv_args import check_and_resolve
-    from dwconv.backends import select_backend
-
     x = torch.randn(2, 8, 28, 28).contiguous(memory_format=torch.channels_last)
     w = torch.randn(8, 1, 3, 3)
     for stride, op, expected in [(2, "dgrad", "cpu"), ((2, 1), "dgrad", "cpu"), (1, "dgrad", "torch"),
                                  (2, "fwd", "torch"), (2, "wgrad", "torch")]:
-        args = check_and_resolve(x, w, None, stride, 1, 1)
-        assert select_backend("auto", op, x, args).name == expected, (stride, op)
-    args = check_and_resolve(x.double(), w.double(), None, 2, 1, 1)
-    assert select_backend("auto", "dgrad", x.double(), args).name == "torch"
+        assert _rule_backend(op, x, w, stride, 1) == expected, (stride, op)
+    assert _rule_backend("dgrad", x.double(), w.double(), 2, 1) == "torch"
 
 
 def test_auto_picks_cpu_for_float16():
     """float16 goes to the cpu backend for every op, also where float32 channels_last stays with PyTorch (3x3,
     the forward of 7x7 on a 56x56 map at batch 8): PyTorch's float16 CPU path measured 15-85x slower
     (docs/perf_cpu.md v12)."""
-    from dwconv._conv_args import check_and_resolve
-    from dwconv.backends import select_backend
-
     for shape, k in [((8, 16, 56, 56), 7), ((2, 8, 28, 28), 3)]:
         x = torch.randn(shape).contiguous(memory_format=torch.channels_last)
         w = torch.randn(shape[1], 1, k, k)
-        args = check_and_resolve(x, w, None, 1, k // 2, 1)
-        assert select_backend("auto", "fwd", x, args).name == "torch"
+        assert _rule_backend("fwd", x, w, 1, k // 2) == "torch"
         for op in ("fwd", "dgrad", "wgrad"):
-            assert select_backend("auto", op, x.half(), args).name == "cpu", (shape, k, op)
+            assert _rule_backend(op, x.half(), w.half(), 1, k // 2) == "cpu", (shape, k, op)
 
 
 def test_bad_inputs_raise():
@@ -241,18 +240,22 @@ def test_bad_inputs_raise():
     y = torch.empty(1, 4, 8, 8)
     pad = (1, 1, 1, 1)
     with pytest.raises(RuntimeError, match="must have size"):
-        torch.ops.dwconv.native_fwd(x, w, b, (1, 1), pad, (1, 1), torch.empty(1, 4, 7, 8))
+        torch.ops.dwconv.native_fwd(x, w, b, (1, 1), pad, (1, 1), "", 0, torch.empty(1, 4, 7, 8))
     with pytest.raises(RuntimeError, match="float32, float64, bfloat16 or float16"):
-        torch.ops.dwconv.native_fwd(x.int(), w.int(), None, (1, 1), pad, (1, 1), y.int())
+        torch.ops.dwconv.native_fwd(x.int(), w.int(), None, (1, 1), pad, (1, 1), "", 0, y.int())
     with pytest.raises(RuntimeError, match="weight must be Float"):
-        torch.ops.dwconv.native_fwd(x, w.double(), None, (1, 1), pad, (1, 1), y)
+        torch.ops.dwconv.native_fwd(x, w.double(), None, (1, 1), pad, (1, 1), "", 0, y)
     with pytest.raises(RuntimeError, match="channels_last"):
-        torch.ops.dwconv.native_fwd(x, w, b, (1, 1), pad, (1, 1), y.contiguous(memory_format=torch.channels_last))
+        torch.ops.dwconv.native_fwd(x, w, b, (1, 1), pad, (1, 1), "", 0, y.contiguous(memory_format=torch.channels_last))
     with pytest.raises(RuntimeError, match="multiple"):
-        torch.ops.dwconv.native_fwd(x, w[:3], None, (1, 1), pad, (1, 1), torch.empty(1, 3, 8, 8))
+        torch.ops.dwconv.native_fwd(x, w[:3], None, (1, 1), pad, (1, 1), "", 0, torch.empty(1, 3, 8, 8))
     with pytest.raises(RuntimeError, match="stride must be positive"):
-        torch.ops.dwconv.native_fwd(x, w, b, (0, 1), pad, (1, 1), y)
+        torch.ops.dwconv.native_fwd(x, w, b, (0, 1), pad, (1, 1), "", 0, y)
     with pytest.raises(RuntimeError, match="larger than the padded input"):
-        torch.ops.dwconv.native_fwd(x, torch.randn(4, 1, 11, 11), None, (1, 1), (0, 0, 0, 0), (1, 1), y)
+        torch.ops.dwconv.native_fwd(x, torch.randn(4, 1, 11, 11), None, (1, 1), (0, 0, 0, 0), (1, 1), "", 0, y)
     with pytest.raises(RuntimeError, match="grad_w must be Float"):
-        torch.ops.dwconv.native_wgrad(y, x, (1, 1), pad, (1, 1), True, torch.empty(4, 1, 3, 3, dtype=torch.double))
+        torch.ops.dwconv.native_wgrad(y, x, (1, 1), pad, (1, 1), True, "", 0, torch.empty(4, 1, 3, 3, dtype=torch.double))
+    with pytest.raises(RuntimeError, match="unknown kernel family 'sse'"):
+        torch.ops.dwconv.native_fwd(x, w, b, (1, 1), pad, (1, 1), "sse", 0, y)
+    with pytest.raises(RuntimeError, match="no variants"):
+        torch.ops.dwconv.native_fwd(x, w, b, (1, 1), pad, (1, 1), "portable", 3, y)

@@ -60,19 +60,20 @@ def _nan(shape, dtype, device, channels_last):
     return torch.full(shape, float("nan"), dtype=dtype, device=device).contiguous(memory_format=fmt)
 
 
-def _run_native(ops, case, dtype, channels_last, device, deterministic=False):
-    """(x, w, b, grad_out) and the kernels' (y, dx, dw), every output NaN-poisoned beforehand."""
+def _run_native(ops, case, dtype, channels_last, device, deterministic=False, wgrad_blocks=0):
+    """(x, w, b, grad_out) and the FMA kernels' (y, dx, dw), every output NaN-poisoned beforehand; wgrad_blocks:
+    the block count wgrad slices the batch for (its variant; 0 = the default)."""
     _, n, c, h, w, k, m, stride, pad, dil, _ = case
     x, wt, b = make_inputs(n, c, h, w, k, m, dtype=dtype, device=device, channels_last=channels_last)
     y_shape = reference_conv(x[:1], wt, None, stride, pad, dil).shape[1:]
     y = _nan((n,) + tuple(y_shape), dtype, device, channels_last)
-    ops.native_fwd(x, wt, b, list(stride), list(pad), list(dil), y)
+    ops.native_fwd(x, wt, b, list(stride), list(pad), list(dil), "fma", 0, y)
     grad_out = torch.randn(y.shape, dtype=torch.float32).to(device=device, dtype=dtype)
     grad_out = grad_out.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     dx = _nan(x.shape, dtype, device, channels_last)
-    ops.native_dgrad(grad_out, wt, list(stride), list(pad), list(dil), dx)
+    ops.native_dgrad(grad_out, wt, list(stride), list(pad), list(dil), "fma", 0, dx)
     dw = _nan(wt.shape, F64 if dtype == F64 else F32, device, False)
-    ops.native_wgrad(grad_out, x, list(stride), list(pad), list(dil), deterministic, dw)
+    ops.native_wgrad(grad_out, x, list(stride), list(pad), list(dil), deterministic, "fma", wgrad_blocks, dw)
     return (x, wt, b, grad_out), (y, dx, dw)
 
 
@@ -101,14 +102,13 @@ def test_host_emulated_deterministic_wgrad_matches_reference(host_ops, case, cha
     _check_against_reference(inputs, outputs, case, case[-1][-1], channels_last)
 
 
-@pytest.mark.parametrize("target_blocks", ["1", "2"])
-def test_host_emulated_wgrad_several_images_per_block(host_ops, monkeypatch, target_blocks):
-    """Few target blocks put 3 (or 2 + 1) images in one wgrad block: sums must carry across images."""
-    monkeypatch.setenv("DWCONV_CUDA_WGRAD_TARGET_BLOCKS", target_blocks)
+@pytest.mark.parametrize("target_blocks", [1, 2])
+def test_host_emulated_wgrad_several_images_per_block(host_ops, target_blocks):
+    """Few target blocks (wgrad's variant) put 3 (or 2 + 1) images in one block: sums must carry across images."""
     for case in (CASES[1], CASES[7]):
         for channels_last in (False, True):
             for deterministic in (False, True):
-                inputs, outputs = _run_native(host_ops, case, F32, channels_last, "cpu", deterministic)
+                inputs, outputs = _run_native(host_ops, case, F32, channels_last, "cpu", deterministic, target_blocks)
                 _check_against_reference(inputs, outputs, case, F32, channels_last)
 
 
@@ -121,7 +121,7 @@ def test_host_emulated_deterministic_wgrad_is_bitwise_reproducible(host_ops):
     results = []
     for _ in range(2):
         dw = torch.full(wt.shape, float("nan"))
-        host_ops.native_wgrad(grad_out, x, list(stride), list(pad), list(dil), True, dw)
+        host_ops.native_wgrad(grad_out, x, list(stride), list(pad), list(dil), True, "fma", 0, dw)
         results.append(dw)
     assert torch.equal(results[0], results[1])
 
@@ -134,7 +134,7 @@ def test_host_emulated_unaligned_input_takes_scalar_path(host_ops):
     assert x.is_contiguous(memory_format=torch.channels_last) and x.data_ptr() % 16 != 0
     wt = torch.randn(c, 1, 7, 7) / 7
     y = _nan((n, c, h, w), F32, "cpu", True)
-    host_ops.native_fwd(x, wt, None, [1, 1], [3, 3, 3, 3], [1, 1], y)
+    host_ops.native_fwd(x, wt, None, [1, 1], [3, 3, 3, 3], [1, 1], "", 0, y)
     assert_close(y, reference_conv(x, wt, None, (1, 1), (3, 3, 3, 3), (1, 1)), F32, "forward")
 
 
@@ -155,21 +155,27 @@ def test_host_emulated_bad_inputs_raise(host_ops):
     y = torch.empty(1, 4, 8, 8)
     pad = [1, 1, 1, 1]
     with pytest.raises(RuntimeError, match="output / grad_out must have size"):
-        host_ops.native_fwd(x, wt, b, [1, 1], pad, [1, 1], torch.empty(1, 4, 7, 8))
+        host_ops.native_fwd(x, wt, b, [1, 1], pad, [1, 1], "", 0, torch.empty(1, 4, 7, 8))
     with pytest.raises(RuntimeError, match="channels_last"):
-        host_ops.native_fwd(x, wt, b, [1, 1], pad, [1, 1], y.contiguous(memory_format=torch.channels_last))
+        host_ops.native_fwd(x, wt, b, [1, 1], pad, [1, 1], "", 0, y.contiguous(memory_format=torch.channels_last))
     with pytest.raises(RuntimeError, match="same dtype"):
-        host_ops.native_fwd(x, wt.double(), b, [1, 1], pad, [1, 1], y)
+        host_ops.native_fwd(x, wt.double(), b, [1, 1], pad, [1, 1], "", 0, y)
     with pytest.raises(RuntimeError, match="unsupported dtype"):
-        host_ops.native_fwd(x.int(), wt.int(), None, [1, 1], pad, [1, 1], y.int())
+        host_ops.native_fwd(x.int(), wt.int(), None, [1, 1], pad, [1, 1], "", 0, y.int())
     with pytest.raises(RuntimeError, match="stride must be"):
-        host_ops.native_fwd(x, wt, b, [0, 1], pad, [1, 1], y)
+        host_ops.native_fwd(x, wt, b, [0, 1], pad, [1, 1], "", 0, y)
     with pytest.raises(RuntimeError, match="larger than the padded input"):
-        host_ops.native_fwd(x, torch.randn(4, 1, 11, 11), None, [1, 1], pad, [1, 1], y)
+        host_ops.native_fwd(x, torch.randn(4, 1, 11, 11), None, [1, 1], pad, [1, 1], "", 0, y)
     with pytest.raises(RuntimeError, match="grad_w must be Float"):
-        host_ops.native_wgrad(y.half(), x.half(), [1, 1], pad, [1, 1], False, torch.empty(4, 1, 3, 3, dtype=F16))
+        host_ops.native_wgrad(y.half(), x.half(), [1, 1], pad, [1, 1], False, "", 0, torch.empty(4, 1, 3, 3, dtype=F16))
     with pytest.raises(RuntimeError, match="weight must be"):
-        host_ops.native_fwd(x, torch.randn(6, 1, 3, 3), None, [1, 1], pad, [1, 1], torch.empty(1, 6, 8, 8))
+        host_ops.native_fwd(x, torch.randn(6, 1, 3, 3), None, [1, 1], pad, [1, 1], "", 0, torch.empty(1, 6, 8, 8))
+    with pytest.raises(RuntimeError, match="unknown kernel family 'wmma'"):
+        host_ops.native_fwd(x, wt, b, [1, 1], pad, [1, 1], "wmma", 0, y)
+    with pytest.raises(RuntimeError, match="no variants"):
+        host_ops.native_fwd(x, wt, b, [1, 1], pad, [1, 1], "fma", 2, y)
+    with pytest.raises(RuntimeError, match="must be >= 0"):
+        host_ops.native_wgrad(y, x, [1, 1], pad, [1, 1], False, "fma", -1, torch.empty(4, 1, 3, 3))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -221,7 +227,7 @@ def test_device_64bit_addressing():
     x = torch.randn(1, 1, h, w, device="cuda", dtype=BF16)
     wt = torch.randn(1, 1, 3, 3, device="cuda", dtype=BF16)
     y = torch.full_like(x, float("nan"))
-    ops.native_fwd(x, wt, None, [1, 1], [1, 1, 1, 1], [1, 1], y)
+    ops.native_fwd(x, wt, None, [1, 1], [1, 1, 1, 1], [1, 1], "", 0, y)
     tail = slice(w - 4096, w)
     y_ref = reference_conv(x[..., w - 4098:], wt, None, (1, 1), (1, 1, 0, 1), (1, 1))
     assert_close(y[..., tail], y_ref[..., -4096:], BF16, "forward tail")

@@ -1,6 +1,6 @@
 """The tensor-core path of the CUDA backend (csrc/cuda/fwd_mma.cu) against the float64 reference.
 
-DWCONV_CUDA_MMA=1 routes fp16 / bf16 forward and stride-1 dgrad (multiplier 1) to the mma kernels. Without a
+The family "mma" of the native ops routes fp16 / bf16 forward and stride-1 dgrad (multiplier 1) to the mma kernels. Without a
 GPU they run in the host emulation (tests/cuda_host), where mma_16x8x16 computes each lane's accumulator
 fragment from the shared-memory tiles; with a GPU the same cases run on the device. Every case checks that the
 mma kernel really ran (host: a launch counter; GPU: the profiler's kernel names), and every output is
@@ -76,11 +76,13 @@ def _run(ops, case, dtype, channels_last, device):
     y_shape = reference_conv(x[:1], wt, None, stride, pad, dil).shape[1:]
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     y = _nan((n,) + tuple(y_shape), dtype, device, channels_last)
-    assert _ran_mma(ops, device, lambda: ops.native_fwd(x, wt, b, list(stride), list(pad), list(dil), y)), \
+    assert _ran_mma(ops, device, lambda: ops.native_fwd(x, wt, b, list(stride), list(pad), list(dil), "mma", 0, y)), \
         "the forward did not run the mma kernel"
     grad_out = torch.randn(y.shape, dtype=torch.float32).to(device=device, dtype=dtype).contiguous(memory_format=fmt)
     dx = _nan(x.shape, dtype, device, channels_last)
-    dgrad_mma = _ran_mma(ops, device, lambda: ops.native_dgrad(grad_out, wt, list(stride), list(pad), list(dil), dx))
+    dgrad_family = "mma" if m == 1 else "fma"  # the mma dgrad takes multiplier 1 only
+    dgrad_mma = _ran_mma(ops, device, lambda: ops.native_dgrad(grad_out, wt, list(stride), list(pad), list(dil),
+                                                              dgrad_family, 0, dx))
     assert dgrad_mma == (m == 1), "dgrad took the wrong path"
     y_ref, dx_ref, _, _ = reference_grads(x, wt, b, grad_out, stride, pad, dil)
     assert y.is_contiguous(memory_format=fmt) and dx.is_contiguous(memory_format=fmt)
@@ -90,30 +92,29 @@ def _run(ops, case, dtype, channels_last, device):
 
 
 @pytest.mark.parametrize("case,dtype,channels_last", PARAMS)
-def test_host_emulated_mma_matches_reference(host_ops, monkeypatch, case, dtype, channels_last):
-    monkeypatch.setenv("DWCONV_CUDA_MMA", "1")
+def test_host_emulated_mma_matches_reference(host_ops, case, dtype, channels_last):
     _run(host_ops, case, dtype, channels_last, "cpu")
 
 
-@pytest.mark.parametrize("setting", [None, "0", "auto"])
-def test_mma_is_off_unless_requested(host_ops, monkeypatch, setting):
-    """Until measured on a GPU, the default (and auto) stays on the FMA kernels."""
-    if setting is None:
-        monkeypatch.delenv("DWCONV_CUDA_MMA", raising=False)
-    else:
-        monkeypatch.setenv("DWCONV_CUDA_MMA", setting)
+@pytest.mark.parametrize("family", ["", "fma"])
+def test_mma_runs_only_when_named(host_ops, family):
+    """The family "" (the native ops' default) and "fma" run the FMA kernels."""
     x, wt, b = make_inputs(1, 4, 7, 7, 7, dtype=BF16)
     y = _nan((1, 4, 7, 7), BF16, "cpu", False)
     before = host_ops.mma_launches()
-    host_ops.native_fwd(x, wt, b, [1, 1], [3, 3, 3, 3], [1, 1], y)
-    host_ops.native_dgrad(y, wt, [1, 1], [3, 3, 3, 3], [1, 1], torch.empty_like(x))
+    host_ops.native_fwd(x, wt, b, [1, 1], [3, 3, 3, 3], [1, 1], family, 0, y)
+    host_ops.native_dgrad(y, wt, [1, 1], [3, 3, 3, 3], [1, 1], family, 0, torch.empty_like(x))
     assert host_ops.mma_launches() == before
     assert_close(y, reference_conv(x, wt, b, (1, 1), (3, 3, 3, 3), (1, 1)), BF16, "forward")
 
 
 @pytest.mark.parametrize("what", ["float32", "stride2", "dilation2", "k27", "k3x27"])
-def test_mma_requested_but_not_applicable_runs_fma(host_ops, monkeypatch, what):
-    monkeypatch.setenv("DWCONV_CUDA_MMA", "1")
+def test_mma_named_but_not_applicable_raises(host_ops, what):
+    """The mma family named for a call it cannot run is an error, never a silent switch to the FMA kernels;
+    dwconv.backends.native.mma_applies (what the plans offer) agrees."""
+    from dwconv._conv_args import ConvArgs
+    from dwconv.backends.native import mma_applies
+
     dtype = torch.float32 if what == "float32" else BF16
     k = {"k27": 27, "k3x27": (3, 27)}.get(what, 7)
     stride = (2, 2) if what == "stride2" else (1, 1)
@@ -123,8 +124,12 @@ def test_mma_requested_but_not_applicable_runs_fma(host_ops, monkeypatch, what):
     y_ref = reference_conv(x, wt, b, stride, pad, dil)
     y = _nan(tuple(y_ref.shape), dtype, "cpu", False)
     before = host_ops.mma_launches()
-    host_ops.native_fwd(x, wt, b, list(stride), list(pad), list(dil), y)
+    with pytest.raises(RuntimeError, match="the mma forward does not support this call"):
+        host_ops.native_fwd(x, wt, b, list(stride), list(pad), list(dil), "mma", 0, y)
     assert host_ops.mma_launches() == before
+    args = ConvArgs(1, 4, 16, 30, 1, tuple(wt.shape[2:]), stride, pad, dil)
+    assert not mma_applies("fwd", x, args)
+    host_ops.native_fwd(x, wt, b, list(stride), list(pad), list(dil), "fma", 0, y)
     assert_close(y, y_ref, dtype, "forward")
 
 
@@ -147,16 +152,15 @@ def test_host_emulated_syncthreads_or(host_ops, voter, voter_block):
         assert out[block, :, 1].tolist() == [1] * 64 and out[block, :, 2].tolist() == [0] * 64
 
 
-def test_host_emulated_mma_unaligned_channels_last(host_ops, monkeypatch):
+def test_host_emulated_mma_unaligned_channels_last(host_ops):
     """16 channels, channels_last, data pointers not 16-byte aligned: the scalar staging and stores."""
-    monkeypatch.setenv("DWCONV_CUDA_MMA", "1")
     n, c, h, w = 2, 16, 9, 9
     x = torch.randn(n * c * h * w + 1).to(BF16)[1:].view(n, h, w, c).permute(0, 3, 1, 2)
     assert x.is_contiguous(memory_format=torch.channels_last) and x.data_ptr() % 16 != 0
     wt = (torch.randn(c, 1, 7, 7) / 7).to(BF16)
     y = torch.full((n * c * h * w + 1,), float("nan"), dtype=BF16)[1:].view(n, h, w, c).permute(0, 3, 1, 2)
     before = host_ops.mma_launches()
-    host_ops.native_fwd(x, wt, None, [1, 1], [3, 3, 3, 3], [1, 1], y)
+    host_ops.native_fwd(x, wt, None, [1, 1], [3, 3, 3, 3], [1, 1], "mma", 0, y)
     assert host_ops.mma_launches() == before + 1
     assert_close(y, reference_conv(x, wt, None, (1, 1), (3, 3, 3, 3), (1, 1)), BF16, "forward")
 
@@ -214,13 +218,15 @@ def _run_nonfinite(ops, case, dtype, channels_last, device):
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     y_shape = reference_conv(x[:1], wt, None, stride, pad, dil).shape[1:]
     y = _nan((n,) + tuple(y_shape), dtype, device, channels_last)
-    assert _ran_mma(ops, device, lambda: ops.native_fwd(x, wt, b, list(stride), list(pad), list(dil), y)), \
+    assert _ran_mma(ops, device, lambda: ops.native_fwd(x, wt, b, list(stride), list(pad), list(dil), "mma", 0,
+                                                        y)), \
         "the forward did not run the mma kernel"
     g = torch.Generator().manual_seed(8)
     grad_out = torch.randn(y.shape, generator=g).to(dtype)
     grad_out = _plant_nonfinite(grad_out).to(device).contiguous(memory_format=fmt)
     dx = _nan(x.shape, dtype, device, channels_last)
-    assert _ran_mma(ops, device, lambda: ops.native_dgrad(grad_out, wt, list(stride), list(pad), list(dil), dx)), \
+    assert _ran_mma(ops, device, lambda: ops.native_dgrad(grad_out, wt, list(stride), list(pad), list(dil), "mma",
+                                                          0, dx)), \
         "the dgrad did not run the mma kernel"
     y_ref, dx_ref, _, _ = reference_grads(x, wt, b, grad_out, stride, pad, dil)
     _assert_matches_with_nonfinite(y, y_ref, dtype, "forward (mma), inf / NaN inputs")
@@ -244,10 +250,11 @@ def _run_single_nonfinite(ops, dtype, channels_last, device):
             target[spot] = values[ch % 3]
             out = _nan((n, c, h, w), dtype, device, channels_last)
             if what == "fwd":
-                ran = _ran_mma(ops, device, lambda: ops.native_fwd(x, wt, b, [1, 1], list(pad), [1, 1], out))
+                ran = _ran_mma(ops, device, lambda: ops.native_fwd(x, wt, b, [1, 1], list(pad), [1, 1], "mma", 0, out))
                 ref = reference_conv(x, wt, b, (1, 1), pad, (1, 1))
             else:
-                ran = _ran_mma(ops, device, lambda: ops.native_dgrad(grad_out, wt, [1, 1], list(pad), [1, 1], out))
+                ran = _ran_mma(ops, device, lambda: ops.native_dgrad(grad_out, wt, [1, 1], list(pad), [1, 1], "mma", 0,
+                                                                     out))
                 ref = reference_grads(x, wt, b, grad_out, (1, 1), pad, (1, 1))[1]
             assert ran, f"{what} did not run the mma kernel"
             _assert_matches_with_nonfinite(out, ref, dtype, f"{what}, {values[ch % 3]} at {spot}")
@@ -255,24 +262,21 @@ def _run_single_nonfinite(ops, dtype, channels_last, device):
 
 @pytest.mark.parametrize("dtype", [F16, BF16])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
-def test_host_emulated_mma_single_nonfinite_value(host_ops, monkeypatch, dtype, channels_last):
-    monkeypatch.setenv("DWCONV_CUDA_MMA", "1")
+def test_host_emulated_mma_single_nonfinite_value(host_ops, dtype, channels_last):
     _run_single_nonfinite(host_ops, dtype, channels_last, "cpu")
 
 
 @pytest.mark.parametrize("case,dtype,channels_last", NONFINITE_PARAMS)
-def test_host_emulated_mma_nonfinite_inputs(host_ops, monkeypatch, case, dtype, channels_last):
-    monkeypatch.setenv("DWCONV_CUDA_MMA", "1")
+def test_host_emulated_mma_nonfinite_inputs(host_ops, case, dtype, channels_last):
     _run_nonfinite(host_ops, case, dtype, channels_last, "cpu")
 
 
 @pytest.fixture
-def device_mma_ops(monkeypatch):
-    """The device build's ops with the tensor-core path requested (GPU tests only)."""
+def device_mma_ops():
+    """The device build's ops (GPU tests only; the calls name the mma family)."""
     ops = _device_ops()
     if torch.cuda.get_device_capability() < (8, 0):
         pytest.skip("mma.sync m16n8k16 needs sm_80+")
-    monkeypatch.setenv("DWCONV_CUDA_MMA", "1")
     return ops
 
 

@@ -123,13 +123,15 @@ def test_available_backends_report():
         assert all(isinstance(reason, str) for reason in gpu_report.values()), gpu_report
 
 
-def test_auto_picks_cpu_kernels_where_they_are_faster():
-    from dwconv.backends import select_backend
+def test_auto_rule_picks_cpu_kernels_where_they_are_faster():
+    """The fallback rule of "auto" (dwconv/dispatch.py) for calls the dispatch table does not cover."""
+    from dwconv import config, dispatch
     from dwconv._conv_args import check_and_resolve
 
     def picked(x, w, op="fwd"):
         assert dwconv.available_backends("cpu")["cpu"] is None, "the cpu backend must be built here"
-        return select_backend("auto", op, x, check_and_resolve(x, w, None, 1, w.shape[-1] // 2, 1)).name
+        with config.override(dispatch_table=False):
+            return dispatch.plan_for("auto", op, x, check_and_resolve(x, w, None, 1, w.shape[-1] // 2, 1)).backend
 
     x = torch.randn(2, 8, 14, 14)
     assert picked(x, torch.randn(8, 1, 11, 11)) == "cpu"

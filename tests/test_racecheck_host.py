@@ -82,12 +82,12 @@ def test_schedule_order_exposes_a_race(host_ops, mode):
     assert torch.equal(*correct) and correct[0].tolist() == [(i + 1) % 64 for i in range(64)]
 
 
-def _fma_race_check(ops, case, dtype, channels_last, deterministic):
+def _fma_race_check(ops, case, dtype, channels_last, deterministic, wgrad_blocks=0):
     """Both orders bitwise equal, and the first against the float64 reference."""
     runs = []
 
     def run():
-        runs.append(fma._run_native(ops, case, dtype, channels_last, "cpu", deterministic))
+        runs.append(fma._run_native(ops, case, dtype, channels_last, "cpu", deterministic, wgrad_blocks))
         return runs[-1][1]
     _assert_bitwise_equal(*_outputs_in_both_orders(ops, run), case[0])
     fma._check_against_reference(*runs[0], case, dtype, channels_last)
@@ -103,18 +103,16 @@ def test_fma_kernels_race_free(host_ops, case, dtype, channels_last, determinist
 
 @pytest.mark.parametrize("grid", GRIDS)
 @pytest.mark.parametrize("deterministic", [False, True], ids=["atomic_wgrad", "deterministic_wgrad"])
-def test_wgrad_several_images_per_block_race_free(host_ops, monkeypatch, deterministic, grid):
-    monkeypatch.setenv("DWCONV_CUDA_WGRAD_TARGET_BLOCKS", "1")
+def test_wgrad_several_images_per_block_race_free(host_ops, deterministic, grid):
     with max_grid_blocks(host_ops, grid):
         for case in (fma.CASES[1], fma.CASES[7]):
             for channels_last in (False, True):
-                _fma_race_check(host_ops, case, fma.F32, channels_last, deterministic)
+                _fma_race_check(host_ops, case, fma.F32, channels_last, deterministic, wgrad_blocks=1)
 
 
 @pytest.mark.parametrize("grid", GRIDS)
 @pytest.mark.parametrize("case,dtype,channels_last", mma.PARAMS)
-def test_mma_kernels_race_free(host_ops, monkeypatch, case, dtype, channels_last, grid):
-    monkeypatch.setenv("DWCONV_CUDA_MMA", "1")
+def test_mma_kernels_race_free(host_ops, case, dtype, channels_last, grid):
     with max_grid_blocks(host_ops, grid):
         # mma._run checks the path and the float64 reference; there is no dw here (a placeholder).
         outputs = _outputs_in_both_orders(

@@ -97,13 +97,13 @@ def test_interior_and_border_tiles(monkeypatch):
     looped) next to border tiles (the row-streaming kernels switched off, as they take stride 1)."""
     import triton
 
-    from dwconv.triton import rows, tiles
+    from dwconv import config
+    from dwconv.triton import tiles
     small = triton.Config({"BLOCK_C": 2, "BLOCK_H": 2, "BLOCK_W": 4}, num_warps=1)
-    monkeypatch.setenv(rows.ENV_SWITCH, "0")
-    monkeypatch.setattr(tiles, "AUTOTUNE", False)
     monkeypatch.setattr(tiles, "configs", lambda *a, **k: [triton.Config(dict(small.kwargs), num_warps=1)])
-    run_case((1, 2, 7, 9, 3, 1, 1, 1, 2, True, False, F32))   # NCHW: filter rows unrolled
-    run_case((1, 4, 12, 18, 3, 2, 1, 1, 1, True, True, F32))  # channels_last: filter rows looped
+    with config.override(triton_family="direct"):
+        run_case((1, 2, 7, 9, 3, 1, 1, 1, 2, True, False, F32))   # NCHW: filter rows unrolled
+        run_case((1, 4, 12, 18, 3, 2, 1, 1, 1, True, True, F32))  # channels_last: filter rows looped
 
 
 def test_int64_indexing(monkeypatch):
@@ -166,7 +166,6 @@ def test_row_streaming_tiles(monkeypatch, channels_last, window):
 
     from dwconv.triton import rows_wgrad, tiles
     tile = {"BLOCK_N": 1 if channels_last else 2, "BLOCK_C": 2 if channels_last else 1, "BLOCK_W": 4, "ROWS": 5}
-    monkeypatch.setattr(tiles, "AUTOTUNE", False)
     monkeypatch.setattr(tiles, "rows_wgrad_candidates", lambda *a, **k: [triton.Config(dict(tile), num_warps=1)])
 
     def rows_tile(channels_last_, batch, channels, height, width, kernel, element_size, column_windows=False):
@@ -224,7 +223,6 @@ def test_row_streaming_windows_give_the_same_bits(monkeypatch):
     import triton
 
     from dwconv.triton import tiles
-    monkeypatch.setattr(tiles, "AUTOTUNE", False)
     x, wt, bt = make_inputs(2, 3, 9, 13, 5, 1, F32, DEVICE)
     grad_out = torch.randn(2, 3, 9, 13, device=DEVICE)
     results = []
@@ -262,7 +260,6 @@ def test_row_streaming_wgrad_prefetch(monkeypatch, channels_last):
     from dwconv.triton import rows_wgrad, tiles
     tile = {"BLOCK_N": 1 if channels_last else 2, "BLOCK_C": 2 if channels_last else 1, "BLOCK_W": 4, "ROWS": 5,
             "PREFETCH": True}
-    monkeypatch.setattr(tiles, "AUTOTUNE", False)
     monkeypatch.setattr(tiles, "rows_wgrad_candidates", lambda *a, **k: [triton.Config(dict(tile), num_warps=1)])
     monkeypatch.setattr(rows_wgrad, "INTERPRET", False)
     monkeypatch.setattr(rows_wgrad, "TARGET_PROGRAMS", 10 ** 6)
@@ -286,7 +283,6 @@ def test_row_streaming_prefetch_forward_and_dgrad(monkeypatch, channels_last):
     from dwconv.triton import rows, tiles
     tile = {"BLOCK_N": 1 if channels_last else 2, "BLOCK_C": 2 if channels_last else 1, "BLOCK_W": 4, "ROWS": 5,
             "PREFETCH": True}
-    monkeypatch.setattr(tiles, "AUTOTUNE", False)
 
     def rows_tile(channels_last_, batch, channels, height, width, kernel, element_size, column_windows=False):
         hoist = not channels_last_ and kernel[0] * kernel[1] <= 25
@@ -324,7 +320,6 @@ def test_row_streaming_wgrad_non_finite_on_partial_tiles(monkeypatch, channels_l
     from dwconv.triton import rows_wgrad, tiles
     tile = {"BLOCK_N": 1 if channels_last else 2, "BLOCK_C": 2 if channels_last else 1, "BLOCK_W": 4, "ROWS": 3,
             "PREFETCH": prefetch}
-    monkeypatch.setattr(tiles, "AUTOTUNE", False)
     monkeypatch.setattr(tiles, "rows_wgrad_candidates", lambda *a, **k: [triton.Config(dict(tile), num_warps=1)])
     x, wt, _ = make_inputs(2, 3, 8, 9, 3, 1, F32, DEVICE, channels_last=channels_last, bias=False)
     x = x.detach().clone()
@@ -344,11 +339,12 @@ def test_row_streaming_wgrad_non_finite_on_partial_tiles(monkeypatch, channels_l
     assert_close(dw[finite], dw_ref[finite], F32, "finite taps")
 
 
-def test_small_map_direct_kernels(monkeypatch):
-    """With the small-map GEMM switched off, half-precision small maps run the direct kernels."""
-    from dwconv.triton import plane
-    monkeypatch.setenv(plane.ENV_SWITCH, "0")
-    run_case((1, 3, 7, 7, 7, 1, 3, 1, 2, True, True, BF16))
+def test_small_map_direct_kernels():
+    """With the direct family preferred over the small-map GEMM, half-precision small maps run the direct
+    kernels."""
+    from dwconv import config
+    with config.override(triton_family="direct"):
+        run_case((1, 3, 7, 7, 7, 1, 3, 1, 2, True, True, BF16))
 
 
 def test_deterministic_wgrad():

@@ -73,10 +73,10 @@ def make_inputs(n, c, h, w, k, multiplier=1, dtype=torch.float32, device="cpu", 
 @contextlib.contextmanager
 def poisoned_outputs():
     """Every output a backend allocates is NaN-filled first, so unwritten elements fail."""
-    from dwconv.backends import base
-    old = base.POISON_OUTPUTS
-    base.POISON_OUTPUTS = True
+    from dwconv import outputs
+    old = outputs.POISON_OUTPUTS
+    outputs.POISON_OUTPUTS = True
     try:
         yield
     finally:
-        base.POISON_OUTPUTS = old
+        outputs.POISON_OUTPUTS = old

@@ -4,6 +4,9 @@
 #include <torch/library.h>
 
 #include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
 
 #include "cpu/kernels.h"
 
@@ -83,6 +86,27 @@ ConvShape make_shape(at::IntArrayRef input, at::IntArrayRef weight, at::IntArray
   return s;
 }
 
+// The ISA a call names (the op's `family`): "" for the best this CPU has; an unknown name, or one this CPU
+// cannot run, is an error. variant: reserved, must be 0.
+Isa parse_family(c10::string_view family, int64_t variant) {
+  TORCH_CHECK(variant == 0, "dwconv cpu: the cpu kernels have no variants, got variant ", variant);
+  const std::string_view name(family.data(), family.size());
+  if (name.empty()) return best_isa();
+  for (Isa isa : kIsasBestFirst) {
+    if (name != isa_name(isa)) continue;
+    TORCH_CHECK(isa_supported(isa), "dwconv cpu: this CPU cannot run the ", name, " kernels");
+    return isa;
+  }
+  TORCH_CHECK(false, "dwconv cpu: unknown kernel family '", std::string(name), "' (choose one of cpu_families())");
+}
+
+std::vector<std::string> cpu_families() {
+  std::vector<std::string> names;
+  for (Isa isa : kIsasBestFirst)
+    if (isa_supported(isa)) names.emplace_back(isa_name(isa));
+  return names;
+}
+
 template <typename T> const T* data(const at::Tensor& t) { return reinterpret_cast<const T*>(t.const_data_ptr()); }
 template <typename T> T* mutable_data(at::Tensor& t) { return reinterpret_cast<T*>(t.mutable_data_ptr()); }
 
@@ -99,7 +123,9 @@ void dispatch_dtype(at::ScalarType dtype, Fn&& fn) {
 }
 
 void native_fwd(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, at::Tensor y) {
+                at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, c10::string_view family,
+                int64_t variant, at::Tensor y) {
+  const Isa isa = parse_family(family, variant);
   check_4d_cpu(x, "x");
   check_4d_cpu(weight, "weight");
   check_4d_cpu(y, "y");
@@ -119,12 +145,14 @@ void native_fwd(const at::Tensor& x, const at::Tensor& weight, const std::option
   dispatch_dtype(x.scalar_type(), [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     fwd<T>(s, data<T>(x), data<T>(weight), bias ? data<T>(*bias) : nullptr, mutable_data<T>(y),
-           at::get_num_threads());
+           at::get_num_threads(), isa);
   });
 }
 
 void native_dgrad(const at::Tensor& grad_out, const at::Tensor& weight, at::IntArrayRef stride,
-                  at::IntArrayRef padding, at::IntArrayRef dilation, at::Tensor grad_x) {
+                  at::IntArrayRef padding, at::IntArrayRef dilation, c10::string_view family, int64_t variant,
+                  at::Tensor grad_x) {
+  const Isa isa = parse_family(family, variant);
   check_4d_cpu(grad_out, "grad_out");
   check_4d_cpu(weight, "weight");
   check_4d_cpu(grad_x, "grad_x");
@@ -138,12 +166,14 @@ void native_dgrad(const at::Tensor& grad_out, const at::Tensor& weight, at::IntA
   if (grad_x.numel() == 0) return;
   dispatch_dtype(grad_out.scalar_type(), [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    dgrad<T>(s, data<T>(grad_out), data<T>(weight), mutable_data<T>(grad_x), at::get_num_threads());
+    dgrad<T>(s, data<T>(grad_out), data<T>(weight), mutable_data<T>(grad_x), at::get_num_threads(), isa);
   });
 }
 
 void native_wgrad(const at::Tensor& grad_out, const at::Tensor& x, at::IntArrayRef stride, at::IntArrayRef padding,
-                  at::IntArrayRef dilation, bool /*deterministic: always*/, at::Tensor grad_w) {
+                  at::IntArrayRef dilation, bool /*deterministic: always*/, c10::string_view family,
+                  int64_t variant, at::Tensor grad_w) {
+  const Isa isa = parse_family(family, variant);
   check_4d_cpu(grad_out, "grad_out");
   check_4d_cpu(x, "x");
   check_4d_cpu(grad_w, "grad_w");
@@ -156,7 +186,7 @@ void native_wgrad(const at::Tensor& grad_out, const at::Tensor& x, at::IntArrayR
   if (grad_w.numel() == 0) return;
   dispatch_dtype(x.scalar_type(), [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    wgrad<T>(s, data<T>(grad_out), data<T>(x), mutable_data<acc_t<T>>(grad_w), at::get_num_threads());
+    wgrad<T>(s, data<T>(grad_out), data<T>(x), mutable_data<acc_t<T>>(grad_w), at::get_num_threads(), isa);
   });
 }
 
@@ -167,5 +197,8 @@ TORCH_LIBRARY_IMPL(dwconv, CPU, m) {
   m.impl("native_dgrad", &native_dgrad);
   m.impl("native_wgrad", &native_wgrad);
 }
+
+// No tensor arguments: dispatched through the catch-all key.
+TORCH_LIBRARY_IMPL(dwconv, CompositeExplicitAutograd, m) { m.impl("cpu_families", &cpu_families); }
 
 }  // namespace dwconv::cpu

@@ -73,17 +73,24 @@ template <typename T> struct Acc { using type = float; };
 template <> struct Acc<double> { using type = double; };
 template <typename T> using acc_t = typename Acc<T>::type;
 
+// The instruction sets the kernels are built for (dispatch.cpp): run-time choice, by the CPU's features.
+enum class Isa : int { Portable, Avx2 };
+inline constexpr Isa kIsasBestFirst[] = {Isa::Avx2, Isa::Portable};
+const char* isa_name(Isa isa);
+bool isa_supported(Isa isa);  // the CPU can run it (and it was built)
+Isa best_isa();               // the fastest supported one
+
 // y = conv(x, w) + b (b may be null). x, y in s.layout; w contiguous (C*M, 1, KH, KW).
 template <typename T>
-void fwd(const ConvShape& s, const T* x, const T* w, const T* b, T* y, int threads);
+void fwd(const ConvShape& s, const T* x, const T* w, const T* b, T* y, int threads, Isa isa);
 
 // dx = d(loss)/dx given dy = d(loss)/dy. dy, dx in s.layout.
 template <typename T>
-void dgrad(const ConvShape& s, const T* dy, const T* w, T* dx, int threads);
+void dgrad(const ConvShape& s, const T* dy, const T* w, T* dx, int threads, Isa isa);
 
 // dw = d(loss)/dw (contiguous (C*M, 1, KH, KW), accumulation dtype). Deterministic and independent of
 // the thread count: partial sums over fixed chunks, reduced in a fixed order.
 template <typename T>
-void wgrad(const ConvShape& s, const T* dy, const T* x, acc_t<T>* dw, int threads);
+void wgrad(const ConvShape& s, const T* dy, const T* x, acc_t<T>* dw, int threads, Isa isa);
 
 }  // namespace dwconv::cpu

@@ -18,28 +18,33 @@ struct DeviceContext {
   const at::Tensor& like;
 };
 
+std::string_view sv(c10::string_view s) { return {s.data(), s.size()}; }
+
 void native_fwd(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, at::Tensor y) {
+                at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, c10::string_view family,
+                int64_t variant, at::Tensor y) {
   TORCH_CHECK(x.is_cuda(), "dwconv cuda: x must be a CUDA tensor, got ", x.device());
   const DeviceContext ctx(x);
   binding::fwd(at::kCUDA, ctx.stream(), [&](size_t b) { return ctx.workspace(b); }, x, weight, bias, stride, padding,
-               dilation, y);
+               dilation, sv(family), variant, y);
 }
 
 void native_dgrad(const at::Tensor& grad_out, const at::Tensor& weight, at::IntArrayRef stride,
-                  at::IntArrayRef padding, at::IntArrayRef dilation, at::Tensor grad_x) {
+                  at::IntArrayRef padding, at::IntArrayRef dilation, c10::string_view family, int64_t variant,
+                  at::Tensor grad_x) {
   TORCH_CHECK(grad_out.is_cuda(), "dwconv cuda: grad_out must be a CUDA tensor, got ", grad_out.device());
   const DeviceContext ctx(grad_out);
   binding::dgrad(at::kCUDA, ctx.stream(), [&](size_t b) { return ctx.workspace(b); }, grad_out, weight, stride,
-                 padding, dilation, grad_x);
+                 padding, dilation, sv(family), variant, grad_x);
 }
 
 void native_wgrad(const at::Tensor& grad_out, const at::Tensor& x, at::IntArrayRef stride, at::IntArrayRef padding,
-                  at::IntArrayRef dilation, bool deterministic, at::Tensor grad_w) {
+                  at::IntArrayRef dilation, bool deterministic, c10::string_view family, int64_t variant,
+                  at::Tensor grad_w) {
   TORCH_CHECK(grad_out.is_cuda(), "dwconv cuda: grad_out must be a CUDA tensor, got ", grad_out.device());
   const DeviceContext ctx(grad_out);
   binding::wgrad(at::kCUDA, ctx.stream(), [&](size_t b) { return ctx.workspace(b); }, grad_out, x, stride, padding,
-                 dilation, deterministic, grad_w);
+                 dilation, deterministic, sv(family), variant, grad_w);
 }
 
 }  // namespace

@@ -98,12 +98,20 @@ void dispatch_dtype(at::ScalarType dtype, F&& f) {
   }
 }
 
-// DWCONV_CUDA_MMA=1 sends fp16 / bf16 forward and stride-1 dgrad to the tensor-core kernels where they apply
-// (fwd_mma.cu); unset, 0 or auto: the FMA kernels. `auto` stays on them until the tensor-core path has been
-// measured on a GPU (docs/perf_cuda.md). Read on every call.
-inline bool mma_requested() {
-  const char* v = std::getenv("DWCONV_CUDA_MMA");
-  return v != nullptr && std::string_view(v) == "1";
+// The kernel families of the cuda backend (the `family` argument of the native ops): "fma" (the tiled FMA
+// kernels, every call) and "mma" (fwd_mma.cu: tensor cores, fp16 / bf16 forward and stride-1 dgrad where
+// *_mma_supported). "" means "fma". A family that cannot run the call is an error, never a silent fallback.
+enum class Family { Fma, Mma };
+
+inline Family parse_family(std::string_view family, const char* op) {
+  if (family.empty() || family == "fma") return Family::Fma;
+  if (family == "mma") return Family::Mma;
+  TORCH_CHECK(false, "dwconv cuda: unknown kernel family '", std::string(family), "' for ", op,
+              " (choose fma or mma)");
+}
+
+inline void check_no_variant(int64_t variant, const char* op) {
+  TORCH_CHECK(variant == 0, "dwconv cuda: ", op, " has no variants, got variant ", variant);
 }
 
 template <typename T> const T* data(const at::Tensor& t) { return reinterpret_cast<const T*>(t.const_data_ptr()); }
@@ -113,7 +121,7 @@ template <typename T> T* mutable_data(const at::Tensor& t) { return reinterpret_
 template <typename Workspace>
 void fwd(at::DeviceType device, cudaStream_t stream, Workspace&&, const at::Tensor& x, const at::Tensor& weight,
          const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
-         at::IntArrayRef dilation, const at::Tensor& y) {
+         at::IntArrayRef dilation, std::string_view family, int64_t variant, const at::Tensor& y) {
   check_tensor(x, "x", device, 4);
   check_tensor(weight, "weight", device, 4);
   check_tensor(y, "y", device, 4);
@@ -129,11 +137,15 @@ void fwd(at::DeviceType device, cudaStream_t stream, Workspace&&, const at::Tens
   }
   const ConvShape s = make_shape(x.sizes(), weight.sizes(), stride, padding, dilation, y.sizes(),
                                  common_layout(x, "x", y, "y"));
-  if (y.numel() == 0) return;
+  const Family fam = parse_family(family, "forward");
+  check_no_variant(variant, "forward");
   dispatch_dtype(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
+    TORCH_CHECK(fam != Family::Mma || fwd_mma_supported<T>(s), "dwconv cuda: the mma forward does not support "
+                "this call (fp16/bf16, stride 1, dilation 1, kernel up to 25x25)");
+    if (y.numel() == 0) return;
     const T* b = has_bias ? data<T>(*bias) : nullptr;
-    if (mma_requested() && fwd_mma_supported<T>(s))
+    if (fam == Family::Mma)
       check_launch(launch_fwd_mma<T>(s, data<T>(x), data<T>(weight), b, mutable_data<T>(y), stream), "forward (mma)");
     else
       check_launch(launch_fwd<T>(s, data<T>(x), data<T>(weight), b, mutable_data<T>(y), stream), "forward");
@@ -143,7 +155,7 @@ void fwd(at::DeviceType device, cudaStream_t stream, Workspace&&, const at::Tens
 template <typename Workspace>
 void dgrad(at::DeviceType device, cudaStream_t stream, Workspace&&, const at::Tensor& grad_out,
            const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-           const at::Tensor& grad_x) {
+           std::string_view family, int64_t variant, const at::Tensor& grad_x) {
   check_tensor(grad_out, "grad_out", device, 4);
   check_tensor(weight, "weight", device, 4);
   check_tensor(grad_x, "grad_x", device, 4);
@@ -152,10 +164,14 @@ void dgrad(at::DeviceType device, cudaStream_t stream, Workspace&&, const at::Te
   TORCH_CHECK(weight.is_contiguous(), "dwconv cuda: weight must be contiguous");
   const ConvShape s = make_shape(grad_x.sizes(), weight.sizes(), stride, padding, dilation, grad_out.sizes(),
                                  common_layout(grad_out, "grad_out", grad_x, "grad_x"));
-  if (grad_x.numel() == 0) return;
+  const Family fam = parse_family(family, "dgrad");
+  check_no_variant(variant, "dgrad");
   dispatch_dtype(grad_out.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
-    if (mma_requested() && dgrad_mma_supported<T>(s))
+    TORCH_CHECK(fam != Family::Mma || dgrad_mma_supported<T>(s), "dwconv cuda: the mma dgrad does not support "
+                "this call (fp16/bf16, stride 1, dilation 1, multiplier 1, kernel up to 25x25)");
+    if (grad_x.numel() == 0) return;
+    if (fam == Family::Mma)
       check_launch(launch_dgrad_mma<T>(s, data<T>(grad_out), data<T>(weight), mutable_data<T>(grad_x), stream),
                    "dgrad (mma)");
     else
@@ -166,7 +182,7 @@ void dgrad(at::DeviceType device, cudaStream_t stream, Workspace&&, const at::Te
 template <typename Workspace>
 void wgrad(at::DeviceType device, cudaStream_t stream, Workspace&& workspace, const at::Tensor& grad_out,
            const at::Tensor& x, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-           bool deterministic, const at::Tensor& grad_w) {
+           bool deterministic, std::string_view family, int64_t variant, const at::Tensor& grad_w) {
   check_tensor(grad_out, "grad_out", device, 4);
   check_tensor(x, "x", device, 4);
   check_tensor(grad_w, "grad_w", device, 4);
@@ -178,6 +194,8 @@ void wgrad(at::DeviceType device, cudaStream_t stream, Workspace&& workspace, co
   TORCH_CHECK(grad_w.is_contiguous(), "dwconv cuda: grad_w must be contiguous");
   const ConvShape s = make_shape(x.sizes(), grad_w.sizes(), stride, padding, dilation, grad_out.sizes(),
                                  common_layout(grad_out, "grad_out", x, "x"));
+  TORCH_CHECK(parse_family(family, "wgrad") == Family::Fma, "dwconv cuda: wgrad has no mma kernels");
+  TORCH_CHECK(variant >= 0, "dwconv cuda: wgrad variant (target block count) must be >= 0, got ", variant);
   if (grad_w.numel() == 0) return;
   if (grad_out.numel() == 0) {
     grad_w.zero_();
@@ -185,10 +203,10 @@ void wgrad(at::DeviceType device, cudaStream_t stream, Workspace&& workspace, co
   }
   dispatch_dtype(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
-    const size_t bytes = wgrad_workspace_bytes<T>(s, deterministic);
+    const size_t bytes = wgrad_workspace_bytes<T>(s, deterministic, variant);
     at::Tensor ws = bytes > 0 ? workspace(bytes) : at::Tensor();
     check_launch(launch_wgrad<T>(s, data<T>(grad_out), data<T>(x), mutable_data<acc_t<T>>(grad_w), deterministic,
-                                 bytes > 0 ? ws.mutable_data_ptr() : nullptr, stream), "wgrad");
+                                 variant, bytes > 0 ? ws.mutable_data_ptr() : nullptr, stream), "wgrad");
   });
 }
 

@@ -18,15 +18,16 @@ cudaError_t launch_fwd(const ConvShape& s, const T* x, const T* w, const T* b, T
 template <typename T>
 cudaError_t launch_dgrad(const ConvShape& s, const T* dy, const T* w, T* dx, cudaStream_t stream);
 
-// Bytes of device workspace launch_wgrad needs (0 unless deterministic).
+// Bytes of device workspace launch_wgrad needs (0 unless deterministic), for the same target_blocks.
 template <typename T>
-size_t wgrad_workspace_bytes(const ConvShape& s, bool deterministic);
+size_t wgrad_workspace_bytes(const ConvShape& s, bool deterministic, int64_t target_blocks);
 
 // dw (accumulator type, contiguous (C*M, 1, KH, KW)) fully overwritten with sum over N, HO, WO of dy * x.
 // deterministic: per-block partial sums into `workspace`, then a fixed-order sum (no atomics).
+// target_blocks: how many blocks the batch is sliced for (0: the default, enough to fill a GPU).
 template <typename T>
 cudaError_t launch_wgrad(const ConvShape& s, const T* dy, const T* x, acc_t<T>* dw, bool deterministic,
-                         void* workspace, cudaStream_t stream);
+                         int64_t target_blocks, void* workspace, cudaStream_t stream);
 
 // Tensor-core path (fwd_mma.cu): fp16 / bf16, stride 1, dilation 1, KH and KW up to 25 (dgrad: multiplier 1
 // too), on sm_80+. *_supported says whether the launcher accepts the shape (false for float / double); the

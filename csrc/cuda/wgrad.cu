@@ -168,15 +168,11 @@ wgrad_direct_kernel(ConvShape s, const T* __restrict__ dy, const T* __restrict__
   }
 }
 
-// Blocks wgrad aims for (batch slices are cut to reach it); DWCONV_CUDA_WGRAD_TARGET_BLOCKS overrides it
-// (tests use it to put several images in one block).
-int64_t wgrad_target_blocks() {
-  const char* env = std::getenv("DWCONV_CUDA_WGRAD_TARGET_BLOCKS");
-  const int64_t value = env != nullptr ? std::atoll(env) : 0;
-  return value > 0 ? value : 2048;
-}
+// Blocks wgrad aims for (batch slices are cut to reach it) unless the caller asks for another count
+// (target_blocks > 0; tests use a small one to put several images in one block).
+constexpr int64_t kWgradTargetBlocks = 2048;
 
-Tile wgrad_tile(const ConvShape& s, size_t acc_bytes) {
+Tile wgrad_tile(const ConvShape& s, size_t acc_bytes, int64_t target_blocks) {
   Tile t;
   initial_tile(s.layout, s.HO, s.WO, (s.C * s.M), t);
   auto bytes = [&](Tile& tt) -> size_t {
@@ -201,7 +197,7 @@ Tile wgrad_tile(const ConvShape& s, size_t acc_bytes) {
   t.cblocks = ((s.C * s.M) + t.cb - 1) / t.cb;
   // Batch slices: enough blocks to fill the GPU, at least one image per block.
   const int64_t base = t.cblocks * t.tiles_h * t.tiles_w;
-  const int64_t want = std::clamp<int64_t>((wgrad_target_blocks() + base - 1) / base, 1, std::max<int64_t>(s.N, 1));
+  const int64_t want = std::clamp<int64_t>(((target_blocks > 0 ? target_blocks : kWgradTargetBlocks) + base - 1) / base, 1, std::max<int64_t>(s.N, 1));
   t.nb = int((s.N + want - 1) / want);
   t.nslices = (s.N + t.nb - 1) / t.nb;
   return t;
@@ -209,9 +205,9 @@ Tile wgrad_tile(const ConvShape& s, size_t acc_bytes) {
 
 template <typename T, Layout L>
 cudaError_t launch_wgrad_layout(const ConvShape& s, const T* dy, const T* x, acc_t<T>* dw, bool deterministic,
-                                void* workspace, cudaStream_t stream) {
+                                int64_t target_blocks, void* workspace, cudaStream_t stream) {
   using A = acc_t<T>;
-  const Tile t = wgrad_tile(s, sizeof(A));
+  const Tile t = wgrad_tile(s, sizeof(A), target_blocks);
   const int64_t dw_size = (s.C * s.M) * s.KH * s.KW;
   if (!t.fits) {
     auto kernel = wgrad_direct_kernel<T, L>;
@@ -249,24 +245,24 @@ cudaError_t launch_wgrad_layout(const ConvShape& s, const T* dy, const T* x, acc
 }  // namespace
 
 template <typename T>
-size_t wgrad_workspace_bytes(const ConvShape& s, bool deterministic) {
-  const Tile t = wgrad_tile(s, sizeof(acc_t<T>));
+size_t wgrad_workspace_bytes(const ConvShape& s, bool deterministic, int64_t target_blocks) {
+  const Tile t = wgrad_tile(s, sizeof(acc_t<T>), target_blocks);
   if (!deterministic || !t.fits) return 0;
   return size_t(t.tiles_h * t.tiles_w * t.nslices * (s.C * s.M) * s.KH * s.KW) * sizeof(acc_t<T>);
 }
 
 template <typename T>
 cudaError_t launch_wgrad(const ConvShape& s, const T* dy, const T* x, acc_t<T>* dw, bool deterministic,
-                         void* workspace, cudaStream_t stream) {
+                         int64_t target_blocks, void* workspace, cudaStream_t stream) {
   return s.layout == Layout::NCHW
-             ? launch_wgrad_layout<T, Layout::NCHW>(s, dy, x, dw, deterministic, workspace, stream)
-             : launch_wgrad_layout<T, Layout::NHWC>(s, dy, x, dw, deterministic, workspace, stream);
+             ? launch_wgrad_layout<T, Layout::NCHW>(s, dy, x, dw, deterministic, target_blocks, workspace, stream)
+             : launch_wgrad_layout<T, Layout::NHWC>(s, dy, x, dw, deterministic, target_blocks, workspace, stream);
 }
 
 #define DWCONV_INSTANTIATE_WGRAD(T)                                                                    \
-  template size_t wgrad_workspace_bytes<T>(const ConvShape&, bool);                                   \
-  template cudaError_t launch_wgrad<T>(const ConvShape&, const T*, const T*, acc_t<T>*, bool, void*, \
-                                       cudaStream_t);
+  template size_t wgrad_workspace_bytes<T>(const ConvShape&, bool, int64_t);                          \
+  template cudaError_t launch_wgrad<T>(const ConvShape&, const T*, const T*, acc_t<T>*, bool, int64_t, \
+                                       void*, cudaStream_t);
 DWCONV_INSTANTIATE_WGRAD(float)
 DWCONV_INSTANTIATE_WGRAD(double)
 DWCONV_INSTANTIATE_WGRAD(fp16_t)

@@ -8,11 +8,13 @@ A backend receives tensors already validated and laid out by `dwconv.ops`:
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
 from .._conv_args import ConvArgs
+from ..outputs import new_output  # noqa: F401  (the backends allocate with it)
+from ..plans import Plan
 
 
 class Backend:
@@ -27,39 +29,44 @@ class Backend:
         (the device already known to be available), else why not."""
         return None
 
-    def preferred_by_auto(self, op: str, x: torch.Tensor, args: ConvArgs) -> bool:
-        """Whether "auto" should pick this backend for op ("fwd", "dgrad" or "wgrad") on a supported call
-        (False where another backend is faster)."""
-        return True
-
-    def forward(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                args: ConvArgs) -> torch.Tensor:
+    def families(self, op: str, x: torch.Tensor, args: ConvArgs) -> Tuple[str, ...]:
+        """The kernel families that can run op ("fwd", "dgrad" or "wgrad") on this supported call, the
+        backend's default first (dwconv.config's family setting moves its family first where it applies)."""
         raise NotImplementedError
 
-    def dgrad(self, grad_out: torch.Tensor, weight: torch.Tensor, args: ConvArgs) -> torch.Tensor:
+    def family_problem(self, family: str, op: str, x: torch.Tensor, args: ConvArgs) -> Optional[str]:
+        """None when `family` can run op on this supported call, else why not."""
+        if family in self.families(op, x, args):
+            return None
+        return f"kernel family {family!r} cannot run it (these can: {', '.join(self.families(op, x, args))})"
+
+    def variant_problem(self, plan: Plan, op: str, x: torch.Tensor, args: ConvArgs) -> Optional[str]:
+        """None when plan.variant (of a family that can run the call) is valid for it, else why not."""
+        return None if not plan.variant else f"the {plan.backend} backend's {plan.family!r} kernels have no variants"
+
+    def plans(self, op: str, x: torch.Tensor, args: ConvArgs) -> List[Plan]:
+        """Every plan of this backend that can run op on this supported call (default variants), the default
+        first: what benchmark mode times."""
+        return [Plan(self.name, family) for family in self.families(op, x, args)]
+
+    def forward(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                args: ConvArgs, plan: Plan) -> torch.Tensor:
+        raise NotImplementedError
+
+    def dgrad(self, grad_out: torch.Tensor, weight: torch.Tensor, args: ConvArgs, plan: Plan) -> torch.Tensor:
         """dL/dx, shape args.input_shape, in grad_out's layout and dtype."""
         raise NotImplementedError
 
-    def wgrad(self, grad_out: torch.Tensor, x: torch.Tensor, args: ConvArgs) -> torch.Tensor:
+    def wgrad(self, grad_out: torch.Tensor, x: torch.Tensor, args: ConvArgs, plan: Plan) -> torch.Tensor:
         """dL/dweight, shape args.weight_shape, in x's dtype (accumulated in at least fp32)."""
         raise NotImplementedError
 
 
-# Tests set this to fill every output a backend allocates with NaN, so elements a kernel
-# forgets to write fail the comparison instead of passing on leftover memory.
-POISON_OUTPUTS = False
-
-
-def new_output(shape, like: torch.Tensor, dtype: Optional[torch.dtype] = None,
-               channels_last: Optional[bool] = None) -> torch.Tensor:
-    """Allocate a backend output on like's device, in like's layout unless told otherwise."""
-    if channels_last is None:
-        channels_last = (not like.is_contiguous()) and like.is_contiguous(memory_format=torch.channels_last)
-    fmt = torch.channels_last if channels_last and len(shape) == 4 else torch.contiguous_format
-    out = torch.empty(shape, dtype=dtype or like.dtype, device=like.device, memory_format=fmt)
-    if POISON_OUTPUTS:
-        out.fill_(float("nan"))
-    return out
+def preferred_first(families: Sequence[str], preferred: str) -> Tuple[str, ...]:
+    """families with `preferred` moved to the front where it is among them."""
+    if preferred in families:
+        return (preferred,) + tuple(f for f in families if f != preferred)
+    return tuple(families)
 
 
 def cuda_device_problem(device: torch.device) -> Optional[str]:

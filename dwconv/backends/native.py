@@ -1,13 +1,16 @@
 """The "cpu" and "cuda" backends: the C++/CUDA kernels of the extension dwconv._C (csrc/)."""
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
 
 from .. import _extension
 from .._conv_args import is_channels_last
-from .base import Backend, cuda_device_problem, new_output
+from .. import config
+from ..plans import Plan
+from .base import Backend, cuda_device_problem, new_output, preferred_first
 
 
 class _NativeBackend(Backend):
@@ -22,22 +25,29 @@ class _NativeBackend(Backend):
             return f"the {self.name!r} backend runs on {self.device_type} tensors, not {device.type}"
         return _extension.load() or self._kernels_missing()
 
-    def forward(self, x, weight, bias, args):
+    def forward(self, x, weight, bias, args, plan):
         y = new_output(args.output_shape, x)
-        torch.ops.dwconv.native_fwd(x, weight, bias, args.stride, args.padding, args.dilation, y)
+        torch.ops.dwconv.native_fwd(x, weight, bias, args.stride, args.padding, args.dilation, plan.family,
+                                    _variant_number(plan), y)
         return y
 
-    def dgrad(self, grad_out, weight, args):
+    def dgrad(self, grad_out, weight, args, plan):
         dx = new_output(args.input_shape, grad_out)
-        torch.ops.dwconv.native_dgrad(grad_out, weight, args.stride, args.padding, args.dilation, dx)
+        torch.ops.dwconv.native_dgrad(grad_out, weight, args.stride, args.padding, args.dilation, plan.family,
+                                      _variant_number(plan), dx)
         return dx
 
-    def wgrad(self, grad_out, x, args):
+    def wgrad(self, grad_out, x, args, plan):
         acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         dw = new_output(args.weight_shape, x, dtype=acc_dtype, channels_last=False)
         torch.ops.dwconv.native_wgrad(grad_out, x, args.stride, args.padding, args.dilation,
-                                      torch.are_deterministic_algorithms_enabled(), dw)
+                                      torch.are_deterministic_algorithms_enabled(), plan.family,
+                                      _variant_number(plan), dw)
         return dw.to(x.dtype)
+
+
+def _variant_number(plan: Plan) -> int:
+    return int(plan.variant) if plan.variant else 0
 
 
 try:  # the SM architectures the extension was compiled for (setup.py, DWCONV_CUDA_ARCHS)
@@ -59,27 +69,14 @@ class CpuBackend(_NativeBackend):
             return f"dtype {x.dtype} is not supported by the cpu backend"
         return None
 
-    def preferred_by_auto(self, op, x, args):
-        # Measured on 2 cores (docs/perf_cpu.md, v8-v9): PyTorch's oneDNN path wins channels_last 3x3 convs,
-        # and the channels_last forward of kernels up to 7x7 on large maps at small batch; float64 is
-        # correct here but not tuned. Every other case, and every dgrad/wgrad from 5x5 up, is faster here.
-        # Strided dgrad (v11, stride phases): faster here at every kernel size measured, 3x3 channels_last
-        # included (PyTorch's strided depthwise backward measured 4-90x slower in channels_last).
-        # float16 (v12): PyTorch's CPU depthwise conv in float16 measured 15-85x slower than these kernels for
-        # every op in channels_last, 3x3 and the large-map forward included.
-        if x.dtype == torch.float64:
-            return False
-        if x.dtype == torch.float16:
-            return True
-        if op == "dgrad" and args.stride != (1, 1):
-            return True
-        if is_channels_last(x):
-            area = args.kernel[0] * args.kernel[1]
-            if area < 25:
-                return False
-            if op == "fwd" and area <= 49 and args.height * args.width >= 28 * 28 and args.batch < 32:
-                return False
-        return True
+    def families(self, op, x, args):
+        return preferred_first(_cpu_families(), config.get().cpu_family)
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_families():
+    """The instruction sets this CPU runs the kernels for, best first (the extension asks the CPU)."""
+    return tuple(torch.ops.dwconv.cpu_families())
 
 
 class CudaBackend(_NativeBackend):
@@ -99,3 +96,32 @@ class CudaBackend(_NativeBackend):
             return ("dwconv._C was built without CUDA kernels (needs a CUDA build of torch and nvcc at "
                     "build time; DWCONV_BUILD_CUDA=0 skips them)")
         return None
+
+    def families(self, op, x, args):
+        if mma_applies(op, x, args):
+            return preferred_first(("fma", "mma"), config.get().cuda_family)
+        return ("fma",)
+
+    def variant_problem(self, plan, op, x, args):
+        if not plan.variant:
+            return None
+        if op == "wgrad" and plan.family == "fma" and plan.variant.isdigit() and int(plan.variant) > 0:
+            return None
+        return (f"the cuda backend's variants are wgrad's block counts (a positive integer, "
+                f"e.g. 'cuda:fma:4'), got {plan.variant!r} for {op}")
+
+
+# The tensor-core kernels' reach (csrc/cuda/fwd_mma.cu: fwd_mma_supported, dgrad_mma_supported; the native ops
+# refuse anything else).
+MMA_DTYPES = (torch.float16, torch.bfloat16)
+MMA_MAX_KERNEL = (25, 25)
+
+
+def mma_applies(op: str, x: torch.Tensor, args) -> bool:
+    if op == "wgrad" or x.dtype not in MMA_DTYPES or args.stride != (1, 1) or args.dilation != (1, 1):
+        return False
+    if args.kernel[0] > MMA_MAX_KERNEL[0] or args.kernel[1] > MMA_MAX_KERNEL[1]:
+        return False
+    if op == "dgrad" and args.multiplier != 1:
+        return False
+    return x.device.type != "cuda" or torch.cuda.get_device_capability(x.device) >= (8, 0)

@@ -24,11 +24,14 @@ class TorchBackend(Backend):
     def unavailable_reason(self, device: torch.device) -> Optional[str]:
         return cuda_device_problem(torch.device(device)) if torch.device(device).type == "cuda" else None
 
-    def forward(self, x, weight, bias, args):
+    def families(self, op, x, args):
+        return ("aten",)
+
+    def forward(self, x, weight, bias, args, plan):
         x, padding = _pad_input(x, args)
         return F.conv2d(x, weight, bias, args.stride, padding, args.dilation, groups=args.channels)
 
-    def dgrad(self, grad_out, weight, args):
+    def dgrad(self, grad_out, weight, args, plan):
         pt, pb, pl, pr = args.padding
         padded_shape = (args.batch, args.channels, args.height + pt + pb, args.width + pl + pr)
         dx = torch.nn.grad.conv2d_input(padded_shape, weight, grad_out, args.stride, 0, args.dilation,
@@ -36,7 +39,7 @@ class TorchBackend(Backend):
         return dx[:, :, pt:pt + args.height, pl:pl + args.width].contiguous(
             memory_format=_layout_of(grad_out))
 
-    def wgrad(self, grad_out, x, args):
+    def wgrad(self, grad_out, x, args, plan):
         x, padding = _pad_input(x, args)
         return torch.nn.grad.conv2d_weight(x, args.weight_shape, grad_out, args.stride, padding,
                                            args.dilation, groups=args.channels)

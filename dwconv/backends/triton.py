@@ -7,7 +7,8 @@ from typing import Optional
 import torch
 
 from .._conv_args import ConvArgs, is_channels_last
-from .base import Backend, cuda_device_problem
+from .. import config
+from .base import Backend, cuda_device_problem, preferred_first
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _MIN_CAPABILITY = (7, 5)
@@ -59,21 +60,30 @@ class TritonBackend(Backend):
             return "bfloat16 needs a GPU of compute capability 8.0 or newer"
         return None
 
-    def forward(self, x, weight, bias, args):
+    def families(self, op, x, args):
+        from ..triton import plane, rows, rows_wgrad
+        if op == "wgrad":
+            found = ("rows",) if rows_wgrad.applies(args) else ()
+        else:
+            found = ("plane",) if plane.applies(x.dtype, args) else ()
+            found += ("rows",) if (rows.applies_forward(args) if op == "fwd" else rows.applies_dgrad(args)) else ()
+        return preferred_first(found + ("direct",), config.get().triton_family)
+
+    def forward(self, x, weight, bias, args, plan):
         from ..triton import fwd, plane, rows
-        kernels = plane if plane.applies(x.dtype, args) else rows if rows.applies_forward(args) else fwd
+        kernels = {"plane": plane, "rows": rows, "direct": fwd}[plan.family]
         with _on_device(x):
             return kernels.forward(x, weight, bias, args, channels_last=is_channels_last(x))
 
-    def dgrad(self, grad_out, weight, args):
+    def dgrad(self, grad_out, weight, args, plan):
         from ..triton import dgrad, plane, rows
-        kernels = plane if plane.applies(grad_out.dtype, args) else rows if rows.applies_dgrad(args) else dgrad
+        kernels = {"plane": plane, "rows": rows, "direct": dgrad}[plan.family]
         with _on_device(grad_out):
             return kernels.dgrad(grad_out, weight, args, channels_last=is_channels_last(grad_out))
 
-    def wgrad(self, grad_out, x, args):
+    def wgrad(self, grad_out, x, args, plan):
         from ..triton import rows_wgrad, wgrad
-        kernels = rows_wgrad if rows_wgrad.applies(args) else wgrad
+        kernels = {"rows": rows_wgrad, "direct": wgrad}[plan.family]
         with _on_device(x):
             return kernels.wgrad(grad_out, x, args, channels_last=is_channels_last(x),
-                         deterministic=torch.are_deterministic_algorithms_enabled())
+                                 deterministic=torch.are_deterministic_algorithms_enabled())

@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from .._conv_args import ConvArgs
-from ..backends.base import new_output
+from ..outputs import new_output
 from . import tiles
 from .common import acc_dtype, needs_int64, strides4, weight_operand, widen_strides
 

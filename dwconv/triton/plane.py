@@ -11,14 +11,13 @@ chunk by gathering weights (L1-resident). Products of half inputs are exact; acc
 """
 from __future__ import annotations
 
-import os
 
 import torch
 import triton
 import triton.language as tl
 
 from .._conv_args import ConvArgs
-from ..backends.base import new_output
+from ..outputs import new_output
 from . import tiles
 from .common import INTERPRET, needs_int64, strides4, widen_strides
 
@@ -27,15 +26,10 @@ MAX_PLANE_PIXELS = 256
 PLANE_DTYPES = (torch.float16, torch.bfloat16)
 
 
-# DWCONV_TRITON_PLANE_GEMM=0 sends small maps to the direct kernels too (to compare the two on a GPU).
-ENV_SWITCH = "DWCONV_TRITON_PLANE_GEMM"
-
-
 def applies(x_dtype: torch.dtype, args: ConvArgs) -> bool:
     """Whether the small-map GEMM kernels serve this call (else the direct kernels do)."""
     return (x_dtype in PLANE_DTYPES and args.height * args.width <= MAX_PLANE_PIXELS
-            and args.out_height * args.out_width <= MAX_PLANE_PIXELS
-            and os.environ.get(ENV_SWITCH, "1") != "0")
+            and args.out_height * args.out_width <= MAX_PLANE_PIXELS)
 
 
 @triton.jit

@@ -26,13 +26,11 @@ degrees (FLIP) and padding (KH-1-PT, (KW-1)*DW-PL).
 """
 from __future__ import annotations
 
-import os
-
 import triton
 import triton.language as tl
 
 from .._conv_args import ConvArgs
-from ..backends.base import new_output
+from ..outputs import new_output
 from . import tiles
 from .common import acc_torch_dtype, acc_dtype, needs_int64, strides4, widen_strides
 
@@ -40,18 +38,9 @@ from .common import acc_torch_dtype, acc_dtype, needs_int64, strides4, widen_str
 MAX_KERNEL = 13
 
 
-# DWCONV_TRITON_ROW_STREAM=0 sends every call to the direct kernels (forward, dgrad and wgrad; to compare
-# the two on a GPU).
-ENV_SWITCH = "DWCONV_TRITON_ROW_STREAM"
-
-
-def enabled() -> bool:
-    return os.environ.get(ENV_SWITCH, "1") != "0"
-
-
 def applies_forward(args: ConvArgs) -> bool:
     kh, kw = args.kernel
-    return args.dilation[0] == 1 and kh <= MAX_KERNEL and kw <= MAX_KERNEL and enabled()
+    return args.dilation[0] == 1 and kh <= MAX_KERNEL and kw <= MAX_KERNEL
 
 
 def applies_dgrad(args: ConvArgs) -> bool:

@@ -24,16 +24,16 @@ import triton
 import triton.language as tl
 
 from .._conv_args import ConvArgs
-from ..backends.base import new_output
+from ..outputs import new_output
 from . import tiles
 from .common import INTERPRET, acc_dtype, acc_torch_dtype, needs_int64, strides4, widen_strides
-from .rows import MAX_KERNEL, enabled
+from .rows import MAX_KERNEL
 from .wgrad import TARGET_PROGRAMS, add_tap, reduce_workspace, wgrad_program, workspace_of
 
 
 def applies(args: ConvArgs) -> bool:
     kh, kw = args.kernel
-    return args.dilation[0] == 1 and kh <= MAX_KERNEL and kw <= MAX_KERNEL and enabled()
+    return args.dilation[0] == 1 and kh <= MAX_KERNEL and kw <= MAX_KERNEL
 
 
 @triton.jit

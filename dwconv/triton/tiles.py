@@ -10,11 +10,11 @@ full rows of several channels, so filter rows that fall entirely into padding ar
 from __future__ import annotations
 
 import contextlib
-import os
 from typing import Callable, List, NamedTuple, Optional, Tuple
 
 import triton
 
+from .. import config
 from .common import INTERPRET
 
 # (BLOCK_C, BLOCK_H, BLOCK_W, num_warps); "W" in a small-map entry means the map width rounded up to 2^k.
@@ -26,10 +26,12 @@ _NHWC_SMALL = [(32, 1, "W", 4), (64, 1, "W", 4), (32, 2, "W", 4), (64, 2, "W", 8
 
 SMALL_MAP_WIDTH = 16
 
-# Autotuning benchmarks every candidate; the interpreter runs the heuristic choice only, and so does a GPU
-# run with DWCONV_TRITON_AUTOTUNE=0 (the tests: they check results, and compiling every candidate of every
-# test shape would take most of their time).
-AUTOTUNE = not INTERPRET and os.environ.get("DWCONV_TRITON_AUTOTUNE", "1") != "0"
+
+def autotune_enabled() -> bool:
+    """Autotuning benchmarks every candidate; the interpreter runs the heuristic choice only, and so does a GPU
+    run with the setting triton_autotune off (dwconv.config; the tests: they check results, and compiling every
+    candidate of every test shape would take most of their time)."""
+    return not INTERPRET and config.get().triton_autotune
 
 
 # Interior tiles of the direct kernels unroll the filter rows (no loop overhead on the hot path) for NCHW
@@ -168,7 +170,7 @@ def launch(kernel, grid, args, constexprs, channels_last: bool, channels: int, h
            kernel_height: int = 0, reset_to_zero=None, autotune: bool = True):
     """Launch `kernel` over `grid(meta)`: autotuned among the family's candidates, or the heuristic tile.
     Kernels that take UNROLL_ROWS pass their kernel height (it is part of each candidate)."""
-    if AUTOTUNE and autotune and _captured is None:
+    if autotune_enabled() and autotune and _captured is None:
         tuner = tuned(kernel, channels_last, channels, height, width, kernel_height, TUNE_KEY, reset_to_zero)
         tuner[grid](*args, **constexprs)
         return
@@ -345,7 +347,7 @@ def launch_candidates(kernel, grid, cands: List[triton.Config], key, args, const
     """Launch `kernel` autotuned among `cands` on the GPU; otherwise with the first candidate (the heuristic
     choice), or in the interpreter the largest BLOCK_N x BLOCK_C x BLOCK_W tile (it pays per program, not per
     element)."""
-    if AUTOTUNE and _captured is None and len(cands) > 1:
+    if autotune_enabled() and _captured is None and len(cands) > 1:
         family = (kernel, tuple(tuple(sorted(c.kwargs.items())) + (c.num_warps,) for c in cands))
         tuner = _TUNERS.get(family)
         if tuner is None:

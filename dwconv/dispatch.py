@@ -1,0 +1,112 @@
+"""Which plan runs one op of one call, and running it.
+
+A named backend or plan (`backend="cuda"`, `"cuda:mma"`) runs as named, or raises BackendUnavailableError
+saying why. "auto" chooses among every plan that can run the call (torch's own convolution included):
+1. in benchmark mode (dwconv.set_benchmark(True)): the fastest, timed on the call's own tensors the first
+   time a signature is seen (dwconv/benchmark.py);
+2. else the shipped dispatch table of measurements (dwconv/dispatch_table.py), where it has the call's class;
+3. else the fallback rule below.
+
+The fallback rule (calls the table has no measurement for):
+- CPU tensors: the cpu backend, except where PyTorch measured faster on the EPYC machines the CPU kernels were
+  tuned on (docs/perf_cpu.md v8-v12): channels_last kernels smaller than 5x5; channels_last forward of
+  kernels up to 7x7 on maps of 28x28 and more at batch < 32 (not for float16, whose PyTorch CPU kernels
+  measured 15-85x slower, nor for strided dgrad, 4-90x slower in PyTorch); float64 (correct, not tuned).
+- CUDA tensors: torch. No GPU kernel of dwconv has been measured faster than PyTorch on a card the table
+  does not list; benchmark mode or `python -m dwconv.tune` measure it on yours.
+Each op decides on its own (a backward may run other backends than its forward). Decisions are cached per
+call signature, so the choice costs one dictionary lookup after the first call.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional, Tuple
+
+import torch
+
+from . import config
+from . import plans as plans_
+from ._conv_args import ConvArgs, is_channels_last
+from .backends import capable_plans, complete, get_backend
+from .backends.base import Backend
+from .plans import Plan
+
+Runner = Callable[[Backend, Plan], torch.Tensor]
+
+_decisions: Dict[tuple, Tuple[Backend, Plan]] = {}
+
+
+def signature(spec: str, op: str, x: torch.Tensor, args: ConvArgs) -> tuple:
+    """What a decision depends on: the request, the op, the call's geometry, device, dtype and layout, the
+    deterministic flag, the CPU thread count, and the settings in force."""
+    return (spec, op, args, x.device, x.dtype, is_channels_last(x), torch.are_deterministic_algorithms_enabled(),
+            torch.get_num_threads() if x.device.type == "cpu" else 0, config.generation)
+
+
+def run(spec: str, op: str, x: torch.Tensor, args: ConvArgs, call: Runner) -> torch.Tensor:
+    """call(backend, plan) with the plan `spec` ("auto", a backend or a plan) resolves to for op on this call."""
+    key = signature(spec, op, x, args)
+    decision = _decisions.get(key)
+    if decision is None:
+        if spec == "auto" and config.get().benchmark:
+            from . import benchmark
+            plan, out = benchmark.choose(op, x, args, lambda p: call(get_backend(p.backend), p))
+            _decisions[key] = (get_backend(plan.backend), plan)
+            return out
+        plan = auto_plan(op, x, args) if spec == "auto" else complete(plans_.parse(spec), op, x, args)
+        decision = _decisions[key] = (get_backend(plan.backend), plan)
+    return call(*decision)
+
+
+def plan_for(spec: str, op: str, x: torch.Tensor, args: ConvArgs) -> Plan:
+    """The plan `spec` resolves to outside benchmark mode (what `run` would use)."""
+    return auto_plan(op, x, args) if spec == "auto" else complete(plans_.parse(spec), op, x, args)
+
+
+def auto_plan(op: str, x: torch.Tensor, args: ConvArgs) -> Plan:
+    """"auto" outside benchmark mode: the dispatch table's plan where it has one that can run, else the rule."""
+    candidates = capable_plans(op, x, args)
+    if config.get().dispatch_table:
+        from . import dispatch_table
+        measured = dispatch_table.lookup(op, x, args)
+        if measured is not None:
+            for plan in candidates:
+                if (plan.backend, plan.family) == (measured.backend, measured.family):
+                    return measured
+    return fallback_rule(op, x, args, candidates)
+
+
+def fallback_rule(op: str, x: torch.Tensor, args: ConvArgs, candidates) -> Plan:
+    """The documented rule for calls the table does not cover (module docstring)."""
+    torch_plan = Plan("torch", "aten")
+    if x.device.type == "cpu":
+        native = next((p for p in candidates if p.backend == "cpu"), None)
+        if native is not None and cpu_rule_prefers_native(op, x, args):
+            return native
+    return torch_plan
+
+
+def cpu_rule_prefers_native(op: str, x: torch.Tensor, args: ConvArgs) -> bool:
+    if x.dtype == torch.float64:
+        return False
+    if x.dtype == torch.float16 or (op == "dgrad" and args.stride != (1, 1)):
+        return True
+    if is_channels_last(x):
+        area = args.kernel[0] * args.kernel[1]
+        if area < 25:
+            return False
+        if op == "fwd" and area <= 49 and args.height * args.width >= 28 * 28 and args.batch < 32:
+            return False
+    return True
+
+
+def clear_decisions() -> None:
+    """Forget every cached decision (the next call of each signature decides again)."""
+    _decisions.clear()
+
+
+def describe(spec: str, op: str, x: torch.Tensor, args: ConvArgs) -> Optional[str]:
+    """The plan a call would run, as a string (None when none can)."""
+    try:
+        return str(plan_for(spec, op, x, args))
+    except RuntimeError:
+        return None

@@ -1,0 +1,22 @@
+"""Output allocation shared by every kernel layer (native backends and Triton launchers alike)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+# Tests set this to fill every output a backend allocates with NaN, so elements a kernel
+# forgets to write fail the comparison instead of passing on leftover memory.
+POISON_OUTPUTS = False
+
+
+def new_output(shape, like: torch.Tensor, dtype: Optional[torch.dtype] = None,
+               channels_last: Optional[bool] = None) -> torch.Tensor:
+    """Allocate a backend output on like's device, in like's layout unless told otherwise."""
+    if channels_last is None:
+        channels_last = (not like.is_contiguous()) and like.is_contiguous(memory_format=torch.channels_last)
+    fmt = torch.channels_last if channels_last and len(shape) == 4 else torch.contiguous_format
+    out = torch.empty(shape, dtype=dtype or like.dtype, device=like.device, memory_format=fmt)
+    if POISON_OUTPUTS:
+        out.fill_(float("nan"))
+    return out
