@@ -1,22 +1,25 @@
 """Per-op timings of large-kernel depthwise convolutions: dwconv's backends against PyTorch.
 
 For every shape of the chosen set (benchmarks/shapes.py) and every op (forward, dgrad, wgrad,
-forward + backward), each available dwconv backend in NCHW and channels_last runs side by side with
-PyTorch NCHW and PyTorch channels_last (cuDNN on GPU, oneDNN on CPU): medians of interleaved repetitions
+forward + backward), each plan (every kernel family of every available dwconv backend, dwconv/plans.py)
+and "auto" in NCHW and channels_last run side by side with PyTorch NCHW and PyTorch channels_last (cuDNN on GPU, oneDNN on CPU): medians of interleaved repetitions
 after warm-up, CUDA events on GPU, input sets rotated so caches do not flatter. Reported per case: time,
 speed-up over PyTorch in the same layout and over PyTorch's faster layout, TFLOP/s, GB/s and the
 fraction of the roofline (GPU: bandwidth and FMA rate measured in this run; CPU: the sgemm rate
-measured in this run). On CPU the default shape set is the CPU backend's target set, and the summary
-gives the fwd+bwd geometric-mean speed-up and forward K=11 GFLOP/s as a fraction of sgemm.
+measured in this run). Each record names the plan that ran (for "auto": the plan it chose). On CPU the
+default shape set is the CPU backend's target set, and the summary gives the fwd+bwd geometric-mean
+speed-up and forward K=11 GFLOP/s as a fraction of sgemm. benchmarks/make_dispatch_table.py turns these
+results into the dispatch table "auto" uses.
 
     python benchmarks/kernels.py                        # GPU if present, else CPU
     python benchmarks/kernels.py --device cpu --shapes all --json benchmarks/results/ --plot speedup.png
+    python benchmarks/kernels.py --backend cpu:avx2,cpu:avx512,auto --ops fwd
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -28,6 +31,8 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` and `dwconv`
 import torch
 
 import dwconv
+from dwconv import config, dispatch, dispatch_table, plans
+from dwconv._conv_args import check_and_resolve
 from benchmarks import conv_ops, roofline, shapes, tables
 from benchmarks.cli import default_backends, resolve_device, run_with_cudnn_setting, split_choices
 from benchmarks.progress import Progress
@@ -49,7 +54,8 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     p.add_argument("--shapes", default=None, choices=sorted(shapes.SHAPE_SETS),
                    help="shape set (default: target on CPU, all on GPU)")
     p.add_argument("--backend", default=None,
-                   help="comma-separated dwconv backends (default: every available one except the reference 'torch')")
+                   help="comma-separated dwconv backends, plans (backend:family[:variant]) or 'auto' (default: every "
+                        "kernel family of every available backend except the reference 'torch', and 'auto')")
     p.add_argument("--layouts", default=",".join(LAYOUTS),
                    help="comma-separated layouts the dwconv backends run in (PyTorch always runs both: the baseline "
                         "is its faster layout)")
@@ -64,12 +70,7 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     p.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=True,
                    help="let cuDNN pick its fastest algorithm per shape (PyTorch's strongest baseline; default on)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--cuda-mma", choices=("0", "1"), default=None,
-                   help="sets DWCONV_CUDA_MMA for this run: 1 sends the cuda backend's fp16/bf16 forward and "
-                        "stride-1 dgrad to its tensor-core kernels where they apply (default: the environment's)")
     args = p.parse_args(argv)
-    if args.cuda_mma is not None:
-        os.environ["DWCONV_CUDA_MMA"] = args.cuda_mma
     args.device = resolve_device(args.device, p)
     gpu = args.device.type == "cuda"
     if args.smoke:
@@ -82,9 +83,31 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     args.dtypes = split_choices(args.dtype or ("bf16,fp32" if gpu else "fp32"), DTYPES, "--dtype", p)
     args.ops = split_choices(args.ops, roofline.OPS, "--ops", p)
     args.layouts = split_choices(args.layouts, LAYOUTS, "--layouts", p)
-    args.backends = (split_choices(args.backend, dwconv.BACKENDS, "--backend", p) if args.backend
-                     else default_backends(args.device))
+    args.backends = split_plans(args.backend, p) if args.backend else default_plans(args.device)
     return args
+
+
+def split_plans(text: str, parser: argparse.ArgumentParser) -> List[str]:
+    """--backend: backends, plans or "auto", each checked (dwconv/plans.py)."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    for item in items:
+        if item != "auto":
+            try:
+                plans.parse(item)
+            except ValueError as e:
+                parser.error(f"--backend: {e}")
+    return items or parser.error("--backend: empty")
+
+
+def default_plans(device: torch.device) -> List[str]:
+    """Every kernel family of every dwconv backend that can run on `device` (default_backends), then "auto"."""
+    families = {"cpu": [f for f in config.CPU_FAMILIES if f in native_cpu_families()],
+                "cuda": list(config.CUDA_FAMILIES), "triton": list(config.TRITON_FAMILIES)}
+    return [f"{b}:{f}" for b in default_backends(device) for f in families[b]] + ["auto"]
+
+
+def native_cpu_families() -> List[str]:
+    return list(torch.ops.dwconv.cpu_families()) if dwconv.available_backends("cpu")["cpu"] is None else []
 
 
 def _cache_bytes(device: torch.device) -> int:
@@ -171,6 +194,8 @@ def bench_shape(shape, dtype_name, args, timer, cache_bytes, rates, progress) ->
             backend, layout = n.rsplit("-", 1)
             rec = {"shape": shape.as_dict(), "dtype": dtype_name, "op": op, "provider": n, "backend": backend,
                    "layout": layout}
+            if backend != conv_ops.PYTORCH:
+                rec["plan"] = resolved_plan(backend, op, shape, operands[layout][0])
             if n in failed:
                 records.append({**rec, "skipped": failed[n]})
                 continue
@@ -190,6 +215,18 @@ def bench_shape(shape, dtype_name, args, timer, cache_bytes, rates, progress) ->
                 rec["roofline_fraction"] = flops / t / 1e9 / rates["sgemm_gflops"]
             records.append(rec)
     return records
+
+
+def resolved_plan(spec: str, op: str, shape, operands) -> Optional[str]:
+    """The plan `spec` runs for op on these operands (fwd+bwd: its three ops' plans, '/'-joined)."""
+    x = operands.x.detach()
+    args = check_and_resolve(x, operands.weight, operands.bias, shape.stride, shape.padding, 1)
+    single = ("fwd", "dgrad", "wgrad") if op == "fwd+bwd" else (op,)
+    chosen = []
+    for o in single:
+        like = operands.grad_out if o == "dgrad" else x
+        chosen.append(dispatch.describe(spec, o, like, args) or "none")
+    return "/".join(chosen)
 
 
 def geomean(values: List[float]) -> float:
@@ -302,7 +339,8 @@ def run(args: argparse.Namespace, argv: List[str]) -> Dict:
         return {"meta": run_metadata("kernels", argv, device, args.notes, load_at_start=load_at_start),
                 "settings": {"shapes": args.shapes, "dtypes": args.dtypes, "ops": args.ops, "backends": args.backends,
                              "warmup": args.warmup, "reps": args.reps, "layouts": args.layouts,
-                             "cuda_mma": os.environ.get("DWCONV_CUDA_MMA", ""),
+                             "dwconv_settings": dataclasses.asdict(config.get()),
+                             "dispatch_device": dispatch_table.device_key(device),
                              "flops_count": "2 per multiply-add, every tap (padding taps too)",
                              "roofline": ("fraction of the sgemm rate" if device.type == "cpu" else
                                           "lower bound max(ideal bytes / DRAM bandwidth, FLOPs / FMA rate) over time")},

@@ -1,0 +1,368 @@
+"""Kernel selection: plans, settings, the dispatch table, the fallback rule and benchmark mode (CPU)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import dwconv
+from dwconv import benchmark, config, dispatch, dispatch_table, plans
+from dwconv._conv_args import check_and_resolve
+from dwconv.plans import Plan
+from utils import assert_close, make_inputs
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CPU_FAMILIES = tuple(torch.ops.dwconv.cpu_families())
+
+
+@pytest.fixture(autouse=True)
+def _fresh_choices():
+    """Each test starts and ends with no kept decisions or benchmark choices."""
+    benchmark.clear()
+    yield
+    benchmark.clear()
+
+
+def _call(n=2, c=8, hw=14, k=7, channels_last=False, dtype=torch.float32, stride=1):
+    x, w, b = make_inputs(n, c, hw, hw, k, dtype=dtype, channels_last=channels_last, seed=n * 100 + c)
+    return x, w, b, check_and_resolve(x, w, b, stride, k // 2, 1)
+
+
+# ---- plans and settings
+
+@pytest.mark.parametrize("spec,expected", [("cpu", Plan("cpu")), ("cuda:mma", Plan("cuda", "mma")),
+                                           ("triton:rows:N4,C1", Plan("triton", "rows", "N4,C1")),
+                                           ("torch:aten", Plan("torch", "aten"))])
+def test_plan_strings_round_trip(spec, expected):
+    assert plans.parse(spec) == expected and str(expected) == spec
+
+
+@pytest.mark.parametrize("spec", ["cudnn", "cpu::4", "", "auto:x"])
+def test_bad_plan_strings_raise(spec):
+    with pytest.raises(ValueError):
+        plans.parse(spec)
+
+
+def test_settings_from_environment(monkeypatch):
+    monkeypatch.setenv("DWCONV_BENCHMARK", "1")
+    monkeypatch.setenv("DWCONV_CPU_FAMILY", "portable")
+    monkeypatch.setenv("DWCONV_DISPATCH_TABLE", "0")
+    s = config._from_environment()
+    assert s.benchmark and s.cpu_family == "portable" and not s.dispatch_table
+    monkeypatch.setenv("DWCONV_CUDA_FAMILY", "tensor")
+    with pytest.raises(ValueError, match="cuda_family"):
+        config._from_environment()
+    monkeypatch.delenv("DWCONV_CUDA_FAMILY")
+    monkeypatch.setenv("DWCONV_BENCHMARK", "maybe")
+    with pytest.raises(ValueError, match="DWCONV_BENCHMARK"):
+        config._from_environment()
+
+
+def test_replaced_switches_warn(monkeypatch):
+    monkeypatch.setenv("DWCONV_CUDA_MMA", "1")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        config._from_environment()
+    assert any("DWCONV_CUDA_FAMILY=mma" in str(w.message) for w in caught)
+
+
+def test_settings_setters_and_override():
+    before = config.get()
+    with config.override(cpu_family="portable", benchmark=True) as s:
+        assert s.cpu_family == "portable" and config.get().benchmark
+    assert config.get() == before
+    with pytest.raises(TypeError, match="unknown dwconv setting"):
+        config.set(fast=True)
+    with pytest.raises(ValueError):
+        config.set(cpu_family="sse2")
+    dwconv.set_benchmark(True)
+    try:
+        assert config.get().benchmark
+    finally:
+        dwconv.set_benchmark(False)
+
+
+def test_family_setting_moves_the_default():
+    x, w, b, args = _call()
+    if "portable" not in CPU_FAMILIES or len(CPU_FAMILIES) < 2:
+        pytest.skip("needs two CPU families")
+    assert dispatch.plan_for("cpu", "fwd", x, args) == Plan("cpu", CPU_FAMILIES[0])
+    with config.override(cpu_family="portable"):
+        assert dispatch.plan_for("cpu", "fwd", x, args) == Plan("cpu", "portable")
+
+
+def test_named_plan_runs_as_named_and_refuses_what_it_cannot():
+    x, w, b, _ = _call()
+    ref = F.conv2d(x.double(), w.double(), b.double(), padding=3, groups=8)
+    for family in CPU_FAMILIES:
+        assert_close(dwconv.depthwise_conv2d(x, w, b, padding=3, backend=f"cpu:{family}"), ref, torch.float32, family)
+    with pytest.raises(dwconv.BackendUnavailableError, match="'cpu:sse' cannot run"):
+        dwconv.depthwise_conv2d(x, w, b, padding=3, backend="cpu:sse")
+    with pytest.raises(dwconv.BackendUnavailableError, match="no variants"):
+        dwconv.depthwise_conv2d(x, w, b, padding=3, backend=f"cpu:{CPU_FAMILIES[0]}:7")
+    with pytest.raises(dwconv.BackendUnavailableError, match="cuda"):
+        dwconv.depthwise_conv2d(x, w, b, padding=3, backend="cuda:mma")
+
+
+# ---- the dispatch table
+
+def _table_with(tmp_path, x, args, op, plan):
+    key = dispatch_table.call_class(op, x.dtype, not x.is_contiguous(), args, torch.get_num_threads())
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps({"format": 1, "devices": {
+        dispatch_table.device_key(x.device): {key: {"plan": plan, "speedup_vs_torch": 1.5}}}}))
+    dispatch_table._load.cache_clear()
+    return path
+
+
+def test_table_entry_decides_auto(tmp_path, monkeypatch):
+    x, w, b, args = _call()
+    monkeypatch.setattr(dispatch_table, "TABLE_PATH", _table_with(tmp_path, x, args, "fwd", "torch:aten"))
+    assert dispatch.plan_for("auto", "fwd", x, args) == Plan("torch", "aten")
+    # Other ops and calls of other classes fall to the rule (the cpu kernels for this NCHW 7x7 call).
+    assert dispatch.plan_for("auto", "dgrad", x, args).backend == "cpu"
+    x2, w2, b2, args2 = _call(n=40)
+    assert dispatch.plan_for("auto", "fwd", x2, args2).backend == "cpu"
+    with config.override(dispatch_table=False):
+        assert dispatch.plan_for("auto", "fwd", x, args).backend == "cpu"
+    dispatch_table._load.cache_clear()
+
+
+def test_table_entry_that_cannot_run_falls_to_the_rule(tmp_path, monkeypatch):
+    x, w, b, args = _call()
+    monkeypatch.setattr(dispatch_table, "TABLE_PATH", _table_with(tmp_path, x, args, "fwd", "cpu:riscv"))
+    assert dispatch.plan_for("auto", "fwd", x, args) == dispatch.fallback_rule(
+        "fwd", x, args, dwconv.backends.capable_plans("fwd", x, args))
+    dispatch_table._load.cache_clear()
+
+
+def test_auto_result_follows_the_table(tmp_path, monkeypatch):
+    """The call really runs the table's plan (the cpu kernels are bypassed when the table says torch)."""
+    x, w, b, args = _call()
+    monkeypatch.setattr(dispatch_table, "TABLE_PATH", _table_with(tmp_path, x, args, "fwd", "torch:aten"))
+    ran = []
+    real = dwconv.backends.get_backend("torch").forward
+    monkeypatch.setattr(dwconv.backends.get_backend("torch"), "forward",
+                        lambda *a: ran.append(1) or real(*a))
+    dwconv.depthwise_conv2d(x, w, b, padding=3)
+    assert ran == [1]
+    dispatch_table._load.cache_clear()
+
+
+def test_size_classes():
+    assert dispatch_table.size_class(14, dispatch_table.MAP_CLASSES) == "<=16"
+    assert dispatch_table.size_class(1000, dispatch_table.MAP_CLASSES) == ">64"
+    x, w, b, args = _call(n=2, c=384, hw=14, k=11)
+    key = dispatch_table.call_class("fwd", x.dtype, False, args, 2)
+    assert key == "fwd fp32 nchw k11x11 s1x1 d1x1 m1 hw<=16 c<=384 n<=3 t<=2"
+
+
+def test_shipped_table_is_generated_from_the_committed_results():
+    """dwconv/dispatch_table.json is exactly what benchmarks/make_dispatch_table.py makes of benchmarks/results/,
+    and every plan in it parses."""
+    result = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "make_dispatch_table.py"), "--check"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    table = json.loads(dispatch_table.TABLE_PATH.read_text())
+    for device, entries in table["devices"].items():
+        for cls, entry in entries.items():
+            plans.parse(entry["plan"])
+            assert entry["plan"] == "torch:aten" or entry["speedup_vs_torch"] > 1.0, (device, cls)
+
+
+# ---- benchmark mode
+
+def _count_timings(monkeypatch):
+    timed = []
+    real = benchmark._timed
+
+    def counting(plan, run, device):
+        timed.append(str(plan))
+        return real(plan, run, device)
+    monkeypatch.setattr(benchmark, "_timed", counting)
+    return timed
+
+
+def test_benchmark_mode_times_once_per_signature(monkeypatch):
+    timed = _count_timings(monkeypatch)
+    x, w, b, _ = _call()
+    ref = F.conv2d(x.double(), w.double(), b.double(), padding=3, groups=8)
+    with config.override(benchmark=True):
+        y1 = dwconv.depthwise_conv2d(x, w, b, padding=3)
+        first = list(timed)
+        y2 = dwconv.depthwise_conv2d(x, w, b, padding=3)
+    candidates = [f"cpu:{f}" for f in CPU_FAMILIES] + ["torch:aten"]
+    assert sorted(first) == sorted(candidates), "the first call times every capable plan, torch included"
+    assert timed == first, "a later call of the same signature times nothing"
+    assert_close(y1, ref, torch.float32, "first call") and assert_close(y2, ref, torch.float32, "second call")
+    (key, choice), = benchmark.choices().items()
+    assert choice.plan in candidates and set(choice.ms) == set(candidates)
+    assert choice.ms[choice.plan] == min(choice.ms.values())
+
+
+@pytest.mark.parametrize("change", ["batch", "dtype", "layout", "stride", "padding", "kernel", "deterministic"])
+def test_benchmark_signatures_separate_what_must_be_separate(monkeypatch, change):
+    timed = _count_timings(monkeypatch)
+    x, w, b, _ = _call()
+    with config.override(benchmark=True):
+        dwconv.depthwise_conv2d(x, w, b, padding=3)
+        n_first = len(timed)
+        pad, stride = 3, 1
+        if change == "batch":
+            x = torch.cat([x, x])
+        elif change == "dtype":
+            x, w, b = x.double(), w.double(), b.double()
+        elif change == "layout":
+            x = x.contiguous(memory_format=torch.channels_last)
+        elif change == "stride":
+            stride = 2
+        elif change == "padding":
+            pad = 2
+        elif change == "kernel":
+            w = w[:, :, 1:, 1:].contiguous()
+        previous = torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(change == "deterministic" or previous)
+        try:
+            dwconv.depthwise_conv2d(x, w, b, stride=stride, padding=pad)
+        finally:
+            torch.use_deterministic_algorithms(previous)
+    assert len(timed) > n_first, f"a different {change} must be timed on its own"
+    assert len(benchmark.choices()) == 2
+
+
+def test_benchmark_mode_accumulates_gradients_once():
+    """Timing runs every candidate of dgrad and wgrad; the gradients still equal one reference backward."""
+    x, w, b, _ = _call()
+    conv = dwconv.FastDWConv(8, 8, 7, padding=3)
+    ref = torch.nn.Conv2d(8, 8, 7, padding=3, groups=8).double()
+    with torch.no_grad():
+        conv.weight.copy_(w)
+        conv.bias.copy_(b)
+        ref.weight.copy_(w.double())
+        ref.bias.copy_(b.double())
+    xs = x.clone().requires_grad_()
+    xr = x.double().requires_grad_()
+    g = torch.randn(2, 8, 14, 14)
+    with config.override(benchmark=True):
+        conv(xs).backward(g)
+    ref(xr).backward(g.double())
+    assert len(benchmark.choices()) == 3, "fwd, dgrad and wgrad were each timed"
+    assert_close(xs.grad, xr.grad, torch.float32, "dx")
+    assert_close(conv.weight.grad, ref.weight.grad, torch.float32, "dw")
+    assert_close(conv.bias.grad, ref.bias.grad, torch.float32, "db")
+
+
+def test_benchmark_mode_skips_plans_that_refuse_and_keeps_deterministic_keys(monkeypatch):
+    """A plan that raises (as PyTorch's non-deterministic kernels do under use_deterministic_algorithms) is not
+    a candidate."""
+    torch_backend = dwconv.backends.get_backend("torch")
+
+    def refuses(*args):
+        raise RuntimeError("not deterministic")
+    monkeypatch.setattr(torch_backend, "wgrad", refuses)
+    x, w, b, args = _call()
+    g = torch.randn(2, 8, 14, 14)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        with config.override(benchmark=True):
+            dw = torch.ops.dwconv.wgrad(g, x, list(w.shape), [1, 1], [3] * 4, [1, 1], "auto")
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    (key, choice), = benchmark.choices().items()
+    assert "det1" in key and choice.plan.startswith("cpu:") and "torch:aten" not in choice.ms
+    ref = torch.nn.grad.conv2d_weight(x.double(), w.shape, g.double(), padding=3, groups=8)
+    assert_close(dw, ref, torch.float32, "dw")
+
+
+def test_benchmark_cache_file_round_trip_and_invalidation(tmp_path, monkeypatch):
+    cache = tmp_path / "dwconv-cache.json"
+    x, w, b, _ = _call()
+    with config.override(benchmark=True, benchmark_cache=str(cache)):
+        dwconv.depthwise_conv2d(x, w, b, padding=3)
+    data = json.loads(cache.read_text())
+    (ctx, entries), = data["contexts"].items()
+    (key, entry), = entries.items()
+    assert "torch " + torch.__version__ in ctx and "dwconv " + dwconv.__version__ in ctx
+    # A new process (here: the choices forgotten) reads the choice instead of timing.
+    benchmark.clear()
+    timed = _count_timings(monkeypatch)
+    with config.override(benchmark=True, benchmark_cache=str(cache)):
+        dwconv.depthwise_conv2d(x, w, b, padding=3)
+    assert timed == [] and benchmark.choices()[f"{ctx} || {key}"].plan == entry["plan"]
+    # Another version (here: another context) does not reuse it.
+    benchmark.clear()
+    monkeypatch.setattr(benchmark, "context", lambda device: ctx.replace("dwconv ", "dwconv 9"))
+    with config.override(benchmark=True, benchmark_cache=str(cache)):
+        dwconv.depthwise_conv2d(x, w, b, padding=3)
+    assert len(timed) > 0
+    assert len(json.loads(cache.read_text())["contexts"]) == 2
+
+
+def test_benchmark_cache_that_cannot_be_read_raises(tmp_path):
+    cache = tmp_path / "bad.json"
+    cache.write_text("{ not json")
+    x, w, b, _ = _call()
+    with config.override(benchmark=True, benchmark_cache=str(cache)):
+        with pytest.raises(RuntimeError, match="cannot be read"):
+            dwconv.depthwise_conv2d(x, w, b, padding=3)
+
+
+def test_benchmark_mode_under_torch_compile_fullgraph():
+    """The choice is made when the compiled graph runs the op (eagerly), with no graph break."""
+    x, w, b, _ = _call()
+    conv = dwconv.FastDWConv(8, 8, 7, padding=3)
+    with torch.no_grad():
+        conv.weight.copy_(w)
+        conv.bias.copy_(b)
+    compiled = torch.compile(conv, fullgraph=True, backend="aot_eager")
+    xs = x.clone().requires_grad_()
+    with config.override(benchmark=True):
+        y = compiled(xs)
+        y.sum().backward()
+    assert_close(y, F.conv2d(x.double(), w.double(), b.double(), padding=3, groups=8), torch.float32, "y")
+    assert {k.split(" || ")[1].split()[0] for k in benchmark.choices()} == {"fwd", "dgrad", "wgrad"}
+
+
+_DDP_CHILD = r"""
+import os, sys, torch, torch.distributed as dist
+sys.path.insert(0, {tests!r})
+rank = int(sys.argv[1])
+dist.init_process_group("gloo", init_method="file://" + {store!r}, rank=rank, world_size=2)
+import dwconv
+from dwconv import benchmark, config
+from dwconv.plans import Plan
+# Each rank's own timing would pick a different plan: rank 0 torch, rank 1 the cpu kernels.
+favourite = "torch:aten" if rank == 0 else "cpu:" + torch.ops.dwconv.cpu_families()[0]
+benchmark._timed = lambda plan, run, device: (1.0 if str(plan) == favourite else 2.0, run(plan))
+x = torch.randn(2, 8, 14, 14); w = torch.randn(8, 1, 7, 7)
+with config.override(benchmark=True):
+    y = dwconv.depthwise_conv2d(x, w, None, padding=3)
+(choice,) = benchmark.choices().values()
+ref = torch.nn.functional.conv2d(x, w, None, padding=3, groups=8)
+print("PLAN", rank, choice.plan, float((y - ref).abs().max()))
+dist.destroy_process_group()
+"""
+
+
+def test_benchmark_mode_ranks_agree(tmp_path):
+    """Under torch.distributed every rank runs rank 0's choice."""
+    script = tmp_path / "child.py"
+    script.write_text(_DDP_CHILD.format(tests=os.path.dirname(os.path.abspath(__file__)),
+                                        store=str(tmp_path / "store")))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, str(script), str(r)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env) for r in range(2)]
+    outs = [p.communicate(timeout=240) for p in procs]
+    lines = [next(line for line in out.splitlines() if line.startswith("PLAN")) for out, _ in outs
+             if "PLAN" in out]
+    assert len(lines) == 2, [err[-2000:] for _, err in outs]
+    plans_seen = {line.split()[2] for line in lines}
+    assert plans_seen == {"torch:aten"}, lines
+    assert all(float(line.split()[3]) < 1e-4 for line in lines)
