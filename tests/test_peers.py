@@ -123,3 +123,19 @@ def test_fma_probe_without_a_compiler(monkeypatch):
         fma_probe.fma_peak("avx2", 1)
     text = fma_probe.format_description(fma_probe.describe([1]))
     assert "skipped:" in text
+
+
+def test_check_reports_wrong_and_failing_providers():
+    shape = shapes.DWShape("test", 2, 4, 8, 8, 3)
+    sets, weight, bias = peers.make_inputs(shape, 1)
+    good = lambda s: torch.nn.functional.conv2d(s.nchw, weight, bias, 1, 1, 1, 4)  # noqa: E731
+
+    def broken(s):
+        raise RuntimeError("no kernel for this shape\ndetails")
+
+    calls = {"good": good, "off_by_bias": lambda s: good(s) - bias.view(1, -1, 1, 1), "broken": broken,
+             "cropped": lambda s: good(s)[..., 1:]}
+    errors, failures = peers.check_against_float64(calls, sets[0], weight, bias, 1)
+    assert errors["good"] <= peers.FP32_TOLERANCE and set(failures) == {"off_by_bias", "broken", "cropped"}
+    assert failures["broken"] == "failed: RuntimeError: no kernel for this shape"
+    assert failures["off_by_bias"].startswith("relative error") and "output shape" in failures["cropped"]
