@@ -31,8 +31,9 @@ from .backends import capable_plans
 from .plans import Plan, parse
 
 CACHE_FORMAT = 1
-WARMUP = 1
-REPS = 5
+REPS = 5             # interleaved samples per candidate
+MIN_SAMPLE_MS = 2.0  # a sample repeats the call until it lasts this long (at most MAX_INNER calls)
+MAX_INNER = 50
 
 
 class Choice(NamedTuple):
@@ -72,20 +73,39 @@ def context(device: torch.device) -> str:
             f"| driver {driver}")
 
 
-def _timed(plan: Plan, run: Callable[[Plan], torch.Tensor], device: torch.device) -> Tuple[float, torch.Tensor]:
-    """Median milliseconds of `run(plan)` after a warm-up (which also compiles Triton kernels), and its output."""
+def _time_candidates(candidates: List[Plan], run: Callable[[Plan], torch.Tensor],
+                     device: torch.device) -> Tuple[Dict[str, float], Optional[Plan], Optional[torch.Tensor]]:
+    """Median milliseconds per call of every candidate that runs, timed interleaved (one sample of each in turn,
+    so a busy moment of the machine hits all alike) after a warm-up call (which also compiles Triton kernels);
+    each sample repeats the call until it lasts MIN_SAMPLE_MS. Returns the times, the fastest plan and its
+    output."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda *a: None)
-    out = None
-    for _ in range(WARMUP):
-        out = run(plan)
-    sync(device)
-    samples = []
+    inner: Dict[Plan, int] = {}
+    for plan in candidates:
+        try:
+            start = time.perf_counter()
+            run(plan)
+            sync(device)
+            first_ms = (time.perf_counter() - start) * 1e3
+            start = time.perf_counter()
+            run(plan)
+            sync(device)
+            warm_ms = (time.perf_counter() - start) * 1e3
+        except RuntimeError:  # this plan refuses the call here (e.g. deterministic mode): not a candidate
+            continue
+        inner[plan] = max(1, min(MAX_INNER, int(MIN_SAMPLE_MS / max(min(first_ms, warm_ms), 1e-3)) + 1))
+    samples: Dict[Plan, List[float]] = {plan: [] for plan in inner}
+    outputs: Dict[Plan, torch.Tensor] = {}
     for _ in range(REPS):
-        start = time.perf_counter()
-        out = run(plan)
-        sync(device)
-        samples.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(samples), out
+        for plan, count in inner.items():
+            start = time.perf_counter()
+            for _ in range(count):
+                outputs[plan] = run(plan)
+            sync(device)
+            samples[plan].append((time.perf_counter() - start) * 1e3 / count)
+    ms = {str(plan): statistics.median(values) for plan, values in samples.items()}
+    best = min(inner, key=lambda plan: ms[str(plan)], default=None)
+    return ms, best, outputs.get(best)
 
 
 def _agree(plan: Plan) -> Plan:
@@ -110,14 +130,7 @@ def choose(op: str, x: torch.Tensor, args: ConvArgs, run: Callable[[Plan], torch
     if known is not None and parse(known.plan) in candidates:
         local, ms = parse(known.plan), known.ms
     else:
-        for plan in candidates:
-            try:
-                t, result = _timed(plan, run, x.device)
-            except RuntimeError:  # this plan refuses the call here (e.g. deterministic mode): not a candidate
-                continue
-            ms[str(plan)] = t
-            if local is None or t < ms[str(local)]:
-                local, out = plan, result
+        ms, local, out = _time_candidates(candidates, run, x.device)
         if local is None:
             raise RuntimeError(f"dwconv benchmark mode: no plan could run this call ({key})")
     plan = _agree(local)

@@ -179,13 +179,15 @@ def test_shipped_table_is_generated_from_the_committed_results():
 # ---- benchmark mode
 
 def _count_timings(monkeypatch):
+    """The plans benchmark mode times from now on (a list that grows)."""
     timed = []
-    real = benchmark._timed
+    real = benchmark._time_candidates
 
-    def counting(plan, run, device):
-        timed.append(str(plan))
-        return real(plan, run, device)
-    monkeypatch.setattr(benchmark, "_timed", counting)
+    def counting(candidates, run, device):
+        ms, best, out = real(candidates, run, device)
+        timed.extend(ms)
+        return ms, best, out
+    monkeypatch.setattr(benchmark, "_time_candidates", counting)
     return timed
 
 
@@ -339,8 +341,9 @@ import dwconv
 from dwconv import benchmark, config
 from dwconv.plans import Plan
 # Each rank's own timing would pick a different plan: rank 0 torch, rank 1 the cpu kernels.
-favourite = "torch:aten" if rank == 0 else "cpu:" + torch.ops.dwconv.cpu_families()[0]
-benchmark._timed = lambda plan, run, device: (1.0 if str(plan) == favourite else 2.0, run(plan))
+favourite = Plan("torch", "aten") if rank == 0 else Plan("cpu", torch.ops.dwconv.cpu_families()[0])
+benchmark._time_candidates = lambda candidates, run, device: (
+    {{str(p): 1.0 if p == favourite else 2.0 for p in candidates}}, favourite, run(favourite))
 x = torch.randn(2, 8, 14, 14); w = torch.randn(8, 1, 7, 7)
 with config.override(benchmark=True):
     y = dwconv.depthwise_conv2d(x, w, None, padding=3)
@@ -366,3 +369,32 @@ def test_benchmark_mode_ranks_agree(tmp_path):
     plans_seen = {line.split()[2] for line in lines}
     assert plans_seen == {"torch:aten"}, lines
     assert all(float(line.split()[3]) < 1e-4 for line in lines)
+
+
+# ---- the tuner
+
+def test_tuner_writes_the_cache_and_reports_every_op(tmp_path, capsys):
+    from dwconv import tune
+    cache = tmp_path / "tuned.json"
+    assert tune.main(["--shapes", "2,8,10,10,7", "2,4,9,9,5,2,2", "--device", "cpu", "--cache", str(cache),
+                      "--no-progress"]) == 0
+    report = capsys.readouterr().out
+    rows = [line for line in report.splitlines() if " fwd " in line or " dgrad " in line or " wgrad " in line]
+    assert len(rows) == 6, report
+    (ctx, entries), = json.loads(cache.read_text())["contexts"].items()
+    assert len(entries) == 6 and {e["plan"].split(":")[0] for e in entries.values()} <= {"cpu", "torch"}
+    # Inference only: the forward alone.
+    benchmark.clear()
+    assert tune.main(["--shapes", "1,8,10,10,7", "--modes", "inference", "--cache", str(cache), "--no-progress"]) == 0
+    assert sum(" fwd " in line for line in capsys.readouterr().out.splitlines()) == 1
+
+
+def test_tuner_on_a_model_finds_its_layers(tmp_path, capsys):
+    from dwconv import tune
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 4, stride=4), torch.nn.Conv2d(8, 8, 7, padding=3, groups=8),
+                                torch.nn.Conv2d(8, 8, 7, padding=3, groups=8), torch.nn.Conv2d(8, 16, 3, padding=1, groups=8))
+    layers = tune.model_layers(model, (2, 3, 32, 32), torch.float32, torch.device("cpu"), channels_last=False)
+    assert sorted((layer.input_shape, layer.multiplier, len(layer.names)) for layer in layers) == [
+        ((2, 8, 8, 8), 1, 2), ((2, 8, 8, 8), 2, 1)]
+    with pytest.raises(SystemExit, match="positive ints"):
+        tune.shape_layers(["2,8,10"])
