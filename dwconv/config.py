@@ -31,7 +31,7 @@ CUDA_FAMILIES = ("fma", "mma")
 TRITON_FAMILIES = ("rows", "direct", "plane")
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Settings:
     benchmark: bool = False
     benchmark_cache: Optional[str] = None
@@ -89,7 +89,9 @@ def _checked(s: Settings) -> Settings:
 
 
 _settings = _from_environment()
-# Bumped on every change, so caches of decisions made under other settings can tell they are stale.
+# A number per distinct settings value (the same settings always get the same number): caches of decisions
+# (dwconv/dispatch.py) key on it, so they hold one entry per settings state however often settings change.
+_numbers = {_settings: 0}
 generation = 0
 
 
@@ -105,20 +107,19 @@ def set(**changes) -> None:  # noqa: A001  (dwconv.config.set reads well)
     if unknown:
         raise TypeError(f"unknown dwconv setting(s) {unknown}; known: {list(Settings.__dataclass_fields__)}")
     _settings = _checked(dataclasses.replace(_settings, **changes))
-    generation += 1
+    generation = _numbers.setdefault(_settings, len(_numbers))
 
 
 @contextlib.contextmanager
 def override(**changes) -> Iterator[Settings]:
     """Settings changed inside a `with` block, restored after it."""
     global _settings, generation
-    previous = _settings
+    previous = (_settings, generation)
     set(**changes)
     try:
         yield _settings
     finally:
-        _settings = previous
-        generation += 1
+        _settings, generation = previous
 
 
 def set_benchmark(enabled: bool = True) -> None:

@@ -88,6 +88,17 @@ def test_settings_setters_and_override():
         dwconv.set_benchmark(False)
 
 
+def test_decisions_are_kept_once_per_settings_state():
+    """Switching settings back and forth (as a benchmark toggling benchmark mode per step does) reuses the
+    decisions made under each state instead of piling up new ones."""
+    x, w, b, _ = _call()
+    for _ in range(20):
+        dwconv.depthwise_conv2d(x, w, b, padding=3)
+        with config.override(dispatch_table=False):
+            dwconv.depthwise_conv2d(x, w, b, padding=3)
+    assert len(dispatch._decisions) == 2
+
+
 def test_family_setting_moves_the_default():
     x, w, b, args = _call()
     if "portable" not in CPU_FAMILIES or len(CPU_FAMILIES) < 2:
