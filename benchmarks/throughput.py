@@ -13,6 +13,7 @@ finishes in about a minute. Under torchrun (more than one process) it measures D
     python benchmarks/throughput.py
     python benchmarks/throughput.py --model robust_resnet_dw_small --dtype bf16 --channels-last --compile
     python benchmarks/throughput.py --fold-bn      # also inference with BatchNorms folded (own columns)
+    python benchmarks/throughput.py --no-benchmark-mode   # without the 'dwconv-auto benchmark' variant
     torchrun --nproc_per_node 8 benchmarks/throughput.py --json benchmarks/results/
 """
 from __future__ import annotations
@@ -48,6 +49,7 @@ from benchmarks.timing import Timer, interleaved
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 MODES = ("inference", "train")
 FOLDED = " folded"  # suffix of a variant with its BatchNorms folded (dwconv.fold_batchnorm), timed in inference
+BENCHMARK_MODE = " benchmark"  # suffix of the auto variant run in benchmark mode (dwconv.set_benchmark)
 CPU_DEFAULT_MODEL = "robust_resnet_dw_small"
 SMOKE_MODEL_OVERRIDES = {"depths": (1, 1, 1, 1), "dims": (16, 32, 64, 128)}
 
@@ -87,8 +89,11 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
                    help="also time inference of every variant with its BatchNorms folded into the convs before "
                         "them (dwconv.fold_batchnorm): a '<variant> folded' column")
     p.add_argument("--backend", default=None,
-                   help="comma-separated dwconv backends (default: every available one except the reference "
-                        "'torch', plus 'auto')")
+                   help="comma-separated dwconv backends or plans (default: every available backend except the "
+                        "reference 'torch', plus 'auto')")
+    p.add_argument("--benchmark-mode", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time 'auto' in benchmark mode (each depthwise layer's plans timed at its first call, "
+                        "the fastest kept): a 'dwconv-auto benchmark' column (default on)")
     p.add_argument("--mode", default=",".join(MODES), help="comma-separated from inference, train")
     p.add_argument("--warmup", type=int, default=None,
                    help="interleaved warm-up repetitions after each variant's first, untimed step (default: 3 GPU, 0 CPU)")
@@ -117,7 +122,12 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     args.warmup = args.warmup if args.warmup is not None else (3 if gpu else 0)
     args.reps = args.reps if args.reps is not None else (10 if gpu else 9)
     if args.backend:
-        args.backends = split_choices(args.backend, ("auto",) + dwconv.BACKENDS, "--backend", p)
+        args.backends = [b.strip() for b in args.backend.split(",") if b.strip()]
+        for b in args.backends:
+            try:
+                dwconv.backends.check_backend_name(b)
+            except ValueError as e:
+                p.error(f"--backend: {e}")
     else:
         args.backends = default_backends(args.device) + ["auto"]
     configs = []
@@ -153,8 +163,9 @@ class StepRunner:
     """One inference or training step of one model variant on a fixed batch."""
 
     def __init__(self, model: nn.Module, config: Config, images: torch.Tensor, targets: torch.Tensor,
-                 device: torch.device, compile_model: bool, ddp: bool):
+                 device: torch.device, compile_model: bool, ddp: bool, benchmark_mode: bool = False):
         self.model = model
+        self.benchmark_mode = benchmark_mode
         self.config = config
         self.images, self.targets = images, targets
         self.device = device
@@ -170,17 +181,21 @@ class StepRunner:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
+    def _settings(self):
+        return dwconv.config.override(benchmark=True) if self.benchmark_mode else contextlib.nullcontext()
+
     def inference(self) -> None:
         self.model.eval()
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), self._autocast(), self._settings():
             self.run_model(self.images)
 
     def train(self) -> None:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        with self._autocast():
-            loss = F.cross_entropy(self.run_model(self.images), self.targets)
-        self.scaler.scale(loss).backward()
+        with self._settings():
+            with self._autocast():
+                loss = F.cross_entropy(self.run_model(self.images), self.targets)
+            self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
 
@@ -189,6 +204,8 @@ def bench_model(name: str, args, world_size: int, timer: Timer, progress: Progre
     """Records for every configuration, mode and variant of one model, and the model's cost."""
     device = args.device
     variants = build_variants(name, args.backends, **args.model_overrides)
+    if args.benchmark_mode and "auto" in args.backends:
+        variants["dwconv-auto" + BENCHMARK_MODE] = copy.deepcopy(variants["dwconv-auto"])
     if args.fold_bn:
         variants.update({v + FOLDED: dwconv.fold_batchnorm(copy.deepcopy(m).eval()) for v, m in list(variants.items())})
     cost = model_cost(variants[PLAIN].to(device), args.image_size, device) if is_main else {}
@@ -204,7 +221,7 @@ def bench_model(name: str, args, world_size: int, timer: Timer, progress: Progre
         images = images.to(device).contiguous(memory_format=fmt)
         targets = torch.randint(0, 1000, (config.batch_size,), generator=gen).to(device)
         runners = {v: StepRunner(m.to(device, memory_format=fmt), config, images, targets, device, args.compile,
-                                 ddp=world_size > 1) for v, m in variants.items()}
+                                 ddp=world_size > 1, benchmark_mode=BENCHMARK_MODE in v) for v, m in variants.items()}
         for mode in args.modes:
             progress.set_description(f"{name} {config.label} {mode}")
             timed = [v for v in runners if mode == "inference" or not v.endswith(FOLDED)]
@@ -214,7 +231,7 @@ def bench_model(name: str, args, world_size: int, timer: Timer, progress: Progre
             skipped = {}
             for v in list(cases):
                 try:
-                    cases[v]()  # a first step: compilation, and whether the backend can run every layer
+                    cases[v]()  # a first step: compilation, benchmark mode's timing, whether every layer can run
                 except RuntimeError as e:  # BackendUnavailableError included: report it, time the others
                     if v == PLAIN:
                         raise
@@ -263,12 +280,15 @@ def run(args: argparse.Namespace, argv: List[str]) -> Optional[Dict]:
     if is_main:
         print(f"device: {args.device.type} ({device_name(args.device)}) "
               f"x {world_size}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-              f"variants {[PLAIN] + [f'dwconv-{b}' for b in args.backends]}, configurations "
+              f"variants {[PLAIN] + [f'dwconv-{b}' for b in args.backends]}"
+              + (" + dwconv-auto in benchmark mode" if args.benchmark_mode and "auto" in args.backends else "")
+              + f", configurations "
               f"{[c.label for c in args.configs]}, modes {args.modes}, warm-up {args.warmup}, reps {args.reps}"
               + (", torch.compile" if args.compile else "")
               + (", inference also with BatchNorms folded" if args.fold_bn else ""), flush=True)
     timed_modes = len(args.modes) + (args.fold_bn and "inference" in args.modes)
-    total = len(args.models) * len(args.configs) * timed_modes * (1 + len(args.backends)) * (args.warmup + args.reps)
+    n_variants = 1 + len(args.backends) + (args.benchmark_mode and "auto" in args.backends)
+    total = len(args.models) * len(args.configs) * timed_modes * n_variants * (args.warmup + args.reps)
     progress = Progress(total, "throughput", enabled=is_main and not args.no_progress)
     records, models = [], []
     try:
@@ -286,6 +306,7 @@ def run(args: argparse.Namespace, argv: List[str]) -> Optional[Dict]:
     result = {"meta": run_metadata("throughput", argv, args.device, args.notes, launcher, load_at_start),
               "settings": {"models": args.models, "configs": [asdict(c) for c in args.configs], "modes": args.modes,
                            "backends": args.backends, "compile": args.compile, "fold_bn": args.fold_bn,
+                           "benchmark_mode": args.benchmark_mode,
                            "image_size": args.image_size,
                            "world_size": world_size, "warmup": args.warmup, "reps": args.reps,
                            "optimizer": "AdamW", "model_overrides": args.model_overrides},
