@@ -3,10 +3,11 @@
 Reads every kernel-timing result in benchmarks/results/:
 - benchmarks/kernels.py files (each dwconv plan and PyTorch in both layouts, per op and shape);
 - the Triton row-streaming comparisons (benchmarks/triton_rows.py: triton:rows, triton:direct and PyTorch).
-For each device and class of call (dwconv/dispatch_table.py: op, dtype, layout, kernel, stride, dilation,
-multiplier, and map-size, channel, batch and thread classes) the plan with the highest geometric-mean
-speed-up over PyTorch in the same layout across the class's measured shapes wins, if it beats PyTorch;
-otherwise PyTorch ("torch:aten") does. The table keeps every candidate's speed-up and the shapes behind it.
+For each device and measured call, the plan with the highest speed-up over PyTorch in the same layout wins
+if it beats PyTorch, otherwise PyTorch ("torch:aten") does; for each class of call (dwconv/dispatch_table.py:
+op, dtype, layout, kernel, stride, dilation, multiplier, and map-size, channel, batch and thread classes) the
+plan with the highest geometric-mean speed-up across the class's measured calls, likewise. The table keeps
+every candidate's speed-up and the shapes behind it.
 
     python benchmarks/make_dispatch_table.py            # rewrite dwconv/dispatch_table.json
     python benchmarks/make_dispatch_table.py --check    # exit 1 if the committed table is not what the results give
@@ -28,15 +29,22 @@ if __package__ in (None, ""):
 import torch
 
 from dwconv._conv_args import ConvArgs
-from dwconv.dispatch_table import TABLE_PATH, call_class
+from dwconv.dispatch_table import TABLE_PATH, call_class, call_key
 from benchmarks.run_info import REPO_ROOT, RESULTS_DIR
 
 TORCH_PLAN = "torch:aten"
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 OPS = ("fwd", "dgrad", "wgrad")
 
-# (device, class) -> shape name -> plan -> speed-up over PyTorch in the same layout
-Measurements = Dict[Tuple[str, str], Dict[str, Dict[str, float]]]
+# (device, "classes" or "calls", key) -> shape name -> plan -> speed-up over PyTorch in the same layout
+Measurements = Dict[Tuple[str, str, str], Dict[str, Dict[str, float]]]
+
+
+def _add(out: Measurements, device: str, op: str, dtype: str, channels_last: bool, args: ConvArgs, threads: int,
+         shape: str, plan: str, speedup: float) -> None:
+    for level, key in (("classes", call_class(op, _DTYPES[dtype], channels_last, args, threads)),
+                       ("calls", call_key(op, _DTYPES[dtype], channels_last, args, threads))):
+        out[(device, level, key)].setdefault(shape, {TORCH_PLAN: 1.0})[plan] = speedup
 
 
 def _args(n: int, c: int, h: int, w: int, k: int, stride: int, multiplier: int) -> ConvArgs:
@@ -67,9 +75,7 @@ def from_kernels_result(data: Dict, out: Measurements) -> bool:
             continue
         s = r["shape"]
         args = _args(s["n"], s["c"], s["h"], s["w"], s["k"], s["stride"], s.get("multiplier", 1))
-        key = (device, call_class(r["op"], _DTYPES[r["dtype"]], r["layout"] == "nhwc", args, threads))
-        by_plan = out[key].setdefault(s["name"], {TORCH_PLAN: 1.0})
-        by_plan[plan] = base / r["ms"]
+        _add(out, device, r["op"], r["dtype"], r["layout"] == "nhwc", args, threads, s["name"], plan, base / r["ms"])
     return True
 
 
@@ -84,11 +90,10 @@ def from_triton_rows_result(data: Dict, out: Measurements) -> bool:
         if r["op"] not in OPS:
             continue
         args = _args(r["N"], r["C"], r["H"], r.get("W", r["H"]), r["K"], r.get("stride", 1), r.get("multiplier", 1))
-        key = (device, call_class(r["op"], _DTYPES[r["dtype"]], bool(r["channels_last"]), args, 0))
-        by_plan = out[key].setdefault(r["shape"] + f" N{r['N']}", {TORCH_PLAN: 1.0})
         for family in ("rows", "direct"):
             if r.get(f"{family}_us"):
-                by_plan[f"triton:{family}"] = r["torch_us"] / r[f"{family}_us"]
+                _add(out, device, r["op"], r["dtype"], bool(r["channels_last"]), args, 0, r["shape"] + f" N{r['N']}",
+                     f"triton:{family}", r["torch_us"] / r[f"{family}_us"])
     return True
 
 
@@ -110,8 +115,8 @@ def build(paths: List[Path]) -> Dict:
                 else from_triton_rows_result(data, measured) if "info" in data else False)
         if used:
             sources.append(str(path.relative_to(REPO_ROOT)))
-    devices: Dict[str, Dict[str, Dict]] = defaultdict(dict)
-    for (device, cls), shapes in sorted(measured.items()):
+    devices: Dict[str, Dict[str, Dict[str, Dict]]] = defaultdict(lambda: {"calls": {}, "classes": {}})
+    for (device, level, key), shapes in sorted(measured.items()):
         plans = sorted({p for by_plan in shapes.values() for p in by_plan})
         speedups = {}
         for plan in plans:
@@ -119,10 +124,11 @@ def build(paths: List[Path]) -> Dict:
             if len(values) == len(shapes):  # only plans measured on every shape of the class compete
                 speedups[plan] = round(geomean(values), 4)
         best = max(speedups, key=lambda p: (speedups[p], p == TORCH_PLAN))
-        devices[device][cls] = {"plan": best, "speedup_vs_torch": speedups[best], "measured": speedups,
-                                "shapes": sorted(shapes)}
-    return {"format": 1, "generated_by": "benchmarks/make_dispatch_table.py", "sources": sources,
-            "devices": {d: dict(sorted(c.items())) for d, c in sorted(devices.items())}}
+        devices[device][level][key] = {"plan": best, "speedup_vs_torch": speedups[best], "measured": speedups,
+                                       "shapes": sorted(shapes)}
+    return {"format": 2, "generated_by": "benchmarks/make_dispatch_table.py", "sources": sources,
+            "devices": {d: {level: dict(sorted(e.items())) for level, e in sorted(levels.items())}
+                        for d, levels in sorted(devices.items())}}
 
 
 def render(table: Dict) -> str:
@@ -145,8 +151,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     out.write_text(text)
     table = json.loads(text)
-    print(f"wrote {out}: " + ", ".join(f"{d}: {len(c)} classes" for d, c in table["devices"].items()),
-          file=sys.stderr)
+    print(f"wrote {out}: " + ", ".join(f"{d}: {len(e['calls'])} calls, {len(e['classes'])} classes"
+                                       for d, e in table["devices"].items()), file=sys.stderr)
     return 0
 
 

@@ -123,11 +123,12 @@ def test_named_plan_runs_as_named_and_refuses_what_it_cannot():
 
 # ---- the dispatch table
 
-def _table_with(tmp_path, x, args, op, plan):
-    key = dispatch_table.call_class(op, x.dtype, not x.is_contiguous(), args, torch.get_num_threads())
+def _table_with(tmp_path, x, args, op, plan, level="classes"):
+    key_of = dispatch_table.call_class if level == "classes" else dispatch_table.call_key
+    key = key_of(op, x.dtype, not x.is_contiguous(), args, torch.get_num_threads())
     path = tmp_path / "table.json"
-    path.write_text(json.dumps({"format": 1, "devices": {
-        dispatch_table.device_key(x.device): {key: {"plan": plan, "speedup_vs_torch": 1.5}}}}))
+    path.write_text(json.dumps({"format": 2, "devices": {
+        dispatch_table.device_key(x.device): {level: {key: {"plan": plan, "speedup_vs_torch": 1.5}}}}}))
     dispatch_table._load.cache_clear()
     return path
 
@@ -142,6 +143,16 @@ def test_table_entry_decides_auto(tmp_path, monkeypatch):
     assert dispatch.plan_for("auto", "fwd", x2, args2).backend == "cpu"
     with config.override(dispatch_table=False):
         assert dispatch.plan_for("auto", "fwd", x, args).backend == "cpu"
+    dispatch_table._load.cache_clear()
+
+
+def test_table_exact_call_entry(tmp_path, monkeypatch):
+    """An entry for the exact call decides it; a call of the same class but another size does not see it."""
+    x, w, b, args = _call()
+    monkeypatch.setattr(dispatch_table, "TABLE_PATH", _table_with(tmp_path, x, args, "fwd", "torch:aten", "calls"))
+    assert dispatch.plan_for("auto", "fwd", x, args) == Plan("torch", "aten")
+    x2, w2, b2, args2 = _call(n=3)
+    assert dispatch.plan_for("auto", "fwd", x2, args2).backend == "cpu"
     dispatch_table._load.cache_clear()
 
 
@@ -181,10 +192,12 @@ def test_shipped_table_is_generated_from_the_committed_results():
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     table = json.loads(dispatch_table.TABLE_PATH.read_text())
-    for device, entries in table["devices"].items():
-        for cls, entry in entries.items():
-            plans.parse(entry["plan"])
-            assert entry["plan"] == "torch:aten" or entry["speedup_vs_torch"] > 1.0, (device, cls)
+    for device, levels in table["devices"].items():
+        assert set(levels) == {"calls", "classes"}
+        for level, entries in levels.items():
+            for key, entry in entries.items():
+                plans.parse(entry["plan"])
+                assert entry["plan"] == "torch:aten" or entry["speedup_vs_torch"] > 1.0, (device, key)
 
 
 # ---- benchmark mode
