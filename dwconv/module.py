@@ -1,9 +1,14 @@
 """FastDWConv: a drop-in nn.Conv2d for depthwise convolutions, running on dwconv's backends."""
 from __future__ import annotations
 
+from typing import Optional
+
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch import Tensor
 
+from . import scripting
 from .backends import check_backend_name
 from .functional import depthwise_conv2d
 
@@ -37,7 +42,19 @@ class FastDWConv(nn.Conv2d):
         new.backend = check_backend_name(backend)
         return new
 
-    def _conv_forward(self, input, weight, bias):
+    def _conv_forward(self, input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+        if not torch.jit.is_scripting():
+            return self._eager_conv_forward(input, weight, bias)
+        if self.padding_mode != "zeros":
+            input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            padding = [0, 0, 0, 0]
+        else:
+            padding = scripting.explicit_padding(self.padding, self.kernel_size, self.dilation)
+        return scripting.depthwise_conv2d(input, weight, bias, [self.stride[0], self.stride[1]], padding,
+                                          [self.dilation[0], self.dilation[1]], self.backend)
+
+    @torch.jit.unused
+    def _eager_conv_forward(self, input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
         if self.padding_mode != "zeros":
             input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             return depthwise_conv2d(input, weight, bias, self.stride, 0, self.dilation, backend=self.backend)

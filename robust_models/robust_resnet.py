@@ -77,8 +77,6 @@ class _ResidualBlock(nn.Module):
     Subclasses build `downsample`, `act_out` and their convs, and implement `residual(x)`.
     """
 
-    out_chs: int
-
     def _init_residual(self, out_chs: int, drop_path: float, layer_scale_init_value: float) -> None:
         self.out_chs = out_chs
         self.gamma = (nn.Parameter(layer_scale_init_value * torch.ones(out_chs))
@@ -239,7 +237,7 @@ class RobustResNetStage(nn.Module):
         self.out_chs = in_chs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and torch.is_grad_enabled():
+        if not torch.jit.is_scripting() and self.grad_checkpointing and torch.is_grad_enabled():
             for block in self.blocks:
                 x = checkpoint(block, x, use_reentrant=False)
             return x
