@@ -5,8 +5,10 @@ from typing import Optional, Union
 
 import torch
 from torch import Tensor
+from torch.overrides import handle_torch_function, has_torch_function_variadic
 
 from . import ops  # noqa: F401  (registers the dwconv ops)
+from . import onnx_export
 from ._conv_args import IntPair, check_and_resolve
 from .backends import check_backend_name
 
@@ -20,6 +22,11 @@ def depthwise_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = Non
     backend: "auto" (the fastest that supports the call), "cuda", "triton", "cpu" or "torch"; a named
     backend that cannot serve the call raises BackendUnavailableError with the reason.
     """
+    if has_torch_function_variadic(input, weight, bias):
+        # As F.conv2d: torch.fx tracing records one call of this function (its Proxy's __torch_function__),
+        # and tensor subclasses see it whole.
+        return handle_torch_function(depthwise_conv2d, (input, weight, bias), input, weight, bias, stride, padding,
+                                     dilation, backend=backend)
     if not isinstance(input, Tensor):
         raise TypeError(f"input must be a tensor, got {type(input).__name__}")
     unbatched = input.dim() == 3
@@ -30,6 +37,11 @@ def depthwise_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = Non
                            f"{input.dim()}-D input of shape {tuple(input.shape)}")
     args = check_and_resolve(input, weight, bias, stride, padding, dilation)
     check_backend_name(backend)
-    out = torch.ops.dwconv.depthwise_conv2d(input, weight, bias, list(args.stride), list(args.padding),
-                                   list(args.dilation), backend)
+    stride, padding, dilation = list(args.stride), list(args.padding), list(args.dilation)
+    if torch.jit.is_tracing():  # "same" padding computed from traced sizes: the op's schema takes ints
+        stride, padding, dilation = ([int(v) for v in values] for values in (stride, padding, dilation))
+    if onnx_export.exporting():
+        out = onnx_export.as_conv2d(input, weight, bias, stride, padding, dilation)
+    else:
+        out = torch.ops.dwconv.depthwise_conv2d(input, weight, bias, stride, padding, dilation, backend)
     return out.squeeze(0) if unbatched else out
