@@ -112,7 +112,7 @@ setup(
         "train": ["timm", "torchvision", "tqdm"],
         "bench": ["fvcore", "tqdm", "matplotlib"],
         "peers": ["onnx", "onnxruntime", "openvino"],
-        "test": ["pytest", "fvcore", "timm", "torchvision", "tqdm"],
+        "test": ["pytest", "fvcore", "timm", "torchvision", "tqdm", "onnx", "onnxruntime", "onnxscript"],
     },
     ext_modules=_extensions(),
     cmdclass=_cmdclass(),

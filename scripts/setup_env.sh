@@ -9,6 +9,6 @@ python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install -q "setuptools>=64" wheel
 .venv/bin/python -m pip install -q "${DWCONV_TORCH:-torch==2.14.1}" "torchvision${DWCONV_TORCHVISION:-==0.29.1}" \
-    fvcore pytest ninja timm tqdm
+    fvcore pytest ninja timm tqdm onnx onnxruntime onnxscript
 MAX_JOBS=${MAX_JOBS:-$(nproc)} .venv/bin/python -m pip install -q --no-build-isolation -e .
 .venv/bin/python -c "import dwconv; print('dwconv backends (cpu):', dwconv.available_backends('cpu'))"
