@@ -8,6 +8,8 @@
   C1536 14x14 K7, C768 14x14 K11 stride 2; ConvNeXt 56x56 K7 and RepLKNet-like 32x32 K11 at batch 64).
 - target: the CPU backend's acceptance set (Robust-ResNet's C=384 14x14 K11, C=768 7x7 K11,
   C=1536 14x14 K7 at N=32 and ConvNeXt's 56x56 K7 at N=16): the default on CPU.
+- dispatch: what the CPU dispatch table is measured on (benchmarks/make_dispatch_table.py): every Robust-ResNet
+  layer at batch 2 (the main job's) and 32, ConvNeXt's stages at batch 2 and 16.
 - smoke: tiny shapes for the test suite.
 Batch sizes are the CPU ones; on a GPU they are multiplied by GPU_BATCH_FACTOR (N=128 for
 Robust-ResNet: the per-GPU training batch).
@@ -80,6 +82,7 @@ GOALS = [DWShape("robust_resnet", 32, 384, 14, 14, 11), DWShape("robust_resnet",
          DWShape("robust_resnet", 32, 1536, 14, 14, 7), DWShape("robust_resnet", 32, 768, 14, 14, 11, stride=2),
          DWShape("convnext", 16, 96, 56, 56, 7), DWShape("replknet", 16, 384, 32, 32, 11)]
 SMOKE = [DWShape("smoke", 2, 8, 10, 10, 7), DWShape("smoke", 2, 4, 9, 9, 5, stride=2, multiplier=2)]
+DISPATCH = ([replace(s, n=2) for s in ROBUST_RESNET] + ROBUST_RESNET + [replace(s, n=2) for s in CONVNEXT] + CONVNEXT)
 
 SHAPE_SETS: Dict[str, List[DWShape]] = {
     "target": TARGET,
@@ -88,6 +91,7 @@ SHAPE_SETS: Dict[str, List[DWShape]] = {
     "convnext": CONVNEXT,
     "replknet": REPLKNET,
     "all": ROBUST_RESNET + CONVNEXT + REPLKNET,
+    "dispatch": DISPATCH,
     "smoke": SMOKE,
 }
 
