@@ -22,8 +22,9 @@ _OPSET = 7  # the oldest opset the TorchScript exporter writes; Conv is older
 
 
 def exporting() -> bool:
-    """True while torch.onnx.export runs (either exporter)."""
-    return torch.onnx.is_in_onnx_export()
+    """True while torch.onnx.export runs (either exporter). Both capture the model by exporting or tracing
+    it, two cheap checks that come first."""
+    return (torch.compiler.is_exporting() or torch.jit.is_tracing()) and torch.onnx.is_in_onnx_export()
 
 
 def as_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride, padding, dilation) -> Tensor:
