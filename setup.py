@@ -54,7 +54,7 @@ def _extensions():
         import torch  # noqa: F401
     except ImportError:
         sys.exit("dwconv builds its C++ extension against the torch you run with. Install torch first, then "
-                 "`pip install --no-build-isolation -e .` (build isolation would hide your torch).")
+                 "`pip install -e .` (its build backend, build_backend/, finds that torch).")
     import torch
     want_cuda = os.environ.get("DWCONV_BUILD_CUDA", "auto").lower()
     cuda_home = _find_cuda_home() if want_cuda not in ("0", "false", "no") else None
