@@ -113,13 +113,15 @@ def test_trace_runs_the_dwconv_op():
 def test_script_and_trace_robust_resnets(name):
     model = _robust_resnet(name)
     x = torch.randn(2, 3, 64, 64)
-    expected = model(x)
-    scripted = torch.jit.script(model)
+    with torch.no_grad():
+        expected = model(x)
+        scripted = torch.jit.script(model)
+        traced = torch.jit.trace(model, x, check_trace=False)
     assert len(scripted.inlined_graph.findAllNodes(DW_OP, recurse=True)) == _count_dw(model)
-    torch.testing.assert_close(scripted(x), expected, rtol=0, atol=0)
-    traced = torch.jit.trace(model, x)
     assert len(traced.inlined_graph.findAllNodes(DW_OP)) == _count_dw(model)
-    torch.testing.assert_close(traced(x), expected, rtol=0, atol=0)
+    with torch.no_grad(), torch.jit.optimized_execution(False):  # one run: skip the profiling executor's passes
+        torch.testing.assert_close(scripted(x), expected, rtol=0, atol=0)
+        torch.testing.assert_close(traced(x), expected, rtol=0, atol=0)
 
 
 @pytest.mark.slow
@@ -130,8 +132,9 @@ def test_script_released_robust_resnets(name):
     model = robust_models.create_model(name).eval()
     scripted = torch.jit.script(model)
     assert len(scripted.inlined_graph.findAllNodes(DW_OP, recurse=True)) == _count_dw(model) > 0
-    x = torch.randn(1, 3, 64, 64)
-    torch.testing.assert_close(scripted(x), model(x), rtol=0, atol=0)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad(), torch.jit.optimized_execution(False):
+        torch.testing.assert_close(scripted(x), model(x), rtol=0, atol=0)
 
 
 # --------------------------------------------------------------------------------------------------------

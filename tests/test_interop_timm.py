@@ -59,7 +59,7 @@ def test_script_and_trace(name):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_fx(name):
-    """timm's FX feature extraction (its test_model_forward_fx): the last graph node, and symbolic_trace."""
+    """timm's FX feature extraction (as its test_model_forward_fx): the output of the graph's last node."""
     from timm.layers import create_feature_extractor, get_graph_node_names
     _, fast, x, expected = _models(name)
     _, eval_nodes = get_graph_node_names(fast)
@@ -68,7 +68,6 @@ def test_fx(name):
     assert sum(n.target is dwconv.depthwise_conv2d for n in extractor.graph.nodes) == n_dw
     with torch.no_grad():
         _close(list(extractor(x).values())[0], expected, "FX feature extractor")
-        _close(torch.fx.symbolic_trace(fast)(x), expected, "symbolic_trace")
 
 
 @pytest.mark.parametrize("name", MODELS)
