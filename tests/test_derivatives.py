@@ -71,6 +71,21 @@ def test_gradgradcheck(backend):
                                         check_undefined_grad=backend != "triton")
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton", "torch"])
+def test_gradgradcheck_and_forward_ad_on_gpu(backend):
+    require_backend(backend, "cuda")
+    inputs = _requiring_grad(*(t.cuda() for t in _inputs(n=1, h=5, w=4)))
+    conv = _dw(backend)
+    nondet_tol = 1e-12  # weight gradients summed with atomics: float64 rounding may differ between runs
+    assert torch.autograd.gradgradcheck(conv, inputs, check_fwd_over_rev=True, nondet_tol=nondet_tol)
+    assert torch.autograd.gradcheck(conv, inputs, check_forward_ad=True, check_batched_forward_grad=True,
+                                    check_batched_grad=True, nondet_tol=nondet_tol)
+    x, w, b = (t.detach() for t in inputs)
+    _close(torch.func.hessian(lambda x: conv(x, w, b).sin().sum())(x[:, :, :4, :4]),
+           torch.func.hessian(lambda x: _ref()(x, w, b).sin().sum())(x[:, :, :4, :4]), "hessian")
+
+
 @pytest.mark.parametrize("backend", ["cpu", "torch"])
 def test_forward_ad_gradcheck(backend):
     require_backend(backend, "cpu")
