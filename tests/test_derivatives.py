@@ -142,6 +142,22 @@ def test_derivative_math_against_conv2d():
         _close(torch.autograd.grad(out, a, g), torch.autograd.grad(out_ref, e, g), "gradients")
 
 
+@pytest.mark.parametrize("grad_mode", [True, False])
+def test_dual_tensors(grad_mode):
+    """torch.autograd.forward_ad directly, with grad mode on or off (forward AD ignores it, as for aten ops),
+    on a channels_last input."""
+    import torch.autograd.forward_ad as fwAD
+    x, w, b = _inputs()
+    x = x.contiguous(memory_format=torch.channels_last)
+    x_t, w_t = torch.randn_like(x), torch.randn_like(w)
+    tangents = []
+    for conv in (_dw("cpu"), _ref()):
+        with fwAD.dual_level(), torch.set_grad_enabled(grad_mode):
+            y = conv(fwAD.make_dual(x, x_t), fwAD.make_dual(w, w_t), b)
+            tangents.append(fwAD.unpack_dual(y).tangent)
+    _close(tangents[0], tangents[1], "tangent")
+
+
 @pytest.mark.parametrize("backend", ["cpu", "torch"])
 def test_torch_func_transforms_match_conv2d(backend):
     x, w, b = _inputs()
