@@ -106,7 +106,8 @@ class DgradFunction(_SingleLevelFunction):
 
     @staticmethod
     def forward(grad_out, weight, input_shape, stride, padding, dilation, backend, state):
-        return _redispatch_from_function(_dgrad, state, grad_out, weight, input_shape, stride, padding, dilation, backend)
+        return _redispatch_from_function(_dgrad, state, grad_out, weight, input_shape, stride, padding, dilation,
+                                         backend)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
