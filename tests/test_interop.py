@@ -92,6 +92,7 @@ def test_script_runs_the_dwconv_op_and_matches_eager(case):
     (torch.randn(1, 2, 4, 9, 9), "3-D .* or 4-D"),
     (torch.ones(2, 4, 9, 9, dtype=torch.int32), "floating"),
     (torch.randn(2, 4, 2, 9), "greater than the padded input"),
+    (torch.randn(2, 4, 9, 9, device="meta"), "same device"),
 ])
 def test_scripted_module_rejects_bad_input(bad_input, pattern):
     scripted = torch.jit.script(dwconv.FastDWConv(4, 4, 7, padding=1))
