@@ -103,12 +103,14 @@ def _compile_triton(launch, target):
 
 
 def _triton_launches(kernel: str, k: int, dtype, channels_last: bool, size: int):
-    """The launches the Triton launcher issues for one variant (recorded, not run)."""
+    """The launches the Triton launcher issues for one variant (recorded, not run): the default family and
+    tile of the call."""
     import torch
 
     from dwconv._conv_args import check_and_resolve
     from dwconv.backends.triton import TritonBackend
-    from dwconv.triton import tiles
+    from dwconv.plans import Plan
+    from dwconv.triton.launcher import capture_launches
 
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     # 64 channels, batch 32: sizes only matter through the tile family and Triton's specialisation.
@@ -118,13 +120,14 @@ def _triton_launches(kernel: str, k: int, dtype, channels_last: bool, size: int)
     args = check_and_resolve(x, w, b, 1, k // 2, 1)
     grad_out = torch.empty(args.output_shape, dtype=dtype).contiguous(memory_format=fmt)
     backend = TritonBackend()  # routes small half-precision maps to the GEMM kernels, as in real calls
-    with tiles.capture_launches() as launches:
+    plan = Plan("triton", backend.families(kernel, x, args)[0])
+    with capture_launches() as launches:
         if kernel == "fwd":
-            backend.forward(x, w, b, args)
+            backend.forward(x, w, b, args, plan)
         elif kernel == "dgrad":
-            backend.dgrad(grad_out, w, args)
+            backend.dgrad(grad_out, w, args, plan)
         else:
-            backend.wgrad(grad_out, x, args)
+            backend.wgrad(grad_out, x, args, plan)
     return launches[:1]  # the main kernel (wgrad's second pass is a tiny reduction)
 
 

@@ -4,8 +4,11 @@ spills and occupancy side by side, so a GPU run shows which tile parameters matt
     python benchmarks/triton_tiles.py --json benchmarks/results/cuda-<card>-triton-tiles.json [--only C384]
 
 For each shape (benchmarks/shapes.py, default the `goals` set), case (fp32 NCHW and bf16 channels_last by
-default) and op, the backend's call is recorded instead of run (`tiles.capture_launches`: the kernel, its
-arguments, its grid function and every autotune candidate; the first candidate is the heuristic choice).
+default) and op, the backend's call is recorded instead of run (`dwconv.triton.launcher.capture_launches`: the
+kernel, its arguments, its grid function and every autotune candidate with its variant; the first candidate is
+the default tile). --family rows / direct / plane sweeps that kernel family's tiles (default: the family the
+backend picks per call). Each record names its tile as a plan ("triton:rows:N4,C1,W64,R14,H1,WIN8,w2") that
+`backend=` accepts.
 Each candidate is then launched directly: its result is checked against the first candidate's and against
 PyTorch in float64 (outputs NaN-poisoned first; wgrad workspaces zeroed), and all candidates plus PyTorch's own call of the op in the
 same layout are timed interleaved (benchmarks/timing.py: CUDA events, medians; kernel launches only, no op
@@ -36,7 +39,10 @@ from benchmarks import conv_ops, shapes  # noqa: E402
 from benchmarks.cli import DTYPE_LAYOUT_CASES, SINGLE_OPS, split_choices  # noqa: E402
 from benchmarks.run_info import load_average, run_metadata, write_json  # noqa: E402
 from benchmarks.timing import Timer, calibrate_inner, interleaved  # noqa: E402
-from dwconv.triton import tiles  # noqa: E402
+from dwconv import dispatch  # noqa: E402
+from dwconv._conv_args import check_and_resolve  # noqa: E402
+from dwconv.backends import BackendUnavailableError  # noqa: E402
+from dwconv.triton.launcher import Launch, capture_launches  # noqa: E402
 
 OUTPUT_ARGS = ("y_ptr", "dx_ptr", "ws_ptr")  # what the Triton kernels write, by argument name
 REGISTERS_PER_SM, MAX_WARPS_PER_SM, REGISTER_UNIT = 65536, 64, 256
@@ -48,6 +54,9 @@ def parse_args(argv):
     p.add_argument("--only", default="", help="keep shapes whose name contains this text")
     p.add_argument("--cases", default="fp32-nchw,bf16-nhwc", help="comma-separated dtype-layout pairs")
     p.add_argument("--ops", default="fwd,dgrad,wgrad")
+    p.add_argument("--family", default="", choices=("", "rows", "direct", "plane"),
+                   help="the Triton kernel family whose tiles are swept (default: the backend's choice per call; "
+                        "an op the family cannot run is skipped)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--json", metavar="PATH")
@@ -61,24 +70,30 @@ def parse_args(argv):
     return args
 
 
-def record(op: str, shape, o: conv_ops.Operands) -> List[tiles.Launch]:
-    """The launches the Triton backend issues for one op (recorded, not run)."""
+def record(op: str, shape, o: conv_ops.Operands, spec: str = "triton") -> List[Launch]:
+    """The launches the Triton backend issues for one op under plan `spec` (recorded, not run)."""
     s, p4, d = [shape.stride] * 2, [shape.padding] * 4, [1, 1]
-    with tiles.capture_launches() as launches:
+    with capture_launches() as launches:
         if op == "fwd":
-            torch.ops.dwconv.depthwise_conv2d(o.x, o.weight, o.bias, s, p4, d, "triton")
+            torch.ops.dwconv.depthwise_conv2d(o.x, o.weight, o.bias, s, p4, d, spec)
         elif op == "dgrad":
-            torch.ops.dwconv.dgrad(o.grad_out, o.weight, list(o.x.shape), s, p4, d, "triton")
+            torch.ops.dwconv.dgrad(o.grad_out, o.weight, list(o.x.shape), s, p4, d, spec)
         else:
-            torch.ops.dwconv.wgrad(o.grad_out, o.x, list(o.weight.shape), s, p4, d, "triton")
+            torch.ops.dwconv.wgrad(o.grad_out, o.x, list(o.weight.shape), s, p4, d, spec)
     return [launch for launch in launches if launch.kernel is launches[0].kernel]  # not wgrad's reduction
 
 
-def outputs(launch: tiles.Launch) -> List[torch.Tensor]:
+def family_of(op: str, shape, o: conv_ops.Operands, spec: str) -> str:
+    """The kernel family plan `spec` runs op with on these operands."""
+    args = check_and_resolve(o.x, o.weight, o.bias, shape.stride, shape.padding, 1)
+    return dispatch.plan_for(spec, op, o.grad_out if op == "dgrad" else o.x, args).family
+
+
+def outputs(launch: Launch) -> List[torch.Tensor]:
     return [a for name, a in zip(launch.kernel.arg_names, launch.args) if name in OUTPUT_ARGS]
 
 
-def runner(launches: List[tiles.Launch], cfg):
+def runner(launches: List[Launch], cfg):
     """A call launching every recorded launch with the candidate `cfg`; returns the compiled kernel."""
     def run():
         compiled = None
@@ -104,7 +119,7 @@ def float64_reference(shape, o: conv_ops.Operands) -> Dict[str, torch.Tensor]:
     return {"y": y, "dx": dx, "dw": dw}
 
 
-def launch_error(launches: List[tiles.Launch], refs: Dict[str, torch.Tensor]) -> float:
+def launch_error(launches: List[Launch], refs: Dict[str, torch.Tensor]) -> float:
     """The largest relative error of what the launches wrote: y or dx as a whole, or the wgrad workspace
     summed over its rows (one per program when deterministic) against dw."""
     errors, seen = [], set()
@@ -140,13 +155,15 @@ def programs_per_sm(registers: int, num_warps: int) -> int:
 
 def sweep_op(op, shape, dtype_name, layout, device, timer, args) -> List[Dict]:
     o = conv_ops.make_operands(shape, conv_ops.DTYPES[dtype_name], device, layout == "nhwc", 1)
-    launches = record(op, shape, o[0])
+    spec = f"triton:{args.family}" if args.family else "triton"
+    try:
+        family = family_of(op, shape, o[0], spec)
+    except BackendUnavailableError as e:
+        print(f"skipped {shape.name} {dtype_name} {layout} {op}: {e}", flush=True)
+        return []
+    launches = record(op, shape, o[0], spec)
     cands = list(launches[0].candidates)
-    if not cands:  # a launch without candidates (deterministic wgrad): its recorded tile only
-        import triton
-        kw = {k: v for k, v in launches[0].constexprs.items() if k.startswith(("BLOCK_", "ROWS", "HOIST", "UNROLL"))}
-        cands = [triton.Config(kw, num_warps=launches[0].num_warps)]
-    base = {"shape": shape.as_dict(), "dtype": dtype_name, "layout": layout, "op": op,
+    base = {"shape": shape.as_dict(), "dtype": dtype_name, "layout": layout, "op": op, "family": family,
             "kernel": launches[0].kernel.__name__, "launches": len(launches)}
     refs = float64_reference(shape, o[0])
     records, cases, first = [], {}, None
@@ -162,7 +179,8 @@ def sweep_op(op, shape, dtype_name, layout, device, timer, args) -> List[Dict]:
         result = torch.cat([t.detach().double().flatten() for launch in launches for t in outputs(launch)])
         if first is None:
             first = result.clone()
-        rec = {**base, "candidate": i, "tile": dict(cfg.kwargs), "num_warps": cfg.num_warps,
+        rec = {**base, "candidate": i, "plan": f"triton:{family}:{launches[0].variants[i]}",
+               "tile": dict(cfg.kwargs), "num_warps": cfg.num_warps,
                "rel_err_vs_first": rel_err(result, first), "rel_err_vs_float64": launch_error(launches, refs),
                "finite": bool(torch.isfinite(result).all())}
         regs = getattr(compiled, "n_regs", None)
@@ -175,7 +193,7 @@ def sweep_op(op, shape, dtype_name, layout, device, timer, args) -> List[Dict]:
         records.append(rec)
         cases[f"tile{i}"] = run
     if op == "wgrad":  # the whole op (kernel, zeroing or workspace, reduction): atomics against the workspace
-        cases["op_atomic"] = conv_ops.make_op("triton", op, shape, o)
+        cases["op_atomic"] = conv_ops.make_op(spec, op, shape, o)
         cases["op_deterministic"] = deterministic(cases["op_atomic"])
         op_errors = {f"{name}_rel_err_vs_float64": rel_err(cases[name]().double(), refs["dw"])  # a check anywhere
                      for name in ("op_atomic", "op_deterministic")}
@@ -209,7 +227,7 @@ def main(argv=None):
         return {"meta": run_metadata("triton_tiles", list(argv if argv is not None else sys.argv[1:]), device,
                                      args.notes, load_at_start=load_at_start),
                 "settings": {"shapes": args.shapes, "only": args.only, "cases": args.cases, "ops": args.ops,
-                             "warmup": args.warmup, "reps": args.reps},
+                             "family": args.family, "warmup": args.warmup, "reps": args.reps},
                 "complete": complete, "results": records}
 
     for shape in shapes.shape_set(args.shapes, "cuda" if device.type == "cuda" else "cpu"):

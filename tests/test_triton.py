@@ -39,14 +39,14 @@ def _case_id(case):
             + ("_nhwc" if cl else "_nchw") + "_" + str(dt).replace("torch.", ""))
 
 
-def run_case(case, device=DEVICE):
+def run_case(case, device=DEVICE, backend="triton"):
     n, c, h, w, k, stride, padding, dilation, mult, bias, channels_last, dtype = case
     x, wt, bt = make_inputs(n, c, h, w, k, mult, dtype, device, channels_last, bias)
     for t in (x, wt, bt):
         if t is not None:
             t.requires_grad_(True)
     with poisoned_outputs():
-        y = dwconv.depthwise_conv2d(x, wt, bt, stride, padding, dilation, backend="triton")
+        y = dwconv.depthwise_conv2d(x, wt, bt, stride, padding, dilation, backend=backend)
         grad_out = torch.randn_like(y)
         y.backward(grad_out)
     args = dwconv._conv_args.check_and_resolve(x, wt, bt, stride, padding, dilation)
@@ -60,6 +60,29 @@ def run_case(case, device=DEVICE):
     assert_close(wt.grad, dw_ref, dtype, "dw")
     if bt is not None:
         assert_close(bt.grad, db_ref, dtype, "db")
+
+
+def run_ops(case, fwd="triton", dgrad="triton", wgrad="triton"):
+    """y, dx and dw of one case from the three ops, each with its own plan (None: not run), against the float64
+    reference."""
+    n, c, h, w, k, stride, padding, dilation, mult, bias, channels_last, dtype = case
+    x, wt, bt = make_inputs(n, c, h, w, k, mult, dtype, DEVICE, channels_last, bias)
+    args = dwconv._conv_args.check_and_resolve(x, wt, bt, stride, padding, dilation)
+    s, p, d = list(args.stride), list(args.padding), list(args.dilation)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    grad_out = torch.randn(args.output_shape, device=DEVICE, dtype=dtype).contiguous(memory_format=fmt)
+    y_ref, dx_ref, dw_ref, _ = reference_grads(x, wt, bt, grad_out, args.stride, args.padding, args.dilation)
+    name = f"{n}x{c}x{h}x{w} k{k} s{stride} d{dilation} m{mult}"
+    with poisoned_outputs():
+        if fwd is not None:
+            assert_close(torch.ops.dwconv.depthwise_conv2d(x, wt, bt, s, p, d, fwd), y_ref, dtype, f"y {name} {fwd}")
+        if dgrad is not None:
+            dx = torch.ops.dwconv.dgrad(grad_out, wt, list(x.shape), s, p, d, dgrad)
+            assert_close(dx, dx_ref, dtype, f"dx {name} {dgrad}")
+        if wgrad is not None:
+            dw = torch.ops.dwconv.wgrad(grad_out, x, list(wt.shape), s, p, d, wgrad)
+            assert_close(dw, dw_ref, dtype, f"dw {name} {wgrad}")
+    return args
 
 
 @pytest.fixture(autouse=True)
@@ -92,18 +115,12 @@ def test_triton_matches_reference(case):
     run_case(case)
 
 
-def test_interior_and_border_tiles(monkeypatch):
-    """Small forced tiles give the direct kernels interior tiles (unmasked path, filter rows unrolled or
-    looped) next to border tiles (the row-streaming kernels switched off, as they take stride 1)."""
-    import triton
-
-    from dwconv import config
-    from dwconv.triton import tiles
-    small = triton.Config({"BLOCK_C": 2, "BLOCK_H": 2, "BLOCK_W": 4}, num_warps=1)
-    monkeypatch.setattr(tiles, "configs", lambda *a, **k: [triton.Config(dict(small.kwargs), num_warps=1)])
-    with config.override(triton_family="direct"):
-        run_case((1, 2, 7, 9, 3, 1, 1, 1, 2, True, False, F32))   # NCHW: filter rows unrolled
-        run_case((1, 4, 12, 18, 3, 2, 1, 1, 1, True, True, F32))  # channels_last: filter rows looped
+def test_interior_and_border_tiles():
+    """A small named tile gives the direct kernels interior tiles (unmasked path, filter rows unrolled or
+    looped) next to border tiles."""
+    small = "triton:direct:C2,H2,W4,w1"
+    run_case((1, 2, 7, 9, 3, 1, 1, 1, 2, True, False, F32), backend=small)   # NCHW: filter rows unrolled
+    run_case((1, 4, 12, 18, 3, 2, 1, 1, 1, True, True, F32), backend=small)  # channels_last: filter rows looped
 
 
 def test_int64_indexing(monkeypatch):
@@ -124,11 +141,15 @@ def test_int64_indexing(monkeypatch):
         torch.use_deterministic_algorithms(previous)
 
 
-def _launched_kernels(call):
-    from dwconv.triton import tiles
-    with tiles.capture_launches() as launches:
+def _captured(call):
+    from dwconv.triton import launcher
+    with launcher.capture_launches() as launches:
         call()
-    return [launch.kernel.__name__ for launch in launches]
+    return launches
+
+
+def _launched_kernels(call):
+    return [launch.kernel.__name__ for launch in _captured(call)]
 
 
 def test_row_streaming_routing():
@@ -154,42 +175,65 @@ def test_row_streaming_routing():
     assert _launched_kernels(wgrad(torch.randn(2, 3, 3, 9), [1, 1], (2, 1))) == ["wgrad_kernel", "wgrad_reduce_kernel"]
 
 
+def _rows_plans(case, tile, window=1):
+    """Plans forcing a row-streaming tile (a dict of its variant fields but H and WIN) on a case's three ops:
+    weights in registers for kernels of at most 25 taps (NCHW), column windows of `window` where W has stride
+    1 and dilation 1; dgrad goes to the default where the row kernels do not take it."""
+    from dwconv.triton import rows
+    n, c, h, w, k, stride, padding, dilation, mult, bias, channels_last, dtype = case
+    kh, kw = (k, k) if isinstance(k, int) else k
+    args = dwconv._conv_args.check_and_resolve(torch.empty(n, c, h, w), torch.empty(c * mult, 1, kh, kw), None,
+                                               stride, padding, dilation)
+    base = ",".join(f"{key}{value}" for key, value in tile.items() if key not in ("P", "w"))
+    prefetch, warps = f",P{tile['P']}" if "P" in tile else "", f",w{tile.get('w', 1)}"
+    hoist = int(not channels_last and kh * kw <= 25)
+
+    def fwd_or_dgrad(windows):
+        return f"triton:rows:{base},H{hoist},WIN{window if windows else 1}{prefetch}{warps}"
+    return dict(fwd=fwd_or_dgrad(args.stride[1] == 1 and args.dilation[1] == 1),
+                dgrad=fwd_or_dgrad(args.dilation[1] == 1) if rows.applies_dgrad(args) else "triton",
+                wgrad=f"triton:rows:{base}{prefetch}{warps}")
+
+
+# Forced row-streaming tiles over these cases: interior column tiles (unmasked) next to border ones, several
+# row strips, partial image and channel blocks, weights held in registers (K = 5) and loaded per row
+# (K = 11), a strided and dilated W axis, a strided H axis, the flipped-filter dgrad, wgrad over several batch
+# slices (the last one partial for NCHW), half precision (18 wide: not plane.py).
+ROW_TILE_CASES = [(3, 3, 10, 13, 5, 1, 2, 1, 1), (1, 1, 11, 20, 11, 1, (5, 4, 3, 6), 1, 1),
+                  (1, 3, 7, 19, (3, 5), (1, 2), (1, 1, 4, 2), (1, 2), 2),
+                  (3, 2, 13, 14, 5, (2, 1), 2, 1, 1),  # stride 2 along H: 3 rows open
+                  (2, 3, 6, 11, 3, 1, (1, 2, 0, 4), (1, 3), 1)]  # dgrad, W dilation
+
+
+def _row_tile(channels_last, rows=5, **fields):
+    return {"N": 1 if channels_last else 2, "C": 2 if channels_last else 1, "W": 4, "R": rows, **fields}
+
+
 @pytest.mark.parametrize("channels_last,window", [(False, 1), (False, 2), (True, 1)],
                          ids=["nchw", "nchw_windows_of_2", "nhwc"])
-def test_row_streaming_tiles(monkeypatch, channels_last, window):
-    """Small forced row-streaming tiles: interior column tiles (unmasked) next to border ones, several row
-    strips, partial image and channel blocks, weights held in registers (K = 5) and loaded per row (K = 11),
-    a strided and dilated W axis, a strided H axis, the flipped-filter dgrad, and wgrad over several batch
-    slices. NCHW also with column windows (WIN = 2: two groups of 2 columns per 4-wide tile) wherever W has
-    stride 1 and dilation 1."""
-    import triton
-
-    from dwconv.triton import rows_wgrad, tiles
-    tile = {"BLOCK_N": 1 if channels_last else 2, "BLOCK_C": 2 if channels_last else 1, "BLOCK_W": 4, "ROWS": 5}
-    monkeypatch.setattr(tiles, "rows_wgrad_candidates", lambda *a, **k: [triton.Config(dict(tile), num_warps=1)])
-
-    def rows_tile(channels_last_, batch, channels, height, width, kernel, element_size, column_windows=False):
-        hoist = not channels_last_ and kernel[0] * kernel[1] <= 25  # K = 5 and 3x5 in registers, K = 11 not
-        return [triton.Config(dict(tile, HOIST=hoist, WIN=window if column_windows else 1), num_warps=1)]
-    monkeypatch.setattr(tiles, "rows_candidates", rows_tile)
-    # wgrad: batch slices of BLOCK_N images (the interpreter otherwise runs one slice), for NCHW the last
-    # one partial.
-    monkeypatch.setattr(rows_wgrad, "INTERPRET", False)
-    monkeypatch.setattr(rows_wgrad, "TARGET_PROGRAMS", 10 ** 6)
-    run_case((3, 3, 10, 13, 5, 1, 2, 1, 1, True, channels_last, F32))
-    run_case((1, 1, 11, 20, 11, 1, (5, 4, 3, 6), 1, 1, False, channels_last, F32))
-    run_case((1, 3, 7, 19, (3, 5), (1, 2), (1, 1, 4, 2), (1, 2), 2, True, channels_last, F32))
-    run_case((3, 2, 13, 14, 5, (2, 1), 2, 1, 1, True, channels_last, F32))  # stride 2 along H: 3 rows open
-    run_case((2, 3, 6, 11, 3, 1, (1, 2, 0, 4), (1, 3), 1, True, channels_last, F32))  # dgrad, W dilation
-    run_case((1, 3, 9, 18, 5, 1, 2, 1, 1, True, channels_last, F16))  # half precision (18 wide: not plane.py)
-    # Deterministic wgrad: one workspace row per (batch slice, strip, column tile).
+def test_row_streaming_tiles(channels_last, window):
+    """Small row-streaming tiles named as plans over ROW_TILE_CASES and a half-precision case; NCHW also
+    with column windows (WIN = 2: two groups of 2 columns per 4-wide tile) wherever W has stride 1 and
+    dilation 1."""
+    tile = _row_tile(channels_last)
+    for case in ROW_TILE_CASES + [(1, 3, 9, 18, 5, 1, 2, 1, 1, True, channels_last, F16)]:
+        case = case if len(case) == 12 else case + (True, channels_last, F32)
+        plans = _rows_plans(case, tile, window)
+        run_ops(case, **plans)
+    # wgrad runs batch slices of BLOCK_N images (the last NCHW one partial), deterministic too: one workspace
+    # row per (batch slice, strip, column tile).
+    case = ROW_TILE_CASES[0] + (True, channels_last, F32)
     x, wt, _ = make_inputs(3, 3, 10, 13, 5, 1, F32, DEVICE, channels_last=channels_last, bias=False)
     grad_out = torch.randn(3, 3, 10, 13, device=DEVICE)
+    launches = _captured(lambda: torch.ops.dwconv.wgrad(grad_out, x, list(wt.shape), [1, 1], [2, 2, 2, 2], [1, 1],
+                                                        _rows_plans(case, tile)["wgrad"]))
+    assert dict(zip(launches[0].kernel.arg_names, launches[0].args))["IMAGES_PER_PROGRAM"] == tile["N"] < 3
     previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
         with poisoned_outputs():
-            dw = torch.ops.dwconv.wgrad(grad_out, x, list(wt.shape), [1, 1], [2, 2, 2, 2], [1, 1], "triton")
+            dw = torch.ops.dwconv.wgrad(grad_out, x, list(wt.shape), [1, 1], [2, 2, 2, 2], [1, 1],
+                                        _rows_plans(case, tile)["wgrad"])
     finally:
         torch.use_deterministic_algorithms(previous)
     _, _, dw_ref, _ = reference_grads(x, wt, None, grad_out, (1, 1), (2, 2, 2, 2), (1, 1))
@@ -202,9 +246,9 @@ def test_row_streaming_candidates_windows(shape):
     """NCHW with unit W stride and dilation: the heuristic tile takes column windows of its elements per
     thread, its PREFETCH twin follows, then its single-column twin; otherwise (channels_last, or a strided
     or dilated W) every candidate has WIN = 1. Every window divides the tile width."""
-    from dwconv.triton import tiles
+    from dwconv.triton import rows_tiles
     n, c, h, w, k, size = shape
-    windowed = tiles.rows_candidates(False, n, c, h, w, (k, k), size, column_windows=True)
+    windowed = rows_tiles.candidates(False, n, c, h, w, (k, k), size, column_windows=True)
     first = windowed[0].kwargs
     per_thread = first["BLOCK_N"] * first["BLOCK_C"] * first["BLOCK_W"] // (32 * windowed[0].num_warps)
     assert first["WIN"] == min(max(per_thread, 1), first["BLOCK_W"])
@@ -213,114 +257,66 @@ def test_row_streaming_candidates_windows(shape):
         assert windowed[2].kwargs == {**first, "WIN": 1} and windowed[2].num_warps == windowed[0].num_warps
     assert all(cfg.kwargs["BLOCK_W"] % cfg.kwargs["WIN"] == 0 for cfg in windowed)
     for channels_last, column_windows in ((False, False), (True, True)):
-        cands = tiles.rows_candidates(channels_last, n, c, h, w, (k, k), size, column_windows=column_windows)
+        cands = rows_tiles.candidates(channels_last, n, c, h, w, (k, k), size, column_windows=column_windows)
         assert all(cfg.kwargs["WIN"] == 1 for cfg in cands)
 
 
-def test_row_streaming_windows_give_the_same_bits(monkeypatch):
+def test_row_streaming_windows_give_the_same_bits():
     """Column windows change which loads feed an accumulator, not its sum order: WIN = 2 and WIN = 1 tiles
     give bitwise the same forward and dgrad."""
-    import triton
-
-    from dwconv.triton import tiles
     x, wt, bt = make_inputs(2, 3, 9, 13, 5, 1, F32, DEVICE)
     grad_out = torch.randn(2, 3, 9, 13, device=DEVICE)
     results = []
     for win in (1, 2):
-        def rows_tile(*args, column_windows=False, _win=win):
-            tile = {"BLOCK_N": 2, "BLOCK_C": 1, "BLOCK_W": 4, "ROWS": 5, "HOIST": True, "WIN": _win}
-            return [triton.Config(tile, num_warps=1)]
-        monkeypatch.setattr(tiles, "rows_candidates", rows_tile)
-        y = dwconv.depthwise_conv2d(x, wt, bt, 1, 2, backend="triton")
-        dx = torch.ops.dwconv.dgrad(grad_out, wt, list(x.shape), [1, 1], [2, 2, 2, 2], [1, 1], "triton")
+        plan = f"triton:rows:N2,C1,W4,R5,H1,WIN{win},w1"
+        y = torch.ops.dwconv.depthwise_conv2d(x, wt, bt, [1, 1], [2, 2, 2, 2], [1, 1], plan)
+        dx = torch.ops.dwconv.dgrad(grad_out, wt, list(x.shape), [1, 1], [2, 2, 2, 2], [1, 1], plan)
         results.append((y, dx))
     assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
 
 
-def _wgrad_case(n, c, h, w, k, stride, padding, dilation, mult, channels_last, dtype=F32):
-    """dw from the Triton wgrad against the float64 reference, for one case (dy random)."""
-    x, wt, _ = make_inputs(n, c, h, w, k, mult, dtype, DEVICE, channels_last=channels_last, bias=False)
-    args = dwconv._conv_args.check_and_resolve(x, wt, None, stride, padding, dilation)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    grad_out = torch.randn(args.output_shape, device=DEVICE, dtype=dtype).contiguous(memory_format=fmt)
-    with poisoned_outputs():
-        dw = torch.ops.dwconv.wgrad(grad_out, x, list(wt.shape), list(args.stride), list(args.padding),
-                                    list(args.dilation), "triton")
-    _, _, dw_ref, _ = reference_grads(x, wt, None, grad_out, args.stride, args.padding, args.dilation)
-    assert_close(dw, dw_ref, dtype, f"dw {n}x{c}x{h}x{w} k{k} s{stride}")
-
-
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 def test_row_streaming_wgrad_prefetch(monkeypatch, channels_last):
-    """The wgrad variant that loads step o + 1 during step o: the forced-tile cases of
-    test_row_streaming_tiles (interior and border columns, several strips and batch slices, strided and
-    dilated W, strided H), plus a strip whose last step prefetches past the map."""
-    import triton
-
-    from dwconv.triton import rows_wgrad, tiles
-    tile = {"BLOCK_N": 1 if channels_last else 2, "BLOCK_C": 2 if channels_last else 1, "BLOCK_W": 4, "ROWS": 5,
-            "PREFETCH": True}
-    monkeypatch.setattr(tiles, "rows_wgrad_candidates", lambda *a, **k: [triton.Config(dict(tile), num_warps=1)])
-    monkeypatch.setattr(rows_wgrad, "INTERPRET", False)
-    monkeypatch.setattr(rows_wgrad, "TARGET_PROGRAMS", 10 ** 6)
-    _wgrad_case(3, 3, 10, 13, 5, 1, 2, 1, 1, channels_last)
-    _wgrad_case(1, 1, 11, 20, 11, 1, (5, 4, 3, 6), 1, 1, channels_last)
-    _wgrad_case(1, 3, 7, 19, (3, 5), (1, 2), (1, 1, 4, 2), (1, 2), 2, channels_last)
-    _wgrad_case(3, 2, 13, 14, 5, (2, 1), 2, 1, 1, channels_last)  # stride 2 along H
-    _wgrad_case(2, 2, 9, 8, 3, (4, 1), 0, 1, 1, channels_last)    # stride 4 > K: rows past the filter
-    _wgrad_case(1, 3, 9, 18, 5, 1, 2, 1, 1, channels_last, F16)
-    monkeypatch.setattr(rows_wgrad, "needs_int64", lambda *tensors: True)  # the 64-bit addressing variant
-    _wgrad_case(3, 3, 10, 13, 5, 1, 2, 1, 1, channels_last)
+    """The wgrad variant that loads step o + 1 during step o: the cases of test_row_streaming_tiles (interior
+    and border columns, several strips and batch slices, strided and dilated W, strided H), plus a strip
+    whose last step prefetches past the map, and the 64-bit addressing variant."""
+    from dwconv.triton import rows_wgrad
+    tile = _row_tile(channels_last, P=1)
+    cases = ROW_TILE_CASES[:4] + [(2, 2, 9, 8, 3, (4, 1), 0, 1, 1)]  # stride 4 > K: rows past the filter
+    for case in [c + (True, channels_last, F32) for c in cases] + [(1, 3, 9, 18, 5, 1, 2, 1, 1, True,
+                                                                    channels_last, F16)]:
+        run_ops(case, fwd=None, dgrad=None, wgrad=_rows_plans(case, tile)["wgrad"])
+    monkeypatch.setattr(rows_wgrad, "needs_int64", lambda *tensors: True)
+    case = ROW_TILE_CASES[0] + (True, channels_last, F32)
+    run_ops(case, fwd=None, dgrad=None, wgrad=_rows_plans(case, tile)["wgrad"])
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 def test_row_streaming_prefetch_forward_and_dgrad(monkeypatch, channels_last):
-    """The forward / dgrad variant that loads filter column 0 of step s + 1 during step s, on forced small
+    """The forward / dgrad variant that loads filter column 0 of step s + 1 during step s, on small named
     tiles (interior and border columns, several strips, weights in registers and not, strided and dilated W,
-    strided H, stride past the kernel, the rotated dgrad; NCHW with column windows of 2 where W allows)."""
-    import triton
-
-    from dwconv.triton import rows, tiles
-    tile = {"BLOCK_N": 1 if channels_last else 2, "BLOCK_C": 2 if channels_last else 1, "BLOCK_W": 4, "ROWS": 5,
-            "PREFETCH": True}
-
-    def rows_tile(channels_last_, batch, channels, height, width, kernel, element_size, column_windows=False):
-        hoist = not channels_last_ and kernel[0] * kernel[1] <= 25
-        win = 2 if column_windows and not channels_last_ else 1
-        return [triton.Config(dict(tile, HOIST=hoist, WIN=win), num_warps=1)]
-    monkeypatch.setattr(tiles, "rows_candidates", rows_tile)
-    cases = [(3, 3, 10, 13, 5, 1, 2, 1, 1), (1, 1, 11, 20, 11, 1, (5, 4, 3, 6), 1, 1),
-             (1, 3, 7, 19, (3, 5), (1, 2), (1, 1, 4, 2), (1, 2), 2), (3, 2, 13, 14, 5, (2, 1), 2, 1, 1),
-             (2, 2, 9, 8, 3, (4, 1), 0, 1, 1), (2, 3, 6, 11, 3, 1, (1, 2, 0, 4), (1, 3), 1),
-             (3, 3, 10, 13, 5, 1, 2, 1, 1, "int64")]  # the last again with 64-bit addressing
-    for n, c, h, w, k, stride, padding, dilation, mult, *int64 in cases:
-        if int64:
-            monkeypatch.setattr(rows, "needs_int64", lambda *tensors: True)
-        x, wt, bt = make_inputs(n, c, h, w, k, mult, F32, DEVICE, channels_last, True)
-        args = dwconv._conv_args.check_and_resolve(x, wt, bt, stride, padding, dilation)
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
-        grad_out = torch.randn(args.output_shape, device=DEVICE).contiguous(memory_format=fmt)
-        with poisoned_outputs():
-            y = dwconv.depthwise_conv2d(x, wt, bt, stride, padding, dilation, backend="triton")
-            dx = torch.ops.dwconv.dgrad(grad_out, wt, list(x.shape), list(args.stride), list(args.padding),
-                                        list(args.dilation), "triton")
-        y_ref, dx_ref, _, _ = reference_grads(x, wt, bt, grad_out, args.stride, args.padding, args.dilation)
-        assert_close(y, y_ref, F32, f"forward {n}x{c}x{h}x{w} k{k} s{stride}")
-        assert_close(dx, dx_ref, F32, f"dx {n}x{c}x{h}x{w} k{k} s{stride}")
+    strided H, stride past the kernel, the rotated dgrad; NCHW with column windows of 2 where W allows), the
+    first case again with 64-bit addressing."""
+    from dwconv.triton import rows
+    tile = _row_tile(channels_last, P=1)
+    cases = ROW_TILE_CASES[:4] + [(2, 2, 9, 8, 3, (4, 1), 0, 1, 1), ROW_TILE_CASES[4]]
+    for case in [c + (True, channels_last, F32) for c in cases]:
+        plans = _rows_plans(case, tile, window=1 if channels_last else 2)
+        run_ops(case, fwd=plans["fwd"], dgrad=plans["dgrad"], wgrad=None)
+    monkeypatch.setattr(rows, "needs_int64", lambda *tensors: True)
+    case = ROW_TILE_CASES[0] + (True, channels_last, F32)
+    plans = _rows_plans(case, tile, window=1 if channels_last else 2)
+    run_ops(case, fwd=plans["fwd"], dgrad=plans["dgrad"], wgrad=None)
 
 
 @pytest.mark.parametrize("prefetch", [False, True], ids=["plain", "prefetch"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
-def test_row_streaming_wgrad_non_finite_on_partial_tiles(monkeypatch, channels_last, prefetch):
-    """inf/NaN in x near the right and bottom edges, on forced 4-wide tiles over 7 output columns: the lanes
+def test_row_streaming_wgrad_non_finite_on_partial_tiles(channels_last, prefetch):
+    """inf/NaN in x near the right and bottom edges, on named 4-wide tiles over 7 output columns: the lanes
     of the last column tile that have no dy column must not read x (an inf times their stand-in zero would be
     NaN in taps where PyTorch has a finite value), nor must strips meet rows past their dy rows."""
-    import triton
-
-    from dwconv.triton import rows_wgrad, tiles
-    tile = {"BLOCK_N": 1 if channels_last else 2, "BLOCK_C": 2 if channels_last else 1, "BLOCK_W": 4, "ROWS": 3,
-            "PREFETCH": prefetch}
-    monkeypatch.setattr(tiles, "rows_wgrad_candidates", lambda *a, **k: [triton.Config(dict(tile), num_warps=1)])
+    tile = _row_tile(channels_last, rows=3, P=int(prefetch))
+    plan = "triton:rows:" + ",".join(f"{key}{value}" for key, value in tile.items()) + ",w1"
     x, wt, _ = make_inputs(2, 3, 8, 9, 3, 1, F32, DEVICE, channels_last=channels_last, bias=False)
     x = x.detach().clone()
     x[0, 0, 2, 8] = float("inf")    # last column: only the lanes of output columns 6 and 7 (missing) reach it
@@ -328,7 +324,7 @@ def test_row_streaming_wgrad_non_finite_on_partial_tiles(monkeypatch, channels_l
     x[0, 2, 4, 8] = float("nan")
     x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     grad_out = torch.randn(2, 3, 8, 7, device=DEVICE)  # 3x3 filter, padding (1, 1, 0, 0): 8x7 outputs
-    dw = torch.ops.dwconv.wgrad(grad_out, x, list(wt.shape), [1, 1], [1, 1, 0, 0], [1, 1], "triton")
+    dw = torch.ops.dwconv.wgrad(grad_out, x, list(wt.shape), [1, 1], [1, 1, 0, 0], [1, 1], plan)
     _, _, dw_ref, _ = reference_grads(x, wt, None, grad_out, (1, 1), (1, 1, 0, 0), (1, 1))
     dw_ref = dw_ref.to(dw.device)
     assert torch.isfinite(dw_ref).any() and not torch.isfinite(dw_ref).all()
@@ -340,11 +336,9 @@ def test_row_streaming_wgrad_non_finite_on_partial_tiles(monkeypatch, channels_l
 
 
 def test_small_map_direct_kernels():
-    """With the direct family preferred over the small-map GEMM, half-precision small maps run the direct
-    kernels."""
-    from dwconv import config
-    with config.override(triton_family="direct"):
-        run_case((1, 3, 7, 7, 7, 1, 3, 1, 2, True, True, BF16))
+    """With the direct family named, half-precision small maps run the direct kernels (not the small-map
+    GEMM)."""
+    run_case((1, 3, 7, 7, 7, 1, 3, 1, 2, True, True, BF16), backend="triton:direct")
 
 
 def test_deterministic_wgrad():

@@ -1,8 +1,15 @@
-"""The "triton" backend: the kernels of `dwconv/triton/` (on CUDA, or in Triton's interpreter on the CPU)."""
+"""The "triton" backend: the kernels of `dwconv/triton/` (on CUDA, or in Triton's interpreter on the CPU).
+
+Plans "triton:<family>:<variant>": families "plane" (fp16/bf16 small-map GEMM, forward and dgrad), "rows"
+(row-streaming) and "direct"; a variant names one tile of the family's kernel for the op, as its tile module
+writes it (dwconv/triton/*_tiles.py, e.g. "triton:rows:N2,C1,W64,R14,H1,WIN8,w2" for a forward). The default
+variant "" is autotuned among the family's candidates on a GPU when the triton_autotune setting is on, else
+the first candidate (the heuristic tile).
+"""
 from __future__ import annotations
 
 import contextlib
-from typing import Optional
+from typing import List, Optional
 
 import torch
 
@@ -69,21 +76,55 @@ class TritonBackend(Backend):
             found += ("rows",) if (rows.applies_forward(args) if op == "fwd" else rows.applies_dgrad(args)) else ()
         return preferred_first(found + ("direct",), config.get().triton_family)
 
+    def variant_problem(self, plan, op, x, args):
+        if not plan.variant:
+            return None
+        tiles = _tiles(plan.family, op)
+        try:
+            tile = tiles.FORMAT.parse(plan.variant)
+        except ValueError as e:
+            return str(e)
+        return tiles.problem(tile, op, args, is_channels_last(x))
+
+    def variants(self, family: str, op: str, x: torch.Tensor, args: ConvArgs) -> List[str]:
+        """The variants of `family`'s candidate tiles for op on this call, the default first (what autotuning
+        chooses among on a GPU)."""
+        tiles = _tiles(family, op)
+        cands = tiles.candidates_for(op, args, is_channels_last(x), x.element_size())
+        return [tiles.FORMAT.format(tile) for tile in cands]
+
     def forward(self, x, weight, bias, args, plan):
         from ..triton import fwd, plane, rows
         kernels = {"plane": plane, "rows": rows, "direct": fwd}[plan.family]
         with _on_device(x):
-            return kernels.forward(x, weight, bias, args, channels_last=is_channels_last(x))
+            return kernels.forward(x, weight, bias, args, channels_last=is_channels_last(x), variant=plan.variant,
+                                   autotune=_autotune(x))
 
     def dgrad(self, grad_out, weight, args, plan):
         from ..triton import dgrad, plane, rows
         kernels = {"plane": plane, "rows": rows, "direct": dgrad}[plan.family]
         with _on_device(grad_out):
-            return kernels.dgrad(grad_out, weight, args, channels_last=is_channels_last(grad_out))
+            return kernels.dgrad(grad_out, weight, args, channels_last=is_channels_last(grad_out),
+                                 variant=plan.variant, autotune=_autotune(grad_out))
 
     def wgrad(self, grad_out, x, args, plan):
         from ..triton import rows_wgrad, wgrad
         kernels = {"rows": rows_wgrad, "direct": wgrad}[plan.family]
         with _on_device(x):
             return kernels.wgrad(grad_out, x, args, channels_last=is_channels_last(x),
-                                 deterministic=torch.are_deterministic_algorithms_enabled())
+                                 deterministic=torch.are_deterministic_algorithms_enabled(), variant=plan.variant,
+                                 autotune=_autotune(x))
+
+
+def _autotune(t: torch.Tensor) -> bool:
+    """Whether a default variant is autotuned: on a GPU with the triton_autotune setting on (the interpreter runs
+    the default tile)."""
+    return t.device.type == "cuda" and config.get().triton_autotune
+
+
+def _tiles(family: str, op: str):
+    """The tile module of family's kernel for op: its FORMAT, candidates_for, choose and problem."""
+    from ..triton import direct_tiles, plane_tiles, rows_tiles, rows_wgrad_tiles
+    if family == "rows":
+        return rows_wgrad_tiles if op == "wgrad" else rows_tiles
+    return {"direct": direct_tiles, "plane": plane_tiles}[family]

@@ -15,7 +15,8 @@ import triton.language as tl
 
 from .._conv_args import ConvArgs
 from ..outputs import new_output
-from . import tiles
+from . import direct_tiles
+from .launcher import launch
 from .common import acc_dtype, needs_int64, phase_offset, strides4, weight_operand, widen_strides
 
 
@@ -158,8 +159,9 @@ def dgrad_kernel(dy_ptr, w_ptr, dx_ptr,
         tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=ok)
 
 
-def dgrad(grad_out, weight, args: ConvArgs, channels_last: bool):
-    """dx for upstream gradient grad_out, allocated with new_output in grad_out's layout."""
+def dgrad(grad_out, weight, args: ConvArgs, channels_last: bool, variant: str = "", autotune: bool = False):
+    """dx for upstream gradient grad_out, allocated with new_output in grad_out's layout: with the tile
+    `variant` names (direct_tiles.py), or the default ("": autotuned among the candidates when `autotune`)."""
     dx = new_output(args.input_shape, like=grad_out)
     if dx.numel() == 0:
         return dx
@@ -178,11 +180,12 @@ def dgrad(grad_out, weight, args: ConvArgs, channels_last: bool):
                 * triton.cdiv(wp, meta["BLOCK_W"]),)
 
     w_operand, w_strides = weight_operand(weight, channels_last)
-    tiles.launch(dgrad_kernel, grid,
-                 (grad_out, w_operand, dx, c, args.out_channels, h, w, args.out_height, args.out_width, pt, pl)
-                 + strides4(grad_out) + strides4(dx) + w_strides,
-                 dict(M=args.multiplier, KH=kh, KW=kw, SH=sh, SW=sw, DH=dh, DW=dw,
-                      OFF_H=phase_offset(kh, dh, sh), OFF_W=phase_offset(kw, dw, sw),
-                      INDEX_64=needs_int64(grad_out, dx), ACC=acc_dtype(grad_out.dtype)),
-                 channels_last=channels_last, channels=c, height=hp, width=wp, kernel_height=kh)
+    cands, tile = direct_tiles.choose("dgrad", args, channels_last, grad_out.element_size(), variant)
+    launch(dgrad_kernel, grid,
+           (grad_out, w_operand, dx, c, args.out_channels, h, w, args.out_height, args.out_width, pt, pl)
+           + strides4(grad_out) + strides4(dx) + w_strides,
+           dict(M=args.multiplier, KH=kh, KW=kw, SH=sh, SW=sw, DH=dh, DW=dw,
+                OFF_H=phase_offset(kh, dh, sh), OFF_W=phase_offset(kw, dw, sw),
+                INDEX_64=needs_int64(grad_out, dx), ACC=acc_dtype(grad_out.dtype)),
+           cands, direct_tiles.FORMAT, tile=tile, autotune=autotune, key=direct_tiles.TUNE_KEY)
     return dx

@@ -14,7 +14,8 @@ import triton.language as tl
 
 from .._conv_args import ConvArgs
 from ..outputs import new_output
-from . import tiles
+from . import direct_tiles
+from .launcher import launch
 from .common import acc_dtype, needs_int64, strides4, weight_operand, widen_strides
 
 
@@ -128,8 +129,9 @@ def fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
         tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=out_ok)
 
 
-def forward(x, weight, bias, args: ConvArgs, channels_last: bool):
-    """y = conv(x, weight) + bias, allocated with new_output in x's layout."""
+def forward(x, weight, bias, args: ConvArgs, channels_last: bool, variant: str = "", autotune: bool = False):
+    """y = conv(x, weight) + bias, allocated with new_output in x's layout: with the tile `variant` names
+    (direct_tiles.py), or the default ("": autotuned among the candidates when `autotune`)."""
     y = new_output(args.output_shape, like=x)
     n, co, ho, wo = args.output_shape
     if y.numel() == 0:
@@ -142,10 +144,11 @@ def forward(x, weight, bias, args: ConvArgs, channels_last: bool):
 
     b = bias if bias is not None else weight  # never read when HAS_BIAS is False
     w, w_strides = weight_operand(weight, channels_last)
-    tiles.launch(fwd_kernel, grid,
-                 (x, w, b, y, co, args.height, args.width, ho, wo, pt, pl) + strides4(x) + strides4(y) + w_strides,
-                 dict(M=args.multiplier, KH=args.kernel[0], KW=args.kernel[1], SH=args.stride[0],
-                      SW=args.stride[1], DH=args.dilation[0], DW=args.dilation[1],
-                      HAS_BIAS=bias is not None, INDEX_64=needs_int64(x, y), ACC=acc_dtype(x.dtype)),
-                 channels_last=channels_last, channels=co, height=ho, width=wo, kernel_height=args.kernel[0])
+    cands, tile = direct_tiles.choose("fwd", args, channels_last, x.element_size(), variant)
+    launch(fwd_kernel, grid,
+           (x, w, b, y, co, args.height, args.width, ho, wo, pt, pl) + strides4(x) + strides4(y) + w_strides,
+           dict(M=args.multiplier, KH=args.kernel[0], KW=args.kernel[1], SH=args.stride[0], SW=args.stride[1],
+                DH=args.dilation[0], DW=args.dilation[1], HAS_BIAS=bias is not None, INDEX_64=needs_int64(x, y),
+                ACC=acc_dtype(x.dtype)),
+           cands, direct_tiles.FORMAT, tile=tile, autotune=autotune, key=direct_tiles.TUNE_KEY)
     return y

@@ -18,8 +18,9 @@ import triton.language as tl
 
 from .._conv_args import ConvArgs
 from ..outputs import new_output
-from . import tiles
+from . import plane_tiles
 from .common import INTERPRET, needs_int64, strides4, widen_strides
+from .launcher import launch
 
 # Largest plane (input and output pixels) the GEMM formulation takes.
 MAX_PLANE_PIXELS = 256
@@ -188,7 +189,9 @@ def _upcast(dtype: torch.dtype) -> bool:
     return INTERPRET and dtype == torch.bfloat16
 
 
-def forward(x, weight, bias, args: ConvArgs, channels_last: bool):
+def forward(x, weight, bias, args: ConvArgs, channels_last: bool, variant: str = "", autotune: bool = False):
+    """y = conv(x, weight) + bias for applies(x.dtype, args), allocated with new_output in x's layout: with the
+    tile `variant` names (plane_tiles.py), or the default ("": autotuned among the candidates when `autotune`)."""
     y = new_output(args.output_shape, like=x)
     n, co, ho, wo = args.output_shape
     if y.numel() == 0:
@@ -200,17 +203,18 @@ def forward(x, weight, bias, args: ConvArgs, channels_last: bool):
                 * triton.cdiv(ho * wo, meta["BLOCK_N"]),)
 
     b = bias if bias is not None else weight  # never read when HAS_BIAS is False
-    tiles.launch_plane(plane_fwd_kernel, grid, n, co,
-                       (x, weight, b, y, n, co, args.height, args.width, ho, wo, pt, pl)
-                       + strides4(x) + strides4(y),
-                       dict(M=args.multiplier, KH=args.kernel[0], KW=args.kernel[1], SH=args.stride[0],
-                            SW=args.stride[1], DH=args.dilation[0], DW=args.dilation[1],
-                            HAS_BIAS=bias is not None, INDEX_64=needs_int64(x, y), UPCAST=_upcast(x.dtype)),
-                       channels_last=channels_last)
+    cands, tile = plane_tiles.choose("fwd", args, channels_last, x.element_size(), variant)
+    launch(plane_fwd_kernel, grid,
+           (x, weight, b, y, n, co, args.height, args.width, ho, wo, pt, pl) + strides4(x) + strides4(y),
+           dict(M=args.multiplier, KH=args.kernel[0], KW=args.kernel[1], SH=args.stride[0], SW=args.stride[1],
+                DH=args.dilation[0], DW=args.dilation[1], HAS_BIAS=bias is not None, INDEX_64=needs_int64(x, y),
+                UPCAST=_upcast(x.dtype)),
+           cands, plane_tiles.FORMAT, tile=tile, autotune=autotune, key=plane_tiles.TUNE_KEY)
     return y
 
 
-def dgrad(grad_out, weight, args: ConvArgs, channels_last: bool):
+def dgrad(grad_out, weight, args: ConvArgs, channels_last: bool, variant: str = "", autotune: bool = False):
+    """dx for applies(grad_out.dtype, args), allocated with new_output in grad_out's layout; tiles as forward's."""
     dx = new_output(args.input_shape, like=grad_out)
     n, c, h, w = args.input_shape
     if dx.numel() == 0:
@@ -221,11 +225,12 @@ def dgrad(grad_out, weight, args: ConvArgs, channels_last: bool):
         return (triton.cdiv(c, meta["BLOCK_C"]) * triton.cdiv(n, meta["BLOCK_M"])
                 * triton.cdiv(h * w, meta["BLOCK_N"]),)
 
-    tiles.launch_plane(plane_dgrad_kernel, grid, n, c,
-                       (grad_out, weight, dx, n, c, args.out_channels, h, w, args.out_height, args.out_width,
-                        pt, pl) + strides4(grad_out) + strides4(dx),
-                       dict(M=args.multiplier, KH=args.kernel[0], KW=args.kernel[1], SH=args.stride[0],
-                            SW=args.stride[1], DH=args.dilation[0], DW=args.dilation[1],
-                            INDEX_64=needs_int64(grad_out, dx), UPCAST=_upcast(grad_out.dtype)),
-                       channels_last=channels_last)
+    cands, tile = plane_tiles.choose("dgrad", args, channels_last, grad_out.element_size(), variant)
+    launch(plane_dgrad_kernel, grid,
+           (grad_out, weight, dx, n, c, args.out_channels, h, w, args.out_height, args.out_width, pt, pl)
+           + strides4(grad_out) + strides4(dx),
+           dict(M=args.multiplier, KH=args.kernel[0], KW=args.kernel[1], SH=args.stride[0], SW=args.stride[1],
+                DH=args.dilation[0], DW=args.dilation[1], INDEX_64=needs_int64(grad_out, dx),
+                UPCAST=_upcast(grad_out.dtype)),
+           cands, plane_tiles.FORMAT, tile=tile, autotune=autotune, key=plane_tiles.TUNE_KEY)
     return dx

@@ -17,7 +17,7 @@ and its input row values are shared along W as well: a row's WIN + KW - 1 input 
 each feeds every (column, filter column) pair that needs it, instead of one shifted load per filter column
 (WIN * KW). Each accumulator is then one tensor per output phase (column g*WIN + e of the tile).
 NCHW tiles take several images of one channel (the weights are then uniform across the program, and for
-small enough kernels are held in registers: HOIST, see tiles.py); channels_last tiles take a channel vector
+small enough kernels are held in registers: HOIST, see rows_tiles.py); channels_last tiles take a channel vector
 per pixel.
 
 Served: dilation 1 along H, any stride along H, any stride and dilation along W, KH and KW up to MAX_KERNEL.
@@ -31,8 +31,9 @@ import triton.language as tl
 
 from .._conv_args import ConvArgs
 from ..outputs import new_output
-from . import tiles
+from . import rows_tiles
 from .common import acc_torch_dtype, acc_dtype, needs_int64, strides4, widen_strides
+from .launcher import launch
 
 # KH accumulators of E elements each live in registers: beyond 13 rows they spill.
 MAX_KERNEL = 13
@@ -236,7 +237,8 @@ def _weight_operand(weight, channels_last: bool, channel_block: int):
     return w, taps, 1
 
 
-def _launch(x, weight, bias, y, in_hw, out_hw, pad_tl, stride, dil_w, multiplier, flip, channels_last):
+def _launch(x, weight, bias, y, in_hw, out_hw, pad_tl, stride, dil_w, multiplier, flip, channels_last, cands, tile,
+            autotune):
     n, co, ho, wo = y.shape
     kh, kw = weight.shape[2], weight.shape[3]
 
@@ -244,39 +246,41 @@ def _launch(x, weight, bias, y, in_hw, out_hw, pad_tl, stride, dil_w, multiplier
         return (triton.cdiv(n, meta["BLOCK_N"]) * triton.cdiv(co, meta["BLOCK_C"])
                 * triton.cdiv(ho, meta["ROWS"]) * triton.cdiv(wo, meta["BLOCK_W"]),)
 
-    cands = tiles.rows_candidates(channels_last, n, co, ho, wo, (kh, kw), x.element_size(),
-                                  column_windows=stride[1] == 1 and dil_w == 1)
-    w, swc, swt = _weight_operand(weight, channels_last, max(c.kwargs["BLOCK_C"] for c in cands))
+    w, swc, swt = _weight_operand(weight, channels_last,
+                                  max(c.kwargs["BLOCK_C"] for c in cands + ([tile] if tile is not None else [])))
     b = bias if bias is not None else w  # never read when HAS_BIAS is False
-    tiles.launch_candidates(
-        rows_kernel, grid, cands, tiles.ROWS_TUNE_KEY,
-        (x, w, b, y, n, co, in_hw[0], in_hw[1], ho, wo, pad_tl[0], pad_tl[1]) + strides4(x) + strides4(y) + (swc,),
-        dict(swt=swt, M=multiplier, KH=kh, KW=kw, SH=stride[0], SW=stride[1], DW=dil_w, FLIP=flip, HAS_BIAS=bias is not None,
-             INDEX_64=needs_int64(x, y), ACC=acc_dtype(x.dtype)))
+    launch(rows_kernel, grid,
+           (x, w, b, y, n, co, in_hw[0], in_hw[1], ho, wo, pad_tl[0], pad_tl[1]) + strides4(x) + strides4(y) + (swc,),
+           dict(swt=swt, M=multiplier, KH=kh, KW=kw, SH=stride[0], SW=stride[1], DW=dil_w, FLIP=flip,
+                HAS_BIAS=bias is not None, INDEX_64=needs_int64(x, y), ACC=acc_dtype(x.dtype)),
+           cands, rows_tiles.FORMAT, tile=tile, autotune=autotune, key=rows_tiles.TUNE_KEY)
 
 
-def forward(x, weight, bias, args: ConvArgs, channels_last: bool):
-    """y = conv(x, weight) + bias for applies_forward(args), allocated with new_output in x's layout."""
+def forward(x, weight, bias, args: ConvArgs, channels_last: bool, variant: str = "", autotune: bool = False):
+    """y = conv(x, weight) + bias for applies_forward(args), allocated with new_output in x's layout: with the
+    tile `variant` names (rows_tiles.py), or the default ("": autotuned among the candidates when `autotune`)."""
     y = new_output(args.output_shape, like=x)
     if y.numel() == 0:
         return y
+    cands, tile = rows_tiles.choose("fwd", args, channels_last, x.element_size(), variant)
     pt, _, pl, _ = args.padding
     _launch(x, weight, bias, y, (args.height, args.width), (args.out_height, args.out_width), (pt, pl),
-            args.stride, args.dilation[1], args.multiplier, False, channels_last)
+            args.stride, args.dilation[1], args.multiplier, False, channels_last, cands, tile, autotune)
     return y
 
 
-def dgrad(grad_out, weight, args: ConvArgs, channels_last: bool):
+def dgrad(grad_out, weight, args: ConvArgs, channels_last: bool, variant: str = "", autotune: bool = False):
     """dx for applies_dgrad(args): the forward over dy with the filter rotated by 180 degrees and
-    padding (K-1)*D - P (dx[ih, iw] = sum dy[ih + PT - kh, iw + PL - kw*DW] * w[kh, kw])."""
+    padding (K-1)*D - P (dx[ih, iw] = sum dy[ih + PT - kh, iw + PL - kw*DW] * w[kh, kw]); tiles as forward's."""
     dx = new_output(args.input_shape, like=grad_out)
     if dx.numel() == 0:
         return dx
     if grad_out.numel() == 0:
         return dx.zero_()
+    cands, tile = rows_tiles.choose("dgrad", args, channels_last, grad_out.element_size(), variant)
     kh, kw = args.kernel
     dw = args.dilation[1]
     pt, _, pl, _ = args.padding
     _launch(grad_out, weight, None, dx, (args.out_height, args.out_width), (args.height, args.width),
-            (kh - 1 - pt, (kw - 1) * dw - pl), (1, 1), dw, 1, True, channels_last)
+            (kh - 1 - pt, (kw - 1) * dw - pl), (1, 1), dw, 1, True, channels_last, cands, tile, autotune)
     return dx

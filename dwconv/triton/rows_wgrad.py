@@ -25,8 +25,9 @@ import triton.language as tl
 
 from .._conv_args import ConvArgs
 from ..outputs import new_output
-from . import tiles
-from .common import INTERPRET, acc_dtype, acc_torch_dtype, needs_int64, strides4, widen_strides
+from . import rows_wgrad_tiles
+from .common import acc_dtype, acc_torch_dtype, needs_int64, strides4, widen_strides
+from .launcher import launch
 from .rows import MAX_KERNEL
 from .wgrad import TARGET_PROGRAMS, add_tap, reduce_workspace, wgrad_program, workspace_of
 
@@ -208,22 +209,25 @@ def rows_wgrad_kernel(dy_ptr, x_ptr, ws_ptr, N, CO, H, W, HO, WO, PT, PL, IMAGES
 
 def _images_per_program(n: int, programs_per_slice: int, block_n: int) -> int:
     """Batch slice of one program: enough programs to fill the GPU, as few atomics as that allows."""
-    if INTERPRET:  # the interpreter pays per program: one slice
-        return n
     slices = max(1, min(triton.cdiv(n, block_n), TARGET_PROGRAMS // max(programs_per_slice, 1)))
     return triton.cdiv(triton.cdiv(n, slices), block_n) * block_n
 
 
-def wgrad(grad_out, x, args: ConvArgs, channels_last: bool, deterministic: bool):
-    """dw (shape args.weight_shape, x's dtype) for applies(args), accumulated in fp32 (fp64 for fp64)."""
+def wgrad(grad_out, x, args: ConvArgs, channels_last: bool, deterministic: bool, variant: str = "",
+          autotune: bool = False):
+    """dw (shape args.weight_shape, x's dtype) for applies(args), accumulated in fp32 (fp64 for fp64): with the
+    tile `variant` names (rows_wgrad_tiles.py), or the default ("": autotuned among the candidates when
+    `autotune`, except deterministic, whose workspace is sized for one tile)."""
     dw = new_output(args.weight_shape, like=x, channels_last=False)
     n, co, ho, wo = args.output_shape
     kh, kw = args.kernel
     if grad_out.numel() == 0:
         return dw.zero_()
     pt, _, pl, _ = args.padding
-    cands = tiles.rows_wgrad_candidates(channels_last, n, co, ho, wo, kh * kw)
-    nominal = cands[0].kwargs
+    cands, tile = rows_wgrad_tiles.choose("wgrad", args, channels_last, x.element_size(), variant)
+    if deterministic and tile is None:  # one workspace row per (slice, strip, column tile): one tile sizes it
+        tile = cands[0]
+    nominal = (tile if tile is not None else cands[0]).kwargs
     cblocks = triton.cdiv(co, nominal["BLOCK_C"])
     per_slice = triton.cdiv(wo, nominal["BLOCK_W"]) * triton.cdiv(ho, nominal["ROWS"])
     per_program = _images_per_program(n, cblocks * per_slice, nominal["BLOCK_N"])
@@ -234,17 +238,16 @@ def wgrad(grad_out, x, args: ConvArgs, channels_last: bool, deterministic: bool)
                 * triton.cdiv(ho, meta["ROWS"]) * slices,)
 
     acc_torch = acc_torch_dtype(x.dtype)
-    if deterministic:  # one workspace row per (slice, strip, column tile): the tile is fixed to size it
-        cands = cands[:1]
+    if deterministic:
         ws = new_output((slices * per_slice, co, kh * kw), like=x, dtype=acc_torch, channels_last=False)
     else:
         ws = torch.zeros((co, kh * kw), dtype=acc_torch, device=x.device)
-    tiles.launch_candidates(
-        rows_wgrad_kernel, grid, cands, tiles.ROWS_TUNE_KEY,
-        (grad_out, x, ws, n, co, args.height, args.width, ho, wo, pt, pl, per_program)
-        + strides4(grad_out) + strides4(x),
-        dict(M=args.multiplier, KH=kh, KW=kw, SH=args.stride[0], SW=args.stride[1], DW=args.dilation[1],
-             DETERMINISTIC=deterministic, INDEX_64=needs_int64(grad_out, x, ws), ACC=acc_dtype(x.dtype)),
-        reset_to_zero=None if deterministic else ["ws_ptr"])
+    launch(rows_wgrad_kernel, grid,
+           (grad_out, x, ws, n, co, args.height, args.width, ho, wo, pt, pl, per_program)
+           + strides4(grad_out) + strides4(x),
+           dict(M=args.multiplier, KH=kh, KW=kw, SH=args.stride[0], SW=args.stride[1], DW=args.dilation[1],
+                DETERMINISTIC=deterministic, INDEX_64=needs_int64(grad_out, x, ws), ACC=acc_dtype(x.dtype)),
+           cands, rows_wgrad_tiles.FORMAT, tile=tile, autotune=autotune, key=rows_wgrad_tiles.TUNE_KEY,
+           reset_to_zero=None if deterministic else ["ws_ptr"])
 
     return reduce_workspace(ws, ws.shape[0] if deterministic else 1, dw)

@@ -15,8 +15,9 @@ import triton.language as tl
 
 from .._conv_args import ConvArgs
 from ..outputs import new_output
-from . import tiles
-from .common import INTERPRET, acc_dtype, acc_torch_dtype, needs_int64, strides4, widen_strides
+from . import direct_tiles
+from .common import acc_dtype, acc_torch_dtype, needs_int64, strides4, widen_strides
+from .launcher import launch, launch_fixed
 
 # Programs pass 1 aims for (a few waves on a large GPU); the batch is split to get there.
 TARGET_PROGRAMS = 1024
@@ -159,14 +160,15 @@ def images_per_program(args: ConvArgs, channels_last: bool) -> int:
     n, co, ho, wo = args.output_shape
     nominal_c = _NOMINAL_CHANNELS_NHWC if channels_last else _NOMINAL_CHANNELS_NCHW
     programs_per_image = triton.cdiv(co, nominal_c) * triton.cdiv(ho * wo, _NOMINAL_TILE_PIXELS)
-    if INTERPRET:  # the interpreter pays per program: one slice
-        return n
     slices = max(1, min(n, TARGET_PROGRAMS // max(programs_per_image, 1)))
     return triton.cdiv(n, slices)
 
 
-def wgrad(grad_out, x, args: ConvArgs, channels_last: bool, deterministic: bool):
-    """dw (shape args.weight_shape, x's dtype), accumulated in fp32 (fp64 for fp64 inputs)."""
+def wgrad(grad_out, x, args: ConvArgs, channels_last: bool, deterministic: bool, variant: str = "",
+          autotune: bool = False):
+    """dw (shape args.weight_shape, x's dtype), accumulated in fp32 (fp64 for fp64 inputs): with the tile
+    `variant` names (direct_tiles.py), or the default ("": autotuned among the candidates when `autotune`,
+    except deterministic, whose workspace is sized for one tile)."""
     dw = new_output(args.weight_shape, like=x, channels_last=False)
     n, co, ho, wo = args.output_shape
     kh, kw = args.kernel
@@ -181,26 +183,22 @@ def wgrad(grad_out, x, args: ConvArgs, channels_last: bool, deterministic: bool)
         return (triton.cdiv(co, meta["BLOCK_C"]) * triton.cdiv(ho, meta["BLOCK_H"])
                 * triton.cdiv(wo, meta["BLOCK_W"]) * slices,)
 
-    def run(ws, **launch_options):
-        tiles.launch(wgrad_kernel, grid,
-                     (grad_out, x, ws, n, co, args.height, args.width, ho, wo, pt, pl, per_program)
-                     + strides4(grad_out) + strides4(x),
-                     dict(M=args.multiplier, KH=kh, KW=kw, SH=args.stride[0], SW=args.stride[1],
-                          DH=args.dilation[0], DW=args.dilation[1], DETERMINISTIC=deterministic,
-                          INDEX_64=needs_int64(grad_out, x, ws), ACC=acc_dtype(x.dtype)),
-                     channels_last=channels_last, channels=co, height=ho, width=wo, **launch_options)
-
+    cands, tile = direct_tiles.choose("wgrad", args, channels_last, x.element_size(), variant)
     if deterministic:
-        # One workspace row per (batch slice, tile): the tile is fixed (no autotuning) to size it.
-        cfg = tiles.default_config(channels_last, co, ho, wo)
-        splits = grid(cfg.kwargs)[0] // triton.cdiv(co, cfg.kwargs["BLOCK_C"])
+        tile = tile if tile is not None else cands[0]
+        splits = grid(tile.kwargs)[0] // triton.cdiv(co, tile.kwargs["BLOCK_C"])
         ws = torch.empty((splits, co, kh * kw), dtype=acc_torch, device=x.device)
-        run(ws, autotune=False)
     else:
         splits = 1
         ws = torch.zeros((co, kh * kw), dtype=acc_torch, device=x.device)
-        run(ws, reset_to_zero=["ws_ptr"])
-
+    launch(wgrad_kernel, grid,
+           (grad_out, x, ws, n, co, args.height, args.width, ho, wo, pt, pl, per_program)
+           + strides4(grad_out) + strides4(x),
+           dict(M=args.multiplier, KH=kh, KW=kw, SH=args.stride[0], SW=args.stride[1], DH=args.dilation[0],
+                DW=args.dilation[1], DETERMINISTIC=deterministic, INDEX_64=needs_int64(grad_out, x, ws),
+                ACC=acc_dtype(x.dtype)),
+           cands, direct_tiles.FORMAT, tile=tile, autotune=autotune, key=direct_tiles.TUNE_KEY,
+           reset_to_zero=None if deterministic else ["ws_ptr"])
     return reduce_workspace(ws, splits, dw)
 
 
@@ -208,6 +206,6 @@ def reduce_workspace(ws, splits: int, dw):
     """dw = the sum of the workspace's `splits` rows (one row: a copy with the cast to dw's dtype)."""
     numel = dw.numel()
     block = min(1024, triton.next_power_of_2(numel))
-    tiles.launch_fixed(wgrad_reduce_kernel, (triton.cdiv(numel, block),), (ws, dw, splits, numel),
-                       dict(BLOCK=block, ACC=acc_dtype(ws.dtype)))
+    launch_fixed(wgrad_reduce_kernel, (triton.cdiv(numel, block),), (ws, dw, splits, numel),
+                 dict(BLOCK=block, ACC=acc_dtype(ws.dtype)))
     return dw
