@@ -5,7 +5,7 @@
 # finished (its JSON is rewritten after each one, "complete": false).
 #   bash benchmarks/gpu_session.sh first        # sm_90-only build, the CUDA backend's GPU tests and
 #                                               # compute-sanitizer, the goal shapes timed for cuda vs PyTorch
-#   bash benchmarks/gpu_session.sh goals        # the goal shapes: cuda and triton (heuristic tiles) vs PyTorch,
+#   bash benchmarks/gpu_session.sh goals        # the goal shapes: cuda and triton (default tiles) vs PyTorch,
 #                                               # fp32 NCHW and bf16 channels_last, fwd/dgrad/wgrad/fwd+bwd
 #   bash benchmarks/gpu_session.sh profile      # Nsight Compute (when on the PATH): one call per goal case
 #   bash benchmarks/gpu_session.sh tiles        # every Triton autotune candidate timed alone (triton_tiles.py),
@@ -14,10 +14,10 @@
 #   bash benchmarks/gpu_session.sh kernels      # kernels.py, Robust-ResNet shapes (bf16, fp32) + plot
 #   bash benchmarks/gpu_session.sh kernels-more # kernels.py, ConvNeXt and RepLKNet-like shapes
 #   bash benchmarks/gpu_session.sh kernels-mma  # cuda backend, bf16 + fp16, fwd and dgrad: FMA kernels vs the
-#                                               # tensor-core kernels (DWCONV_CUDA_MMA=0 / 1), their tests first
+#                                               # tensor-core kernels (plans cuda:fma / cuda:mma), their tests first
 #   bash benchmarks/gpu_session.sh kernels-triton  # triton backend, Robust-ResNet shapes: row-streaming kernels
-#                                               # vs the direct ones (DWCONV_TRITON_ROW_STREAM=0 / 1), and the
-#                                               # half-precision small-map GEMM vs rows (DWCONV_TRITON_PLANE_GEMM)
+#                                               # vs the direct ones (plans triton:rows / triton:direct), and the
+#                                               # half-precision small-map GEMM vs rows (triton:plane / triton:rows)
 #   bash benchmarks/gpu_session.sh throughput-bf16  # throughput.py, four models, bf16 channels_last, batch 128
 #   bash benchmarks/gpu_session.sh throughput-fp32  # throughput.py, four models, fp32 NCHW (official), batch 128
 # Results go to benchmarks/results/ and, when $OUT is set (the device tool's output folder), are copied there.
@@ -81,20 +81,16 @@ case "${1:-}" in
     python benchmarks/kernels.py --shapes convnext --no-progress --json "$RESULTS/cuda-$card-kernels-convnext.json"
     python benchmarks/kernels.py --shapes replknet --no-progress \
       --json "$RESULTS/cuda-$card-kernels-replknet.json" --plot "$RESULTS/cuda-$card-kernels-replknet.png" ;;
-  kernels-mma)
-    DWCONV_CUDA_MMA=1 python -m pytest -q -x tests/test_cuda_mma.py -m gpu
-    for mma in 0 1; do
-      python benchmarks/kernels.py --shapes robust_resnet --backend cuda --dtype bf16,fp16 --ops fwd,dgrad \
-        --cuda-mma $mma --no-progress --json "$RESULTS/cuda-$card-kernels-robust-resnet-mma$mma.json"
-    done ;;
-  kernels-triton)
-    python -m pytest -q -x tests/test_triton.py
-    for rows in 0 1; do
-      DWCONV_TRITON_ROW_STREAM=$rows python benchmarks/kernels.py --shapes robust_resnet --backend triton \
-        --dtype bf16,fp32 --no-progress --json "$RESULTS/cuda-$card-kernels-robust-resnet-triton-rows$rows.json"
-    done
-    DWCONV_TRITON_PLANE_GEMM=0 python benchmarks/kernels.py --shapes robust_resnet --backend triton --dtype bf16 \
-      --ops fwd,dgrad --no-progress --json "$RESULTS/cuda-$card-kernels-robust-resnet-triton-plane0.json" ;;
+  kernels-mma)  # both plans in one run: interleaved, side by side
+    python -m pytest -q -x tests/test_cuda_mma.py -m gpu
+    python benchmarks/kernels.py --shapes robust_resnet --backend cuda:fma,cuda:mma --dtype bf16,fp16 --ops fwd,dgrad \
+      --no-progress --json "$RESULTS/cuda-$card-kernels-robust-resnet-mma.json" ;;
+  kernels-triton)  # each kernel family as a plan, side by side (an op a family cannot run is reported)
+    python -m pytest -q -x tests/test_triton.py tests/test_triton_plans.py
+    python benchmarks/kernels.py --shapes robust_resnet --backend triton:rows,triton:direct --dtype bf16,fp32 \
+      --no-progress --json "$RESULTS/cuda-$card-kernels-robust-resnet-triton-rows-direct.json"
+    python benchmarks/kernels.py --shapes robust_resnet --backend triton:plane,triton:rows --dtype bf16 \
+      --ops fwd,dgrad --no-progress --json "$RESULTS/cuda-$card-kernels-robust-resnet-triton-plane-rows.json" ;;
   throughput-bf16)
     python benchmarks/throughput.py --dtype bf16 --channels-last --no-progress \
       --json "$RESULTS/cuda-$card-throughput-bf16-channels-last.json" ;;

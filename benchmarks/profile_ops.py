@@ -20,15 +20,16 @@ if __package__ in (None, ""):
 
 import torch
 
-import dwconv
 from benchmarks import conv_ops, shapes
 from benchmarks.cli import DTYPE_LAYOUT_CASES, SINGLE_OPS, split_choices
-
+from dwconv import plans
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--backend", default="cuda,triton", help="comma-separated dwconv backends and/or 'torch'")
+    p.add_argument("--backend", default="cuda,triton",
+                   help="comma-separated dwconv backends or plans ('triton:rows', 'cuda:mma', dwconv/plans.py) "
+                        "and/or 'torch' (PyTorch's own convolution)")
     p.add_argument("--shapes", default="goals", choices=sorted(shapes.SHAPE_SETS))
     p.add_argument("--only", default="", help="keep shapes whose name contains this text")
     p.add_argument("--cases", default="fp32-nchw,bf16-nhwc", help="comma-separated dtype-layout pairs")
@@ -37,7 +38,14 @@ def parse_args(argv):
     args = p.parse_args(argv)
     args.cases = split_choices(args.cases, DTYPE_LAYOUT_CASES, "--cases", p)
     args.ops = split_choices(args.ops, SINGLE_OPS, "--ops", p)
-    args.backend = split_choices(args.backend, ["torch"] + list(dwconv.BACKENDS), "--backend", p)
+    args.backend = [b.strip() for b in args.backend.split(",") if b.strip()]
+    if not args.backend:
+        p.error("--backend: name at least one backend or plan")
+    for backend in args.backend:
+        try:
+            plans.parse(backend)
+        except ValueError as e:
+            p.error(f"--backend: {e}")
     return args
 
 

@@ -4,9 +4,10 @@
 
 For each shape and op (fwd, dgrad, wgrad) it checks both Triton kernel families against a float64 PyTorch
 reference (relative norm error) and times PyTorch (cuDNN or its native kernel, cudnn.benchmark on), the
-row-streaming kernels (DWCONV_TRITON_ROW_STREAM=1) and the direct kernels (=0) in one process, interleaved
-(benchmarks/timing.py: CUDA events, medians). Without --autotune the Triton kernels run their heuristic tile (DWCONV_TRITON_AUTOTUNE=0), which
-keeps compile time to one kernel per shape and op. --smoke: tiny shapes, runs anywhere (CPU: interpreter).
+row-streaming kernels (plan "triton:rows") and the direct kernels ("triton:direct") in one process,
+interleaved (benchmarks/timing.py: CUDA events, medians); an op the row kernels do not take (dgrad at stride 2)
+records why. Without --autotune the Triton kernels run their default tile (dwconv setting triton_autotune off),
+which keeps compile time to one kernel per shape and op. --smoke: tiny shapes, runs anywhere (CPU: interpreter).
 """
 from __future__ import annotations
 
@@ -15,6 +16,20 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    __package__ = "benchmarks"
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import dwconv  # noqa: E402  (registers the ops)
+from benchmarks.timing import Timer, interleaved  # noqa: E402
+from dwconv.backends import BackendUnavailableError  # noqa: E402
 
 # (name, N, C, H=W, K, stride, dtype, channels_last)
 SHAPES = [
@@ -35,26 +50,17 @@ def main(argv=None):
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--budget-s", type=float, default=1e9, help="stop starting new shapes after this")
     opts = parser.parse_args(argv)
-    os.environ["DWCONV_TRITON_AUTOTUNE"] = "1" if opts.autotune else "0"
-    import torch
-    if not torch.cuda.is_available():
-        os.environ.setdefault("TRITON_INTERPRET", "1")
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-    import dwconv  # noqa: F401  (registers the ops)
-    from benchmarks.timing import Timer, interleaved
+    with dwconv.config.override(triton_autotune=opts.autotune):
+        return run(opts)
 
+
+def run(opts):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.backends.cudnn.benchmark = True
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     start = time.time()
     rows = []
     timer = Timer(torch.device(device))
-
-    def with_row_stream(flag, call):
-        def run():
-            os.environ["DWCONV_TRITON_ROW_STREAM"] = flag
-            return call()
-        return run
 
     for name, n, c, hw, k, s, dt, cl in (SMOKE if opts.smoke else SHAPES):
         if time.time() - start > opts.budget_s:
@@ -70,11 +76,15 @@ def main(argv=None):
         dx_ref, dw_ref, _ = torch.ops.aten.convolution_backward(
             dy.double(), x.double(), w.double(), None, [s, s], [p, p], [1, 1], False, [0, 0], c, [True, True, False])
         refs = {"fwd": y_ref, "dgrad": dx_ref, "wgrad": dw_ref}
-        dwconv_calls = {
-            "fwd": lambda: torch.ops.dwconv.depthwise_conv2d(x, w, None, [s, s], [p, p, p, p], [1, 1], "triton"),
-            "dgrad": lambda: torch.ops.dwconv.dgrad(dy, w, list(x.shape), [s, s], [p, p, p, p], [1, 1], "triton"),
-            "wgrad": lambda: torch.ops.dwconv.wgrad(dy, x, list(w.shape), [s, s], [p, p, p, p], [1, 1], "triton"),
-        }
+
+        def dwconv_call(op, plan, x=x, w=w, dy=dy, s=s, p=p):
+            calls = {
+                "fwd": lambda: torch.ops.dwconv.depthwise_conv2d(x, w, None, [s, s], [p] * 4, [1, 1], plan),
+                "dgrad": lambda: torch.ops.dwconv.dgrad(dy, w, list(x.shape), [s, s], [p] * 4, [1, 1], plan),
+                "wgrad": lambda: torch.ops.dwconv.wgrad(dy, x, list(w.shape), [s, s], [p] * 4, [1, 1], plan),
+            }
+            return calls[op]
+
         torch_calls = {
             "fwd": lambda: torch.nn.functional.conv2d(x, w, None, s, p, 1, c),
             "dgrad": lambda: torch.ops.aten.convolution_backward(dy, x, w, None, [s, s], [p, p], [1, 1], False,
@@ -85,18 +95,22 @@ def main(argv=None):
         for op in ("fwd", "dgrad", "wgrad"):
             row = dict(shape=name, N=n, C=c, H=hw, K=k, stride=s, dtype=dt, channels_last=cl, op=op)
             cases = {"torch": torch_calls[op]}
-            for variant, flag in (("rows", "1"), ("direct", "0")):
-                cases[variant] = with_row_stream(flag, dwconv_calls[op])
+            for family in ("rows", "direct"):
+                call = dwconv_call(op, f"triton:{family}")
                 t0 = time.time()
-                out = cases[variant]()
-                row[f"{variant}_rel_err"] = float((out.double() - refs[op]).norm() / refs[op].norm())
-                row[f"{variant}_first_call_s"] = round(time.time() - t0, 2)
+                try:
+                    out = call()
+                except BackendUnavailableError as e:  # the row kernels' dgrad is stride 1 only
+                    row[f"{family}_unavailable"] = str(e)
+                    continue
+                cases[family] = call
+                row[f"{family}_rel_err"] = float((out.double() - refs[op]).norm() / refs[op].norm())
+                row[f"{family}_first_call_s"] = round(time.time() - t0, 2)
             # The interpreter's times mean nothing: on a CPU only the checks run.
             stats = interleaved(cases, timer, warmup=2, reps=opts.reps) if device == "cuda" else {}
-            os.environ["DWCONV_TRITON_ROW_STREAM"] = "1"
-            for case in cases:
+            for case in ("torch", "rows", "direct"):
                 row[f"{case}_us"] = stats[case].median * 1e6 if case in stats else 0.0
-            row["rows_vs_direct"] = row["direct_us"] / row["rows_us"] if row["rows_us"] else None
+            row["rows_vs_direct"] = row["direct_us"] / row["rows_us"] if row["rows_us"] and row["direct_us"] else None
             row["rows_vs_torch"] = row["torch_us"] / row["rows_us"] if row["rows_us"] else None
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -105,7 +119,7 @@ def main(argv=None):
     try:
         import triton
         info["triton"] = triton.__version__
-    except Exception:  # pragma: no cover
+    except ImportError:  # pragma: no cover
         pass
     if opts.json:
         with open(opts.json, "w") as f:

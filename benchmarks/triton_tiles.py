@@ -54,7 +54,7 @@ def parse_args(argv):
     p.add_argument("--only", default="", help="keep shapes whose name contains this text")
     p.add_argument("--cases", default="fp32-nchw,bf16-nhwc", help="comma-separated dtype-layout pairs")
     p.add_argument("--ops", default="fwd,dgrad,wgrad")
-    p.add_argument("--family", default="", choices=("", "rows", "direct", "plane"),
+    p.add_argument("--family", default=None, choices=("rows", "direct", "plane"),
                    help="the Triton kernel family whose tiles are swept (default: the backend's choice per call; "
                         "an op the family cannot run is skipped)")
     p.add_argument("--warmup", type=int, default=2)
