@@ -6,20 +6,19 @@ the same, fully resolved geometry.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence, Tuple, Union
+from typing import Dict, NamedTuple, Sequence, Tuple, Union
 
 import torch
 
 IntPair = Union[int, Sequence[int]]
 
 
-@dataclass(frozen=True)
-class ConvArgs:
+class ConvArgs(NamedTuple):
     """Resolved geometry of one depthwise convolution (always 4-D, NCHW logical order).
 
     padding is explicit and possibly asymmetric: (top, bottom, left, right).
     multiplier m: output channel c*m + j reads input channel c.
+    A tuple, so hashing it (per call, in dwconv/dispatch.py's decision cache) happens in C.
     """
 
     batch: int
@@ -66,6 +65,10 @@ class ConvArgs:
 
 
 def _pair(value: IntPair, name: str) -> Tuple[int, int]:
+    if type(value) is int:
+        return (value, value)
+    if type(value) is tuple and len(value) == 2 and type(value[0]) is int and type(value[1]) is int:
+        return value  # type: ignore[return-value]
     if isinstance(value, bool):
         raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
     if isinstance(value, int):
@@ -126,9 +129,9 @@ def check_and_resolve(x: torch.Tensor, weight: torch.Tensor, bias, stride, paddi
             raise RuntimeError(f"{name} must be a floating-point tensor, got {t.dtype}")
     # Under autocast the op casts input, weight and bias to the autocast dtype first (as nn.Conv2d does),
     # so mixed dtypes are fine there unless one of them is float64, which autocast leaves alone.
-    mixed_ok = torch.amp.is_autocast_available(x.device.type) and torch.is_autocast_enabled(
-        x.device.type) and torch.float64 not in (
-        x.dtype, weight.dtype, bias.dtype if bias is not None else x.dtype)
+    mixed_ok = (weight.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype)) and (
+        torch.amp.is_autocast_available(x.device.type) and torch.is_autocast_enabled(x.device.type)
+        and torch.float64 not in (x.dtype, weight.dtype, bias.dtype if bias is not None else x.dtype))
     if weight.dtype != x.dtype and not mixed_ok:
         raise RuntimeError(f"input ({x.dtype}) and weight ({weight.dtype}) must have the same dtype")
     if weight.device != x.device:
@@ -168,6 +171,32 @@ def check_and_resolve(x: torch.Tensor, weight: torch.Tensor, bias, stride, paddi
         raise RuntimeError(
             f"kernel size ({eff_h}x{eff_w} with dilation) can't be greater than the padded input size "
             f"({h + pads[0] + pads[1]}x{w + pads[2] + pads[3]})")
+    return args
+
+
+_resolved: Dict[tuple, ConvArgs] = {}
+_RESOLVED_MAX = 4096
+
+
+def check_and_resolve_cached(x: torch.Tensor, weight: torch.Tensor, bias, stride, padding, dilation) -> ConvArgs:
+    """check_and_resolve, remembered per (sizes, dtypes, devices, stride, padding, dilation) of calls that passed:
+    the checks depend on nothing else (calls with mixed dtypes, which also depend on autocast, are not
+    remembered). Saves most of the per-call cost of validation on repeated calls (a model's layers). Not under
+    torch.compile, where sizes may be symbolic and a lookup keyed by them would specialise the graph."""
+    if torch.compiler.is_compiling():
+        return check_and_resolve(x, weight, bias, stride, padding, dilation)
+    try:
+        key = (x.shape, x.dtype, x.device, weight.shape, weight.dtype, weight.device,
+               None if bias is None else (bias.shape, bias.dtype, bias.device), stride, padding, dilation)
+        args = _resolved.get(key)
+    except (TypeError, AttributeError):  # unhashable arguments (lists) or non-tensors: the full check says what
+        return check_and_resolve(x, weight, bias, stride, padding, dilation)
+    if args is None:
+        args = check_and_resolve(x, weight, bias, stride, padding, dilation)
+        if weight.dtype == x.dtype and (bias is None or bias.dtype == x.dtype):
+            if len(_resolved) >= _RESOLVED_MAX:
+                _resolved.clear()
+            _resolved[key] = args
     return args
 
 

@@ -9,7 +9,7 @@ from torch.overrides import handle_torch_function, has_torch_function_variadic
 
 from . import ops  # noqa: F401  (registers the dwconv ops)
 from . import onnx_export
-from ._conv_args import IntPair, check_and_resolve
+from ._conv_args import IntPair, check_and_resolve_cached
 from .backends import check_backend_name
 
 
@@ -35,8 +35,11 @@ def depthwise_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = Non
     elif input.dim() != 4:
         raise RuntimeError(f"depthwise_conv2d expects a 3-D (unbatched) or 4-D (batched) input, got "
                            f"{input.dim()}-D input of shape {tuple(input.shape)}")
-    args = check_and_resolve(input, weight, bias, stride, padding, dilation)
+    args = check_and_resolve_cached(input, weight, bias, stride, padding, dilation)
     check_backend_name(backend)
+    if weight.dtype == input.dtype and ops.direct_call_possible(input, weight, bias):
+        out = ops.run_forward(input, weight, bias, args, backend)
+        return out.squeeze(0) if unbatched else out
     stride, padding, dilation = list(args.stride), list(args.padding), list(args.dilation)
     if torch.jit.is_tracing():  # "same" padding computed from traced sizes: the op's schema takes ints
         stride, padding, dilation = ([int(v) for v in values] for values in (stride, padding, dilation))

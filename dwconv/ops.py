@@ -13,6 +13,8 @@ import torch
 from torch import Tensor
 
 from ._conv_args import ConvArgs, is_channels_last
+from torch.autograd import forward_ad as _forward_ad
+
 from . import dispatch
 
 
@@ -38,6 +40,29 @@ def _check_grad_shape(grad_out: Tensor, args: ConvArgs) -> None:
         raise RuntimeError(f"grad_out must have the output's shape {args.output_shape}, got {tuple(grad_out.shape)}")
 
 
+_DIRECT_DEVICES = ("cpu", "cuda")
+_PLAIN_TENSORS = (Tensor, torch.nn.Parameter)  # Parameter disables __torch_function__: a plain tensor here
+
+
+def direct_call_possible(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> bool:
+    """Whether a forward call can skip the dispatcher (and the op's Python wrappers) and run the op's body
+    directly: plain CPU or CUDA tensors, no gradient or tangent to record, and nothing that must see the op
+    itself (autocast, dispatch modes such as FlopCounterMode or fake tensors, torch.func transforms, tracing,
+    torch.compile). The result is the same either way: only the per-call cost differs."""
+    if (type(x) not in _PLAIN_TENSORS or type(weight) not in _PLAIN_TENSORS
+            or (bias is not None and type(bias) not in _PLAIN_TENSORS)):
+        return False
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or
+                                    (bias is not None and bias.requires_grad)):
+        return False
+    device = x.device.type
+    return device in _DIRECT_DEVICES and not (
+        torch._C._len_torch_dispatch_stack() or _forward_ad._current_level >= 0
+        or torch._C._functorch.peek_interpreter_stack() is not None or torch.is_autocast_enabled(device)
+        or torch._C._get_tracing_state() is not None or torch.compiler.is_compiling()
+        or torch.compiler.is_exporting())
+
+
 def as_kernel_layout(t: Tensor, like: Optional[Tensor] = None) -> Tensor:
     """t made NCHW- or channels_last-contiguous (like's layout if given): the layouts kernels accept."""
     fmt = _memory_format(like if like is not None else t)
@@ -52,6 +77,12 @@ def forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence[
     args = _args(x.shape, weight.shape, stride, padding, dilation)
     if weight.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype):
         raise RuntimeError(f"input ({x.dtype}), weight ({weight.dtype}) and bias must have the same dtype")
+    return run_forward(x, weight, bias, args, backend)
+
+
+def run_forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], args: ConvArgs, backend: str) -> Tensor:
+    """The forward op's body for validated tensors and resolved arguments (the op, and the functional's direct
+    path for calls that need nothing from the dispatcher: direct_call_possible)."""
     if x.numel() == 0:
         return _empty(args.output_shape, x, _memory_format(x))
     x = as_kernel_layout(x)

@@ -422,3 +422,53 @@ def test_tuner_on_a_model_finds_its_layers(tmp_path, capsys):
         ((2, 8, 8, 8), 1, 2), ((2, 8, 8, 8), 2, 1)]
     with pytest.raises(SystemExit, match="positive ints"):
         tune.shape_layers(["2,8,10"])
+
+
+# ---- the functional's direct path (per-call overhead)
+
+def test_direct_path_only_where_nothing_must_see_the_op():
+    from dwconv import ops
+    from torch.utils.flop_counter import FlopCounterMode
+    x, w, b, _ = _call()
+    assert ops.direct_call_possible(x, w, b)
+    with torch.no_grad():
+        assert ops.direct_call_possible(x, w.requires_grad_(), b)
+    assert not ops.direct_call_possible(x, w, b), "a weight that requires grad needs the autograd kernel"
+    w = w.detach()
+    with FlopCounterMode(display=False):
+        assert not ops.direct_call_possible(x, w, b)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not ops.direct_call_possible(x, w, b)
+    with torch.autograd.forward_ad.dual_level():
+        assert not ops.direct_call_possible(x, w, b)
+    seen = []
+    torch.func.vmap(lambda t: seen.append(ops.direct_call_possible(t, w, b)) or t)(x.unsqueeze(0))
+    assert seen == [False], "inside torch.func.vmap the op's batching rule must run"
+    assert not ops.direct_call_possible(x.to("meta"), w.to("meta"), b.to("meta"))
+
+
+def test_direct_path_gives_the_op_results():
+    x, w, b, _ = _call()
+    with torch.no_grad():
+        direct = dwconv.depthwise_conv2d(x, w, b, padding=3, backend=f"cpu:{CPU_FAMILIES[0]}")
+        via_op = torch.ops.dwconv.depthwise_conv2d(x, w, b, [1, 1], [3] * 4, [1, 1], f"cpu:{CPU_FAMILIES[0]}")
+    assert torch.equal(direct, via_op)
+    from torch.utils.flop_counter import FlopCounterMode
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        dwconv.depthwise_conv2d(x, w, b, padding=3)
+    assert counter.get_total_flops() == 2 * 2 * 8 * 14 * 14 * 49, "the op still runs (and is counted) under a mode"
+
+
+def test_remembered_validation_still_refuses_bad_calls():
+    """check_and_resolve_cached remembers only calls that passed, keyed by everything the checks read."""
+    x, w, b, _ = _call()
+    dwconv.depthwise_conv2d(x, w, b, padding=3)
+    with pytest.raises(RuntimeError, match="same dtype"):
+        dwconv.depthwise_conv2d(x, w.double(), b, padding=3)
+    with pytest.raises(RuntimeError, match="bias"):
+        dwconv.depthwise_conv2d(x, w, b[:4], padding=3)
+    with pytest.raises(RuntimeError, match="can't be greater"):
+        dwconv.depthwise_conv2d(x[:, :, :3, :3], w, b, padding=1)
+    with pytest.raises(ValueError, match="negative padding"):
+        dwconv.depthwise_conv2d(x, w, b, padding=-1)
+    assert dwconv.depthwise_conv2d(x, w, b, padding=[3, 3]).shape == x.shape  # a list: checked, not remembered

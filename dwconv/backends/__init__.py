@@ -34,14 +34,20 @@ class BackendUnavailableError(RuntimeError):
     """A backend or plan requested by name cannot serve the call (the message says why)."""
 
 
+_valid_names = {"auto"}
+
+
 def check_backend_name(name) -> str:
     """name if it is "auto", a backend name or a plan "backend:family[:variant]" (dwconv/plans.py)."""
-    if name != "auto":
-        try:
-            plans.parse(name)
-        except ValueError as e:
-            raise ValueError(f"unknown dwconv backend {name!r}; choose one of {('auto',) + BACKENDS} or a plan "
-                             f"'backend:family[:variant]' (dwconv/plans.py)") from e
+    if name in _valid_names:
+        return name
+    try:
+        plans.parse(name)
+    except ValueError as e:
+        raise ValueError(f"unknown dwconv backend {name!r}; choose one of {('auto',) + BACKENDS} or a plan "
+                         f"'backend:family[:variant]' (dwconv/plans.py)") from e
+    if len(_valid_names) < 1024:
+        _valid_names.add(name)
     return name
 
 
