@@ -1,16 +1,20 @@
 """Helpers shared by the Triton launchers."""
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.jit import JITFunction
+
+
+@triton.jit
+def _decorated():
+    pass
+
 
 # Triton decides at decoration time (i.e. when these modules are imported) whether @triton.jit builds GPU
-# kernels or interpreter functions; this mirrors that decision.
-INTERPRET: bool = (bool(triton.knobs.runtime.interpret) if hasattr(triton, "knobs")
-                   else os.environ.get("TRITON_INTERPRET", "0") == "1")
+# kernels or interpreter functions: this is its decision, read off a decorated function.
+INTERPRET: bool = not isinstance(_decorated, JITFunction)
 
 _INT32_LIMIT = 2 ** 31 - 1
 
