@@ -97,8 +97,10 @@ def _openvino(path: Path, threads: int) -> Tuple[Callable[[np.ndarray], np.ndarr
     def run(x: np.ndarray) -> np.ndarray:
         return request.infer({0: x}, share_inputs=True)[0]
 
-    applied = {key: str(compiled.get_property(key)) for key in ("INFERENCE_NUM_THREADS", "PERFORMANCE_HINT",
-                                                                "INFERENCE_PRECISION_HINT", "NUM_STREAMS")}
+    applied = {}
+    for key in ("INFERENCE_NUM_THREADS", "PERFORMANCE_HINT", "INFERENCE_PRECISION_HINT", "NUM_STREAMS"):
+        value = compiled.get_property(key)
+        applied[key] = value.get_type_name() if isinstance(value, ov.Type) else str(value)  # "f32"
     return run, {"device": "CPU", **applied}
 
 
