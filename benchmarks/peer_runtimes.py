@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-__all__ = ["RUNTIMES", "RuntimeUnavailable", "runtime_status", "export_conv_onnx", "build_runtime"]
+__all__ = ["RUNTIMES", "RuntimeUnavailable", "first_line", "runtime_status", "export_conv_onnx", "build_runtime"]
 
 RUNTIMES = ("onnxruntime", "openvino")
 _INSTALL_HINT = "pip install onnx onnxruntime openvino (or pip install -e .[peers])"
@@ -25,13 +25,18 @@ class RuntimeUnavailable(RuntimeError):
     """A peer runtime that cannot run here: the reason is the message."""
 
 
+def first_line(e: BaseException) -> str:
+    """An exception as one line: its type and the first line of its message."""
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
 def _import(module: str):
     try:
         return importlib.import_module(module)
     except ImportError as e:
         raise RuntimeUnavailable(f"not installed ({e}); {_INSTALL_HINT}") from e
     except Exception as e:  # a broken install (missing shared library, ABI mismatch): report, never crash
-        raise RuntimeUnavailable(f"fails to load: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+        raise RuntimeUnavailable(f"fails to load: {first_line(e)}") from e
 
 
 def runtime_status() -> Dict[str, Dict[str, Optional[str]]]:
@@ -65,7 +70,7 @@ def export_conv_onnx(weight: torch.Tensor, bias: torch.Tensor, padding: int, exa
                 torch.onnx.export(conv, (example,), str(path), input_names=["x"], output_names=["y"], dynamo=dynamo)
             return exporter
         except Exception as e:  # noqa: BLE001 - every exporter failure is reported with its reason
-            errors.append(f"{exporter}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            errors.append(f"{exporter}: {first_line(e)}")
     raise RuntimeUnavailable("torch.onnx.export failed (" + "; ".join(errors) + ")")
 
 
@@ -117,5 +122,4 @@ def build_runtime(name: str, onnx_path: Path, threads: int) -> Tuple[Callable[[n
     except RuntimeUnavailable:
         raise
     except Exception as e:  # noqa: BLE001 - a runtime that rejects the model is reported, not raised
-        raise RuntimeUnavailable(f"failed to load the model: {type(e).__name__}: "
-                                 f"{str(e).splitlines()[0] if str(e) else ''}") from e
+        raise RuntimeUnavailable(f"failed to load the model: {first_line(e)}") from e

@@ -38,7 +38,8 @@ import dwconv
 from benchmarks import fma_probe, roofline, shapes, tables
 from benchmarks.cli import split_choices
 from benchmarks.kernels import _cache_bytes, rotation_count
-from benchmarks.peer_runtimes import RUNTIMES, RuntimeUnavailable, build_runtime, export_conv_onnx, runtime_status
+from benchmarks.peer_runtimes import (RUNTIMES, RuntimeUnavailable, build_runtime, export_conv_onnx, first_line,
+                                     runtime_status)
 from benchmarks.progress import Progress
 from benchmarks.run_info import load_average, result_path, run_metadata, write_json
 from benchmarks.timing import Timer, calibrate_inner, interleaved
@@ -214,7 +215,7 @@ def check_against_float64(calls, first: InputSet, weight, bias, pad: int) -> Tup
         try:
             out = call(first)
         except Exception as e:  # noqa: BLE001 - a provider that cannot run the shape is reported, not raised
-            failures[name] = f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            failures[name] = f"failed: {first_line(e)}"
             continue
         if tuple(out.shape) != tuple(ref.shape):
             failures[name] = f"output shape {tuple(out.shape)} != {tuple(ref.shape)}"

@@ -136,7 +136,8 @@ def peers_summary(result: Dict) -> str:
     rates = []
     for isa, entry in probe.items():
         if "gflops" in entry:
-            per = ", ".join(f"{v['median']:.0f} on {n} thread{'s' if n != '1' else ''}" for n, v in entry["gflops"].items())
+            per = ", ".join(f"{v['median']:.0f} on {n} thread{'s' if n != '1' else ''}"
+                            for n, v in entry["gflops"].items())
             rates.append(f"{isa} {per}")
         else:
             rates.append(f"{isa} skipped ({entry['skipped']})")

@@ -39,7 +39,8 @@ def test_missing_and_broken_runtimes_are_reported(monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import raises ImportError
     monkeypatch.setattr(peer_runtimes.importlib, "import_module", fake_import)
     status = peer_runtimes.runtime_status()
-    assert status["onnxruntime"]["missing"].startswith("not installed") and "pip install" in status["onnxruntime"]["missing"]
+    missing = status["onnxruntime"]["missing"]
+    assert missing.startswith("not installed") and "pip install" in missing
     assert status["openvino"]["missing"] == "fails to load: OSError: libopenvino.so: cannot open shared object file"
     with pytest.raises(peer_runtimes.RuntimeUnavailable, match="not installed"):
         peer_runtimes.build_runtime("onnxruntime", "unused.onnx", 1)
