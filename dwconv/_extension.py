@@ -19,7 +19,7 @@ def load() -> Optional[str]:
             from . import _C  # noqa: F401  (import runs the TORCH_LIBRARY registrations)
         except ImportError as e:
             _load_error = (f"the C++ extension dwconv._C is not available ({e}); build it against this torch "
-                           f"({torch.__version__}) with `pip install --no-build-isolation -e .`")
+                           f"({torch.__version__}) with `pip install -e .`")
     return _load_error
 
 
