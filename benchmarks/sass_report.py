@@ -8,6 +8,10 @@ per-thread stack frame: these kernels declare no local arrays, so it is all spil
 (FFMA, FFMA2, HFMA2, DFMA, HMMA, HGMMA, IMMA and kin) and fma_share.
 Register clears that ptxas writes as `HFMA2.MMA Rx, -RZ, RZ, 0, 0` are moves and are not counted at all.
 
+`--json` prints {"meta": ..., "rows": [...]}: meta as in the other result files (command, commit, date,
+versions; the machine is the one that compiled) plus the target and the ptxas / cuobjdump / extension that made
+and read the cubins; benchmarks/results/sass-sm90.json is rendered into docs/sass.md by make_tables.py.
+
 Backends contribute rows through a `collect_rows(ks, dtypes, layouts, maps, kernels)` function: the
 Triton one lives here; a module `benchmarks/sass_<backend>.py` defining `collect_rows` with the same
 signature (e.g. for the CUDA C++ kernels' cubins, using `cubin_stats` below) is picked up automatically.
@@ -15,6 +19,7 @@ signature (e.g. for the CUDA C++ kernels' cubins, using `cubin_stats` below) is 
 from __future__ import annotations
 
 import argparse
+import datetime
 import importlib
 import json
 import os
@@ -24,7 +29,7 @@ import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Dict, Iterable, List
+from typing import Dict, Iterable, List, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -178,9 +183,44 @@ def format_table(rows: List[dict]) -> str:
     return "\n".join([header, sep] + body)
 
 
+def _tool_release(path: str) -> Optional[str]:
+    """The "release" line of a CUDA tool's --version ("Cuda compilation tools, release 12.9, V12.9.86")."""
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return next((line.strip() for line in out.splitlines() if "release" in line), None)
+
+
+def report_metadata(argv: List[str], backends: List[str]) -> Dict:
+    """run_info's record of the run (command, commit, date, versions, the compiling machine), the target, and
+    the tools and extension the counts come from."""
+    import torch
+    import triton
+
+    from run_info import REPO_ROOT, run_metadata
+
+    meta = run_metadata("sass_report", argv, torch.device("cpu"))
+    meta["target"] = f"sm_{ARCH}"
+    try:
+        ptxas = triton.knobs.nvidia.ptxas.path
+    except AttributeError:
+        ptxas = str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas")
+    meta["ptxas"] = _tool_release(ptxas) if "triton" in backends else None
+    meta["cuobjdump"] = _tool_release(_cuobjdump())
+    if "cuda" in backends:
+        from sass_cuda import extension_path
+        so = Path(extension_path()).resolve()
+        meta["cuda_extension"] = {
+            "path": so.relative_to(REPO_ROOT).as_posix() if so.is_relative_to(REPO_ROOT) else str(so),
+            "built_utc": datetime.datetime.fromtimestamp(so.stat().st_mtime, datetime.timezone.utc)
+            .strftime("%Y-%m-%dT%H:%M:%SZ")}
+    return meta
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", action="store_true", help="print a JSON list, one object per variant")
+    parser.add_argument("--json", action="store_true", help="print JSON: run metadata and one object per variant")
     parser.add_argument("--backends", nargs="+", default=None, help="default: every collector found")
     parser.add_argument("--kernels", nargs="+", default=["fwd", "dgrad", "wgrad"])
     parser.add_argument("--ks", nargs="+", type=int, default=[7, 9, 11, 31])
@@ -196,7 +236,11 @@ def main(argv=None):
         if name not in collectors:
             raise SystemExit(f"no SASS collector for backend {name!r}; found {sorted(collectors)}")
         rows += collectors[name](opts.ks, opts.dtypes, opts.layouts, opts.maps, opts.kernels)
-    print(json.dumps(rows, indent=1) if opts.json else format_table(rows))
+    if opts.json:
+        argv = sys.argv[1:] if argv is None else list(argv)
+        print(json.dumps({"meta": report_metadata(argv, names), "rows": rows}, indent=1))
+    else:
+        print(format_table(rows))
 
 
 if __name__ == "__main__":
