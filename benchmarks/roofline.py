@@ -2,7 +2,7 @@
 
 GPU: DRAM bandwidth (a large device copy) and the fp32 FMA rate (a Triton kernel of independent FMA
 chains); an op's lower-bound time is max(ideal bytes / bandwidth, FLOPs / FMA rate), the bound of
-../shared/design/kernels.md (bf16/fp16 inputs accumulate in fp32, so they share the FFMA ceiling).
+docs/benchmarking.md, "Roofline" (bf16/fp16 inputs accumulate in fp32, so they share the FFMA ceiling).
 CPU: the sgemm rate (torch.mm in fp32 on the threads torch uses); an op's fraction of the roofline is its
 FLOP rate over that.
 """

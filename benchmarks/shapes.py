@@ -1,7 +1,7 @@
 """Depthwise-conv shape sets of the kernel benchmark.
 
 - robust_resnet: every distinct depthwise layer of the four Robust-ResNet models at 224x224
-  (../shared/design/robust-resnet.md; tests/test_benchmarks.py checks this list against the models).
+  (docs/robust_resnet.md; tests/test_benchmarks.py checks this list against the models).
 - convnext: ConvNeXt's 56x56, 28x28, 14x14 and 7x7 stages at K=7.
 - replknet: RepLKNet-like 32x32 maps with K = 11 to 31.
 - goals: the shapes the GPU issues name (batch 128 Robust-ResNet layers: C384 14x14 K11, C768 7x7 K11,

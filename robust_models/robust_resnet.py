@@ -1,7 +1,7 @@
 """Robust-ResNet: the models of "Can CNNs Be More Robust Than Transformers?".
 
 Paper: Zeyu Wang, Yutong Bai, Yuyin Zhou, Cihang Xie, ICLR 2023 (arXiv:2206.03452).
-Written from ../shared/design/robust-resnet.md; state-dict names and shapes match the official
+Architecture: docs/robust_resnet.md. State-dict names and shapes match the official
 (timm-based) code, so its released checkpoints load with strict=True. Every depthwise conv is a
 `dwconv.FastDWConv`.
 

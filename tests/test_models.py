@@ -16,7 +16,7 @@ from robust_models import create_model, list_models
 from robust_models.robust_resnet import RobustResNet
 from utils import assert_close, poisoned_outputs
 
-# A copy of shared/fixtures/robust_resnet_official_state_dict.json (keys and shapes of the official models).
+# Every state-dict key and shape of the four models in the official (timm-based) code.
 _FIXTURE = pathlib.Path(__file__).resolve().parent / "fixtures" / "robust_resnet_official_state_dict.json"
 MODELS = [
     "robust_resnet_dw_small",
