@@ -13,7 +13,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 import dwconv
 import robust_models
-from benchmarks import make_tables, shapes, throughput
+from benchmarks import make_tables, shapes, tables, throughput
 from benchmarks.model_variants import PLAIN, build_variants, to_plain_conv2d
 from benchmarks.timing import Stats, interleaved, summarize
 
@@ -139,6 +139,23 @@ def test_committed_results_render():
     make_tables.render(results)
 
 
+def test_sass_page_is_what_the_committed_report_renders(tmp_path):
+    """docs/sass.md's tables are make_tables.py's rendering of benchmarks/results/sass-sm90.json; --update-sass
+    writes exactly that between the page's sass markers."""
+    report = make_tables.load_sass()
+    assert META_FIELDS <= set(report["meta"]) and report["meta"]["target"] == "sm_90"
+    assert report["rows"] and all(set(row) == set(tables.SASS_FIELDS) for row in report["rows"])
+    page = (REPO / "docs" / "sass.md").read_text()
+    rendered = make_tables.replace_between_markers(page, make_tables.render_sass(report),
+                                                   make_tables.SASS_BEGIN_MARKER, make_tables.SASS_END_MARKER)
+    assert page == rendered, "docs/sass.md is stale: run python benchmarks/make_tables.py --update-sass docs/sass.md"
+    copy = tmp_path / "sass.md"
+    copy.write_text(f"# Title\n\n{make_tables.SASS_BEGIN_MARKER}\nold\n{make_tables.SASS_END_MARKER}\n")
+    make_tables.main(["--update-sass", str(copy)])
+    assert copy.read_text() == (f"# Title\n\n{make_tables.SASS_BEGIN_MARKER}\n{make_tables.render_sass(report)}\n"
+                                f"{make_tables.SASS_END_MARKER}\n")
+
+
 def test_summarize_percentiles():
     stats = summarize([5.0, 1.0, 3.0, 2.0, 4.0])
     assert stats == Stats(median=3.0, p20=1.8, p80=4.2, samples=5, values=(5.0, 1.0, 3.0, 2.0, 4.0))
@@ -199,7 +216,7 @@ def test_robust_resnet_shape_set_covers_every_model_layer():
 
 @pytest.mark.parametrize("k, dtype_bytes, expected_us", [(7, 4, 240), (11, 4, 364), (7, 2, 147), (11, 2, 364)])
 def test_roofline_bounds_match_the_design_notes(k, dtype_bytes, expected_us):
-    """One forward layer 64x384x64x64 on an H100 SXM (3.35 TB/s, 67 TFLOP/s FFMA): ../shared/design/kernels.md."""
+    """One forward layer 64x384x64x64 on an H100 SXM (3.35 TB/s, 67 TFLOP/s FFMA): docs/benchmarking.md."""
     from benchmarks import roofline
     shape = shapes.DWShape("doc", 64, 384, 64, 64, k)
     bound = roofline.lower_bound_seconds("fwd", shape, dtype_bytes, bandwidth_gbs=3350, fma_tflops=67)
@@ -261,7 +278,11 @@ def test_triton_rows_smoke(tmp_path):
     result = json.loads(out.read_text())
     assert {r["op"] for r in result["rows"]} == {"fwd", "dgrad", "wgrad"}
     for row in result["rows"]:
-        assert row["rows_rel_err"] < 1e-5 and row["direct_rel_err"] < 1e-5
+        assert row["direct_rel_err"] < 1e-5
+        if "rows_unavailable" in row:  # the row kernels' dgrad takes stride 1 only
+            assert row["op"] == "dgrad" and row["stride"] != 1, row
+        else:
+            assert row["rows_rel_err"] < 1e-5
 
 
 def test_kernels_layouts_restrict_dwconv_providers_only(tmp_path):
