@@ -10,6 +10,9 @@
 #   bash benchmarks/gpu_session.sh profile      # Nsight Compute (when on the PATH): one call per goal case
 #   bash benchmarks/gpu_session.sh tiles        # every Triton autotune candidate timed alone (triton_tiles.py),
 #                                               # Robust-ResNet C384 14x14 K11 and ConvNeXt 56x56 K7
+#   bash benchmarks/gpu_session.sh table        # the dispatch table for this card: every plan of every backend
+#                                               # and PyTorch per op on the goal shapes (fp32 NCHW, bf16
+#                                               # channels_last), then benchmarks/make_dispatch_table.py
 #   bash benchmarks/gpu_session.sh build        # build the extension against the machine's torch, run the GPU tests
 #   bash benchmarks/gpu_session.sh kernels      # kernels.py, Robust-ResNet shapes (bf16, fp32) + plot
 #   bash benchmarks/gpu_session.sh kernels-more # kernels.py, ConvNeXt and RepLKNet-like shapes
@@ -37,7 +40,8 @@ step() {
 }
 save_results() {  # into the device tool's output folder after every step: a call cut off keeps what it made
   if [ -n "${OUT:-}" ]; then
-    mkdir -p "$OUT/results" && cp "$RESULTS"/cuda-* "$STEP_LOG" "$OUT/results/" 2>/dev/null || true
+    mkdir -p "$OUT/results" && cp "$RESULTS"/cuda-* "$STEP_LOG" dwconv/dispatch_table.json "$OUT/results/" 2>/dev/null \
+      || true
   fi
 }
 export PATH="$PATH:/usr/local/cuda/bin"  # compute-sanitizer, ncu
@@ -57,6 +61,13 @@ case "${1:-}" in
     goals cuda -cuda 75 ;;
   goals)
     DWCONV_TRITON_AUTOTUNE=0 goals cuda,triton "" 270 ;;
+  table)  # plans side by side with PyTorch in both layouts; autotuned Triton tiles (the default on a GPU)
+    plans=cuda:fma,cuda:mma,triton:rows,triton:direct,triton:plane,auto
+    step 280 python benchmarks/kernels.py --shapes goals --backend "$plans" --dtype fp32 --layouts nchw \
+      --ops fwd,dgrad,wgrad --no-progress --json "$RESULTS/cuda-$card-kernels-table-fp32-nchw.json"
+    step 280 python benchmarks/kernels.py --shapes goals --backend "$plans" --dtype bf16 --layouts nhwc \
+      --ops fwd,dgrad,wgrad --no-progress --json "$RESULTS/cuda-$card-kernels-table-bf16-nhwc.json"
+    step 30 python benchmarks/make_dispatch_table.py ;;
   tiles)
     step 280 python benchmarks/triton_tiles.py --only "C384 14x14 K11" --json "$RESULTS/cuda-$card-triton-tiles-c384.json"
     step 280 python benchmarks/triton_tiles.py --only "56x56" --json "$RESULTS/cuda-$card-triton-tiles-56.json" ;;
@@ -98,7 +109,7 @@ case "${1:-}" in
     python benchmarks/throughput.py --dtype fp32 --no-channels-last --no-progress \
       --json "$RESULTS/cuda-$card-throughput-fp32-nchw.json" ;;
   *)
-    echo "usage: $0 first|goals|tiles|profile|build|kernels|kernels-more|kernels-mma|kernels-triton|throughput-bf16|throughput-fp32" >&2
+    echo "usage: $0 first|goals|table|tiles|profile|build|kernels|kernels-more|kernels-mma|kernels-triton|throughput-bf16|throughput-fp32" >&2
     exit 2 ;;
 esac
 save_results
