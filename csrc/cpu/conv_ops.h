@@ -309,12 +309,14 @@ DWCONV_TARGET void wgrad(const ConvShape& s, const T* dy, const T* x, acc_t<T>* 
   // and with it every bit of dw, is the same for any thread count. Groups are small enough that the cache
   // lines a chunk reads (x and grad_out of its images; NHWC: a whole line per pixel, half of it the next
   // block's) are still in L2 when the next chunk, the next block of the same images, reads them; and
-  // numerous enough to keep 64 chunks for the threads.
+  // numerous enough to keep 64 chunks for the threads. The image groups do not depend on the ISA's lane count
+  // (a pixel's lines counted as 64 bytes, channels in blocks of 8), so neither does dw: every ISA sums each
+  // tap in the same order.
   constexpr int64_t kChunkBytes = 256 * 1024;
-  const int64_t image_bytes = (s.H * s.W + s.HO * s.WO) * std::max<int64_t>(64, L * sizeof(T));
+  const int64_t image_bytes = (s.H * s.W + s.HO * s.WO) * 64;
   const int64_t group_images = std::max<int64_t>(1, kChunkBytes / image_bytes);
-  const int64_t groups = std::clamp<int64_t>(std::max(ceil_div(64, nblocks), ceil_div(s.N, group_images)), 1,
-                                             std::max<int64_t>(s.N, 1));
+  const int64_t groups = std::clamp<int64_t>(std::max(ceil_div(64, ceil_div(CO, 8)), ceil_div(s.N, group_images)),
+                                             1, std::max<int64_t>(s.N, 1));
   const int64_t chunks = groups * nblocks;
   Scratch<A> partial(chunks * taps * L);  // [group][block][kh][kw][lane]
   const int64_t cols = (s.WO - 1) * s.SW + (s.KW - 1) * s.DW + 1, row_span = (s.KH - 1) * s.DH + 1;
