@@ -39,6 +39,10 @@ CASES = [
     (1, 3, 9, 40, (7, 7), 1, (2, 2), (3, 3, 3, 3), (1, 1)),       # phase rows 20 wide: 3 register blocks
     (1, 5, 75, 70, (7, 7), 1, (2, 2), (3, 3, 3, 3), (1, 1)),      # several bands of row groups
     (1, 8, 14, 14, (4, 6), 1, (2, 2), (1, 2, 3, 2), (1, 1)),      # even kernel, asymmetric "same"-like padding
+    # NCHW planes with the lanes along W (AVX-512): two row blocks, three 16-column segments, dgrad summing two
+    # sources; dilation along W with asymmetric padding
+    (2, 6, 20, 35, (7, 7), 2, (1, 1), (3, 3, 3, 3), (1, 1)),
+    (1, 4, 18, 16, (5, 5), 1, (1, 1), (1, 3, 4, 0), (1, 2)),
 ]
 
 

@@ -42,6 +42,22 @@ DWCONV_TARGET void fwd(const ConvShape& s, const T* x, const T* w, const T* b, T
   using V = Vec<A>;
   constexpr int L = V::L;
   const int64_t CO = s.CO(), nblocks = ceil_div(CO, L), taps = s.KH * s.KW;
+  const Correlation g{s.HO, s.WO, s.KH, s.KW, s.SH, s.SW, s.DH, s.DW, -s.PT, -s.PL, s.H, s.W};
+  const int64_t images = batch_images(g, s.N, L * sizeof(A));
+#ifdef DWCONV_PLANE_KERNELS
+  if constexpr (std::is_same_v<A, float>) {
+    if (!images && planes_fit(g, s.layout)) {
+      Scratch<float> wk(CO * taps), bias(CO);  // wk[co][kw][kh]
+      for (int64_t co = 0; co < CO; ++co) {
+        for (int64_t kh = 0; kh < s.KH; ++kh)
+          for (int64_t kw = 0; kw < s.KW; ++kw) wk.get()[(co * s.KW + kw) * s.KH + kh] = to_acc(w[(co * s.KH + kh) * s.KW + kw]);
+        bias.get()[co] = b ? to_acc(b[co]) : 0.f;
+      }
+      const BlockedProblem<T, A> p{g, s.layout, s.N, 1, s.M, 1, x, s.C, y, CO, nullptr, nullptr};
+      return run_planes<T>(p, wk.get(), bias.get(), threads);
+    }
+  }
+#endif
   // Filter and bias per channel block: wt[block][kh][kw][lane], bt[block][lane] (zero past CO).
   Scratch<A> wt(nblocks * taps * L), bt(nblocks * L);
   for (int64_t co = 0; co < nblocks * L; ++co) {
@@ -49,8 +65,7 @@ DWCONV_TARGET void fwd(const ConvShape& s, const T* x, const T* w, const T* b, T
       wt.get()[((co / L) * taps + t) * L + co % L] = co < CO ? to_acc(w[co * taps + t]) : A(0);
     bt.get()[co] = (b && co < CO) ? to_acc(b[co]) : A(0);
   }
-  const Correlation g{s.HO, s.WO, s.KH, s.KW, s.SH, s.SW, s.DH, s.DW, -s.PT, -s.PL, s.H, s.W};
-  if (const int64_t images = batch_images(g, s.N, L * sizeof(A))) {
+  if (images) {
     const BlockedProblem<T, A> p{g, s.layout, s.N, 1, s.M, 1, x, s.C, y, CO, wt.get(), bt.get()};
     return run_batched<V>(p, images, threads);
   }
@@ -105,6 +120,23 @@ DWCONV_TARGET void dgrad(const ConvShape& s, const T* dy, const T* w, T* dx, int
   using V = Vec<A>;
   constexpr int L = V::L;
   const int64_t CO = s.CO(), nblocks = ceil_div(s.C, L), taps = s.KH * s.KW;
+  const Correlation g{s.H, s.W, s.KH, s.KW, 1, 1, s.DH, s.DW, s.PT - (s.KH - 1) * s.DH, s.PL - (s.KW - 1) * s.DW,
+                      s.HO, s.WO};
+  const int64_t images = batch_images(g, s.N, L * sizeof(A));
+#ifdef DWCONV_PLANE_KERNELS
+  if constexpr (std::is_same_v<A, float>) {
+    if (!images && planes_fit(g, s.layout)) {
+      Scratch<float> wk(CO * taps), zeros(s.C);  // wk[c][j][kw][kh]: the flipped filter of source c * M + j
+      for (int64_t co = 0; co < CO; ++co)
+        for (int64_t kh = 0; kh < s.KH; ++kh)
+          for (int64_t kw = 0; kw < s.KW; ++kw)
+            wk.get()[(co * s.KW + kw) * s.KH + kh] = to_acc(w[(co * s.KH + s.KH - 1 - kh) * s.KW + s.KW - 1 - kw]);
+      std::fill(zeros.get(), zeros.get() + s.C, 0.f);
+      const BlockedProblem<T, A> p{g, s.layout, s.N, s.M, 1, s.M, dy, CO, dx, s.C, nullptr, nullptr};
+      return run_planes<T>(p, wk.get(), zeros.get(), threads);
+    }
+  }
+#endif
   // Flipped filter per multiplier index j and input-channel block: wt[j][block][kh][kw][lane] =
   // w[c * M + j][KH-1-kh][KW-1-kw] with c = block * L + lane (zero past C).
   Scratch<A> wt(s.M * nblocks * taps * L);
@@ -113,15 +145,11 @@ DWCONV_TARGET void dgrad(const ConvShape& s, const T* dy, const T* w, T* dx, int
       for (int64_t t = 0; t < taps; ++t)
         wt.get()[((j * nblocks + c / L) * taps + t) * L + c % L] =
             c < s.C ? to_acc(w[(c * s.M + j) * taps + (taps - 1 - t)]) : A(0);
-  {
-    const Correlation g{s.H, s.W, s.KH, s.KW, 1, 1, s.DH, s.DW, s.PT - (s.KH - 1) * s.DH, s.PL - (s.KW - 1) * s.DW,
-                        s.HO, s.WO};
-    if (const int64_t images = batch_images(g, s.N, L * sizeof(A))) {
-      Scratch<A> zeros(nblocks * L);
-      std::fill(zeros.get(), zeros.get() + nblocks * L, A(0));
-      const BlockedProblem<T, A> p{g, s.layout, s.N, s.M, 1, s.M, dy, CO, dx, s.C, wt.get(), zeros.get()};
-      return run_batched<V>(p, images, threads);
-    }
+  if (images) {
+    Scratch<A> zeros(nblocks * L);
+    std::fill(zeros.get(), zeros.get() + nblocks * L, A(0));
+    const BlockedProblem<T, A> p{g, s.layout, s.N, s.M, 1, s.M, dy, CO, dx, s.C, wt.get(), zeros.get()};
+    return run_batched<V>(p, images, threads);
   }
   // dx[ih][iw] = sum_{kh,kw} dy[ih + kh*DH + r_off][iw + kw*DW + c_off] * wflip[kh][kw] (stride 1),
   // r_off = PT - (KH-1)*DH, c_off = PL - (KW-1)*DW.

@@ -8,8 +8,10 @@
 #include "cpu/isa.h"
 #ifdef DWCONV_HAVE_AVX512
 #define DWCONV_ISA avx512
-#define DWCONV_TARGET __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq")))
+#define DWCONV_TARGET __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq,prfchw")))
 #include "cpu/vec_avx512.h"
+#include "cpu/plane_avx512.h"
+#define DWCONV_PLANE_KERNELS 1
 #include "cpu/conv_ops.h"
 
 namespace dwconv::cpu::avx512 {
