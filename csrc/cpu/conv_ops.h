@@ -65,6 +65,14 @@ DWCONV_TARGET void fwd(const ConvShape& s, const T* x, const T* w, const T* b, T
       wt.get()[((co / L) * taps + t) * L + co % L] = co < CO ? to_acc(w[co * taps + t]) : A(0);
     bt.get()[co] = (b && co < CO) ? to_acc(b[co]) : A(0);
   }
+#ifdef DWCONV_NHWC_KERNELS
+  if constexpr (std::is_same_v<A, float>) {
+    if (nhwc_direct_fits(g, s.layout, s.M, images != 0)) {
+      if (images) return run_nhwc_batched<T>(g, s.N, CO, x, y, wt.get(), bt.get(), threads);
+      return run_nhwc_rows<T>(g, s.N, CO, x, y, wt.get(), bt.get(), threads);
+    }
+  }
+#endif
   if (images) {
     const BlockedProblem<T, A> p{g, s.layout, s.N, 1, s.M, 1, x, s.C, y, CO, wt.get(), bt.get()};
     return run_batched<V>(p, images, threads);
@@ -145,6 +153,16 @@ DWCONV_TARGET void dgrad(const ConvShape& s, const T* dy, const T* w, T* dx, int
       for (int64_t t = 0; t < taps; ++t)
         wt.get()[((j * nblocks + c / L) * taps + t) * L + c % L] =
             c < s.C ? to_acc(w[(c * s.M + j) * taps + (taps - 1 - t)]) : A(0);
+#ifdef DWCONV_NHWC_KERNELS
+  if constexpr (std::is_same_v<A, float>) {
+    if (nhwc_direct_fits(g, s.layout, s.M, images != 0)) {
+      Scratch<float> zeros(nblocks * L);
+      std::fill(zeros.get(), zeros.get() + nblocks * L, 0.f);
+      if (images) return run_nhwc_batched<T>(g, s.N, s.C, dy, dx, wt.get(), zeros.get(), threads);
+      return run_nhwc_rows<T>(g, s.N, s.C, dy, dx, wt.get(), zeros.get(), threads);
+    }
+  }
+#endif
   if (images) {
     Scratch<A> zeros(nblocks * L);
     std::fill(zeros.get(), zeros.get() + nblocks * L, A(0));

@@ -4,6 +4,7 @@
 // GCC 12 warns about the deliberately undefined pass-through operand of its own AVX-512 intrinsics
 // (_mm512_undefined_ps, GCC bug 105593).
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 #include "cpu/isa.h"
 #ifdef DWCONV_HAVE_AVX512
@@ -11,7 +12,9 @@
 #define DWCONV_TARGET __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq,prfchw")))
 #include "cpu/vec_avx512.h"
 #include "cpu/plane_avx512.h"
+#include "cpu/nhwc_avx512.h"
 #define DWCONV_PLANE_KERNELS 1
+#define DWCONV_NHWC_KERNELS 1
 #include "cpu/conv_ops.h"
 
 namespace dwconv::cpu::avx512 {
