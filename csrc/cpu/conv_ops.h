@@ -345,6 +345,27 @@ DWCONV_TARGET void dgrad_strided(const ConvShape& s, const T* dy, const T* w, T*
   }
 }
 
+// Prefetches (into L2) the lines wgrad reads of image n for output channels co0 .. co0 + lanes - 1: x and
+// grad_out; NCHW only where the planes are small (see the caller).
+template <typename T>
+DWCONV_TARGET void prefetch_image(const ConvShape& s, const T* x, const T* dy, int64_t n, int64_t co0, int64_t lanes) {
+  const int64_t CO = s.CO(), in_px = s.H * s.W, out_px = s.HO * s.WO;
+  const auto lines = [](const T* p, int64_t count, int64_t step) {
+    for (int64_t i = 0; i < count; ++i) __builtin_prefetch(p + i * step, 0, 2);
+  };
+  if (s.layout == Layout::NHWC) {
+    lines(x + n * s.C * in_px + co0 / s.M, in_px, s.C);
+    lines(dy + n * CO * out_px + co0, out_px, CO);
+    return;
+  }
+  if ((in_px + out_px) * lanes * int64_t(sizeof(T)) > 64 * 1024) return;
+  const int64_t per_line = 64 / int64_t(sizeof(T));
+  for (int64_t l = 0; l < lanes; ++l) {
+    lines(x + (n * s.C + (co0 + l) / s.M) * in_px, ceil_div(in_px, per_line), per_line);
+    lines(dy + (n * CO + co0 + l) * out_px, ceil_div(out_px, per_line), per_line);
+  }
+}
+
 template <typename T>
 DWCONV_TARGET void wgrad(const ConvShape& s, const T* dy, const T* x, acc_t<T>* dw, int threads) {
   using A = acc_t<T>;
@@ -397,7 +418,17 @@ DWCONV_TARGET void wgrad(const ConvShape& s, const T* dy, const T* x, acc_t<T>* 
         xchan[l] = co < CO ? co / s.M : -1;
         ychan[l] = co < CO ? co : -1;
       }
-      for (int64_t n = g * s.N / groups; n < (g + 1) * s.N / groups; ++n)
+      for (int64_t n = g * s.N / groups; n < (g + 1) * s.N / groups; ++n) {
+        // While image n is summed, the lines of the chunk's next image (after the last one: the next block's
+        // first) are fetched into L2; measured 4-16% faster at C=384 and 1536 (NHWC: a pixel's 64 bytes are
+        // a line of their own, C * sizeof(T) apart, which the hardware prefetchers do not follow). NCHW 56x56
+        // planes (400 KiB per image and block) gained nothing and are left alone.
+        int64_t next = n + 1, next_blk = blk;
+        if (next >= (g + 1) * s.N / groups) {
+          next = g * s.N / groups;
+          ++next_blk;
+        }
+        if (next_blk < nblocks) prefetch_image(s, x, dy, next, next_blk * L, std::min<int64_t>(L, CO - next_blk * L));
         for (int64_t band = 0; band < nbands; ++band) {
           const int64_t oh0 = band * TH, th = std::min(TH, s.HO - oh0), rows = (th - 1) * s.SH + row_span;
           gather_tile<T, A, L>(tile, rows, cols,
@@ -417,6 +448,7 @@ DWCONV_TARGET void wgrad(const ConvShape& s, const T* dy, const T* x, acc_t<T>* 
                     s.SH * cols * L, s.SW * L, s.DW * L);
           }
         }
+      }
     }
     // dw[co][t] = sum over groups, in group order.
 #pragma omp for schedule(static)
