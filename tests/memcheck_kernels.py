@@ -98,6 +98,7 @@ SUITES = {
     "cuda_host_mma": Suite(_cuda_host_ops, _mma_cases, "mma", (), mma=True),
     "cpu": Suite(_cpu_ops, _cpu_cases, "", (True,)),
     "cpu_portable": Suite(_cpu_ops, lambda: _cpu_cases((torch.float32, torch.bfloat16)), "portable", (True,)),
+    "cpu_avx512": Suite(_cpu_ops, _cpu_cases, "avx512", (True,)),
 }
 
 
@@ -108,34 +109,43 @@ def _output_shape(case: Case, x, wt):
     return (case.n, wt.shape[0]) + tuple(out.shape[2:])
 
 
-def run_case(ops, suite: Suite, case: Case, dtype, channels_last: bool, placement: str) -> None:
+def run_case(ops, suite: Suite, case: Case, dtype, placements) -> int:
+    """The case in both layouts, each in every placement; returns the number of runs. The float64 reference is
+    computed once (the layouts hold the same values)."""
     x, wt, b = make_inputs(case.n, case.c, case.h, case.w, case.kernel, case.multiplier, dtype=dtype,
-                           channels_last=channels_last, seed=case.n * 1000 + case.c)
+                           seed=case.n * 1000 + case.c)
     b = b if case.bias else None
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    grad_out = torch.randn(_output_shape(case, x, wt)).to(dtype).contiguous(memory_format=fmt)
+    grad_out = torch.randn(_output_shape(case, x, wt)).to(dtype)
     y_ref, dx_ref, dw_ref, _ = reference_grads(x, wt, b, grad_out, case.stride, case.padding, case.dilation)
     geometry = (list(case.stride), list(case.padding), list(case.dilation))
-
-    xg, wg, dy = (guarded_copy(t, placement) for t in (x, wt, grad_out))
-    bg = None if b is None else guarded_copy(b, placement)
-    y = guarded_full(y_ref.to(dtype).contiguous(memory_format=fmt), float("nan"), placement)
-    mma_before = ops.mma_launches() if suite.mma is not None else 0
-    ops.native_fwd(xg, wg, bg, *geometry, suite.family, 0, y)
-    if suite.mma is not None:
-        assert (ops.mma_launches() > mma_before) == suite.mma, f"{case.name}: mma kernel ran: {not suite.mma}"
-    assert_close(y, y_ref, dtype, f"{case.name} forward")
-    dx = guarded_full(x, float("nan"), placement)
-    # The mma dgrad takes multiplier 1 only: the FMA kernels serve the others.
-    dgrad_family = "fma" if suite.family == "mma" and case.multiplier != 1 else suite.family
-    ops.native_dgrad(dy, wg, *geometry, dgrad_family, 0, dx)
-    assert_close(dx, dx_ref, dtype, f"{case.name} dgrad")
-    acc = F64 if dtype == F64 else F32
-    for deterministic in suite.wgrad_modes:
-        dw = guarded_full(torch.empty(wt.shape, dtype=acc), float("nan"), placement)
-        ops.native_wgrad(dy, xg, *geometry, deterministic, suite.family, 0, dw)
-        factor = max(1.0, 10 * TOLERANCE[acc] / TOLERANCE[dtype])
-        assert_close(dw, dw_ref, dtype, f"{case.name} wgrad", factor=factor)
+    runs = 0
+    for channels_last in (False, True):
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        layout = "nhwc" if channels_last else "nchw"
+        for placement in placements:
+            print(f"run: {case.name} {str(dtype)[6:]} {layout} {placement}", flush=True)
+            xg, dy = (guarded_copy(t.contiguous(memory_format=fmt), placement) for t in (x, grad_out))
+            wg = guarded_copy(wt, placement)
+            bg = None if b is None else guarded_copy(b, placement)
+            y = guarded_full(y_ref.to(dtype).contiguous(memory_format=fmt), float("nan"), placement)
+            mma_before = ops.mma_launches() if suite.mma is not None else 0
+            ops.native_fwd(xg, wg, bg, *geometry, suite.family, 0, y)
+            if suite.mma is not None:
+                assert (ops.mma_launches() > mma_before) == suite.mma, f"{case.name}: mma kernel ran: {not suite.mma}"
+            assert_close(y, y_ref, dtype, f"{case.name} forward")
+            dx = guarded_full(x.contiguous(memory_format=fmt), float("nan"), placement)
+            # The mma dgrad takes multiplier 1 only: the FMA kernels serve the others.
+            dgrad_family = "fma" if suite.family == "mma" and case.multiplier != 1 else suite.family
+            ops.native_dgrad(dy, wg, *geometry, dgrad_family, 0, dx)
+            assert_close(dx, dx_ref, dtype, f"{case.name} dgrad")
+            acc = F64 if dtype == F64 else F32
+            for deterministic in suite.wgrad_modes:
+                dw = guarded_full(torch.empty(wt.shape, dtype=acc), float("nan"), placement)
+                ops.native_wgrad(dy, xg, *geometry, deterministic, suite.family, 0, dw)
+                factor = max(1.0, 10 * TOLERANCE[acc] / TOLERANCE[dtype])
+                assert_close(dw, dw_ref, dtype, f"{case.name} wgrad", factor=factor)
+            runs += 1
+    return runs
 
 
 def _distinct_placements(case: Case, dtype) -> list:
@@ -151,12 +161,7 @@ def run_suite(name: str) -> int:
     runs = 0
     for case in suite.cases():
         for dtype in case.dtypes:
-            for channels_last in (False, True):
-                for placement in _distinct_placements(case, dtype):
-                    layout = "nhwc" if channels_last else "nchw"
-                    print(f"run: {case.name} {str(dtype)[6:]} {layout} {placement}", flush=True)
-                    run_case(ops, suite, case, dtype, channels_last, placement)
-                    runs += 1
+            runs += run_case(ops, suite, case, dtype, _distinct_placements(case, dtype))
     print(f"memcheck: {runs} runs clean", flush=True)
     return runs
 

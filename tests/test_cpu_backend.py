@@ -39,7 +39,21 @@ CASES = [
     (1, 3, 9, 40, (7, 7), 1, (2, 2), (3, 3, 3, 3), (1, 1)),       # phase rows 20 wide: 3 register blocks
     (1, 5, 75, 70, (7, 7), 1, (2, 2), (3, 3, 3, 3), (1, 1)),      # several bands of row groups
     (1, 8, 14, 14, (4, 6), 1, (2, 2), (1, 2, 3, 2), (1, 1)),      # even kernel, asymmetric "same"-like padding
+    # NCHW planes with the lanes along W (AVX-512): two row blocks, three 16-column segments, dgrad summing two
+    # sources; dilation along W with asymmetric padding
+    (2, 6, 20, 35, (7, 7), 2, (1, 1), (3, 3, 3, 3), (1, 1)),
+    (1, 4, 18, 16, (5, 5), 1, (1, 1), (1, 3, 4, 0), (1, 2)),
 ]
+
+
+# The x86 families beside "portable", best first, and the CPU features each needs (/proc/cpuinfo flag names).
+X86_FAMILIES = {"avx512": ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq"), "avx2": ("avx2", "fma")}
+FAMILIES = tuple(torch.ops.dwconv.cpu_families())
+
+
+def requires_family(family):
+    return pytest.mark.skipif(family not in FAMILIES, reason=f"this CPU cannot run the {family} kernels "
+                                                              f"(it runs {', '.join(FAMILIES)})")
 
 
 def _ids(case):
@@ -94,6 +108,37 @@ def test_parity(case, dtype, channels_last, family=""):
     assert_close(y, ry, dtype, "y")
     assert_close(dx, rdx, dtype, "dx")
     assert_close(dw, rdw, dtype, "dw")
+
+
+@requires_family("avx512")
+@requires_family("avx2")
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_avx512_matches_avx2(case):
+    """The AVX-512 kernels (16 fp32 / 8 fp64 lanes per channel block, wider register blocks) sum every output's
+    taps in the AVX2 kernels' order with the same fused multiply-adds, and round bf16 / fp16 results the same
+    way: y, dx and dw are bit-identical, every dtype, both layouts (test_parity checks the best family, here
+    avx512, against the float64 reference)."""
+    n, c, h, wd, k, m, stride, padding, dilation = case
+    for dtype in DTYPES:
+        for channels_last in (False, True):
+            x, w, b = make_inputs(n, c, h, wd, k, m, dtype=dtype, channels_last=channels_last, seed=hash(case) % 997)
+            dy = _random_grad_out(x, w, stride, padding, dilation, seed=8)
+            wide = run_native(x, w, b, dy, stride, padding, dilation, "avx512")
+            narrow = run_native(x, w, b, dy, stride, padding, dilation, "avx2")
+            for name, a, e in zip(("y", "dx", "dw"), wide, narrow):
+                assert torch.equal(a, e), f"{name} differs from avx2 ({dtype}, channels_last={channels_last})"
+
+
+def test_families_follow_cpu_features():
+    """cpu_families() lists an x86 family exactly where /proc/cpuinfo shows every feature it needs, best first,
+    and "portable" last."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next(line for line in f if line.startswith("flags")).split(":", 1)[1].split()
+    except (OSError, StopIteration):
+        pytest.skip("no /proc/cpuinfo flags on this system")
+    expected = [name for name, needs in X86_FAMILIES.items() if set(needs) <= set(flags)] + ["portable"]
+    assert list(FAMILIES) == expected
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
@@ -173,8 +218,8 @@ _ROUNDING = {
 @pytest.mark.parametrize("channels_last", [True, False], ids=["nhwc", "nchw"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
 def test_half_rounding_matches_portable(dtype, channels_last):
-    """bfloat16 / float16 results: the AVX2 build's vector conversion in the result stores rounds like the
-    portable build's scalar one, bit for bit: ties to even, NaN (with payload), infinities, overflow,
+    """bfloat16 / float16 results: the vector conversion of the AVX2 and AVX-512 builds' result stores rounds
+    like the portable build's scalar one, bit for bit: ties to even, NaN (with payload), infinities, overflow,
     subnormals; channels_last: full and partial channel blocks (20 channels); NCHW: runs of 8 pixels and the
     tail of each 42-pixel plane. A 1x1 filter of ones makes y = x + b and dx = dy exactly in fp32."""
     bits, exponents, special = _ROUNDING[dtype]
@@ -190,18 +235,22 @@ def test_half_rounding_matches_portable(dtype, channels_last):
     b = (torch.tensor([1.0, -1.0, 0.0, 1.0] * 5) * scale * 2.0 ** -(bits + 1)).to(dtype)  # half an ulp: ties
     wt = torch.ones(c, 1, 1, 1, dtype=dtype)
     results = {}
-    for isa in ("avx2", "portable"):
+    vector_families = [f for f in FAMILIES if f != "portable"]
+    if not vector_families:
+        pytest.skip("this CPU runs the portable kernels only")
+    for isa in vector_families + ["portable"]:
         y, dx = _poisoned(x.shape, x.dtype, channels_last), _poisoned(x.shape, x.dtype, channels_last)
         torch.ops.dwconv.native_fwd(x, wt, b, (1, 1), (0, 0, 0, 0), (1, 1), isa, 0, y)
         torch.ops.dwconv.native_dgrad(x, wt, (1, 1), (0, 0, 0, 0), (1, 1), isa, 0, dx)
         results[isa] = (y.view(torch.int16), dx.view(torch.int16))
-    assert torch.equal(results["avx2"][0], results["portable"][0]), "y differs between the AVX2 and portable builds"
-    assert torch.equal(results["avx2"][1], results["portable"][1]), "dx differs between the AVX2 and portable builds"
+    for isa in vector_families:
+        assert torch.equal(results[isa][0], results["portable"][0]), f"y differs between the {isa} and portable builds"
+        assert torch.equal(results[isa][1], results["portable"][1]), f"dx differs between the {isa} and portable builds"
     expected = (x.float() + b.float().view(1, c, 1, 1)).to(dtype)  # PyTorch: round to nearest even
-    y = results["avx2"][0].view(dtype)
+    y = results["portable"][0].view(dtype)
     valid = ~expected.float().isnan()
     assert torch.equal(y[valid].view(torch.int16), expected[valid].view(torch.int16))
-    assert y.float().isnan().sum() == 2 and results["avx2"][1].view(dtype).float().isnan().sum() == 2
+    assert y.float().isnan().sum() == 2 and results["portable"][1].view(dtype).float().isnan().sum() == 2
 
 
 def _rule_backend(op, x, w, stride, padding):

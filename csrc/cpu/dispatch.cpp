@@ -6,6 +6,7 @@ namespace dwconv::cpu {
 
 const char* isa_name(Isa isa) {
   switch (isa) {
+    case Isa::Avx512: return "avx512";
     case Isa::Avx2: return "avx2";
     case Isa::Portable: return "portable";
   }
@@ -21,16 +22,32 @@ bool isa_supported(Isa isa) {
 #else
       return false;
 #endif
+    case Isa::Avx512:
+#ifdef DWCONV_HAVE_AVX512
+      // libgcc reports AVX-512 features only where the OS saves the zmm / mask state (XCR0)
+      return isa_supported(Isa::Avx2) && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+#else
+      return false;
+#endif
   }
   return false;
 }
 
 Isa best_isa() {
-  static const Isa best = isa_supported(Isa::Avx2) ? Isa::Avx2 : Isa::Portable;
+  static const Isa best = [] {
+    for (Isa isa : kIsasBestFirst)
+      if (isa_supported(isa)) return isa;
+    return Isa::Portable;
+  }();
   return best;
 }
 
-#ifdef DWCONV_HAVE_AVX2
+#if defined(DWCONV_HAVE_AVX512)
+#define DWCONV_CALL_ISA(op, ...)                                                              \
+  (isa == Isa::Avx512 ? avx512::op(__VA_ARGS__)                                               \
+                      : isa == Isa::Avx2 ? avx2::op(__VA_ARGS__) : portable::op(__VA_ARGS__))
+#elif defined(DWCONV_HAVE_AVX2)
 #define DWCONV_CALL_ISA(op, ...) (isa == Isa::Avx2 ? avx2::op(__VA_ARGS__) : portable::op(__VA_ARGS__))
 #else
 #define DWCONV_CALL_ISA(op, ...) portable::op(__VA_ARGS__)

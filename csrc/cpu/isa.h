@@ -1,5 +1,5 @@
-// The per-ISA builds of the kernels (kernels_avx2.cpp, kernels_portable.cpp) and the run-time choice
-// between them (dispatch.cpp).
+// The per-ISA builds of the kernels (kernels_avx512.cpp, kernels_avx2.cpp, kernels_portable.cpp) and the
+// run-time choice between them (dispatch.cpp).
 #pragma once
 #include "cpu/kernels.h"
 
@@ -21,5 +21,7 @@
 DWCONV_DECLARE_ISA_KERNELS(portable)
 #if defined(__x86_64__) || defined(_M_X64)
 #define DWCONV_HAVE_AVX2 1
+#define DWCONV_HAVE_AVX512 1
 DWCONV_DECLARE_ISA_KERNELS(avx2)
+DWCONV_DECLARE_ISA_KERNELS(avx512)
 #endif

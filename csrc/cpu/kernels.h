@@ -74,8 +74,8 @@ template <> struct Acc<double> { using type = double; };
 template <typename T> using acc_t = typename Acc<T>::type;
 
 // The instruction sets the kernels are built for (dispatch.cpp): run-time choice, by the CPU's features.
-enum class Isa : int { Portable, Avx2 };
-inline constexpr Isa kIsasBestFirst[] = {Isa::Avx2, Isa::Portable};
+enum class Isa : int { Portable, Avx2, Avx512 };
+inline constexpr Isa kIsasBestFirst[] = {Isa::Avx512, Isa::Avx2, Isa::Portable};
 const char* isa_name(Isa isa);
 bool isa_supported(Isa isa);  // the CPU can run it (and it was built)
 Isa best_isa();               // the fastest supported one

@@ -157,12 +157,12 @@ struct BlockKernels {
                                                  wgrad_taps<V, 6, A>, wgrad_taps<V, 7, A>};
 };
 
-// Splits n into ceil(n / kMaxBlock) near-equal blocks; returns the size of block i.
-inline int block_size(int64_t n, int64_t i) {
-  const int64_t blocks = (n + kMaxBlock - 1) / kMaxBlock;
+// Splits n into ceil(n / max_block) near-equal blocks; returns the size of block i.
+inline int block_size(int64_t n, int64_t i, int max_block = kMaxBlock) {
+  const int64_t blocks = (n + max_block - 1) / max_block;
   return int(n / blocks + (i < n % blocks ? 1 : 0));
 }
-inline int64_t block_count(int64_t n) { return (n + kMaxBlock - 1) / kMaxBlock; }
+inline int64_t block_count(int64_t n, int max_block = kMaxBlock) { return (n + max_block - 1) / max_block; }
 
 #undef DWCONV_INLINE
 

@@ -77,13 +77,14 @@ struct Block {
   int size;
 };
 
-// The blocks of one output row: along W, output ow's tap kw reads source column c_origin + ow * SW + kw * DW,
-// inside the input when in [0, col_last]. The same for every row and item, so computed once per call.
+// The blocks of one output row (at most max_block outputs each): along W, output ow's tap kw reads source
+// column c_origin + ow * SW + kw * DW, inside the input when in [0, col_last]. The same for every row and item,
+// so computed once per call.
 inline std::vector<Block> output_blocks(int64_t WO, int64_t c_origin, int64_t col_last, int64_t SW, int64_t DW,
-                                        int64_t KW) {
+                                        int64_t KW, int max_block = kMaxBlock) {
   std::vector<Block> blocks;
-  for (int64_t i = 0, ow = 0, n = block_count(WO); i < n; ++i) {
-    const int R = block_size(WO, i);
+  for (int64_t i = 0, ow = 0, n = block_count(WO, max_block); i < n; ++i) {
+    const int R = block_size(WO, i, max_block);
     const int64_t lo = inside(c_origin + (ow + R - 1) * SW, DW, KW, col_last).lo;
     const int64_t hi = std::max(lo, inside(c_origin + ow * SW, DW, KW, col_last).hi);
     blocks.push_back({ow, lo, hi, R});

@@ -1,0 +1,224 @@
+// NCHW forward / stride-1 dgrad with the vector lanes along W (AVX-512 only; included by kernels_avx512.cpp
+// before conv_ops.h, which calls run_planes where planes_fit).
+//
+// The channel-blocked path moves every NCHW pixel through an 8 x 8 / 16 x 16 transpose into a tile and back;
+// on 14x14 maps that costs as much as the arithmetic. Here a vector is 16 consecutive output columns of one
+// plane and the data stays where it is: a block of R output rows is R accumulators; each input row of the
+// block's window is loaded once per filter column (a masked load: lanes whose tap reads outside the row, or past
+// the segment, read zero and touch no memory) and feeds the up to KH output rows it reaches, the weight
+// broadcast from memory in the FMA itself. Output row oh receives its taps in (kh, kw) order, as in the
+// channel-blocked kernels, so the results are the same bits.
+#pragma once
+#include <immintrin.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "cpu/batched.h"
+#include "cpu/plan.h"
+#include "cpu/scratch.h"
+#include "cpu/tile.h"
+
+namespace dwconv::cpu::avx512 {
+
+#define DWCONV_PLANE_INLINE DWCONV_TARGET __attribute__((always_inline)) inline
+
+constexpr int kPlaneLanes = 16;  // output columns per vector
+constexpr int kPlaneRows = 16;   // output rows per register block (accumulators)
+constexpr int64_t kPlanePrefetchBytes = 8 * 1024;
+
+// One column segment of a block: per filter column kw, the element offset of lane 0's tap within a source row
+// and the lanes that read inside the row.
+struct SegmentTaps {
+  const int64_t* col;
+  const __mmask16* mask;
+};
+
+// acc[I - kh] += src_row[col[kw] + lane] * w[kw][kh] for the filter rows kh that input row I of the block's
+// window reaches (0 <= I - kh < R), every kw in order. w: [KW][KH], broadcast per tap.
+template <int KH, int R, int I>
+DWCONV_PLANE_INLINE void plane_input_row(__m512* acc, const float* row, const float* w, int64_t KW, int64_t DW,
+                                         const int64_t col0, const __mmask16* mask) {
+  constexpr int kh_lo = I - R + 1 > 0 ? I - R + 1 : 0, kh_hi = I < KH - 1 ? I : KH - 1;
+  const float* x = row + col0;
+  for (int64_t kw = 0; kw < KW; ++kw, x += DW, w += KH) {
+    const __m512 v = _mm512_maskz_loadu_ps(mask[kw], x);
+#pragma GCC unroll 16
+    for (int kh = kh_lo; kh <= kh_hi; ++kh) acc[I - kh] = _mm512_fmadd_ps(v, _mm512_set1_ps(w[kh]), acc[I - kh]);
+  }
+}
+
+template <int KH, int R, int... I>
+DWCONV_PLANE_INLINE void plane_window(__m512* acc, const float* src, int64_t Ws, int64_t Hs, int64_t ih0,
+                                      const float* w, int64_t KW, int64_t DW, int64_t col0, const __mmask16* mask,
+                                      std::integer_sequence<int, I...>) {
+  ((ih0 + I >= 0 && ih0 + I < Hs ? plane_input_row<KH, R, I>(acc, src + (ih0 + I) * Ws, w, KW, DW, col0, mask)
+                                 : void()),
+   ...);
+}
+
+// out[r][lane] = sum over sources s of the correlation of plane src[s] (Hs x Ws, fp32) with filter w[s]
+// ([KW][KH]) for output rows r < R of the block (input row ih0 + r + kh) and one 16-column segment.
+template <int KH, int R>
+DWCONV_TARGET void plane_block(float* out, const float* const* src, const float* const* w, int sources, int64_t Ws,
+                               int64_t Hs, int64_t ih0, int64_t KW, int64_t DW, int64_t col0, const __mmask16* mask) {
+  __m512 acc[R];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+  for (int s = 0; s < sources; ++s)
+    plane_window<KH, R>(acc, src[s], Ws, Hs, ih0, w[s], KW, DW, col0, mask,
+                        std::make_integer_sequence<int, R + KH - 1>());
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) _mm512_storeu_ps(out + r * kPlaneLanes, acc[r]);
+}
+
+using PlaneBlockFn = void (*)(float*, const float* const*, const float* const*, int, int64_t, int64_t, int64_t,
+                              int64_t, int64_t, int64_t, const __mmask16*);
+
+template <int KH, int... R>
+constexpr std::array<PlaneBlockFn, kPlaneRows + 1> plane_blocks_for(std::integer_sequence<int, R...>) {
+  return {nullptr, plane_block<KH, R + 1>...};
+}
+
+// The filter heights with compiled blocks (others take the channel-blocked path).
+inline const PlaneBlockFn* plane_blocks(int64_t KH) {
+  static constexpr auto k3 = plane_blocks_for<3>(std::make_integer_sequence<int, kPlaneRows>());
+  static constexpr auto k5 = plane_blocks_for<5>(std::make_integer_sequence<int, kPlaneRows>());
+  static constexpr auto k7 = plane_blocks_for<7>(std::make_integer_sequence<int, kPlaneRows>());
+  static constexpr auto k9 = plane_blocks_for<9>(std::make_integer_sequence<int, kPlaneRows>());
+  static constexpr auto k11 = plane_blocks_for<11>(std::make_integer_sequence<int, kPlaneRows>());
+  static constexpr auto k13 = plane_blocks_for<13>(std::make_integer_sequence<int, kPlaneRows>());
+  switch (KH) {
+    case 3: return k3.data();
+    case 5: return k5.data();
+    case 7: return k7.data();
+    case 9: return k9.data();
+    case 11: return k11.data();
+    case 13: return k13.data();
+    default: return nullptr;
+  }
+}
+
+// Whether a correlation runs on the plane kernels: NCHW, unit stride and row dilation, a compiled filter height,
+// and output rows that fill most of their vectors (7-wide maps waste 9 of 16 lanes: the batched path is better).
+inline bool planes_fit(const Correlation& g, Layout layout) {
+  if (layout != Layout::NCHW || g.SH != 1 || g.SW != 1 || g.DH != 1 || !plane_blocks(g.KH)) return false;
+  const int64_t vectors = ceil_div(g.WO, kPlaneLanes);
+  return g.WO >= 10 && double(g.WO) / double(vectors * kPlaneLanes) >= 0.7;
+}
+
+// dst[i] = to_acc(src[i]) for i < n (bf16: exact; f16: exact, a signalling NaN comes out quiet, which no result
+// can tell: any arithmetic on it quiets it too).
+template <typename T>
+DWCONV_TARGET void plane_to_float(float* dst, const T* src, int64_t n) {
+  int64_t i = 0;
+  for (; i + kPlaneLanes <= n; i += kPlaneLanes) {
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i));
+    if constexpr (std::is_same_v<T, bf16>) _mm512_storeu_ps(dst + i, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
+    else _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(h));
+  }
+  for (; i < n; ++i) dst[i] = to_acc(src[i]);
+}
+
+// out[lane] (T) = acc[lane] + bias for lanes in `lanes`.
+template <typename T>
+DWCONV_PLANE_INLINE void store_lanes(T* out, __m512 acc, float bias, __mmask16 lanes) {
+  const __m512 v = _mm512_add_ps(acc, _mm512_set1_ps(bias));
+  if constexpr (std::is_same_v<T, float>) {
+    _mm512_mask_storeu_ps(out, lanes, v);
+  } else {
+    alignas(64) T tmp[kPlaneLanes];
+    if constexpr (std::is_same_v<T, bf16>) store_bf16(tmp, v);
+    else store_f16(tmp, v);
+    _mm256_mask_storeu_epi16(out, lanes, _mm256_load_si256(reinterpret_cast<const __m256i*>(tmp)));
+  }
+}
+
+// dst plane (n, c) = sum_j correlate(src plane (n, chan(c, j)), filter of (c, j)) + bias[c] for every plane of
+// p.dst (BlockedProblem of batched.h, NCHW; p.wt unused: wk holds the filters [dst channel][source][KW][KH],
+// p.bias per channel or null).
+template <typename T>
+DWCONV_TARGET void run_planes(const BlockedProblem<T, float>& p, const float* wk, const float* bias, int threads) {
+  const Correlation& g = p.g;
+  const PlaneBlockFn* blocks = plane_blocks(g.KH);
+  const int64_t planes = p.N * p.dst_C, in_pixels = g.Hs * g.Ws, out_pixels = g.HO * g.WO, taps = g.KH * g.KW;
+  const int64_t nrow_blocks = ceil_div(g.HO, kPlaneRows), segments = ceil_div(g.WO, kPlaneLanes);
+  // Per segment: the lane-0 offset and the lanes inside the row, per filter column.
+  std::vector<int64_t> col(segments * g.KW);
+  std::vector<__mmask16> mask(segments * g.KW);
+  for (int64_t sg = 0; sg < segments; ++sg) {
+    const int64_t ow0 = sg * kPlaneLanes, lanes = std::min<int64_t>(kPlaneLanes, g.WO - ow0);
+    for (int64_t kw = 0; kw < g.KW; ++kw) {
+      const int64_t c0 = ow0 * g.SW + g.org_w + kw * g.DW;
+      col[sg * g.KW + kw] = c0;
+      unsigned m = 0;
+      for (int64_t l = 0; l < lanes; ++l)
+        if (c0 + l >= 0 && c0 + l < g.Ws) m |= 1u << l;
+      mask[sg * g.KW + kw] = __mmask16(m);
+    }
+  }
+  const int nthreads = thread_count(threads, planes, planes * out_pixels * taps * p.sources);
+  constexpr bool convert = !std::is_same_v<T, float>;
+  const int64_t per_thread = (convert ? p.sources * in_pixels : 0) + kPlaneRows * kPlaneLanes;
+  Scratch<float> scratch(nthreads * per_thread);
+  // Planes of several KiB (56x56) are read in strided pieces (16 columns of 20 rows at a time) that the
+  // hardware prefetchers do not see coming: each block fetches its share of the next plane's input (and
+  // the output lines it will write). Small planes are one contiguous stream: no prefetch (measured).
+  const bool prefetch = in_pixels * int64_t(sizeof(T)) >= kPlanePrefetchBytes;
+  const int64_t in_lines = ceil_div(in_pixels * int64_t(sizeof(T)), 64) + 1;
+  const int64_t out_lines = ceil_div(out_pixels * int64_t(sizeof(T)), 64) + 1, nq = nrow_blocks * segments;
+#pragma omp parallel num_threads(nthreads)
+  {
+    float* converted = scratch.get() + omp_get_thread_num() * per_thread;
+    float* acc = converted + (convert ? p.sources * in_pixels : 0);
+    std::vector<const float*> srcs(p.sources), filters(p.sources);
+#pragma omp for schedule(static)
+    for (int64_t plane = 0; plane < planes; ++plane) {
+      const int64_t n = plane / p.dst_C, c = plane % p.dst_C;
+      for (int64_t j = 0; j < p.sources; ++j) {
+        const T* src = p.src + (n * p.src_C + c / p.chan_div * p.chan_mul + j) * in_pixels;
+        if constexpr (convert) {
+          float* f = converted + j * in_pixels;
+          plane_to_float(f, src, in_pixels);
+          srcs[j] = f;
+        } else {
+          srcs[j] = src;
+        }
+        filters[j] = wk + (c * p.sources + j) * taps;
+      }
+      T* dst = p.dst + plane * out_pixels;
+      const float b = bias ? bias[c] : 0.f;
+      for (int64_t rb = 0; rb < nrow_blocks; ++rb) {
+        // near-equal row blocks
+        const int64_t oh0 = rb * (g.HO / nrow_blocks) + std::min(rb, g.HO % nrow_blocks);
+        const int R = int(g.HO / nrow_blocks + (rb < g.HO % nrow_blocks ? 1 : 0));
+        for (int64_t sg = 0; sg < segments; ++sg) {
+          const int64_t ow0 = sg * kPlaneLanes;
+          const __mmask16 lanes = __mmask16((1u << std::min<int64_t>(kPlaneLanes, g.WO - ow0)) - 1);
+          if (prefetch && plane + 1 < planes) {
+            const int64_t q = rb * segments + sg, next = plane + 1, nn = next / p.dst_C, cn = next % p.dst_C;
+            for (int64_t j = 0; j < p.sources; ++j) {
+              const char* in = reinterpret_cast<const char*>(
+                  p.src + (nn * p.src_C + cn / p.chan_div * p.chan_mul + j) * in_pixels);
+              for (int64_t li = q * in_lines / nq; li < (q + 1) * in_lines / nq; ++li) _mm_prefetch(in + li * 64, _MM_HINT_T0);
+            }
+            const char* out = reinterpret_cast<const char*>(p.dst + next * out_pixels);
+            for (int64_t li = q * out_lines / nq; li < (q + 1) * out_lines / nq; ++li) __builtin_prefetch(out + li * 64, 1, 3);
+          }
+          blocks[R](acc, srcs.data(), filters.data(), int(p.sources), g.Ws, g.Hs, oh0 * g.SH + g.org_h, g.KW, g.DW,
+                    col[sg * g.KW], mask.data() + sg * g.KW);
+          for (int r = 0; r < R; ++r)
+            store_lanes<T>(dst + (oh0 + r) * g.WO + ow0, _mm512_loadu_ps(acc + r * kPlaneLanes), b, lanes);
+        }
+      }
+    }
+  }
+}
+
+#undef DWCONV_PLANE_INLINE
+
+}  // namespace dwconv::cpu::avx512
