@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Sequence
 
 __all__ = ["markdown_table", "kernel_op_table", "kernel_rate_table", "kernel_summary_table", "throughput_table", "model_cost_table",
-           "run_heading", "peers_table", "peers_rate_table", "peers_summary"]
+           "run_heading", "peers_table", "peers_rate_table", "peers_summary", "sass_heading", "sass_summary_table",
+           "sass_table"]
 
 PYTORCH_PROVIDERS = ("torch-nchw", "torch-nhwc")
 
@@ -210,3 +211,64 @@ def run_heading(result: Dict) -> str:
     if m.get("notes"):
         text += f"\n\nNotes: {m['notes']}"
     return text
+
+
+# ------------------------------------------------------------------------- static SASS (sass_report.py --json)
+
+SASS_FIELDS = ("backend", "kernel", "K", "dtype", "layout", "map", "variant", "registers", "spill_bytes",
+               "instructions", "fma_instructions", "fma_share")
+
+
+def sass_heading(report: Dict) -> str:
+    """Where the counts come from: target, tools, the extension's build, commit and the exact command."""
+    m = report["meta"]
+    tools = ", ".join(f"{name} {_release(m.get(name))}" for name in ("ptxas", "cuobjdump") if m.get(name))
+    commit = (m.get("git_commit") or "unknown")[:10] + (" (modified)" if m.get("git_dirty") else "")
+    text = (f"{m['target']}, compiled on {m['cpu']} without a GPU: torch {m['torch']}, triton {m['triton']}"
+            + (f", {tools}" if tools else "") + f"; commit {commit}, {m['date_utc']}")
+    extension = m.get("cuda_extension")
+    if extension:
+        text += f"\nCUDA kernels: the cubins of `{extension['path']}` (built {extension['built_utc']})"
+    text += f"\n`{m['command']}`"
+    if m.get("notes"):
+        text += f"\n\nNotes: {m['notes']}"
+    return text
+
+
+def _release(line: Optional[str]) -> str:
+    """"Cuda compilation tools, release 12.9, V12.9.86" -> "12.9"."""
+    if not line or "release " not in line:
+        return "unknown"
+    return line.split("release ", 1)[1].split(",", 1)[0]
+
+
+def _kernel_function(variant: str) -> str:
+    """The kernel function of a variant, without template arguments ("fwd_tiled_kernel<K=7>" -> "fwd_tiled_kernel")."""
+    return variant.split("<", 1)[0]
+
+
+def _span(values: List, fmt: str = "{}") -> str:
+    lo, hi = min(values), max(values)
+    return fmt.format(lo) if lo == hi else f"{fmt.format(lo)}-{fmt.format(hi)}"
+
+
+def sass_summary_table(rows: List[Dict], kernels: Sequence[str], ks: Sequence[int]) -> str:
+    """Per backend and kernel function, over the rows of these kernels and sizes: how many rows, how many
+    spill, their registers, and how many reach an FMA share of at least one half (with the range)."""
+    groups: Dict = {}
+    for r in rows:
+        if r["kernel"] in kernels and r["K"] in ks:
+            groups.setdefault((r["backend"], _kernel_function(r["variant"])), []).append(r)
+    table = []
+    for (backend, function), members in groups.items():
+        shares = [r["fma_share"] for r in members]
+        table.append([backend, f"`{function}`", len(members), sum(r["spill_bytes"] > 0 for r in members),
+                      _span([r["registers"] for r in members]), sum(s >= 0.5 for s in shares),
+                      _span(shares, "{:.3f}")])
+    return markdown_table(["backend", "kernel function", "rows", "spilling", "registers",
+                           "FMA share >= 0.5", "FMA share"], table)
+
+
+def sass_table(rows: List[Dict], keep) -> str:
+    """The rows for which keep(row) holds, in the report's order, every field."""
+    return markdown_table(SASS_FIELDS, [[r[f] for f in SASS_FIELDS] for r in rows if keep(r)])
