@@ -7,7 +7,9 @@
 // the flipped filter over grad_out; at larger strides it is split into stride phases, each a stride-1
 // correlation of grad_out with the sub-filter of the taps that reach that phase's dx pixels. wgrad sums fixed
 // chunks of (images x channel block) into a workspace, then reduces the chunks in a fixed order. Small maps under
-// large filters take the batched path of batched.h instead (fwd, and dgrad at stride 1).
+// large filters take the batched path of batched.h instead (fwd, and dgrad at stride 1). The AVX-512 build adds
+// paths without tiles where they apply (kernels_avx512.cpp defines their switches): NCHW planes with the lanes
+// along W (plane_avx512.h) and channels_last read in place (nhwc_avx512.h).
 #pragma once
 #include <algorithm>
 #include <cstdint>

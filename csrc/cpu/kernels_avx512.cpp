@@ -9,12 +9,13 @@
 #include "cpu/isa.h"
 #ifdef DWCONV_HAVE_AVX512
 #define DWCONV_ISA avx512
+// prfchw (PREFETCHW, prefetch for writing): on every CPU that has AVX-512.
 #define DWCONV_TARGET __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq,prfchw")))
 #include "cpu/vec_avx512.h"
 #include "cpu/plane_avx512.h"
 #include "cpu/nhwc_avx512.h"
-#define DWCONV_PLANE_KERNELS 1
-#define DWCONV_NHWC_KERNELS 1
+#define DWCONV_PLANE_KERNELS 1  // conv_ops.h: NCHW planes (plane_avx512.h)
+#define DWCONV_NHWC_KERNELS 1   // conv_ops.h: channels_last without tiles (nhwc_avx512.h)
 #include "cpu/conv_ops.h"
 
 namespace dwconv::cpu::avx512 {
