@@ -67,12 +67,18 @@ def _relative_to_repo(path: Path) -> str:
 def load_results_from(results: List[Dict]) -> List[Dict]:
     """The benchmark results among `results`, GPU runs first, then by device, script and date."""
     scripts = [r["meta"].get("script") if isinstance(r, dict) and "meta" in r else None for r in results]
-    kept = [r for r, script in zip(results, scripts) if script in _SCRIPT_ORDER]
+    kept = [r for r, script in zip(results, scripts) if script in _SCRIPT_ORDER and not _dispatch_table_input(r)]
     others = sum(script not in _SCRIPT_ORDER and script not in _DOCS_SCRIPTS for script in scripts)
     if others:
         print(f"skipping {others} file(s) that are not benchmark results", file=sys.stderr)
     return sorted(kept, key=lambda r: (r["meta"]["device_type"] != "cuda", r["meta"]["device_name"],
                                        _SCRIPT_ORDER[r["meta"]["script"]], r["meta"]["date_utc"]))
+
+
+def _dispatch_table_input(result: Dict) -> bool:
+    """Kernel runs on the 'dispatch' shape set feed dwconv/dispatch_table.json (make_dispatch_table.py), not the
+    README."""
+    return result["meta"].get("script") == "kernels" and result.get("settings", {}).get("shapes") == "dispatch"
 
 
 def section(result: Dict) -> str:

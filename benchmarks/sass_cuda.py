@@ -7,7 +7,7 @@ The extension is `dwconv/_C*.so` of this checkout unless DWCONV_CUDA_SO names an
 built in a copy of the tree). Kernel sizes without a compile-time instantiation (see csrc/cuda/static_switch.h)
 report the generic kernel (variant `..._tiled_kernel<K=any>`). The small-map path is a tile choice of the
 same kernels, so every map reports the same function. fp16/bf16 fwd and dgrad rows of K <= 25 are followed
-by rows of the tensor-core kernel that DWCONV_CUDA_MMA=1 selects (kernel `fwd_mma` / `dgrad_mma`, one function
+by rows of the tensor-core kernel that the plan cuda:mma selects (kernel `fwd_mma` / `dgrad_mma`, one function
 serves both; variant `conv_mma_kernel<KSTEPS=.., NJ=..>`: k-steps per 8-column strip and strips per tile row,
 which depend on K and the map).
 """
@@ -112,7 +112,7 @@ def collect_rows(ks: Iterable[int], dtypes: Iterable[str], layouts: Iterable[str
                             continue
                         rows.append(dict(backend="cuda", kernel=kernel, K=k, dtype=dtype_name, layout=layout,
                                          map=size, variant=variant, **stats))
-                    # The tensor-core alternative (DWCONV_CUDA_MMA=1), reported as kernel "fwd_mma" / "dgrad_mma".
+                    # The tensor-core alternative (plan cuda:mma), reported as kernel "fwd_mma" / "dgrad_mma".
                     if kernel not in ("fwd", "dgrad") or k > MMA_MAX_K or dtype_name not in MMA_DTYPES:
                         continue
                     for size in maps:

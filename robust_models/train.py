@@ -2,7 +2,7 @@
 
     python -m robust_models.train --data-dir /imagenet --output runs/dw_small
     torchrun --nproc_per_node 8 -m robust_models.train --data-dir /imagenet --output runs/dw_small
-    python -m robust_models.train --synthetic --output /tmp/smoke --epochs 1 --img-size 32 \\
+    python -m robust_models.train --synthetic --output /tmp/smoke --epochs 1 --warmup-epochs 0 --img-size 32 \\
         --depths 1 1 1 1 --dims 16 32 64 128
 
 Defaults: AdamW, lr 5e-4 x global batch / 512, weight decay 0.05, cosine schedule with 5 warm-up epochs,
