@@ -14,6 +14,7 @@ context manager.
 | cuda_family | DWCONV_CUDA_FAMILY=fma/mma | "" | the cuda backend's kernels ("" = fma; mma: tensor cores where they apply, fma elsewhere) |
 | triton_family | DWCONV_TRITON_FAMILY=rows/direct/plane | "" | the triton backend's kernels ("" = the default choice per call; a named family where it applies, the default elsewhere) |
 | triton_autotune | DWCONV_TRITON_AUTOTUNE=0 | True | off: Triton kernels run their heuristic tile instead of autotuning their candidates |
+| huge_pages | DWCONV_HUGE_PAGES=0 | True | CPU outputs of 32 MiB and more are backed by transparent huge pages where Linux allows it (dwconv/outputs.py); off: plain 4 KiB pages |
 
 A family setting is the backend's default where its family can serve a call; a plan named explicitly
 (`backend="cuda:mma"`) is strict instead: it runs as named or raises.
@@ -40,6 +41,7 @@ class Settings:
     cuda_family: str = ""
     triton_family: str = ""
     triton_autotune: bool = True
+    huge_pages: bool = True
 
 
 _CHOICES = {"cpu_family": CPU_FAMILIES, "cuda_family": CUDA_FAMILIES, "triton_family": TRITON_FAMILIES}
@@ -74,6 +76,7 @@ def _from_environment() -> Settings:
         cuda_family=os.environ.get("DWCONV_CUDA_FAMILY", ""),
         triton_family=os.environ.get("DWCONV_TRITON_FAMILY", ""),
         triton_autotune=_flag("DWCONV_TRITON_AUTOTUNE", True),
+        huge_pages=_flag("DWCONV_HUGE_PAGES", True),
     ))
 
 
@@ -82,7 +85,7 @@ def _checked(s: Settings) -> Settings:
         value = getattr(s, name)
         if value not in ("",) + choices:
             raise ValueError(f"dwconv setting {name}={value!r}: choose one of {choices} (or '' for the default)")
-    for name in ("benchmark", "dispatch_table", "triton_autotune"):
+    for name in ("benchmark", "dispatch_table", "triton_autotune", "huge_pages"):
         if not isinstance(getattr(s, name), bool):
             raise TypeError(f"dwconv setting {name} must be a bool, got {getattr(s, name)!r}")
     return s

@@ -53,8 +53,9 @@ def test_settings_from_environment(monkeypatch):
     monkeypatch.setenv("DWCONV_BENCHMARK", "1")
     monkeypatch.setenv("DWCONV_CPU_FAMILY", "portable")
     monkeypatch.setenv("DWCONV_DISPATCH_TABLE", "0")
+    monkeypatch.setenv("DWCONV_HUGE_PAGES", "0")
     s = config._from_environment()
-    assert s.benchmark and s.cpu_family == "portable" and not s.dispatch_table
+    assert s.benchmark and s.cpu_family == "portable" and not s.dispatch_table and not s.huge_pages
     monkeypatch.setenv("DWCONV_CUDA_FAMILY", "tensor")
     with pytest.raises(ValueError, match="cuda_family"):
         config._from_environment()
