@@ -7,9 +7,10 @@ import torch
 
 from . import _extension, config
 
-# Above this size glibc maps every allocation anew (its largest mmap threshold), so each call's output is
-# faulted in page by page as the kernel first writes it; huge pages take 1/512 of those faults.
-HUGE_PAGE_MIN_BYTES = 32 << 20
+# Large outputs are often fresh memory that the kernel's first writes fault in 4 KiB at a time: above 32 MiB
+# glibc maps every allocation anew, and below it reuse depends on what was freed before. Advised for transparent
+# huge pages, they fault once per 2 MiB (a region this large holds at least one aligned 2 MiB page).
+HUGE_PAGE_MIN_BYTES = 4 << 20
 
 # Tests set this to fill every output a backend allocates with NaN, so elements a kernel
 # forgets to write fail the comparison instead of passing on leftover memory.

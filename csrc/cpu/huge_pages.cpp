@@ -1,7 +1,8 @@
 // advise_huge_pages: asks Linux to back a fresh CPU tensor with transparent huge pages before anything writes it.
-// A tensor above glibc's largest mmap threshold (32 MiB) is mapped anew on every allocation, so a kernel's first
-// writes take one page fault per 4 KiB (about 9,400 for a 38.5 MB output, more time than the kernel itself on a
-// VM); with huge pages they take one per 2 MiB. The hint changes no value, and is ignored where THP is off.
+// A large output is often new memory (glibc maps anything above 32 MiB anew on every allocation), and a kernel's
+// first writes then take one page fault per 4 KiB (about 9,400 for a 38.5 MB output, more time than the kernel
+// itself on a VM); with huge pages they take one per 2 MiB. The hint changes no value, and is ignored where THP
+// is off. dwconv/outputs.py decides which outputs get it.
 #include <torch/library.h>
 
 #include <cstdint>
