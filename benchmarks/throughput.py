@@ -8,7 +8,7 @@ model, then the results with speed-ups over nn.Conv2d.
 
 Defaults: on a GPU the settings users train with, bf16 channels_last and the official fp32 NCHW, batch 128
 per GPU, all four models; on a CPU-only machine a small configuration (one model, batch 2, fp32) that
-finishes in about a minute. Under torchrun (more than one process) it measures DDP training throughput:
+finishes in about a minute and a half. Under torchrun (more than one process) it measures DDP training throughput:
 
     python benchmarks/throughput.py
     python benchmarks/throughput.py --model robust_resnet_dw_small --dtype bf16 --channels-last --compile
@@ -51,6 +51,7 @@ MODES = ("inference", "train")
 FOLDED = " folded"  # suffix of a variant with its BatchNorms folded (dwconv.fold_batchnorm), timed in inference
 BENCHMARK_MODE = " benchmark"  # suffix of the auto variant run in benchmark mode (dwconv.set_benchmark)
 CPU_DEFAULT_MODEL = "robust_resnet_dw_small"
+CPU_INFERENCE_REPS = 30
 SMOKE_MODEL_OVERRIDES = {"depths": (1, 1, 1, 1), "dims": (16, 32, 64, 128)}
 
 
@@ -97,7 +98,9 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     p.add_argument("--mode", default=",".join(MODES), help="comma-separated from inference, train")
     p.add_argument("--warmup", type=int, default=None,
                    help="interleaved warm-up repetitions after each variant's first, untimed step (default: 3 GPU, 0 CPU)")
-    p.add_argument("--reps", type=int, default=None, help="timed repetitions (default: 10 GPU, 9 CPU)")
+    p.add_argument("--reps", type=int, default=None,
+                   help="timed repetitions (default: 10 GPU; on a CPU 9 for training and 30 for inference, whose "
+                        "ratios, near 1 at small batches, need more samples than a shared VM's noise)")
     p.add_argument("--json", metavar="PATH", help="write results here (a directory: a file named by the device)")
     p.add_argument("--notes", default="", help="free text stored in the JSON")
     p.add_argument("--smoke", action="store_true",
@@ -120,6 +123,7 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
         all_models if gpu else [CPU_DEFAULT_MODEL])
     args.modes = split_choices(args.mode, MODES, "--mode", p)
     args.warmup = args.warmup if args.warmup is not None else (3 if gpu else 0)
+    args.inference_reps = args.reps if args.reps is not None else (10 if gpu else CPU_INFERENCE_REPS)
     args.reps = args.reps if args.reps is not None else (10 if gpu else 9)
     if args.backend:
         args.backends = [b.strip() for b in args.backend.split(",") if b.strip()]
@@ -238,7 +242,8 @@ def bench_model(name: str, args, world_size: int, timer: Timer, progress: Progre
                     skipped[v] = str(e).splitlines()[0]
                     print(f"warning: {name} {config.label} {mode} {v} skipped: {skipped[v]}", file=sys.stderr)
                     del cases[v]
-            stats = interleaved(cases, timer, warmup=args.warmup, reps=args.reps, on_sample=progress.update)
+            reps = args.inference_reps if mode == "inference" else args.reps
+            stats = interleaved(cases, timer, warmup=args.warmup, reps=reps, on_sample=progress.update)
             base = stats[PLAIN].median
             for v in timed:
                 if v in skipped:
@@ -284,11 +289,13 @@ def run(args: argparse.Namespace, argv: List[str]) -> Optional[Dict]:
               + (" + dwconv-auto in benchmark mode" if args.benchmark_mode and "auto" in args.backends else "")
               + f", configurations "
               f"{[c.label for c in args.configs]}, modes {args.modes}, warm-up {args.warmup}, reps {args.reps}"
+              + (f" ({args.inference_reps} for inference)" if args.inference_reps != args.reps else "")
               + (", torch.compile" if args.compile else "")
               + (", inference also with BatchNorms folded" if args.fold_bn else ""), flush=True)
-    timed_modes = len(args.modes) + (args.fold_bn and "inference" in args.modes)
     n_variants = 1 + len(args.backends) + (args.benchmark_mode and "auto" in args.backends)
-    total = len(args.models) * len(args.configs) * timed_modes * n_variants * (args.warmup + args.reps)
+    steps = {"inference": n_variants * (1 + args.fold_bn) * (args.warmup + args.inference_reps),
+             "train": n_variants * (args.warmup + args.reps)}
+    total = len(args.models) * len(args.configs) * sum(steps[m] for m in args.modes)
     progress = Progress(total, "throughput", enabled=is_main and not args.no_progress)
     records, models = [], []
     try:
@@ -309,6 +316,7 @@ def run(args: argparse.Namespace, argv: List[str]) -> Optional[Dict]:
                            "benchmark_mode": args.benchmark_mode,
                            "image_size": args.image_size,
                            "world_size": world_size, "warmup": args.warmup, "reps": args.reps,
+                           "inference_reps": args.inference_reps,
                            "optimizer": "AdamW", "model_overrides": args.model_overrides},
               "models": models, "results": records}
     print("\n" + tables.model_cost_table(result) + "\n\n" + tables.throughput_table(result))
