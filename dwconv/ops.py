@@ -49,6 +49,8 @@ def direct_call_possible(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> b
     directly: plain CPU or CUDA tensors, no gradient or tangent to record, and nothing that must see the op
     itself (autocast, dispatch modes such as FlopCounterMode or fake tensors, torch.func transforms, tracing,
     torch.compile). The result is the same either way: only the per-call cost differs."""
+    if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        return False  # first: Dynamo cannot trace the queries below (it would break the graph)
     if (type(x) not in _PLAIN_TENSORS or type(weight) not in _PLAIN_TENSORS
             or (bias is not None and type(bias) not in _PLAIN_TENSORS)):
         return False
@@ -59,8 +61,7 @@ def direct_call_possible(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> b
     return device in _DIRECT_DEVICES and not (
         torch._C._len_torch_dispatch_stack() or _forward_ad._current_level >= 0
         or torch._C._functorch.peek_interpreter_stack() is not None or torch.is_autocast_enabled(device)
-        or torch._C._get_tracing_state() is not None or torch.compiler.is_compiling()
-        or torch.compiler.is_exporting())
+        or torch._C._get_tracing_state() is not None)
 
 
 def as_kernel_layout(t: Tensor, like: Optional[Tensor] = None) -> Tensor:

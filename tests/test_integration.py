@@ -2,11 +2,20 @@
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import dwconv
-from utils import assert_close
+from utils import TOLERANCE, assert_close, rel_err
 
 BACKENDS_HERE = [b for b, reason in dwconv.available_backends("cpu").items() if reason is None]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    """Each test compiles from scratch: the same module code compiled across tests would otherwise count
+    towards Dynamo's recompile limit, which fullgraph=True turns into an error."""
+    torch._dynamo.reset()
+    yield
 
 
 def _model(backend):
@@ -43,6 +52,25 @@ def test_compile_dynamic_shapes_one_graph():
         y.sum().backward()
         frames.append(counter.frame_count)
     assert frames[0] >= 1 and frames == [frames[0]] * 3, f"recompiled for new sizes: frames {frames}"
+
+
+@pytest.mark.parametrize("grad_mode", ["no_grad", "inference_mode"])
+@pytest.mark.parametrize("compiler", ["eager", "aot_eager"])
+def test_compile_fullgraph_inference(compiler, grad_mode):
+    """Inference under torch.compile: no gradients anywhere, so eager calls take the functional's direct path,
+    which Dynamo must see past (no graph break), for a converted model and for the bare functional."""
+    torch.manual_seed(6)
+    model = _model("auto").eval()
+    x = torch.randn(2, 4, 16, 16)
+    w = torch.randn(4, 1, 7, 7) / 7
+    compiled_model = torch.compile(model, fullgraph=True, backend=compiler)
+    compiled_fn = torch.compile(lambda t, k: dwconv.depthwise_conv2d(t, k, padding=3), fullgraph=True,
+                                backend=compiler)
+    with getattr(torch, grad_mode)():
+        y, y_eager, z = compiled_model(x), model(x), compiled_fn(x, w)
+    torch.testing.assert_close(y, y_eager, rtol=1e-5, atol=1e-5)
+    z_ref = F.conv2d(x.double(), w.double(), padding=3, groups=4)
+    assert rel_err(z, z_ref) <= TOLERANCE[torch.float32]
 
 
 def test_compile_inductor_fullgraph():
