@@ -24,6 +24,6 @@ TORCH_LIBRARY_FRAGMENT(dwconv, m) {
   m.def("native_wgrad(Tensor grad_out, Tensor x, int[2] stride, int[4] padding, int[2] dilation, bool deterministic, str family, int variant, Tensor(a!) grad_w) -> ()");
   // The CPU families this machine can run, best first (an empty list when built without CPU kernels).
   m.def("cpu_families() -> str[]");
-  // Memory hint for a fresh CPU output (csrc/cpu/huge_pages.cpp): returns whether Linux took it.
+  // Memory hint for a fresh CPU output (csrc/cpu/huge_pages.cpp): returns whether madvise accepted it.
   m.def("advise_huge_pages(Tensor t) -> bool");
 }

@@ -31,3 +31,9 @@ def has_cuda_kernels() -> bool:
 @functools.lru_cache(maxsize=None)
 def has_cpu_kernels() -> bool:
     return load() is None and torch._C._dispatch_has_kernel_for_dispatch_key("dwconv::native_fwd", "CPU")
+
+
+@functools.lru_cache(maxsize=None)
+def has_huge_page_hint() -> bool:
+    """Whether the loaded extension has dwconv::advise_huge_pages (an extension built before it has not)."""
+    return load() is None and torch._C._dispatch_has_kernel_for_dispatch_key("dwconv::advise_huge_pages", "CPU")

@@ -14,7 +14,7 @@ context manager.
 | cuda_family | DWCONV_CUDA_FAMILY=fma/mma | "" | the cuda backend's kernels ("" = fma; mma: tensor cores where they apply, fma elsewhere) |
 | triton_family | DWCONV_TRITON_FAMILY=rows/direct/plane | "" | the triton backend's kernels ("" = the default choice per call; a named family where it applies, the default elsewhere) |
 | triton_autotune | DWCONV_TRITON_AUTOTUNE=0 | True | off: Triton kernels run their heuristic tile instead of autotuning their candidates |
-| huge_pages | DWCONV_HUGE_PAGES=0 | True | CPU outputs of 4 MiB and more are backed by transparent huge pages where Linux allows it (dwconv/outputs.py); off: plain 4 KiB pages |
+| huge_pages | DWCONV_HUGE_PAGES=0 | True | the CPU outputs of 4 MiB and more that dwconv's kernels allocate are advised for transparent huge pages (dwconv/outputs.py); off: not advised |
 
 A family setting is the backend's default where its family can serve a call; a plan named explicitly
 (`backend="cuda:mma"`) is strict instead: it runs as named or raises.

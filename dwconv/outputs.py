@@ -24,9 +24,15 @@ def new_output(shape, like: torch.Tensor, dtype: Optional[torch.dtype] = None,
         channels_last = (not like.is_contiguous()) and like.is_contiguous(memory_format=torch.channels_last)
     fmt = torch.channels_last if channels_last and len(shape) == 4 else torch.contiguous_format
     out = torch.empty(shape, dtype=dtype or like.dtype, device=like.device, memory_format=fmt)
-    if out.device.type == "cpu" and out.nbytes >= HUGE_PAGE_MIN_BYTES and config.get().huge_pages \
-            and _extension.has_cpu_kernels():
-        torch.ops.dwconv.advise_huge_pages(out)
+    if (out.device.type == "cpu" and out.nbytes >= HUGE_PAGE_MIN_BYTES and config.get().huge_pages
+            and not torch._C._len_torch_dispatch_stack()  # fake tensors (tracing) have no memory to advise
+            and _extension.has_huge_page_hint()):
+        advise_huge_pages(out)
     if POISON_OUTPUTS:
         out.fill_(float("nan"))
     return out
+
+
+def advise_huge_pages(out: torch.Tensor) -> None:
+    """The hint itself (a function of its own so that tests can count its calls)."""
+    torch.ops.dwconv.advise_huge_pages(out)

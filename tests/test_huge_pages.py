@@ -1,6 +1,6 @@
-"""CPU outputs of 4 MiB and more are backed by transparent huge pages (dwconv/outputs.py,
-csrc/cpu/huge_pages.cpp): the hint reaches the kernel's mapping of the output, changes no value, and the
-huge_pages setting turns it off."""
+"""CPU outputs of 4 MiB and more that dwconv's kernels allocate are advised for transparent huge pages
+(dwconv/outputs.py, csrc/cpu/huge_pages.cpp): the hint reaches the output's mapping, changes no value, the
+huge_pages setting turns it off, and the op advises nothing outside the tensor it is given."""
 import pathlib
 import sys
 
@@ -13,17 +13,23 @@ from utils import assert_close, make_inputs, poisoned_outputs, reference_grads
 
 THP = pathlib.Path("/sys/kernel/mm/transparent_hugepage/enabled")
 pytestmark = [
-    pytest.mark.skipif(not _extension.has_cpu_kernels(), reason="needs the C++ extension's CPU kernels"),
+    pytest.mark.skipif(not _extension.has_huge_page_hint(), reason="needs the C++ extension's CPU kernels"),
     pytest.mark.skipif(not sys.platform.startswith("linux") or not THP.exists(),
                        reason="transparent huge pages are a Linux kernel feature, absent here"),
 ]
 
-# 1 x 8 x 512 x 512 fp32: 8.4 MB, above outputs.HUGE_PAGE_MIN_BYTES (whatever malloc's state, a fresh mapping
-# or a reused one is all the same to the flag checked), yet a cheap 3x3 conv.
-SHAPE = (1, 8, 512, 512, 3)
-# 38.7 MB: above glibc's largest mmap threshold (32 MiB), so always a fresh mapping, never one an earlier
-# output left advised.
+# 1 x 8 x 1100 x 1100 fp32: 38.7 MB, above glibc's largest mmap threshold (32 MiB), so every output is a fresh
+# mapping (never one an earlier, advised output left behind), yet a cheap 3x3 conv.
 FRESH_SHAPE = (1, 8, 1100, 1100, 3)
+
+
+@pytest.fixture
+def advised(monkeypatch):
+    """The outputs new_output advises, in order."""
+    calls = []
+    hint = outputs.advise_huge_pages
+    monkeypatch.setattr(outputs, "advise_huge_pages", lambda out: (calls.append(out.data_ptr()), hint(out))[1])
+    return calls
 
 
 def vm_flags(address: int) -> list:
@@ -45,39 +51,46 @@ def middle(t: torch.Tensor) -> int:
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
-def test_large_outputs_advised_and_exact(channels_last):
-    n, c, h, w, k = SHAPE
+def test_large_outputs_advised_and_exact(channels_last, advised):
+    n, c, h, w, k = FRESH_SHAPE
     x, wt, b = make_inputs(n, c, h, w, k, channels_last=channels_last, seed=11)
     x.requires_grad_(True)
-    assert x.nbytes >= outputs.HUGE_PAGE_MIN_BYTES
     with config.override(huge_pages=True), poisoned_outputs():
         y = dwconv.depthwise_conv2d(x, wt, b, padding=1, backend="cpu")
-        assert "hg" in vm_flags(middle(y))
+        assert advised == [y.data_ptr()] and "hg" in vm_flags(middle(y))
         grad_out = torch.randn_like(y)
         dx, = torch.autograd.grad(y, x, grad_out)
-        assert "hg" in vm_flags(middle(dx))
+        assert advised[1:] == [dx.data_ptr()] and "hg" in vm_flags(middle(dx))
     y_ref, dx_ref, _, _ = reference_grads(x, wt, b, grad_out, (1, 1), (1, 1, 1, 1), (1, 1))
     assert_close(y, y_ref, torch.float32, "forward")
     assert_close(dx, dx_ref, torch.float32, "dgrad")
 
 
-def test_setting_off_leaves_pages_alone():
+def test_setting_off(advised):
     n, c, h, w, k = FRESH_SHAPE
     x, wt, b = make_inputs(n, c, h, w, k, seed=12)
     with config.override(huge_pages=False):
         y = dwconv.depthwise_conv2d(x, wt, b, padding=1, backend="cpu")
-    assert "hg" not in vm_flags(middle(y))
+    assert y.nbytes >= outputs.HUGE_PAGE_MIN_BYTES and advised == []
 
 
-def test_small_outputs_not_advised():
+def test_threshold(advised):
     x, wt, b = make_inputs(2, 16, 32, 32, 3, seed=13)
     with config.override(huge_pages=True):
-        y = dwconv.depthwise_conv2d(x, wt, b, padding=1, backend="cpu")
-    assert y.nbytes < outputs.HUGE_PAGE_MIN_BYTES and "hg" not in vm_flags(middle(y))
+        small = dwconv.depthwise_conv2d(x, wt, b, padding=1, backend="cpu")
+        assert small.nbytes < outputs.HUGE_PAGE_MIN_BYTES and advised == []
+        xl, wl, bl = make_inputs(1, 8, 363, 363, 3, seed=14)  # 4,216,608 bytes: just above 4 MiB
+        large = dwconv.depthwise_conv2d(xl, wl, bl, padding=1, backend="cpu")
+    assert large.nbytes >= outputs.HUGE_PAGE_MIN_BYTES and advised == [large.data_ptr()]
 
 
 def test_advise_op_edges():
-    assert torch.ops.dwconv.advise_huge_pages(torch.empty(1000)) is False  # holds no aligned 2 MiB page
-    assert torch.ops.dwconv.advise_huge_pages(torch.empty(4 << 20)) is True  # 16 MiB
+    advise = torch.ops.dwconv.advise_huge_pages
+    assert advise(torch.empty(1000)) is False  # holds no whole 2 MiB page
+    assert advise(torch.empty(0)) is False
+    fresh = torch.empty(10 << 20)  # 40 MiB: a fresh mapping
+    assert advise(fresh[1:]) is True and "hg" in vm_flags(middle(fresh))
+    with pytest.raises(RuntimeError, match="non-overlapping"):  # a view reaching past its storage's 4 bytes
+        advise(torch.empty(1).expand(3 << 20))
     with pytest.raises(RuntimeError, match="advise_huge_pages"):  # registered for CPU tensors only
-        torch.ops.dwconv.advise_huge_pages(torch.empty(8, device="meta"))
+        advise(torch.empty(8, device="meta"))

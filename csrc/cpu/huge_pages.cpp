@@ -5,6 +5,7 @@
 // is off. dwconv/outputs.py decides which outputs get it.
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #if defined(__linux__)
@@ -16,12 +17,20 @@ namespace {
 
 constexpr uintptr_t kHugePage = uintptr_t(2) << 20;
 
-// Registered for CPU tensors only. Returns whether the kernel accepted the hint for the 2 MiB-aligned part of t's storage (false: too small to
-// hold an aligned huge page, not Linux, or THP unavailable).
+// Registered for CPU tensors only. Advises the whole 2 MiB pages that lie inside both t's elements and its
+// storage (nothing another tensor could own), and returns whether madvise accepted that (false: no whole page
+// inside, not Linux, or a kernel without THP; with THP set to "never" the call succeeds and changes nothing).
 bool advise_huge_pages(const at::Tensor& t) {
+  TORCH_CHECK(t.is_non_overlapping_and_dense(),
+              "advise_huge_pages: expected a non-overlapping, dense tensor (a fresh output), got sizes ", t.sizes(),
+              " and strides ", t.strides());
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-  const auto begin = reinterpret_cast<uintptr_t>(t.data_ptr());
-  const uintptr_t end = begin + uintptr_t(t.nbytes());
+  if (t.numel() == 0 || !t.has_storage()) return false;
+  const auto storage_begin = reinterpret_cast<uintptr_t>(t.storage().data());
+  const uintptr_t storage_end = storage_begin + uintptr_t(t.storage().nbytes());
+  const auto data_begin = reinterpret_cast<uintptr_t>(t.data_ptr());
+  const uintptr_t begin = std::max(data_begin, storage_begin);
+  const uintptr_t end = std::min(data_begin + uintptr_t(t.numel()) * uintptr_t(t.element_size()), storage_end);
   const uintptr_t first = (begin + kHugePage - 1) & ~(kHugePage - 1), last = end & ~(kHugePage - 1);
   if (last <= first) return false;
   return madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE) == 0;
