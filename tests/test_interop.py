@@ -244,6 +244,24 @@ def test_torch_export_keeps_the_op_and_decomposes_to_aten_on_request():
     _rel_close(decomposed.module()(x), model(x), "decomposed program")
 
 
+@pytest.mark.slow
+def test_aot_inductor_package_calls_the_dwconv_op(tmp_path, monkeypatch):
+    """AOTInductor compiles the exported program into a package whose depthwise convs call dwconv's op (through
+    its proxy executor, in a process that has imported dwconv), with the eager numbers."""
+    model = _mixed_model(seed=3)
+    x = torch.randn(2, 3, 16, 16)
+    program = torch.export.export(model, (x,))
+    path = torch._inductor.aoti_compile_and_package(program, package_path=str(tmp_path / "model.pt2"))
+    loaded = torch._inductor.aoti_load_package(path)
+    calls = []
+    run = dwconv.dispatch.run
+    monkeypatch.setattr(dwconv.dispatch, "run", lambda spec, op, *rest: (calls.append(op), run(spec, op, *rest))[1])
+    with torch.no_grad():
+        y = loaded(x)
+    assert calls == ["fwd"] * 3
+    _rel_close(y, model(x), "AOTInductor package")
+
+
 # --------------------------------------------------------------------------------------------------------
 # ONNX
 
