@@ -104,6 +104,7 @@ setup(
     version="0.1.0",
     description="Fast large-kernel depthwise convolutions for PyTorch (CUDA, Triton and CPU backends)",
     packages=find_packages(include=["dwconv", "dwconv.*", "robust_models", "robust_models.*"]),
+    package_data={"dwconv": ["dispatch_table.json"]},  # "auto"'s measurements, read at run time
     python_requires=">=3.9",
     install_requires=["torch>=2.4"],
     extras_require={

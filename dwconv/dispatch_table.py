@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
@@ -92,6 +93,8 @@ def device_key(device: torch.device) -> str:
 @functools.lru_cache(maxsize=1)
 def _load(path: str) -> Dict[str, Dict[str, Dict[str, dict]]]:
     if not os.path.exists(path):
+        warnings.warn(f"dwconv's dispatch table {path} is missing (an install without the package's data files?): "
+                      f"'auto' decides by its fallback rule only; reinstall dwconv to get the measured choices")
         return {}
     with open(path) as f:
         data = json.load(f)

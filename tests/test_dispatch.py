@@ -165,6 +165,16 @@ def test_table_entry_that_cannot_run_falls_to_the_rule(tmp_path, monkeypatch):
     dispatch_table._load.cache_clear()
 
 
+def test_missing_table_warns_and_falls_to_the_rule(tmp_path, monkeypatch):
+    x, w, b, args = _call()
+    monkeypatch.setattr(dispatch_table, "TABLE_PATH", tmp_path / "absent.json")
+    dispatch_table._load.cache_clear()
+    with pytest.warns(UserWarning, match="dispatch table .* is missing"):
+        plan = dispatch.plan_for("auto", "fwd", x, args)
+    assert plan == dispatch.fallback_rule("fwd", x, args, dwconv.backends.capable_plans("fwd", x, args))
+    dispatch_table._load.cache_clear()
+
+
 def test_auto_result_follows_the_table(tmp_path, monkeypatch):
     """The call really runs the table's plan (the cpu kernels are bypassed when the table says torch)."""
     x, w, b, args = _call()
