@@ -30,10 +30,14 @@ def has_cuda_kernels() -> bool:
 
 @functools.lru_cache(maxsize=None)
 def has_cpu_kernels() -> bool:
-    return load() is None and torch._C._dispatch_has_kernel_for_dispatch_key("dwconv::native_fwd", "CPU")
+    return _has_cpu_kernel("dwconv::native_fwd")
 
 
 @functools.lru_cache(maxsize=None)
 def has_huge_page_hint() -> bool:
     """Whether the loaded extension has dwconv::advise_huge_pages (an extension built before it has not)."""
-    return load() is None and torch._C._dispatch_has_kernel_for_dispatch_key("dwconv::advise_huge_pages", "CPU")
+    return _has_cpu_kernel("dwconv::advise_huge_pages")
+
+
+def _has_cpu_kernel(op: str) -> bool:
+    return load() is None and torch._C._dispatch_has_kernel_for_dispatch_key(op, "CPU")

@@ -26,11 +26,10 @@ bool advise_huge_pages(const at::Tensor& t) {
               " and strides ", t.strides());
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   if (t.numel() == 0 || !t.has_storage()) return false;
-  const auto storage_begin = reinterpret_cast<uintptr_t>(t.storage().data());
-  const uintptr_t storage_end = storage_begin + uintptr_t(t.storage().nbytes());
-  const auto data_begin = reinterpret_cast<uintptr_t>(t.data_ptr());
-  const uintptr_t begin = std::max(data_begin, storage_begin);
-  const uintptr_t end = std::min(data_begin + uintptr_t(t.numel()) * uintptr_t(t.element_size()), storage_end);
+  // Dense and non-overlapping: the elements are one span starting at data_ptr (never before the storage).
+  const auto begin = reinterpret_cast<uintptr_t>(t.data_ptr());
+  const uintptr_t storage_end = reinterpret_cast<uintptr_t>(t.storage().data()) + uintptr_t(t.storage().nbytes());
+  const uintptr_t end = std::min(begin + uintptr_t(t.numel()) * uintptr_t(t.element_size()), storage_end);
   const uintptr_t first = (begin + kHugePage - 1) & ~(kHugePage - 1), last = end & ~(kHugePage - 1);
   if (last <= first) return false;
   return madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE) == 0;
