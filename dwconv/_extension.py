@@ -39,5 +39,11 @@ def has_huge_page_hint() -> bool:
     return _has_cpu_kernel("dwconv::advise_huge_pages")
 
 
+@functools.lru_cache(maxsize=None)
+def has_channel_sums() -> bool:
+    """Whether the loaded extension has dwconv::native_channel_sums (an extension built before it has not)."""
+    return _has_cpu_kernel("dwconv::native_channel_sums")
+
+
 def _has_cpu_kernel(op: str) -> bool:
     return load() is None and torch._C._dispatch_has_kernel_for_dispatch_key(op, "CPU")

@@ -23,6 +23,7 @@ from torch.autograd import forward_ad
 from torch.autograd.function import _SingleLevelFunction
 
 from ._conv_args import is_channels_last
+from .bias_grad import bias_grad
 
 _fwd = torch.ops.dwconv.depthwise_conv2d.default
 _dgrad = torch.ops.dwconv.dgrad.default
@@ -81,7 +82,7 @@ class DepthwiseConv2dFunction(_SingleLevelFunction):
         if ctx.needs_input_grad[1]:
             dw = _wgrad(grad_out, x, list(weight.shape), *conv)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            db = grad_out.sum(dim=(0, 2, 3))
+            db = bias_grad(grad_out)
         return dx, dw, db, None, None, None, None, None
 
     @staticmethod
