@@ -15,9 +15,10 @@ TORCH_LIBRARY_FRAGMENT(dwconv, m) {
   // (NCHW- or channels_last-contiguous). padding is (top, bottom, left, right). Kernel size comes from
   // weight / grad_w, input size from x / grad_x. grad_w is fp32 (fp64 for double inputs) and is fully
   // overwritten (never accumulated into).
-  // family / variant: which kernels run (a plan's family and variant, dwconv/plans.py). cpu: family "avx512",
-  // "avx2" or "portable" (the instruction set; "" = the best this CPU has), variant 0. cuda: family "fma" or
-  // "mma" ("" = "fma"), variant 0 except wgrad's, the block count its batch is sliced for (0 = default).
+  // family / variant: which kernels run (a plan's family and variant, dwconv/plans.py). cpu: family "avx512bf16"
+  // (bfloat16 only), "avx512", "avx2" or "portable" (the instruction set; "" = the best this CPU has for the
+  // dtype), variant 0. cuda: family "fma" or "mma" ("" = "fma"), variant 0 except wgrad's, the block count its
+  // batch is sliced for (0 = default).
   // A family or variant that cannot run the call is an error.
   m.def("native_fwd(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[4] padding, int[2] dilation, str family, int variant, Tensor(a!) y) -> ()");
   m.def("native_dgrad(Tensor grad_out, Tensor weight, int[2] stride, int[4] padding, int[2] dilation, str family, int variant, Tensor(a!) grad_x) -> ()");
@@ -26,4 +27,7 @@ TORCH_LIBRARY_FRAGMENT(dwconv, m) {
   m.def("cpu_families() -> str[]");
   // Memory hint for a fresh CPU output (csrc/cpu/huge_pages.cpp): returns whether madvise accepted it.
   m.def("advise_huge_pages(Tensor t) -> bool");
+  // The bias gradient of a CPU tensor (csrc/cpu/channel_sums.cpp): out[c] = sum over n, h, w of t, fp32 (fp64 for
+  // double), deterministic.
+  m.def("native_channel_sums(Tensor t, Tensor(a!) out) -> ()");
 }

@@ -10,7 +10,7 @@ context manager.
 | benchmark | DWCONV_BENCHMARK=1 | False | "auto" times every capable plan (torch included) on the first call of each signature and keeps the fastest (dwconv/benchmark.py) |
 | benchmark_cache | DWCONV_BENCHMARK_CACHE=path | None | a JSON file benchmark mode reads at start and writes after each new choice, keyed by device and versions |
 | dispatch_table | DWCONV_DISPATCH_TABLE=0 | True | "auto" outside benchmark mode looks calls up in the shipped table of measurements (dwconv/dispatch_table.json); off: the fallback rule only |
-| cpu_family | DWCONV_CPU_FAMILY=avx512/avx2/portable | "" | the instruction set of the cpu backend's kernels ("" = the best this CPU has) |
+| cpu_family | DWCONV_CPU_FAMILY=avx512bf16/avx512/avx2/portable | "" | the instruction set of the cpu backend's kernels ("" = the best this CPU has for the dtype; avx512bf16 runs bfloat16 only) |
 | cuda_family | DWCONV_CUDA_FAMILY=fma/mma | "" | the cuda backend's kernels ("" = fma; mma: tensor cores where they apply, fma elsewhere) |
 | triton_family | DWCONV_TRITON_FAMILY=rows/direct/plane | "" | the triton backend's kernels ("" = the default choice per call; a named family where it applies, the default elsewhere) |
 | triton_autotune | DWCONV_TRITON_AUTOTUNE=0 | True | off: Triton kernels run their heuristic tile instead of autotuning their candidates |
@@ -27,7 +27,7 @@ import os
 import warnings
 from typing import Iterator, Optional
 
-CPU_FAMILIES = ("avx512", "avx2", "portable")
+CPU_FAMILIES = ("avx512bf16", "avx512", "avx2", "portable")
 CUDA_FAMILIES = ("fma", "mma")
 TRITON_FAMILIES = ("rows", "direct", "plane")
 

@@ -79,12 +79,12 @@ def cpu_model_name() -> str:
 
 def device_key(device: torch.device) -> str:
     """The table's name for a device: the GPU's name, or the CPU's model and the best instruction set dwconv's
-    kernels use on it (CPUs of one model name can differ in that)."""
+    kernels use on it for every dtype (CPUs of one model name can differ in that)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    from .backends.native import _cpu_families
+    from .backends.native import BF16_ONLY_CPU_FAMILIES, _cpu_families
     try:
-        best = _cpu_families()[0]
+        best = [f for f in _cpu_families() if f not in BF16_ONLY_CPU_FAMILIES][0]
     except (RuntimeError, AttributeError, IndexError):  # no CPU kernels in this build
         best = "no dwconv cpu kernels"
     return f"{cpu_model_name()} ({best})"

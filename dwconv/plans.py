@@ -4,7 +4,7 @@ A plan names a backend, a kernel family within it and a variant of that family:
 
 | backend | families | variant |
 |---|---|---|
-| cpu | avx512, avx2, portable (the instruction set) | none |
+| cpu | avx512bf16 (bfloat16 only: AVX-512 with vdpbf16ps), avx512, avx2, portable (the instruction set) | none |
 | cuda | fma (tiled FMA kernels), mma (tensor cores: fp16/bf16 forward and stride-1 dgrad) | wgrad: the block count its batch is sliced for |
 | triton | rows (row-streaming), direct, plane (fp16/bf16 small-map GEMM) | a tile, as its family writes it |
 | torch | aten (PyTorch's own convolution) | none |

@@ -99,6 +99,7 @@ SUITES = {
     "cpu": Suite(_cpu_ops, _cpu_cases, "", (True,)),
     "cpu_portable": Suite(_cpu_ops, lambda: _cpu_cases((torch.float32, torch.bfloat16)), "portable", (True,)),
     "cpu_avx512": Suite(_cpu_ops, _cpu_cases, "avx512", (True,)),
+    "cpu_avx512bf16": Suite(_cpu_ops, lambda: _cpu_cases((torch.bfloat16,)), "avx512bf16", (True,)),
 }
 
 

@@ -47,7 +47,9 @@ CASES = [
 
 
 # The x86 families beside "portable", best first, and the CPU features each needs (/proc/cpuinfo flag names).
-X86_FAMILIES = {"avx512": ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq"), "avx2": ("avx2", "fma")}
+AVX512 = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq")
+X86_FAMILIES = {"avx512bf16": AVX512 + ("avx512_bf16",), "avx512": AVX512, "avx2": ("avx2", "fma")}
+BF16_ONLY = ("avx512bf16",)  # families that run bfloat16 only
 FAMILIES = tuple(torch.ops.dwconv.cpu_families())
 
 
@@ -127,6 +129,26 @@ def test_avx512_matches_avx2(case):
             narrow = run_native(x, w, b, dy, stride, padding, dilation, "avx2")
             for name, a, e in zip(("y", "dx", "dw"), wide, narrow):
                 assert torch.equal(a, e), f"{name} differs from avx2 ({dtype}, channels_last={channels_last})"
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "portable"] or ["none"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_bf16_every_family(case, channels_last, family):
+    """bfloat16 on every x86 family against the float64 reference: test_parity runs only the best one (avx512bf16
+    where the CPU has AVX512_BF16: vdpbf16ps), so the FMA kernels that other CPUs run for bf16 are checked here."""
+    if family == "none":
+        pytest.skip("no x86 kernel families on this CPU")
+    test_parity(case, torch.bfloat16, channels_last, family=family)
+
+
+@requires_family("avx512bf16")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16], ids=["float32", "float64", "float16"])
+def test_bf16_only_family_refuses_other_dtypes(dtype):
+    x, w, b = make_inputs(1, 4, 6, 6, 3, dtype=dtype, seed=0)
+    y = torch.empty(1, 4, 6, 6, dtype=dtype)
+    with pytest.raises(RuntimeError, match="avx512bf16 kernels run bfloat16 only"):
+        torch.ops.dwconv.native_fwd(x, w, b, [1, 1], [1, 1, 1, 1], [1, 1], "avx512bf16", 0, y)
 
 
 def test_families_follow_cpu_features():
@@ -221,7 +243,9 @@ def test_half_rounding_matches_portable(dtype, channels_last):
     """bfloat16 / float16 results: the vector conversion of the AVX2 and AVX-512 builds' result stores rounds
     like the portable build's scalar one, bit for bit: ties to even, NaN (with payload), infinities, overflow,
     subnormals; channels_last: full and partial channel blocks (20 channels); NCHW: runs of 8 pixels and the
-    tail of each 42-pixel plane. A 1x1 filter of ones makes y = x + b and dx = dy exactly in fp32."""
+    tail of each 42-pixel plane. A 1x1 filter of ones makes y = x + b and dx = dy exactly in fp32. The avx512bf16
+    kernels' vdpbf16ps reads subnormal bf16 inputs as zero (the instruction's rule; their other paths do not):
+    each of their results is the portable build's for x or for x with its subnormals set to zero."""
     bits, exponents, special = _ROUNDING[dtype]
     g = torch.Generator().manual_seed(5)
     n, c, h, w = 2, 20, 6, 7
@@ -234,18 +258,27 @@ def test_half_rounding_matches_portable(dtype, channels_last):
     x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     b = (torch.tensor([1.0, -1.0, 0.0, 1.0] * 5) * scale * 2.0 ** -(bits + 1)).to(dtype)  # half an ulp: ties
     wt = torch.ones(c, 1, 1, 1, dtype=dtype)
-    results = {}
-    vector_families = [f for f in FAMILIES if f != "portable"]
-    if not vector_families:
-        pytest.skip("this CPU runs the portable kernels only")
-    for isa in vector_families + ["portable"]:
+    subnormal = (x.float().abs() < torch.finfo(dtype).tiny) & (x.float() != 0)
+    flushed = torch.where(subnormal, torch.zeros_like(x), x)
+
+    def run(isa, x):
         y, dx = _poisoned(x.shape, x.dtype, channels_last), _poisoned(x.shape, x.dtype, channels_last)
         torch.ops.dwconv.native_fwd(x, wt, b, (1, 1), (0, 0, 0, 0), (1, 1), isa, 0, y)
         torch.ops.dwconv.native_dgrad(x, wt, (1, 1), (0, 0, 0, 0), (1, 1), isa, 0, dx)
-        results[isa] = (y.view(torch.int16), dx.view(torch.int16))
+        return y.view(torch.int16), dx.view(torch.int16)
+
+    vector_families = [f for f in FAMILIES if f != "portable" and (dtype == torch.bfloat16 or f not in BF16_ONLY)]
+    if not vector_families:
+        pytest.skip("this CPU runs the portable kernels only")
+    results = {isa: run(isa, x) for isa in vector_families + ["portable"]}
+    assert subnormal.any()
+    exact, zeroed = results["portable"], run("portable", flushed)
     for isa in vector_families:
-        assert torch.equal(results[isa][0], results["portable"][0]), f"y differs between the {isa} and portable builds"
-        assert torch.equal(results[isa][1], results["portable"][1]), f"dx differs between the {isa} and portable builds"
+        for i, name in enumerate(("y", "dx")):
+            same = results[isa][i] == exact[i]
+            if isa in BF16_ONLY:
+                same |= results[isa][i] == zeroed[i]
+            assert same.all(), f"{name} differs between the {isa} and portable builds"
     expected = (x.float() + b.float().view(1, c, 1, 1)).to(dtype)  # PyTorch: round to nearest even
     y = results["portable"][0].view(dtype)
     valid = ~expected.float().isnan()

@@ -18,7 +18,8 @@ from dwconv.plans import Plan
 from utils import assert_close, make_inputs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CPU_FAMILIES = tuple(torch.ops.dwconv.cpu_families())
+# the families that run fp32 (avx512bf16 runs bfloat16 only)
+CPU_FAMILIES = tuple(f for f in torch.ops.dwconv.cpu_families() if f != "avx512bf16")
 
 
 @pytest.fixture(autouse=True)
@@ -376,7 +377,7 @@ import dwconv
 from dwconv import benchmark, config
 from dwconv.plans import Plan
 # Each rank's own timing would pick a different plan: rank 0 torch, rank 1 the cpu kernels.
-favourite = Plan("torch", "aten") if rank == 0 else Plan("cpu", torch.ops.dwconv.cpu_families()[0])
+favourite = Plan("torch", "aten") if rank == 0 else Plan("cpu", {fp32_family!r})
 benchmark._time_candidates = lambda candidates, run, device: (
     {{str(p): 1.0 if p == favourite else 2.0 for p in candidates}}, favourite, run(favourite))
 x = torch.randn(2, 8, 14, 14); w = torch.randn(8, 1, 7, 7)
@@ -393,7 +394,7 @@ def test_benchmark_mode_ranks_agree(tmp_path):
     """Under torch.distributed every rank runs rank 0's choice."""
     script = tmp_path / "child.py"
     script.write_text(_DDP_CHILD.format(tests=os.path.dirname(os.path.abspath(__file__)),
-                                        store=str(tmp_path / "store")))
+                                        store=str(tmp_path / "store"), fp32_family=CPU_FAMILIES[0]))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen([sys.executable, str(script), str(r)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env=env) for r in range(2)]

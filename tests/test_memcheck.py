@@ -25,7 +25,7 @@ def _run(arg):
 
 
 # Suites of a CPU kernel family that not every CPU runs.
-CPU_FAMILY_SUITES = {"cpu_avx512": "avx512"}
+CPU_FAMILY_SUITES = {"cpu_avx512": "avx512", "cpu_avx512bf16": "avx512bf16"}
 
 
 def _cpu_family_missing(family):
@@ -36,7 +36,7 @@ def _cpu_family_missing(family):
     return None if family in families else f"this CPU cannot run the {family} kernels (it runs {families})"
 
 
-@pytest.mark.parametrize("suite", ["cuda_host", "cuda_host_mma", "cpu", "cpu_portable", "cpu_avx512"])
+@pytest.mark.parametrize("suite", ["cuda_host", "cuda_host_mma", "cpu", "cpu_portable", "cpu_avx512", "cpu_avx512bf16"])
 def test_kernels_stay_in_bounds(suite):
     if suite in CPU_FAMILY_SUITES and (reason := _cpu_family_missing(CPU_FAMILY_SUITES[suite])):
         pytest.skip(reason)

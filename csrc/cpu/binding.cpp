@@ -86,15 +86,18 @@ ConvShape make_shape(at::IntArrayRef input, at::IntArrayRef weight, at::IntArray
   return s;
 }
 
-// The ISA a call names (the op's `family`): "" for the best this CPU has; an unknown name, or one this CPU
-// cannot run, is an error. variant: reserved, must be 0.
-Isa parse_family(c10::string_view family, int64_t variant) {
+// The ISA a call names (the op's `family`) for data of `dtype`: "" for the best this CPU has; an unknown name,
+// one this CPU cannot run, or one that does not run this dtype is an error. variant: reserved, must be 0.
+Isa parse_family(c10::string_view family, int64_t variant, at::ScalarType dtype) {
   TORCH_CHECK(variant == 0, "dwconv cpu: the cpu kernels have no variants, got variant ", variant);
   const std::string_view name(family.data(), family.size());
-  if (name.empty()) return best_isa();
+  const bool bf16_data = dtype == at::kBFloat16;
+  if (name.empty()) return best_isa(bf16_data);
   for (Isa isa : kIsasBestFirst) {
     if (name != isa_name(isa)) continue;
     TORCH_CHECK(isa_supported(isa), "dwconv cpu: this CPU cannot run the ", name, " kernels");
+    TORCH_CHECK(bf16_data || !isa_bf16_only(isa), "dwconv cpu: the ", name, " kernels run bfloat16 only, got ",
+                dtype);
     return isa;
   }
   TORCH_CHECK(false, "dwconv cpu: unknown kernel family '", std::string(name), "' (choose one of cpu_families())");
@@ -125,7 +128,7 @@ void dispatch_dtype(at::ScalarType dtype, Fn&& fn) {
 void native_fwd(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                 at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, c10::string_view family,
                 int64_t variant, at::Tensor y) {
-  const Isa isa = parse_family(family, variant);
+  const Isa isa = parse_family(family, variant, x.scalar_type());
   check_4d_cpu(x, "x");
   check_4d_cpu(weight, "weight");
   check_4d_cpu(y, "y");
@@ -152,7 +155,7 @@ void native_fwd(const at::Tensor& x, const at::Tensor& weight, const std::option
 void native_dgrad(const at::Tensor& grad_out, const at::Tensor& weight, at::IntArrayRef stride,
                   at::IntArrayRef padding, at::IntArrayRef dilation, c10::string_view family, int64_t variant,
                   at::Tensor grad_x) {
-  const Isa isa = parse_family(family, variant);
+  const Isa isa = parse_family(family, variant, grad_out.scalar_type());
   check_4d_cpu(grad_out, "grad_out");
   check_4d_cpu(weight, "weight");
   check_4d_cpu(grad_x, "grad_x");
@@ -173,7 +176,7 @@ void native_dgrad(const at::Tensor& grad_out, const at::Tensor& weight, at::IntA
 void native_wgrad(const at::Tensor& grad_out, const at::Tensor& x, at::IntArrayRef stride, at::IntArrayRef padding,
                   at::IntArrayRef dilation, bool /*deterministic: always*/, c10::string_view family,
                   int64_t variant, at::Tensor grad_w) {
-  const Isa isa = parse_family(family, variant);
+  const Isa isa = parse_family(family, variant, x.scalar_type());
   check_4d_cpu(grad_out, "grad_out");
   check_4d_cpu(x, "x");
   check_4d_cpu(grad_w, "grad_w");

@@ -2,11 +2,14 @@
 // one this CPU supports; best_isa() is the default.
 #include "cpu/isa.h"
 
+#include <type_traits>
+
 namespace dwconv::cpu {
 
 const char* isa_name(Isa isa) {
   switch (isa) {
     case Isa::Avx512: return "avx512";
+    case Isa::Avx512Bf16: return "avx512bf16";
     case Isa::Avx2: return "avx2";
     case Isa::Portable: return "portable";
   }
@@ -30,23 +33,36 @@ bool isa_supported(Isa isa) {
 #else
       return false;
 #endif
+    case Isa::Avx512Bf16:
+#ifdef DWCONV_HAVE_AVX512
+      return isa_supported(Isa::Avx512) && __builtin_cpu_supports("avx512bf16");
+#else
+      return false;
+#endif
   }
   return false;
 }
 
-Isa best_isa() {
-  static const Isa best = [] {
+Isa best_isa(bool bf16) {
+  static const auto best = [](bool for_bf16) {
     for (Isa isa : kIsasBestFirst)
-      if (isa_supported(isa)) return isa;
+      if (isa_supported(isa) && (for_bf16 || !isa_bf16_only(isa))) return isa;
     return Isa::Portable;
-  }();
-  return best;
+  };
+  static const Isa best_bf16 = best(true), best_other = best(false);
+  return bf16 ? best_bf16 : best_other;
 }
 
+// Avx512Bf16 reaches here with bf16 data only (binding.cpp checks it); for the others it would be Avx512.
 #if defined(DWCONV_HAVE_AVX512)
-#define DWCONV_CALL_ISA(op, ...)                                                              \
-  (isa == Isa::Avx512 ? avx512::op(__VA_ARGS__)                                               \
-                      : isa == Isa::Avx2 ? avx2::op(__VA_ARGS__) : portable::op(__VA_ARGS__))
+#define DWCONV_CALL_ISA(op, ...)                                                                        \
+  do {                                                                                                  \
+    if constexpr (std::is_same_v<T, bf16>)                                                              \
+      if (isa == Isa::Avx512Bf16) return avx512bf16::op(__VA_ARGS__);                                   \
+    return isa == Isa::Avx512 || isa == Isa::Avx512Bf16                                                 \
+               ? avx512::op(__VA_ARGS__)                                                                \
+               : isa == Isa::Avx2 ? avx2::op(__VA_ARGS__) : portable::op(__VA_ARGS__);                  \
+  } while (0)
 #elif defined(DWCONV_HAVE_AVX2)
 #define DWCONV_CALL_ISA(op, ...) (isa == Isa::Avx2 ? avx2::op(__VA_ARGS__) : portable::op(__VA_ARGS__))
 #else

@@ -74,11 +74,13 @@ template <> struct Acc<double> { using type = double; };
 template <typename T> using acc_t = typename Acc<T>::type;
 
 // The instruction sets the kernels are built for (dispatch.cpp): run-time choice, by the CPU's features.
-enum class Isa : int { Portable, Avx2, Avx512 };
-inline constexpr Isa kIsasBestFirst[] = {Isa::Avx512, Isa::Avx2, Isa::Portable};
+// Avx512Bf16 is Avx512 with vdpbf16ps for bf16 data; it runs bf16 only.
+enum class Isa : int { Portable, Avx2, Avx512, Avx512Bf16 };
+inline constexpr Isa kIsasBestFirst[] = {Isa::Avx512Bf16, Isa::Avx512, Isa::Avx2, Isa::Portable};
 const char* isa_name(Isa isa);
-bool isa_supported(Isa isa);  // the CPU can run it (and it was built)
-Isa best_isa();               // the fastest supported one
+bool isa_supported(Isa isa);                 // the CPU can run it (and it was built)
+inline bool isa_bf16_only(Isa isa) { return isa == Isa::Avx512Bf16; }
+Isa best_isa(bool bf16);                     // the fastest supported one for bf16 data or for the others
 
 // y = conv(x, w) + b (b may be null). x, y in s.layout; w contiguous (C*M, 1, KH, KW).
 template <typename T>

@@ -22,7 +22,7 @@
 #include "cpu/scratch.h"
 #include "cpu/tile.h"
 
-namespace dwconv::cpu::avx512 {
+namespace dwconv::cpu::DWCONV_ISA {
 
 #define DWCONV_NHWC_INLINE DWCONV_TARGET __attribute__((always_inline)) inline
 
@@ -98,6 +98,125 @@ constexpr std::array<NhwcRowFn<T>, kNhwcMaxBlock + 1> nhwc_rows_for(std::integer
   return {nullptr, nhwc_row_block<R + 1, T>...};
 }
 
+#ifdef DWCONV_BF16_DOT
+// bf16 with vdpbf16ps, two filter rows per instruction. A window vector holds one pixel of a source row and of
+// the row row_step after it as pairs (interleave_pairs); with Pair false (the last of an odd number of filter
+// rows) the second halves are zero, and so are those of the weights (w: wsingle below).
+template <bool Pair>
+DWCONV_NHWC_INLINE __m512i pixel_pair(const bf16* x, int64_t row_step, int64_t px_step, int64_t col, int64_t Ws,
+                                      __mmask16 lanes) {
+  const __mmask16 m = uint64_t(col) < uint64_t(Ws) ? lanes : __mmask16(0);
+  const bf16* p = x + col * px_step;
+  return interleave_pairs(_mm256_maskz_loadu_epi16(m, p),
+                          Pair ? _mm256_maskz_loadu_epi16(m, p + row_step) : _mm256_setzero_si256());
+}
+
+template <int R, bool Pair>
+DWCONV_NHWC_INLINE void nhwc_dot_rows(__m512* acc, const bf16* x, int64_t row_step, int64_t px_step, int64_t col0,
+                                      int64_t Ws, __mmask16 lanes, const uint32_t* w, int64_t nkw) {
+  __m512i win[R];
+#pragma GCC unroll 16
+  for (int r = 0; r < R - 1; ++r) win[r] = pixel_pair<Pair>(x, row_step, px_step, col0 + r, Ws, lanes);
+  for (int64_t kw = 0; kw < nkw; ++kw) {
+    win[R - 1] = pixel_pair<Pair>(x, row_step, px_step, col0 + kw + R - 1, Ws, lanes);
+    const __m512bh wv = (__m512bh)_mm512_loadu_si512(w + kw * kNhwcLanes);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) acc[r] = _mm512_dpbf16_ps(acc[r], (__m512bh)win[r], wv);
+#pragma GCC unroll 16
+    for (int r = 0; r < R - 1; ++r) win[r] = win[r + 1];
+  }
+}
+
+// nhwc_row_block for bf16 with vdpbf16ps: filter rows (kh, kh + 1) from wpair, a last odd one from wsingle
+// (both [kh][kw][16] pairs, as pack_row_pairs writes them).
+template <int R>
+DWCONV_TARGET void nhwc_row_block_dot(bf16* y, int64_t y_step, const float* bias16, __mmask16 lanes, const bf16* x_row,
+                                      int64_t row_step, int64_t px_step, int64_t col0, int64_t Ws, const uint32_t* wpair,
+                                      const uint32_t* wsingle, int64_t w_row_step, int64_t nkh, int64_t nkw) {
+  __m512 acc[R];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+  int64_t kh = 0;
+  for (; kh + 1 < nkh; kh += 2)
+    nhwc_dot_rows<R, true>(acc, x_row + kh * row_step, row_step, px_step, col0, Ws, lanes, wpair + kh * w_row_step, nkw);
+  if (kh < nkh)
+    nhwc_dot_rows<R, false>(acc, x_row + kh * row_step, row_step, px_step, col0, Ws, lanes, wsingle + kh * w_row_step,
+                            nkw);
+  const bool full = lanes == __mmask16(0xffff);
+  const __m512 bias = _mm512_loadu_ps(bias16);
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) store_pixel(y + r * y_step, _mm512_add_ps(acc[r], bias), lanes, full);
+}
+
+using NhwcRowDotFn = void (*)(bf16*, int64_t, const float*, __mmask16, const bf16*, int64_t, int64_t, int64_t, int64_t,
+                              const uint32_t*, const uint32_t*, int64_t, int64_t, int64_t);
+
+template <int... R>
+constexpr std::array<NhwcRowDotFn, kNhwcMaxBlock + 1> nhwc_row_dots_for(std::integer_sequence<int, R...>) {
+  return {nullptr, nhwc_row_block_dot<R + 1>...};
+}
+
+// nhwc_batch_block for bf16 with vdpbf16ps, from a tile of row pairs ([row][col][image][16] pairs of the pixel
+// and the one a filter row below; zero below the map): filter rows (kh, kh + 1) from wpair, a last odd one from
+// wsingle with the tile's second halves masked off.
+template <int R>
+DWCONV_TARGET void nhwc_batch_block_dot(bf16* y, int64_t y_image_step, const float* bias16, __mmask16 lanes,
+                                        const uint32_t* x, int64_t row_step, int64_t px_step, const uint32_t* wpair,
+                                        const uint32_t* wsingle, int64_t w_row_step, int64_t nkh, int64_t nkw) {
+  __m512 acc[R];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+  const __m512i low_halves = _mm512_set1_epi32(0xffff);
+  for (int64_t kh = 0; kh < nkh; kh += 2) {
+    const bool pair = kh + 1 < nkh;
+    const uint32_t* w = (pair ? wpair : wsingle) + kh * w_row_step;
+    const uint32_t* xk = x + kh * row_step;
+    for (int64_t kw = 0; kw < nkw; ++kw, xk += px_step) {
+      const __m512bh wv = (__m512bh)_mm512_loadu_si512(w + kw * kNhwcLanes);
+      if (pair) {
+#pragma GCC unroll 16
+        for (int r = 0; r < R; ++r)
+          acc[r] = _mm512_dpbf16_ps(acc[r], (__m512bh)_mm512_loadu_si512(xk + r * kNhwcLanes), wv);
+      } else {
+#pragma GCC unroll 16
+        for (int r = 0; r < R; ++r)
+          acc[r] = _mm512_dpbf16_ps(acc[r], (__m512bh)_mm512_and_si512(_mm512_loadu_si512(xk + r * kNhwcLanes), low_halves), wv);
+      }
+    }
+  }
+  const bool full = lanes == __mmask16(0xffff);
+  const __m512 bias = _mm512_loadu_ps(bias16);
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) store_pixel(y + r * y_image_step, _mm512_add_ps(acc[r], bias), lanes, full);
+}
+
+using NhwcBatchDotFn = void (*)(bf16*, int64_t, const float*, __mmask16, const uint32_t*, int64_t, int64_t,
+                                const uint32_t*, const uint32_t*, int64_t, int64_t, int64_t);
+
+template <int... R>
+constexpr std::array<NhwcBatchDotFn, kNhwcMaxImages + 1> nhwc_batch_dots_for(std::integer_sequence<int, R...>) {
+  return {nullptr, nhwc_batch_block_dot<R + 1>...};
+}
+
+// The blocked filter wt ([block][KH][KW][16] fp32 holding bf16 values) as bf16 pairs of filter rows:
+// pair[...][kh][kw][l] = (wt[kh][kw][l], wt[kh + 1][kw][l] or 0 in the last row), single: (wt[kh][kw][l], 0).
+struct RowPairFilters {
+  Scratch<uint32_t> pair, single;
+  RowPairFilters(const float* wt, int64_t nblocks, int64_t KH, int64_t KW)
+      : pair(nblocks * KH * KW * kNhwcLanes), single(nblocks * KH * KW * kNhwcLanes) {
+    const int64_t row = KW * kNhwcLanes;
+    for (int64_t blk = 0; blk < nblocks; ++blk)
+      for (int64_t kh = 0; kh < KH; ++kh)
+        for (int64_t i = 0; i < row; ++i) {
+          const int64_t at = (blk * KH + kh) * row + i;
+          const uint32_t lo = to_bf16(wt[at]).bits, hi = kh + 1 < KH ? to_bf16(wt[at + row]).bits : 0u;
+          pair.get()[at] = lo | hi << 16;
+          single.get()[at] = lo;
+        }
+  }
+};
+#endif
+
 // R images at one output pixel (every image's taps inside the source are the same), from a tile of the R images
 // interleaved ([row][col][image][16], fp32): out of image r = bias + sum over the nkh x nkw taps of w[kh][kw] *
 // tile[r + kh * row_step + kw * px_step].
@@ -145,6 +264,10 @@ DWCONV_TARGET void run_nhwc_rows(const Correlation& g, int64_t N, int64_t C, con
   static constexpr auto kernels = nhwc_rows_for<T>(std::make_integer_sequence<int, kNhwcMaxBlock>());
   constexpr int L = kNhwcLanes;
   const int64_t nblocks = ceil_div(C, L), taps = g.KH * g.KW;
+#ifdef DWCONV_BF16_DOT
+  static constexpr auto dots = nhwc_row_dots_for(std::make_integer_sequence<int, kNhwcMaxBlock>());
+  const RowPairFilters wdot(wt, std::is_same_v<T, bf16> ? nblocks : 0, g.KH, g.KW);
+#endif
   const std::vector<Block> blocks = output_blocks(g.WO, g.org_w, g.Ws - 1, 1, 1, g.KW, kNhwcMaxBlock);
   const std::vector<Range> rtaps = row_taps(g.HO, g.org_h, g.Hs - 1, g.SH, g.DH, g.KH);
   // bands of output rows whose input rows (the last KH of which the next row reuses) stay in L1 / L2
@@ -162,7 +285,6 @@ DWCONV_TARGET void run_nhwc_rows(const Correlation& g, int64_t N, int64_t C, con
       const float* bv = bias + blk * L;
       const T* x = src + n * g.Hs * g.Ws * C + blk * L;
       T* y = dst + n * g.HO * g.WO * C + blk * L;
-      const float* wb = wt + blk * taps * L;
       for (int64_t oh = band * TH; oh < std::min(g.HO, (band + 1) * TH); ++oh) {
         const Range kh = rtaps[oh];
         // The next item's output lines (the next 64 bytes of this row's pixels) are fetched for writing while
@@ -171,10 +293,19 @@ DWCONV_TARGET void run_nhwc_rows(const Correlation& g, int64_t N, int64_t C, con
         for (int64_t ow = 0; ow < g.WO; ++ow)
           __builtin_prefetch(reinterpret_cast<const char*>(y + (oh * g.WO + ow) * C) + 64, 1, 3);
         const int64_t ih = oh * g.SH + g.org_h + kh.lo * g.DH;
-        for (const Block& b : blocks)
+        for (const Block& b : blocks) {
+          const int64_t w_at = blk * taps * L + (kh.lo * g.KW + b.lo) * L;
+#ifdef DWCONV_BF16_DOT
+          if constexpr (std::is_same_v<T, bf16>) {
+            dots[b.size](y + (oh * g.WO + b.first) * C, C, bv, lanes, x + ih * g.Ws * C, g.DH * g.Ws * C, C,
+                         b.first + g.org_w + b.lo, g.Ws, wdot.pair.get() + w_at, wdot.single.get() + w_at, g.KW * L,
+                         kh.hi - kh.lo, b.hi - b.lo);
+            continue;
+          }
+#endif
           kernels[b.size](y + (oh * g.WO + b.first) * C, C, bv, lanes, x + ih * g.Ws * C, g.DH * g.Ws * C, C,
-                          b.first + g.org_w + b.lo, g.Ws, wb + (kh.lo * g.KW + b.lo) * L, g.KW * L, kh.hi - kh.lo,
-                          b.hi - b.lo);
+                          b.first + g.org_w + b.lo, g.Ws, wt + w_at, g.KW * L, kh.hi - kh.lo, b.hi - b.lo);
+        }
       }
     }
   }
@@ -200,6 +331,11 @@ DWCONV_TARGET void run_nhwc_batched(const Correlation& g, int64_t N, int64_t C, 
   const int64_t in_pixels = g.Hs * g.Ws, in_image = in_pixels * C, out_image = g.HO * g.WO * C;
   const int64_t tile_size = in_pixels * kNhwcMaxImages * L;
   Scratch<float> scratch(nthreads * tile_size);
+#ifdef DWCONV_BF16_DOT
+  // bf16: the tile holds pairs of the pixel and the one DH rows below (zero below the map) instead of fp32
+  static constexpr auto dots = nhwc_batch_dots_for(std::make_integer_sequence<int, kNhwcMaxImages>());
+  const RowPairFilters wdot(wt, std::is_same_v<T, bf16> ? nblocks : 0, g.KH, g.KW);
+#endif
 #pragma omp parallel num_threads(nthreads)
   {
     float* tile = scratch.get() + omp_get_thread_num() * tile_size;
@@ -211,19 +347,38 @@ DWCONV_TARGET void run_nhwc_batched(const Correlation& g, int64_t N, int64_t C, 
       for (int64_t blk = bgrp * per_item; blk < std::min(nblocks, (bgrp + 1) * per_item); ++blk) {
         const __mmask16 lanes = __mmask16((1u << std::min<int64_t>(L, C - blk * L)) - 1);
         const T* x = src + n0 * in_image + blk * L;
+        constexpr bool dot = kDotProducts<T>;
         for (int r = 0; r < R; ++r)
-          for (int64_t px = 0; px < in_pixels; ++px)
-            _mm512_storeu_ps(tile + (px * R + r) * L, load_pixel(x + r * in_image + px * C, lanes));
+          for (int64_t px = 0; px < in_pixels; ++px) {
+            float* at = tile + (px * R + r) * L;
+            if constexpr (dot) {
+              const bf16* p = reinterpret_cast<const bf16*>(x + r * in_image + px * C);
+              const int64_t below = px + g.DH * g.Ws;
+              const __m256i b = below < in_pixels ? _mm256_maskz_loadu_epi16(lanes, p + g.DH * g.Ws * C)
+                                                  : _mm256_setzero_si256();
+              _mm512_storeu_si512(at, interleave_pairs(_mm256_maskz_loadu_epi16(lanes, p), b));
+            } else {
+              _mm512_storeu_ps(at, load_pixel(x + r * in_image + px * C, lanes));
+            }
+          }
         T* y = dst + n0 * out_image + blk * L;
-        const float* wb = wt + blk * taps * L;
         for (int64_t oh = 0; oh < g.HO; ++oh) {
           const Range kh = row_taps[oh];
           for (int64_t ow = 0; ow < g.WO; ++ow) {
             const Range kw = col_taps[ow];
             const int64_t sr = oh * g.SH + kh.lo * g.DH + g.org_h, sc = ow * g.SW + kw.lo * g.DW + g.org_w;
+            const int64_t w_at = blk * taps * L + (kh.lo * g.KW + kw.lo) * L;
+#ifdef DWCONV_BF16_DOT
+            if constexpr (dot) {
+              dots[R](reinterpret_cast<bf16*>(y + (oh * g.WO + ow) * C), out_image, bias + blk * L, lanes,
+                      reinterpret_cast<const uint32_t*>(tile) + (sr * g.Ws + sc) * R * L, g.DH * g.Ws * R * L,
+                      g.DW * R * L, wdot.pair.get() + w_at, wdot.single.get() + w_at, g.KW * L, kh.hi - kh.lo,
+                      kw.hi - kw.lo);
+              continue;
+            }
+#endif
             kernels[R](y + (oh * g.WO + ow) * C, out_image, bias + blk * L, lanes, tile + (sr * g.Ws + sc) * R * L,
-                       g.DH * g.Ws * R * L, g.DW * R * L, wb + (kh.lo * g.KW + kw.lo) * L, g.KW * L, kh.hi - kh.lo,
-                       kw.hi - kw.lo);
+                       g.DH * g.Ws * R * L, g.DW * R * L, wt + w_at, g.KW * L, kh.hi - kh.lo, kw.hi - kw.lo);
           }
         }
       }
@@ -233,4 +388,4 @@ DWCONV_TARGET void run_nhwc_batched(const Correlation& g, int64_t N, int64_t C, 
 
 #undef DWCONV_NHWC_INLINE
 
-}  // namespace dwconv::cpu::avx512
+}  // namespace dwconv::cpu::DWCONV_ISA

@@ -23,9 +23,18 @@
 #include "cpu/scratch.h"
 #include "cpu/tile.h"
 
-namespace dwconv::cpu::avx512 {
+namespace dwconv::cpu::DWCONV_ISA {
 
 #define DWCONV_PLANE_INLINE DWCONV_TARGET __attribute__((always_inline)) inline
+
+// Whether T runs on vdpbf16ps (bf16 in the avx512bf16 kernels, which define DWCONV_BF16_DOT).
+#ifdef DWCONV_BF16_DOT
+template <typename T>
+inline constexpr bool kDotProducts = std::is_same_v<T, bf16>;
+#else
+template <typename T>
+inline constexpr bool kDotProducts = false;
+#endif
 
 constexpr int kPlaneLanes = 16;  // output columns per vector
 constexpr int kPlaneRows = 16;   // output rows per register block (accumulators)
@@ -52,19 +61,45 @@ DWCONV_PLANE_INLINE void plane_input_row(__m512* acc, const float* row, const fl
   }
 }
 
-template <int KH, int R, int... I>
-DWCONV_PLANE_INLINE void plane_window(__m512* acc, const float* src, int64_t Ws, int64_t Hs, int64_t ih0,
-                                      const float* w, int64_t KW, int64_t DW, int64_t col0, const __mmask16* mask,
+#ifdef DWCONV_BF16_DOT
+// The same for bf16 with vdpbf16ps, two filter columns per instruction, from a plane of column pairs
+// (plane_to_pairs): element j of a pairs row holds the source row's columns org + j and org + j + DW, so the
+// vector at col0 + 2q * DW holds lane l's taps 2q and 2q + 1. w: [pairs][KH], each filter row's two weights of
+// a pair as one 32-bit broadcast. With an odd filter width (`single_last`) the last pair's second weight is
+// zero and its second tap, a pixel outside the filter, is masked off (0 * Inf would be NaN).
+template <int KH, int R, int I>
+DWCONV_PLANE_INLINE void plane_pair_taps(__m512* acc, __m512i v, const uint32_t* w) {
+  constexpr int kh_lo = I - R + 1 > 0 ? I - R + 1 : 0, kh_hi = I < KH - 1 ? I : KH - 1;
+#pragma GCC unroll 16
+  for (int kh = kh_lo; kh <= kh_hi; ++kh)
+    acc[I - kh] = _mm512_dpbf16_ps(acc[I - kh], (__m512bh)v, (__m512bh)_mm512_set1_epi32(int(w[kh])));
+}
+
+template <int KH, int R, int I>
+DWCONV_PLANE_INLINE void plane_input_row(__m512* acc, const uint32_t* row, const uint32_t* w, int64_t pairs,
+                                         int64_t DW, const int64_t col0, const __mmask16* single_last) {
+  const uint32_t* x = row + col0;
+  const int64_t full = pairs - (single_last[0] ? 1 : 0);
+  for (int64_t q = 0; q < full; ++q, x += 2 * DW, w += KH) plane_pair_taps<KH, R, I>(acc, _mm512_loadu_si512(x), w);
+  if (full < pairs)
+    plane_pair_taps<KH, R, I>(acc, _mm512_and_si512(_mm512_loadu_si512(x), _mm512_set1_epi32(0xffff)), w);
+}
+#endif
+
+template <int KH, int R, typename Src, typename W, int... I>
+DWCONV_PLANE_INLINE void plane_window(__m512* acc, const Src* src, int64_t Ws, int64_t Hs, int64_t ih0,
+                                      const W* w, int64_t KW, int64_t DW, int64_t col0, const __mmask16* mask,
                                       std::integer_sequence<int, I...>) {
   ((ih0 + I >= 0 && ih0 + I < Hs ? plane_input_row<KH, R, I>(acc, src + (ih0 + I) * Ws, w, KW, DW, col0, mask)
                                  : void()),
    ...);
 }
 
-// out[r][lane] = sum over sources s of the correlation of plane src[s] (Hs x Ws, fp32) with filter w[s]
-// ([KW][KH]) for output rows r < R of the block (input row ih0 + r + kh) and one 16-column segment.
-template <int KH, int R>
-DWCONV_TARGET void plane_block(float* out, const float* const* src, const float* const* w, int sources, int64_t Ws,
+// out[r][lane] = sum over sources s of the correlation of plane src[s] (Hs x Ws) with filter w[s] for output rows
+// r < R of the block (input row ih0 + r + kh) and one 16-column segment. fp32 sources: w[s] is [KW][KH] and KW the
+// filter width; bf16 sources (vdpbf16ps): w[s] is [pairs][KH] and KW the number of column pairs.
+template <int KH, int R, typename Src, typename W>
+DWCONV_TARGET void plane_block(float* out, const Src* const* src, const W* const* w, int sources, int64_t Ws,
                                int64_t Hs, int64_t ih0, int64_t KW, int64_t DW, int64_t col0, const __mmask16* mask) {
   __m512 acc[R];
 #pragma GCC unroll 16
@@ -76,22 +111,25 @@ DWCONV_TARGET void plane_block(float* out, const float* const* src, const float*
   for (int r = 0; r < R; ++r) _mm512_storeu_ps(out + r * kPlaneLanes, acc[r]);
 }
 
-using PlaneBlockFn = void (*)(float*, const float* const*, const float* const*, int, int64_t, int64_t, int64_t,
-                              int64_t, int64_t, int64_t, const __mmask16*);
+template <typename Src, typename W>
+using PlaneBlockFn = void (*)(float*, const Src* const*, const W* const*, int, int64_t, int64_t, int64_t, int64_t,
+                              int64_t, int64_t, const __mmask16*);
 
-template <int KH, int... R>
-constexpr std::array<PlaneBlockFn, kPlaneRows + 1> plane_blocks_for(std::integer_sequence<int, R...>) {
-  return {nullptr, plane_block<KH, R + 1>...};
+template <int KH, typename Src, typename W, int... R>
+constexpr std::array<PlaneBlockFn<Src, W>, kPlaneRows + 1> plane_blocks_for(std::integer_sequence<int, R...>) {
+  return {nullptr, plane_block<KH, R + 1, Src, W>...};
 }
 
 // The filter heights with compiled blocks (others take the channel-blocked path).
-inline const PlaneBlockFn* plane_blocks(int64_t KH) {
-  static constexpr auto k3 = plane_blocks_for<3>(std::make_integer_sequence<int, kPlaneRows>());
-  static constexpr auto k5 = plane_blocks_for<5>(std::make_integer_sequence<int, kPlaneRows>());
-  static constexpr auto k7 = plane_blocks_for<7>(std::make_integer_sequence<int, kPlaneRows>());
-  static constexpr auto k9 = plane_blocks_for<9>(std::make_integer_sequence<int, kPlaneRows>());
-  static constexpr auto k11 = plane_blocks_for<11>(std::make_integer_sequence<int, kPlaneRows>());
-  static constexpr auto k13 = plane_blocks_for<13>(std::make_integer_sequence<int, kPlaneRows>());
+template <typename Src = float, typename W = float>
+inline const PlaneBlockFn<Src, W>* plane_blocks(int64_t KH) {
+  constexpr auto rows = std::make_integer_sequence<int, kPlaneRows>();
+  static constexpr auto k3 = plane_blocks_for<3, Src, W>(rows);
+  static constexpr auto k5 = plane_blocks_for<5, Src, W>(rows);
+  static constexpr auto k7 = plane_blocks_for<7, Src, W>(rows);
+  static constexpr auto k9 = plane_blocks_for<9, Src, W>(rows);
+  static constexpr auto k11 = plane_blocks_for<11, Src, W>(rows);
+  static constexpr auto k13 = plane_blocks_for<13, Src, W>(rows);
   switch (KH) {
     case 3: return k3.data();
     case 5: return k5.data();
@@ -124,6 +162,25 @@ DWCONV_TARGET void plane_to_float(float* dst, const T* src, int64_t n) {
   for (; i < n; ++i) dst[i] = to_acc(src[i]);
 }
 
+// The pairs plane of a bf16 plane (Hs x Ws): dst[r * row + j] = (src[r][org + j], src[r][org + j + DW]) for
+// j < row, zero outside the source row (row: a multiple of 16).
+DWCONV_TARGET inline void plane_to_pairs(uint32_t* dst, const bf16* src, int64_t Hs, int64_t Ws, int64_t org,
+                                         int64_t DW, int64_t row) {
+  const auto inside = [Ws](int64_t c0) {  // lanes l with 0 <= c0 + l < Ws
+    const int64_t lo = std::clamp<int64_t>(-c0, 0, kPlaneLanes), hi = std::clamp<int64_t>(Ws - c0, 0, kPlaneLanes);
+    return __mmask16(hi > lo ? ((1u << hi) - 1) & ~((1u << lo) - 1) : 0);
+  };
+  for (int64_t j = 0; j < row; j += kPlaneLanes) {
+    const int64_t c0 = org + j, c1 = c0 + DW;
+    const __mmask16 m0 = inside(c0), m1 = inside(c1);
+    for (int64_t r = 0; r < Hs; ++r) {
+      const bf16* x = src + r * Ws;
+      _mm512_storeu_si512(dst + r * row + j,
+                          interleave_pairs(_mm256_maskz_loadu_epi16(m0, x + c0), _mm256_maskz_loadu_epi16(m1, x + c1)));
+    }
+  }
+}
+
 // out[lane] (T) = acc[lane] + bias for lanes in `lanes`.
 template <typename T>
 DWCONV_PLANE_INLINE void store_lanes(T* out, __m512 acc, float bias, __mmask16 lanes) {
@@ -139,19 +196,34 @@ DWCONV_PLANE_INLINE void store_lanes(T* out, __m512 acc, float bias, __mmask16 l
 }
 
 // dst plane (n, c) = sum_j correlate(src plane (n, chan(c, j)), filter of (c, j)) + bias[c] for every plane of
-// p.dst (BlockedProblem of batched.h, NCHW; p.wt unused: wk holds the filters [dst channel][source][KW][KH],
-// p.bias per channel or null).
-template <typename T>
-DWCONV_TARGET void run_planes(const BlockedProblem<T, float>& p, const float* wk, const float* bias, int threads) {
+// p.dst (BlockedProblem of batched.h, NCHW; p.wt unused: wk holds the filters, p.bias per channel or null).
+// Src: the planes as the blocks read them: fp32 (other dtypes converted per plane), or for vdpbf16ps the pairs
+// planes of bf16 ones (uint32_t). W / taps: the filter layout of plane_block, `taps` columns (or column pairs)
+// per filter row.
+template <typename T, typename Src, typename W>
+DWCONV_TARGET void run_planes_of(const BlockedProblem<T, float>& p, const W* wk, int64_t taps, const float* bias,
+                                 int threads) {
+  constexpr bool pairs = std::is_same_v<Src, uint32_t>, convert = !std::is_same_v<T, Src>;
   const Correlation& g = p.g;
-  const PlaneBlockFn* blocks = plane_blocks(g.KH);
-  const int64_t planes = p.N * p.dst_C, in_pixels = g.Hs * g.Ws, out_pixels = g.HO * g.WO, taps = g.KH * g.KW;
+  const PlaneBlockFn<Src, W>* blocks = plane_blocks<Src, W>(g.KH);
+  const int64_t planes = p.N * p.dst_C, in_pixels = g.Hs * g.Ws, out_pixels = g.HO * g.WO;
   const int64_t nrow_blocks = ceil_div(g.HO, kPlaneRows), segments = ceil_div(g.WO, kPlaneLanes);
-  // Per segment: the lane-0 offset and the lanes inside the row, per filter column.
-  std::vector<int64_t> col(segments * g.KW);
-  std::vector<__mmask16> mask(segments * g.KW);
+  // A pairs plane row: every segment's lanes at every pair's offset (2q * DW, q < taps).
+  const int64_t row = pairs ? ceil_div(segments * kPlaneLanes + 2 * (taps - 1) * g.DW, kPlaneLanes) * kPlaneLanes
+                            : g.Ws;
+  const int64_t plane_size = pairs ? g.Hs * row : in_pixels;
+  // fp32: per segment, the lane-0 offset and the lanes inside the row, per filter column. Pairs planes: the
+  // segment's offset in the row, and whether the last pair has one tap.
+  const int64_t ncols = pairs ? 1 : g.KW;
+  std::vector<int64_t> col(segments * ncols);
+  std::vector<__mmask16> mask(segments * ncols);
   for (int64_t sg = 0; sg < segments; ++sg) {
     const int64_t ow0 = sg * kPlaneLanes, lanes = std::min<int64_t>(kPlaneLanes, g.WO - ow0);
+    if (pairs) {
+      col[sg] = ow0;
+      mask[sg] = __mmask16(g.KW % 2 ? 0xffff : 0);
+      continue;
+    }
     for (int64_t kw = 0; kw < g.KW; ++kw) {
       const int64_t c0 = ow0 * g.SW + g.org_w + kw * g.DW;
       col[sg * g.KW + kw] = c0;
@@ -161,10 +233,10 @@ DWCONV_TARGET void run_planes(const BlockedProblem<T, float>& p, const float* wk
       mask[sg * g.KW + kw] = __mmask16(m);
     }
   }
-  const int nthreads = thread_count(threads, planes, planes * out_pixels * taps * p.sources);
-  constexpr bool convert = !std::is_same_v<T, float>;
-  const int64_t per_thread = (convert ? p.sources * in_pixels : 0) + kPlaneRows * kPlaneLanes;
-  Scratch<float> scratch(nthreads * per_thread);
+  const int nthreads = thread_count(threads, planes, planes * out_pixels * g.KH * g.KW * p.sources);
+  Scratch<Src> converted_all(convert ? nthreads * p.sources * plane_size : 1);
+  Scratch<float> accs(nthreads * kPlaneRows * kPlaneLanes);
+  const int64_t filter_size = taps * g.KH;
   // Planes of several KiB (56x56) are read in strided pieces (16 columns of 20 rows at a time) that the
   // hardware prefetchers do not see coming: each block fetches its share of the next plane's input (and
   // the output lines it will write). Small planes are one contiguous stream: no prefetch (measured).
@@ -173,22 +245,25 @@ DWCONV_TARGET void run_planes(const BlockedProblem<T, float>& p, const float* wk
   const int64_t out_lines = ceil_div(out_pixels * int64_t(sizeof(T)), 64) + 1, nq = nrow_blocks * segments;
 #pragma omp parallel num_threads(nthreads)
   {
-    float* converted = scratch.get() + omp_get_thread_num() * per_thread;
-    float* acc = converted + (convert ? p.sources * in_pixels : 0);
-    std::vector<const float*> srcs(p.sources), filters(p.sources);
+    Src* converted = converted_all.get() + (convert ? omp_get_thread_num() * p.sources * plane_size : 0);
+    float* acc = accs.get() + omp_get_thread_num() * kPlaneRows * kPlaneLanes;
+    std::vector<const Src*> srcs(p.sources);
+    std::vector<const W*> filters(p.sources);
 #pragma omp for schedule(static)
     for (int64_t plane = 0; plane < planes; ++plane) {
       const int64_t n = plane / p.dst_C, c = plane % p.dst_C;
       for (int64_t j = 0; j < p.sources; ++j) {
         const T* src = p.src + (n * p.src_C + c / p.chan_div * p.chan_mul + j) * in_pixels;
-        if constexpr (convert) {
-          float* f = converted + j * in_pixels;
-          plane_to_float(f, src, in_pixels);
-          srcs[j] = f;
+        if constexpr (pairs) {
+          plane_to_pairs(converted + j * plane_size, src, g.Hs, g.Ws, g.org_w, g.DW, row);
+          srcs[j] = converted + j * plane_size;
+        } else if constexpr (convert) {
+          plane_to_float(converted + j * plane_size, src, in_pixels);
+          srcs[j] = converted + j * plane_size;
         } else {
           srcs[j] = src;
         }
-        filters[j] = wk + (c * p.sources + j) * taps;
+        filters[j] = wk + (c * p.sources + j) * filter_size;
       }
       T* dst = p.dst + plane * out_pixels;
       const float b = bias ? bias[c] : 0.f;
@@ -209,8 +284,8 @@ DWCONV_TARGET void run_planes(const BlockedProblem<T, float>& p, const float* wk
             const char* out = reinterpret_cast<const char*>(p.dst + next * out_pixels);
             for (int64_t li = q * out_lines / nq; li < (q + 1) * out_lines / nq; ++li) __builtin_prefetch(out + li * 64, 1, 3);
           }
-          blocks[R](acc, srcs.data(), filters.data(), int(p.sources), g.Ws, g.Hs, oh0 * g.SH + g.org_h, g.KW, g.DW,
-                    col[sg * g.KW], mask.data() + sg * g.KW);
+          blocks[R](acc, srcs.data(), filters.data(), int(p.sources), pairs ? row : g.Ws, g.Hs, oh0 * g.SH + g.org_h,
+                    taps, g.DW, col[sg * ncols], mask.data() + sg * ncols);
           for (int r = 0; r < R; ++r)
             store_lanes<T>(dst + (oh0 + r) * g.WO + ow0, _mm512_loadu_ps(acc + r * kPlaneLanes), b, lanes);
         }
@@ -219,6 +294,28 @@ DWCONV_TARGET void run_planes(const BlockedProblem<T, float>& p, const float* wk
   }
 }
 
+// run_planes_of with wk: [dst channel][source][KW][KH] fp32. bf16 on CPUs with AVX512_BF16 (the avx512bf16
+// kernels) multiplies pairs of filter columns with vdpbf16ps, from each plane's pairs plane.
+template <typename T>
+DWCONV_TARGET void run_planes(const BlockedProblem<T, float>& p, const float* wk, const float* bias, int threads) {
+#ifdef DWCONV_BF16_DOT
+  if constexpr (std::is_same_v<T, bf16>) {
+    const int64_t KH = p.g.KH, KW = p.g.KW, pairs = ceil_div(KW, 2), filters = p.dst_C * p.sources;
+    Scratch<uint32_t> wp(filters * pairs * KH);  // [filter][pair][KH]: columns 2q (low half), 2q + 1 (high)
+    for (int64_t f = 0; f < filters; ++f)
+      for (int64_t q = 0; q < pairs; ++q)
+        for (int64_t kh = 0; kh < KH; ++kh) {
+          const float* w = wk + f * KW * KH;
+          const uint32_t lo = to_bf16(w[2 * q * KH + kh]).bits;
+          const uint32_t hi = 2 * q + 1 < KW ? to_bf16(w[(2 * q + 1) * KH + kh]).bits : 0u;
+          wp.get()[(f * pairs + q) * KH + kh] = lo | hi << 16;
+        }
+    return run_planes_of<T, uint32_t, uint32_t>(p, wp.get(), pairs, bias, threads);
+  }
+#endif
+  return run_planes_of<T, float, float>(p, wk, p.g.KW, bias, threads);
+}
+
 #undef DWCONV_PLANE_INLINE
 
-}  // namespace dwconv::cpu::avx512
+}  // namespace dwconv::cpu::DWCONV_ISA

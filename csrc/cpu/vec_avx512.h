@@ -69,6 +69,14 @@ DWCONV_AVX512_FN void store_f16(f16* p, __m512 a) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(r));
 }
 
+// 16 pairs (a[i], b[i]) of 16-bit values, a[i] in the low half of 32-bit lane i: the operand layout of
+// vdpbf16ps (AVX512_BF16), which multiplies pairs of bf16 and adds both products to an fp32 lane.
+DWCONV_AVX512_FN __m512i interleave_pairs(__m256i a, __m256i b) {
+  alignas(64) static constexpr uint16_t kIndex[32] = {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39,
+                                                      8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
+  return _mm512_permutex2var_epi16(_mm512_castsi256_si512(a), _mm512_load_si512(kIndex), _mm512_castsi256_si512(b));
+}
+
 // dst[j * dst_stride + i] = src[i * src_stride + j] for i, j < L: transposes one L x L block.
 template <typename A, int L>
 DWCONV_AVX512_FN void transpose_block(A* dst, int64_t dst_stride, const A* src, int64_t src_stride);

@@ -70,7 +70,14 @@ class CpuBackend(_NativeBackend):
         return None
 
     def families(self, op, x, args):
-        return preferred_first(_cpu_families(), config.get().cpu_family)
+        families = _cpu_families()
+        if x.dtype != torch.bfloat16:
+            families = tuple(f for f in families if f not in BF16_ONLY_CPU_FAMILIES)
+        return preferred_first(families, config.get().cpu_family)
+
+
+# Families whose kernels run bfloat16 only (csrc/cpu/kernels.h: isa_bf16_only).
+BF16_ONLY_CPU_FAMILIES = ("avx512bf16",)
 
 
 @functools.lru_cache(maxsize=None)
