@@ -16,6 +16,7 @@ using namespace dwconv::cpu::avx512;  // the vectors of vec_avx512.h
 }
 #include "cpu/plane_avx512.h"
 #include "cpu/nhwc_avx512.h"
+#include "cpu/wgrad_bf16dot.h"
 #define DWCONV_PLANE_KERNELS 1
 #define DWCONV_NHWC_KERNELS 1
 #include "cpu/conv_ops.h"

@@ -1,0 +1,62 @@
+// wgrad for bf16 with vdpbf16ps (the avx512bf16 kernels only; conv_ops.h's wgrad calls it at unit stride and
+// dilation along W). The channel-blocked fp32 tiles of a band are rewritten as tiles of pairs along W, element
+// c holding the values at columns c and c + 1, so one instruction adds the products of two consecutive outputs
+// (ow, ow + 1) for a tap: dw[q] += x[ow + q] * dy[ow] + x[ow + 1 + q] * dy[ow + 1].
+#pragma once
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "cpu/microkernels.h"
+
+namespace dwconv::cpu::DWCONV_ISA {
+
+// dst[i][c] = (src[i][c], src[i][c + 1] or 0 past the row) as bf16 pairs, for rows x cols pixels of 16 lanes;
+// src holds bf16 values in fp32 (the tiles gather_tile wrote), so dropping the low 16 bits is exact.
+DWCONV_TARGET inline void tile_to_pairs(uint32_t* dst, const float* src, int64_t rows, int64_t cols) {
+  const __m512i zero = _mm512_setzero_si512();
+  for (int64_t i = 0; i < rows; ++i) {
+    const float* s = src + i * cols * 16;
+    uint32_t* d = dst + i * cols * 16;
+    for (int64_t c = 0; c < cols; ++c) {
+      const __m512i a = _mm512_castps_si512(_mm512_loadu_ps(s + c * 16));
+      const __m512i b = c + 1 < cols ? _mm512_castps_si512(_mm512_loadu_ps(s + (c + 1) * 16)) : zero;
+      _mm512_storeu_si512(d + c * 16, _mm512_mask_blend_epi16(__mmask32(0xAAAAAAAAu), _mm512_srli_epi32(a, 16), b));
+    }
+  }
+}
+
+// dw[q] (fp32 [Q][16], accumulated into) += sum over oh < rows, ow < n of x[oh][ow + q] * dy[oh][ow], from pairs
+// tiles (row steps in elements). With n odd the last output's pairs have their second halves masked off.
+template <int Q>
+DWCONV_TARGET void wgrad_pair_taps(float* dw, const uint32_t* dy, int64_t rows, int64_t n, int64_t dy_row_step,
+                                   const uint32_t* x, int64_t row_step) {
+  __m512 acc[Q];
+#pragma GCC unroll 8
+  for (int q = 0; q < Q; ++q) acc[q] = _mm512_loadu_ps(dw + q * 16);
+  const __m512i first = _mm512_set1_epi32(0xffff);
+  for (int64_t oh = 0; oh < rows; ++oh, x += row_step, dy += dy_row_step) {
+    int64_t ow = 0;
+    for (; ow + 1 < n; ow += 2) {
+      const __m512bh d = (__m512bh)_mm512_loadu_si512(dy + ow * 16);
+#pragma GCC unroll 8
+      for (int q = 0; q < Q; ++q)
+        acc[q] = _mm512_dpbf16_ps(acc[q], (__m512bh)_mm512_loadu_si512(x + (ow + q) * 16), d);
+    }
+    if (ow < n) {
+      const __m512bh d = (__m512bh)_mm512_and_si512(_mm512_loadu_si512(dy + ow * 16), first);
+#pragma GCC unroll 8
+      for (int q = 0; q < Q; ++q)
+        acc[q] = _mm512_dpbf16_ps(acc[q], (__m512bh)_mm512_and_si512(_mm512_loadu_si512(x + (ow + q) * 16), first), d);
+    }
+  }
+#pragma GCC unroll 8
+  for (int q = 0; q < Q; ++q) _mm512_storeu_ps(dw + q * 16, acc[q]);
+}
+
+using WgradPairFn = void (*)(float*, const uint32_t*, int64_t, int64_t, int64_t, const uint32_t*, int64_t);
+inline constexpr WgradPairFn kWgradPairTaps[kMaxBlock + 1] = {
+    nullptr, wgrad_pair_taps<1>, wgrad_pair_taps<2>, wgrad_pair_taps<3>, wgrad_pair_taps<4>,
+    wgrad_pair_taps<5>, wgrad_pair_taps<6>, wgrad_pair_taps<7>};
+
+}  // namespace dwconv::cpu::DWCONV_ISA
