@@ -30,6 +30,7 @@ import torch
 
 import dwconv._C  # noqa: F401  (registers torch.ops.dwconv.native_*)
 from benchmarks.peers import parse_shapes
+from dwconv.backends.native import BF16_ONLY_CPU_FAMILIES
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 OPS = ("fwd", "dgrad", "wgrad")
@@ -88,8 +89,11 @@ def time_shape(shape, dtype, channels_last, ops, families, reps, warmup, threads
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--families", default=",".join(torch.ops.dwconv.cpu_families()),
-                        help="comma-separated families (default: all this CPU runs)")
+    every = torch.ops.dwconv.cpu_families()  # bf16-only ones last: the first family is the comparison base
+    parser.add_argument("--families", default=",".join([f for f in every if f not in BF16_ONLY_CPU_FAMILIES] +
+                                                       [f for f in every if f in BF16_ONLY_CPU_FAMILIES]),
+                        help="comma-separated families (default: all this CPU runs; a bfloat16-only family only "
+                             "with --dtypes bfloat16)")
     parser.add_argument("--shapes", default="peers", help="as benchmarks/peers.py --shapes")
     parser.add_argument("--ops", default=",".join(OPS))
     parser.add_argument("--dtypes", default="float32")
@@ -106,7 +110,10 @@ def main(argv=None):
     print(f"# {args.threads} thread(s), {clock}, median of {args.reps} (min-max); load average "
           f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     rows = []
+    all_families = families
     for dtype_name in args.dtypes.split(","):
+        families = [f for f in all_families
+                    if DTYPES[dtype_name] == torch.bfloat16 or f not in BF16_ONLY_CPU_FAMILIES]
         for layout in args.layouts.split(","):
             for shape in shapes:
                 res = time_shape(shape, DTYPES[dtype_name], layout == "nhwc", args.ops.split(","), families,
@@ -125,7 +132,7 @@ def main(argv=None):
     print(f"# load average at the end {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(threads=args.threads, clock=clock, families=families, rows=rows), f, indent=1)
+            json.dump(dict(threads=args.threads, clock=clock, families=all_families, rows=rows), f, indent=1)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ def bias_grad(grad_out: torch.Tensor) -> torch.Tensor:
     if (grad_out.device.type == "cpu" and grad_out.dtype in NATIVE_SUM_DTYPES and _extension.has_channel_sums()
             and ops.direct_call_possible(grad_out, grad_out, None)
             and (grad_out.is_contiguous() or grad_out.is_contiguous(memory_format=torch.channels_last))):
-        sums = torch.empty(grad_out.shape[1], dtype=torch.float32)
+        sums = grad_out.new_empty((grad_out.shape[1],), dtype=torch.float32)
         torch.ops.dwconv.native_channel_sums(grad_out, sums)
         return sums.to(grad_out.dtype)
     return grad_out.sum(dim=(0, 2, 3))

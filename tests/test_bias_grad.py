@@ -94,3 +94,18 @@ def test_bias_grad_keeps_the_sum_where_a_graph_is_recorded():
     assert torch.equal(g2, torch.ones_like(gy))
     assert not _ran_native(lambda: bias_grad(gy.detach().requires_grad_()))
     assert _ran_native(lambda: bias_grad(gy.detach()))
+
+
+def test_bias_grad_under_torch_func():
+    """torch.func.grad through a converted conv: the bias gradient is right, and it comes from PyTorch's sum (the
+    native op cannot see through functorch's wrapped tensors)."""
+    conv = dwconv.FastDWConv(8, 8, 5, padding=2, groups=8)
+    params = dict(conv.named_parameters())
+    x = torch.randn(2, 8, 9, 9)
+
+    def loss(p):
+        return torch.func.functional_call(conv, p, (x,)).sum()
+
+    assert not _ran_native(lambda: torch.func.grad(loss)(params))
+    db = torch.func.grad(loss)(params)["bias"]
+    assert_close(db, torch.full((8,), 2 * 9 * 9, dtype=torch.float64), torch.float32, "bias grad")

@@ -43,6 +43,10 @@ CASES = [
     # sources; dilation along W with asymmetric padding
     (2, 6, 20, 35, (7, 7), 2, (1, 1), (3, 3, 3, 3), (1, 1)),
     (1, 4, 18, 16, (5, 5), 1, (1, 1), (1, 3, 4, 0), (1, 2)),
+    # bf16 pairs (avx512bf16): an even filter width on the planes (no unpaired column); channels_last rows with
+    # dilation 2 along H (the pair's second row DH rows down)
+    (2, 5, 12, 20, (5, 4), 1, (1, 1), (2, 2, 2, 1), (1, 1)),
+    (2, 17, 12, 16, (5, 5), 1, (1, 1), (4, 4, 2, 2), (2, 1)),
 ]
 
 
@@ -140,6 +144,50 @@ def test_bf16_every_family(case, channels_last, family):
     if family == "none":
         pytest.skip("no x86 kernel families on this CPU")
     test_parity(case, torch.bfloat16, channels_last, family=family)
+
+
+@requires_family("avx512bf16")
+@requires_family("avx512")
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_bf16_pairs_match_fma_kernels(case, channels_last):
+    """Element by element, the vdpbf16ps kernels agree with the FMA kernels of avx512 on bf16 (both sum exact
+    products in fp32, in another order): y and dx within one bf16 rounding step, dw within 1e-5 of its largest
+    element. A wrong tap at a border output would pass the global relative-norm check; not this one."""
+    n, c, h, wd, k, m, stride, padding, dilation = case
+    x, w, b = make_inputs(n, c, h, wd, k, m, dtype=torch.bfloat16, channels_last=channels_last, seed=hash(case) % 991)
+    dy = _random_grad_out(x, w, stride, padding, dilation, seed=9)
+    dot = run_native(x, w, b, dy, stride, padding, dilation, "avx512bf16")
+    fma = run_native(x, w, b, dy, stride, padding, dilation, "avx512")
+    for name, a, e in zip(("y", "dx"), dot[:2], fma[:2]):
+        a, e = a.float(), e.float()
+        assert ((a - e).abs() <= e.abs() * 2.0 ** -7 + 1e-30).all(), f"{name} differs from avx512 beyond one bf16 step"
+    assert ((dot[2] - fma[2]).abs() <= 1e-5 * fma[2].abs().max()).all(), "dw differs from avx512"
+
+
+@requires_family("avx512bf16")
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("case", [(2, 3, 14, 14, (7, 7), 1, (1, 1), (3, 3, 3, 3), (1, 1)),
+                                  (6, 3, 7, 7, (11, 11), 1, (1, 1), (5, 5, 5, 5), (1, 1))],
+                         ids=["rows_planes", "batched"])
+def test_bf16_pairs_keep_inf_outside_the_filter_out(case, channels_last):
+    """An odd filter pairs its last column (planes) or row (channels_last) with a zero weight, and wgrad an odd
+    last output with zero: the other half of those pairs is masked off, so an Inf that no real tap reads makes no
+    NaN. Inf and NaN land where the portable build puts them."""
+    n, c, h, wd, k, m, stride, padding, dilation = case
+    x, w, b = make_inputs(n, c, h, wd, k, m, dtype=torch.bfloat16, channels_last=channels_last, seed=4)
+    dy = _random_grad_out(x, w, stride, padding, dilation, seed=5)
+    with torch.no_grad():
+        x[0, 0, 3, wd // 2] = float("inf")  # an interior pixel
+        x[0, 1, :, wd - 1] = float("inf")  # the last column: right of the filter for the outputs left of it
+        x[1 % n, 2, h - 1, :] = -float("inf")  # the last row
+        dy[0, 1, :, wd - 1] = float("inf")  # the last output column (an odd wgrad tail)
+    got = run_native(x, w, b, dy, stride, padding, dilation, "avx512bf16")
+    want = run_native(x, w, b, dy, stride, padding, dilation, "portable")
+    for name, a, e in zip(("y", "dx", "dw"), got, want):
+        a, e = a.float(), e.float()
+        assert torch.equal(a.isnan(), e.isnan()), f"{name}: NaN where the portable build has none (or the reverse)"
+        assert torch.equal(a.isinf(), e.isinf()) and torch.equal(a[a.isinf()], e[e.isinf()]), f"{name}: Inf differs"
 
 
 @requires_family("avx512bf16")

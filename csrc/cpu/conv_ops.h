@@ -414,9 +414,9 @@ DWCONV_TARGET void wgrad(const ConvShape& s, const T* dy, const T* x, acc_t<T>* 
     A* tile = scratch.get() + omp_get_thread_num() * per_thread;
     A* dyt = tile + tile_size;
     A* stage = dyt + dy_size;
-    // the pairs tiles: 32-bit elements in the fp32 scratch
-    uint32_t* tile_pairs = reinterpret_cast<uint32_t*>(stage + stage_size);
-    uint32_t* dy_pairs = tile_pairs + tile_size;
+    // the pairs tiles: 32-bit elements in the fp32 scratch (there only when `pairs`)
+    uint32_t* tile_pairs = pairs ? reinterpret_cast<uint32_t*>(stage + stage_size) : nullptr;
+    uint32_t* dy_pairs = pairs ? tile_pairs + tile_size : nullptr;
     // NHWC: one contiguous range of chunks per thread, so the channel blocks of an image group (which share
     // its pixels' cache lines) stay on one core; the sum order does not depend on who computes a chunk.
 #pragma omp for schedule(dynamic, wgrad_chunk)

@@ -347,7 +347,7 @@ DWCONV_TARGET void run_nhwc_batched(const Correlation& g, int64_t N, int64_t C, 
       for (int64_t blk = bgrp * per_item; blk < std::min(nblocks, (bgrp + 1) * per_item); ++blk) {
         const __mmask16 lanes = __mmask16((1u << std::min<int64_t>(L, C - blk * L)) - 1);
         const T* x = src + n0 * in_image + blk * L;
-        constexpr bool dot = kDotProducts<T>;
+        constexpr bool dot = kDotProducts<T>;  // plane_avx512.h, included first
         for (int r = 0; r < R; ++r)
           for (int64_t px = 0; px < in_pixels; ++px) {
             float* at = tile + (px * R + r) * L;

@@ -7,7 +7,8 @@
 // block's window is loaded once per filter column (a masked load: lanes whose tap reads outside the row, or past
 // the segment, read zero and touch no memory) and feeds the up to KH output rows it reaches, the weight
 // broadcast from memory in the FMA itself. Output row oh receives its taps in (kh, kw) order, as in the
-// channel-blocked kernels, so the results are the same bits.
+// channel-blocked kernels, so the results are the same bits (except bf16 in the avx512bf16 build, which adds
+// pairs of taps with vdpbf16ps from a plane of column pairs: plane_to_pairs).
 #pragma once
 #include <immintrin.h>
 
