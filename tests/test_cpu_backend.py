@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import dwconv._C  # noqa: F401  (registers torch.ops.dwconv.native_*)
+from dwconv.backends.native import BF16_ONLY_CPU_FAMILIES
 from utils import TOLERANCE, assert_close, make_inputs, reference_grads
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
@@ -53,7 +54,7 @@ CASES = [
 # The x86 families beside "portable", best first, and the CPU features each needs (/proc/cpuinfo flag names).
 AVX512 = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq")
 X86_FAMILIES = {"avx512bf16": AVX512 + ("avx512_bf16",), "avx512": AVX512, "avx2": ("avx2", "fma")}
-BF16_ONLY = ("avx512bf16",)  # families that run bfloat16 only
+BF16_ONLY = BF16_ONLY_CPU_FAMILIES  # families that run bfloat16 only
 FAMILIES = tuple(torch.ops.dwconv.cpu_families())
 
 

@@ -14,12 +14,13 @@ import torch.nn.functional as F
 import dwconv
 from dwconv import benchmark, config, dispatch, dispatch_table, plans
 from dwconv._conv_args import check_and_resolve
+from dwconv.backends.native import BF16_ONLY_CPU_FAMILIES
 from dwconv.plans import Plan
 from utils import assert_close, make_inputs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the families that run fp32 (avx512bf16 runs bfloat16 only)
-CPU_FAMILIES = tuple(f for f in torch.ops.dwconv.cpu_families() if f != "avx512bf16")
+CPU_FAMILIES = tuple(f for f in torch.ops.dwconv.cpu_families() if f not in BF16_ONLY_CPU_FAMILIES)
 
 
 @pytest.fixture(autouse=True)

@@ -128,7 +128,7 @@ DWCONV_NHWC_INLINE void nhwc_dot_rows(__m512* acc, const bf16* x, int64_t row_st
 }
 
 // nhwc_row_block for bf16 with vdpbf16ps: filter rows (kh, kh + 1) from wpair, a last odd one from wsingle
-// (both [kh][kw][16] pairs, as pack_row_pairs writes them).
+// (both [kh][kw][16] pairs, as RowPairFilters packs them).
 template <int R>
 DWCONV_TARGET void nhwc_row_block_dot(bf16* y, int64_t y_step, const float* bias16, __mmask16 lanes, const bf16* x_row,
                                       int64_t row_step, int64_t px_step, int64_t col0, int64_t Ws, const uint32_t* wpair,
@@ -266,7 +266,7 @@ DWCONV_TARGET void run_nhwc_rows(const Correlation& g, int64_t N, int64_t C, con
   const int64_t nblocks = ceil_div(C, L), taps = g.KH * g.KW;
 #ifdef DWCONV_BF16_DOT
   static constexpr auto dots = nhwc_row_dots_for(std::make_integer_sequence<int, kNhwcMaxBlock>());
-  const RowPairFilters wdot(wt, std::is_same_v<T, bf16> ? nblocks : 0, g.KH, g.KW);
+  const RowPairFilters wdot(wt, kDotProducts<T> ? nblocks : 0, g.KH, g.KW);
 #endif
   const std::vector<Block> blocks = output_blocks(g.WO, g.org_w, g.Ws - 1, 1, 1, g.KW, kNhwcMaxBlock);
   const std::vector<Range> rtaps = row_taps(g.HO, g.org_h, g.Hs - 1, g.SH, g.DH, g.KH);
@@ -296,7 +296,7 @@ DWCONV_TARGET void run_nhwc_rows(const Correlation& g, int64_t N, int64_t C, con
         for (const Block& b : blocks) {
           const int64_t w_at = blk * taps * L + (kh.lo * g.KW + b.lo) * L;
 #ifdef DWCONV_BF16_DOT
-          if constexpr (std::is_same_v<T, bf16>) {
+          if constexpr (kDotProducts<T>) {
             dots[b.size](y + (oh * g.WO + b.first) * C, C, bv, lanes, x + ih * g.Ws * C, g.DH * g.Ws * C, C,
                          b.first + g.org_w + b.lo, g.Ws, wdot.pair.get() + w_at, wdot.single.get() + w_at, g.KW * L,
                          kh.hi - kh.lo, b.hi - b.lo);
@@ -334,7 +334,7 @@ DWCONV_TARGET void run_nhwc_batched(const Correlation& g, int64_t N, int64_t C, 
 #ifdef DWCONV_BF16_DOT
   // bf16: the tile holds pairs of the pixel and the one DH rows below (zero below the map) instead of fp32
   static constexpr auto dots = nhwc_batch_dots_for(std::make_integer_sequence<int, kNhwcMaxImages>());
-  const RowPairFilters wdot(wt, std::is_same_v<T, bf16> ? nblocks : 0, g.KH, g.KW);
+  const RowPairFilters wdot(wt, kDotProducts<T> ? nblocks : 0, g.KH, g.KW);
 #endif
 #pragma omp parallel num_threads(nthreads)
   {

@@ -98,7 +98,7 @@ DWCONV_PLANE_INLINE void plane_window(__m512* acc, const Src* src, int64_t Ws, i
 
 // out[r][lane] = sum over sources s of the correlation of plane src[s] (Hs x Ws) with filter w[s] for output rows
 // r < R of the block (input row ih0 + r + kh) and one 16-column segment. fp32 sources: w[s] is [KW][KH] and KW the
-// filter width; bf16 sources (vdpbf16ps): w[s] is [pairs][KH] and KW the number of column pairs.
+// filter width; pairs planes of bf16 (uint32_t, vdpbf16ps): w[s] is [pairs][KH] and KW the number of column pairs.
 template <int KH, int R, typename Src, typename W>
 DWCONV_TARGET void plane_block(float* out, const Src* const* src, const W* const* w, int sources, int64_t Ws,
                                int64_t Hs, int64_t ih0, int64_t KW, int64_t DW, int64_t col0, const __mmask16* mask) {
