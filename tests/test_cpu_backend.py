@@ -48,6 +48,12 @@ CASES = [
     # dilation 2 along H (the pair's second row DH rows down)
     (2, 5, 12, 20, (5, 4), 1, (1, 1), (2, 2, 2, 1), (1, 1)),
     (2, 17, 12, 16, (5, 5), 1, (1, 1), (4, 4, 2, 2), (2, 1)),
+    # NCHW planes as whole columns (AVX-512, output rows >= 4 x KH, one source): three segments, the last 5 wide;
+    # exactly 4 x KH rows with no padding along H; KH != KW with dilation along W and asymmetric padding; K=13
+    (2, 5, 30, 37, (7, 7), 1, (1, 1), (3, 3, 3, 3), (1, 1)),
+    (1, 2, 24, 14, (5, 5), 1, (1, 1), (0, 0, 2, 2), (1, 1)),
+    (1, 3, 22, 16, (3, 5), 1, (1, 1), (0, 2, 1, 3), (1, 2)),
+    (1, 2, 53, 16, (13, 13), 1, (1, 1), (6, 6, 6, 6), (1, 1)),
 ]
 
 
@@ -189,6 +195,35 @@ def test_bf16_pairs_keep_inf_outside_the_filter_out(case, channels_last):
         a, e = a.float(), e.float()
         assert torch.equal(a.isnan(), e.isnan()), f"{name}: NaN where the portable build has none (or the reverse)"
         assert torch.equal(a.isinf(), e.isinf()) and torch.equal(a[a.isinf()], e[e.isinf()]), f"{name}: Inf differs"
+
+
+@requires_family("avx512")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["float32", "bfloat16", "float16"])
+@pytest.mark.parametrize("case", [(2, 3, 30, 20, (7, 7), 1, (1, 1), (3, 3, 3, 3), (1, 1)),
+                                  (1, 2, 24, 14, (5, 5), 1, (1, 1), (0, 0, 2, 2), (1, 1))],
+                         ids=["same", "valid_rows"])
+def test_plane_columns_keep_inf_where_portable_does(case, dtype):
+    """The NCHW column kernel multiplies input rows near the map's top and bottom into registers of output rows
+    that do not exist (cleared before their row starts, or never stored): an Inf there must reach no real
+    output. Inf and NaN land where the portable build puts them."""
+    n, c, h, wd, k, m, stride, padding, dilation = case
+    x, w, b = make_inputs(n, c, h, wd, k, m, dtype=dtype, channels_last=False, seed=6)
+    dy = _random_grad_out(x, w, stride, padding, dilation, seed=9)
+    with torch.no_grad():
+        x[0, 0, 0, :] = float("inf")  # the first row: products for output rows above the map
+        x[0, 1, 1, 3] = -float("inf")
+        x[n - 1, 2 % c, h - 1, :] = float("inf")  # the last row: products for output rows below it
+        x[n - 1, 0, h // 2, wd - 1] = float("inf")  # an interior row, the last column
+        dy[0, 0, 0, :] = float("inf")
+        dy[n - 1, 1, -1, 2] = float("inf")
+    got = run_native(x, w, b, dy, stride, padding, dilation, "avx512")
+    want = run_native(x, w, b, dy, stride, padding, dilation, "portable")
+    for name, a, e in zip(("y", "dx"), got[:2], want[:2]):
+        a, e = a.float(), e.float()
+        assert torch.equal(a.isnan(), e.isnan()), f"{name}: NaN where the portable build has none (or the reverse)"
+        assert torch.equal(a.isinf(), e.isinf()) and torch.equal(a[a.isinf()], e[e.isinf()]), f"{name}: Inf differs"
+        finite = a.isfinite()
+        assert_close(a[finite], e[finite], dtype, name)
 
 
 @requires_family("avx512bf16")

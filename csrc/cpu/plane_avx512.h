@@ -196,6 +196,78 @@ DWCONV_PLANE_INLINE void store_lanes(T* out, __m512 acc, float bias, __mmask16 l
   }
 }
 
+// One 16-column segment of a whole plane, one source, with a rolling register window instead of row blocks:
+// output row o accumulates in acc[o % KH] from its first input row (window row o) to its last (o + KH - 1), is
+// then stored (bias added) and the register starts row o + KH. A block of R rows pays a fixed cost (rows at its
+// top and bottom feed few accumulators and wait on the FMA latency, the results go through scratch): measured
+// about 300 cycles per block with K=7, 40% of a 14-row block's time (docs/perf_cpu.md v20); here only the
+// plane's first and last rows do. Window row i is input row org_h + i; rows outside the map add nothing, and
+// the few products for output rows outside [0, HO) (input rows near the map's edges) go to registers that are
+// cleared before their row starts, or never stored. Taps in (kh, kw) order per output, as plane_block.
+template <int KH, typename T, int U>
+DWCONV_PLANE_INLINE void plane_column_row(__m512* acc, T* dst, int64_t WO, int64_t rows, float bias, __mmask16 lanes,
+                                          const float* src, const float* w, int64_t Ws, int64_t Hs, int64_t org_h,
+                                          int64_t KW, int64_t DW, int64_t col0, const __mmask16* mask, int64_t base) {
+  const int64_t i = base + U;
+  if (i >= rows) return;
+  const int64_t ih = org_h + i;
+  if (ih >= 0 && ih < Hs) {
+    const float* x = src + ih * Ws + col0;
+    const float* wk = w;
+    for (int64_t kw = 0; kw < KW; ++kw, x += DW, wk += KH) {
+      const __m512 v = _mm512_maskz_loadu_ps(mask[kw], x);
+#pragma GCC unroll 16
+      for (int kh = 0; kh < KH; ++kh)
+        acc[(U - kh + KH) % KH] = _mm512_fmadd_ps(v, _mm512_set1_ps(wk[kh]), acc[(U - kh + KH) % KH]);
+    }
+  }
+  constexpr int done = (U + 1) % KH;  // output row i - (KH - 1), whose register row i + 1 starts next
+  if (i >= KH - 1) store_lanes<T>(dst + (i - (KH - 1)) * WO, acc[done], bias, lanes);
+  acc[done] = _mm512_setzero_ps();
+}
+
+template <int KH, typename T, int... U>
+DWCONV_PLANE_INLINE void plane_column_rows(__m512* acc, T* dst, int64_t WO, int64_t rows, float bias, __mmask16 lanes,
+                                           const float* src, const float* w, int64_t Ws, int64_t Hs, int64_t org_h,
+                                           int64_t KW, int64_t DW, int64_t col0, const __mmask16* mask, int64_t base,
+                                           std::integer_sequence<int, U...>) {
+  (plane_column_row<KH, T, U>(acc, dst, WO, rows, bias, lanes, src, w, Ws, Hs, org_h, KW, DW, col0, mask, base), ...);
+}
+
+// dst[o][lanes] (o < HO, row stride WO) = bias + correlation of src (Hs x Ws) with w ([KW][KH]) for one segment.
+template <int KH, typename T>
+DWCONV_TARGET void plane_column(T* dst, int64_t WO, int64_t HO, float bias, __mmask16 lanes, const float* src,
+                                const float* w, int64_t Ws, int64_t Hs, int64_t org_h, int64_t KW, int64_t DW,
+                                int64_t col0, const __mmask16* mask) {
+  __m512 acc[KH];
+#pragma GCC unroll 16
+  for (int r = 0; r < KH; ++r) acc[r] = _mm512_setzero_ps();
+  const int64_t rows = HO + KH - 1;
+  for (int64_t base = 0; base < rows; base += KH)
+    plane_column_rows<KH, T>(acc, dst, WO, rows, bias, lanes, src, w, Ws, Hs, org_h, KW, DW, col0, mask, base,
+                             std::make_integer_sequence<int, KH>());
+}
+
+template <typename T>
+using PlaneColumnFn = void (*)(T*, int64_t, int64_t, float, __mmask16, const float*, const float*, int64_t, int64_t,
+                               int64_t, int64_t, int64_t, int64_t, const __mmask16*);
+
+// The column kernel of filter height KH (null: none compiled). Used where output rows are many against KH (the
+// products wasted at the map's top and bottom edges stay a few percent).
+template <typename T>
+inline PlaneColumnFn<T> plane_column_for(int64_t KH) {
+  switch (KH) {
+    case 3: return plane_column<3, T>;
+    case 5: return plane_column<5, T>;
+    case 7: return plane_column<7, T>;
+    case 9: return plane_column<9, T>;
+    case 11: return plane_column<11, T>;
+    case 13: return plane_column<13, T>;
+    default: return nullptr;
+  }
+}
+constexpr int64_t kColumnRowsPerTap = 4;  // HO >= 4 * KH
+
 // dst plane (n, c) = sum_j correlate(src plane (n, chan(c, j)), filter of (c, j)) + bias[c] for every plane of
 // p.dst (BlockedProblem of batched.h, NCHW; p.wt unused: wk holds the filters, p.bias per channel or null).
 // Src: the planes as the blocks read them: fp32 (other dtypes converted per plane), or for vdpbf16ps the pairs
@@ -238,12 +310,27 @@ DWCONV_TARGET void run_planes_of(const BlockedProblem<T, float>& p, const W* wk,
   Scratch<Src> converted_all(convert ? nthreads * p.sources * plane_size : 1);
   Scratch<float> accs(nthreads * kPlaneRows * kPlaneLanes);
   const int64_t filter_size = taps * g.KH;
+  PlaneColumnFn<T> column = nullptr;
+  if constexpr (!pairs) {
+    if (p.sources == 1 && g.HO >= kColumnRowsPerTap * g.KH) column = plane_column_for<T>(g.KH);
+  }
   // Planes of several KiB (56x56) are read in strided pieces (16 columns of 20 rows at a time) that the
   // hardware prefetchers do not see coming: each block fetches its share of the next plane's input (and
   // the output lines it will write). Small planes are one contiguous stream: no prefetch (measured).
   const bool prefetch = in_pixels * int64_t(sizeof(T)) >= kPlanePrefetchBytes;
   const int64_t in_lines = ceil_div(in_pixels * int64_t(sizeof(T)), 64) + 1;
-  const int64_t out_lines = ceil_div(out_pixels * int64_t(sizeof(T)), 64) + 1, nq = nrow_blocks * segments;
+  const int64_t out_lines = ceil_div(out_pixels * int64_t(sizeof(T)), 64) + 1;
+  const int64_t nq = column ? segments : nrow_blocks * segments;
+  // share q of `shares` of the input and output lines of the plane after `current`
+  const auto prefetch_next = [&](int64_t current, int64_t q, int64_t shares) {
+    const int64_t next = current + 1, nn = next / p.dst_C, cn = next % p.dst_C;
+    for (int64_t j = 0; j < p.sources; ++j) {
+      const char* in = reinterpret_cast<const char*>(p.src + (nn * p.src_C + cn / p.chan_div * p.chan_mul + j) * in_pixels);
+      for (int64_t li = q * in_lines / shares; li < (q + 1) * in_lines / shares; ++li) _mm_prefetch(in + li * 64, _MM_HINT_T0);
+    }
+    const char* out = reinterpret_cast<const char*>(p.dst + next * out_pixels);
+    for (int64_t li = q * out_lines / shares; li < (q + 1) * out_lines / shares; ++li) __builtin_prefetch(out + li * 64, 1, 3);
+  };
 #pragma omp parallel num_threads(nthreads)
   {
     Src* converted = converted_all.get() + (convert ? omp_get_thread_num() * p.sources * plane_size : 0);
@@ -268,6 +355,18 @@ DWCONV_TARGET void run_planes_of(const BlockedProblem<T, float>& p, const W* wk,
       }
       T* dst = p.dst + plane * out_pixels;
       const float b = bias ? bias[c] : 0.f;
+      if constexpr (!pairs) {
+        if (column) {
+          for (int64_t sg = 0; sg < segments; ++sg) {
+            const int64_t ow0 = sg * kPlaneLanes;
+            const __mmask16 lanes = __mmask16((1u << std::min<int64_t>(kPlaneLanes, g.WO - ow0)) - 1);
+            if (prefetch && plane + 1 < planes) prefetch_next(plane, sg, nq);
+            column(dst + ow0, g.WO, g.HO, b, lanes, srcs[0], filters[0], g.Ws, g.Hs, g.org_h, taps, g.DW,
+                   col[sg * ncols], mask.data() + sg * ncols);
+          }
+          continue;
+        }
+      }
       for (int64_t rb = 0; rb < nrow_blocks; ++rb) {
         // near-equal row blocks
         const int64_t oh0 = rb * (g.HO / nrow_blocks) + std::min(rb, g.HO % nrow_blocks);
@@ -275,16 +374,7 @@ DWCONV_TARGET void run_planes_of(const BlockedProblem<T, float>& p, const W* wk,
         for (int64_t sg = 0; sg < segments; ++sg) {
           const int64_t ow0 = sg * kPlaneLanes;
           const __mmask16 lanes = __mmask16((1u << std::min<int64_t>(kPlaneLanes, g.WO - ow0)) - 1);
-          if (prefetch && plane + 1 < planes) {
-            const int64_t q = rb * segments + sg, next = plane + 1, nn = next / p.dst_C, cn = next % p.dst_C;
-            for (int64_t j = 0; j < p.sources; ++j) {
-              const char* in = reinterpret_cast<const char*>(
-                  p.src + (nn * p.src_C + cn / p.chan_div * p.chan_mul + j) * in_pixels);
-              for (int64_t li = q * in_lines / nq; li < (q + 1) * in_lines / nq; ++li) _mm_prefetch(in + li * 64, _MM_HINT_T0);
-            }
-            const char* out = reinterpret_cast<const char*>(p.dst + next * out_pixels);
-            for (int64_t li = q * out_lines / nq; li < (q + 1) * out_lines / nq; ++li) __builtin_prefetch(out + li * 64, 1, 3);
-          }
+          if (prefetch && plane + 1 < planes) prefetch_next(plane, rb * segments + sg, nq);
           blocks[R](acc, srcs.data(), filters.data(), int(p.sources), pairs ? row : g.Ws, g.Hs, oh0 * g.SH + g.org_h,
                     taps, g.DW, col[sg * ncols], mask.data() + sg * ncols);
           for (int r = 0; r < R; ++r)
