@@ -204,65 +204,91 @@ DWCONV_PLANE_INLINE void store_lanes(T* out, __m512 acc, float bias, __mmask16 l
 // plane's first and last rows do. Window row i is input row org_h + i; rows outside the map add nothing, and
 // the few products for output rows outside [0, HO) (input rows near the map's edges) go to registers that are
 // cleared before their row starts, or never stored. Taps in (kh, kw) order per output, as plane_block.
-template <int KH, typename T, int U>
+// Window row U's taps into the column's registers: output row (U - kh) mod KH takes filter row kh.
+template <int KH, int U>
+DWCONV_PLANE_INLINE void column_taps(__m512* acc, const float* x, const float* w, int64_t KW, int64_t DW,
+                                     const __mmask16* mask) {
+  for (int64_t kw = 0; kw < KW; ++kw, x += DW, w += KH) {
+    const __m512 v = _mm512_maskz_loadu_ps(mask[kw], x);
+#pragma GCC unroll 16
+    for (int kh = 0; kh < KH; ++kh)
+      acc[(U - kh + KH) % KH] = _mm512_fmadd_ps(v, _mm512_set1_ps(w[kh]), acc[(U - kh + KH) % KH]);
+  }
+}
+
+#ifdef DWCONV_BF16_DOT
+// The same from a pairs plane with vdpbf16ps (plane_input_row's pairs version: an odd filter's last pair has
+// its second tap masked off).
+template <int KH, int U>
+DWCONV_PLANE_INLINE void column_pair_taps(__m512* acc, __m512i v, const uint32_t* w) {
+#pragma GCC unroll 16
+  for (int kh = 0; kh < KH; ++kh)
+    acc[(U - kh + KH) % KH] =
+        _mm512_dpbf16_ps(acc[(U - kh + KH) % KH], (__m512bh)v, (__m512bh)_mm512_set1_epi32(int(w[kh])));
+}
+
+template <int KH, int U>
+DWCONV_PLANE_INLINE void column_taps(__m512* acc, const uint32_t* x, const uint32_t* w, int64_t pairs, int64_t DW,
+                                     const __mmask16* single_last) {
+  const int64_t full = pairs - (single_last[0] ? 1 : 0);
+  for (int64_t q = 0; q < full; ++q, x += 2 * DW, w += KH) column_pair_taps<KH, U>(acc, _mm512_loadu_si512(x), w);
+  if (full < pairs) column_pair_taps<KH, U>(acc, _mm512_and_si512(_mm512_loadu_si512(x), _mm512_set1_epi32(0xffff)), w);
+}
+#endif
+
+template <int KH, typename T, typename Src, typename W, int U>
 DWCONV_PLANE_INLINE void plane_column_row(__m512* acc, T* dst, int64_t WO, int64_t rows, float bias, __mmask16 lanes,
-                                          const float* src, const float* w, int64_t Ws, int64_t Hs, int64_t org_h,
+                                          const Src* src, const W* w, int64_t Ws, int64_t Hs, int64_t org_h,
                                           int64_t KW, int64_t DW, int64_t col0, const __mmask16* mask, int64_t base) {
   const int64_t i = base + U;
   if (i >= rows) return;
   const int64_t ih = org_h + i;
-  if (ih >= 0 && ih < Hs) {
-    const float* x = src + ih * Ws + col0;
-    const float* wk = w;
-    for (int64_t kw = 0; kw < KW; ++kw, x += DW, wk += KH) {
-      const __m512 v = _mm512_maskz_loadu_ps(mask[kw], x);
-#pragma GCC unroll 16
-      for (int kh = 0; kh < KH; ++kh)
-        acc[(U - kh + KH) % KH] = _mm512_fmadd_ps(v, _mm512_set1_ps(wk[kh]), acc[(U - kh + KH) % KH]);
-    }
-  }
+  if (ih >= 0 && ih < Hs) column_taps<KH, U>(acc, src + ih * Ws + col0, w, KW, DW, mask);
   constexpr int done = (U + 1) % KH;  // output row i - (KH - 1), whose register row i + 1 starts next
   if (i >= KH - 1) store_lanes<T>(dst + (i - (KH - 1)) * WO, acc[done], bias, lanes);
   acc[done] = _mm512_setzero_ps();
 }
 
-template <int KH, typename T, int... U>
+template <int KH, typename T, typename Src, typename W, int... U>
 DWCONV_PLANE_INLINE void plane_column_rows(__m512* acc, T* dst, int64_t WO, int64_t rows, float bias, __mmask16 lanes,
-                                           const float* src, const float* w, int64_t Ws, int64_t Hs, int64_t org_h,
+                                           const Src* src, const W* w, int64_t Ws, int64_t Hs, int64_t org_h,
                                            int64_t KW, int64_t DW, int64_t col0, const __mmask16* mask, int64_t base,
                                            std::integer_sequence<int, U...>) {
-  (plane_column_row<KH, T, U>(acc, dst, WO, rows, bias, lanes, src, w, Ws, Hs, org_h, KW, DW, col0, mask, base), ...);
+  (plane_column_row<KH, T, Src, W, U>(acc, dst, WO, rows, bias, lanes, src, w, Ws, Hs, org_h, KW, DW, col0, mask,
+                                      base),
+   ...);
 }
 
-// dst[o][lanes] (o < HO, row stride WO) = bias + correlation of src (Hs x Ws) with w ([KW][KH]) for one segment.
-template <int KH, typename T>
-DWCONV_TARGET void plane_column(T* dst, int64_t WO, int64_t HO, float bias, __mmask16 lanes, const float* src,
-                                const float* w, int64_t Ws, int64_t Hs, int64_t org_h, int64_t KW, int64_t DW,
+// dst[o][lanes] (o < HO, row stride WO) = bias + correlation of src (Hs rows of Ws elements) with w for one
+// segment. Src / W / KW / mask as plane_block's: fp32 (w [KW][KH]) or a pairs plane (w [pairs][KH]).
+template <int KH, typename T, typename Src, typename W>
+DWCONV_TARGET void plane_column(T* dst, int64_t WO, int64_t HO, float bias, __mmask16 lanes, const Src* src,
+                                const W* w, int64_t Ws, int64_t Hs, int64_t org_h, int64_t KW, int64_t DW,
                                 int64_t col0, const __mmask16* mask) {
   __m512 acc[KH];
 #pragma GCC unroll 16
   for (int r = 0; r < KH; ++r) acc[r] = _mm512_setzero_ps();
   const int64_t rows = HO + KH - 1;
   for (int64_t base = 0; base < rows; base += KH)
-    plane_column_rows<KH, T>(acc, dst, WO, rows, bias, lanes, src, w, Ws, Hs, org_h, KW, DW, col0, mask, base,
-                             std::make_integer_sequence<int, KH>());
+    plane_column_rows<KH, T, Src, W>(acc, dst, WO, rows, bias, lanes, src, w, Ws, Hs, org_h, KW, DW, col0, mask, base,
+                                     std::make_integer_sequence<int, KH>());
 }
 
-template <typename T>
-using PlaneColumnFn = void (*)(T*, int64_t, int64_t, float, __mmask16, const float*, const float*, int64_t, int64_t,
+template <typename T, typename Src, typename W>
+using PlaneColumnFn = void (*)(T*, int64_t, int64_t, float, __mmask16, const Src*, const W*, int64_t, int64_t,
                                int64_t, int64_t, int64_t, int64_t, const __mmask16*);
 
 // The column kernel of filter height KH (null: none compiled). Used where output rows are many against KH (the
 // products wasted at the map's top and bottom edges stay a few percent).
-template <typename T>
-inline PlaneColumnFn<T> plane_column_for(int64_t KH) {
+template <typename T, typename Src, typename W>
+inline PlaneColumnFn<T, Src, W> plane_column_for(int64_t KH) {
   switch (KH) {
-    case 3: return plane_column<3, T>;
-    case 5: return plane_column<5, T>;
-    case 7: return plane_column<7, T>;
-    case 9: return plane_column<9, T>;
-    case 11: return plane_column<11, T>;
-    case 13: return plane_column<13, T>;
+    case 3: return plane_column<3, T, Src, W>;
+    case 5: return plane_column<5, T, Src, W>;
+    case 7: return plane_column<7, T, Src, W>;
+    case 9: return plane_column<9, T, Src, W>;
+    case 11: return plane_column<11, T, Src, W>;
+    case 13: return plane_column<13, T, Src, W>;
     default: return nullptr;
   }
 }
@@ -310,10 +336,8 @@ DWCONV_TARGET void run_planes_of(const BlockedProblem<T, float>& p, const W* wk,
   Scratch<Src> converted_all(convert ? nthreads * p.sources * plane_size : 1);
   Scratch<float> accs(nthreads * kPlaneRows * kPlaneLanes);
   const int64_t filter_size = taps * g.KH;
-  PlaneColumnFn<T> column = nullptr;
-  if constexpr (!pairs) {
-    if (p.sources == 1 && g.HO >= kColumnRowsPerTap * g.KH) column = plane_column_for<T>(g.KH);
-  }
+  const PlaneColumnFn<T, Src, W> column =
+      p.sources == 1 && g.HO >= kColumnRowsPerTap * g.KH ? plane_column_for<T, Src, W>(g.KH) : nullptr;
   // Planes of several KiB (56x56) are read in strided pieces (16 columns of 20 rows at a time) that the
   // hardware prefetchers do not see coming: each block fetches its share of the next plane's input (and
   // the output lines it will write). Small planes are one contiguous stream: no prefetch (measured).
@@ -355,17 +379,15 @@ DWCONV_TARGET void run_planes_of(const BlockedProblem<T, float>& p, const W* wk,
       }
       T* dst = p.dst + plane * out_pixels;
       const float b = bias ? bias[c] : 0.f;
-      if constexpr (!pairs) {
-        if (column) {
-          for (int64_t sg = 0; sg < segments; ++sg) {
-            const int64_t ow0 = sg * kPlaneLanes;
-            const __mmask16 lanes = __mmask16((1u << std::min<int64_t>(kPlaneLanes, g.WO - ow0)) - 1);
-            if (prefetch && plane + 1 < planes) prefetch_next(plane, sg, nq);
-            column(dst + ow0, g.WO, g.HO, b, lanes, srcs[0], filters[0], g.Ws, g.Hs, g.org_h, taps, g.DW,
-                   col[sg * ncols], mask.data() + sg * ncols);
-          }
-          continue;
+      if (column) {
+        for (int64_t sg = 0; sg < segments; ++sg) {
+          const int64_t ow0 = sg * kPlaneLanes;
+          const __mmask16 lanes = __mmask16((1u << std::min<int64_t>(kPlaneLanes, g.WO - ow0)) - 1);
+          if (prefetch && plane + 1 < planes) prefetch_next(plane, sg, nq);
+          column(dst + ow0, g.WO, g.HO, b, lanes, srcs[0], filters[0], pairs ? row : g.Ws, g.Hs, g.org_h, taps, g.DW,
+                 col[sg * ncols], mask.data() + sg * ncols);
         }
+        continue;
       }
       for (int64_t rb = 0; rb < nrow_blocks; ++rb) {
         // near-equal row blocks
