@@ -54,6 +54,10 @@ CASES = [
     (1, 2, 24, 14, (5, 5), 1, (1, 1), (0, 0, 2, 2), (1, 1)),
     (1, 3, 22, 16, (3, 5), 1, (1, 1), (0, 2, 1, 3), (1, 2)),
     (1, 2, 53, 16, (13, 13), 1, (1, 1), (6, 6, 6, 6), (1, 1)),
+    # columns with a multiplier (forward only: dgrad sums two sources on the blocks); padding past the filter's
+    # reach at the top (output rows with no taps, and a dgrad whose window starts inside the map)
+    (1, 3, 30, 28, (7, 7), 2, (1, 1), (3, 3, 3, 3), (1, 1)),
+    (1, 2, 24, 14, (5, 5), 1, (1, 1), (7, 6, 2, 2), (1, 1)),
 ]
 
 
@@ -198,15 +202,18 @@ def test_bf16_pairs_keep_inf_outside_the_filter_out(case, channels_last):
         assert torch.equal(a.isinf(), e.isinf()) and torch.equal(a[a.isinf()], e[e.isinf()]), f"{name}: Inf differs"
 
 
-@requires_family("avx512")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["float32", "bfloat16", "float16"])
+@pytest.mark.parametrize("family, dtype", [("avx512", torch.float32), ("avx512", torch.bfloat16),
+                                           ("avx512", torch.float16), ("avx512bf16", torch.bfloat16)],
+                         ids=["avx512-float32", "avx512-bfloat16", "avx512-float16", "avx512bf16-bfloat16"])
 @pytest.mark.parametrize("case", [(2, 3, 30, 28, (7, 7), 1, (1, 1), (3, 3, 3, 3), (1, 1)),
                                   (1, 2, 24, 14, (5, 5), 1, (1, 1), (0, 0, 2, 2), (1, 1))],
                          ids=["same", "valid_rows"])
-def test_plane_columns_keep_inf_where_portable_does(case, dtype):
-    """The NCHW column kernel multiplies input rows near the map's top and bottom into registers of output rows
-    that do not exist (cleared before their row starts, or never stored): an Inf there must reach no real
-    output. Inf and NaN land where the portable build puts them."""
+def test_plane_columns_keep_inf_where_portable_does(case, family, dtype):
+    """The NCHW column kernels (FMA, and vdpbf16ps from pairs planes) multiply input rows near the map's top and
+    bottom into registers of output rows that do not exist (cleared before their row starts, or never stored):
+    an Inf there must reach no real output. Inf and NaN land where the portable build puts them."""
+    if family not in FAMILIES:
+        pytest.skip(f"this CPU cannot run the {family} kernels (it runs {', '.join(FAMILIES)})")
     n, c, h, wd, k, m, stride, padding, dilation = case
     x, w, b = make_inputs(n, c, h, wd, k, m, dtype=dtype, channels_last=False, seed=6)
     dy = _random_grad_out(x, w, stride, padding, dilation, seed=9)
@@ -217,7 +224,7 @@ def test_plane_columns_keep_inf_where_portable_does(case, dtype):
         x[n - 1, 0, h // 2, wd - 1] = float("inf")  # an interior row, the last column
         dy[0, 0, 0, :] = float("inf")
         dy[n - 1, 1, -1, 2] = float("inf")
-    got = run_native(x, w, b, dy, stride, padding, dilation, "avx512")
+    got = run_native(x, w, b, dy, stride, padding, dilation, family)
     want = run_native(x, w, b, dy, stride, padding, dilation, "portable")
     for name, a, e in zip(("y", "dx"), got[:2], want[:2]):
         a, e = a.float(), e.float()

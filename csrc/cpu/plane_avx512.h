@@ -196,15 +196,18 @@ DWCONV_PLANE_INLINE void store_lanes(T* out, __m512 acc, float bias, __mmask16 l
   }
 }
 
-// One 16-column segment of a whole plane, one source, with a rolling register window instead of row blocks:
-// output row o accumulates in acc[o % KH] from its first input row (window row o) to its last (o + KH - 1), is
-// then stored (bias added) and the register starts row o + KH. A block of R rows pays a fixed cost (rows at its
-// top and bottom feed few accumulators and wait on the FMA latency, the results go through scratch): measured
-// about 300 cycles per block with K=7, 40% of a 14-row block's time (docs/perf_cpu.md v20); here only the
-// plane's first and last rows do. Window row i is input row org_h + i; rows outside the map add nothing, and
-// the few products for output rows outside [0, HO) (input rows near the map's edges) go to registers that are
-// cleared before their row starts, or never stored. Taps in (kh, kw) order per output, as plane_block.
-// Window row U's taps into the column's registers: output row (U - kh) mod KH takes filter row kh.
+// Columns: one 16-column segment of a whole plane, one source, with a rolling register window instead of row
+// blocks. Output row o accumulates in register o mod KH (a true modulo: o < 0 included) from its first window
+// row (o) to its last (o + KH - 1), is then stored (bias added) and the register cleared for row o + KH. A block
+// of R rows pays a fixed cost (rows at its top and bottom feed few accumulators and wait on the FMA latency, the
+// results go through scratch): measured about 300 cycles per block with K=7, 40% of a 14-row block's time
+// (docs/perf_cpu.md v20); a column pays it once per plane. Window row i is input row org_h + i; rows outside
+// the map add nothing, and the few products for output rows outside [0, HO) (input rows near the map's edges)
+// go to registers that are cleared before their row starts, or never stored. Taps in (kh, kw) order per
+// output, as plane_block.
+
+// Window row i = base + U (base a multiple of KH) into the column's registers: register (U - kh) mod KH, that
+// of output row i - kh, takes filter row kh.
 template <int KH, int U>
 DWCONV_PLANE_INLINE void column_taps(__m512* acc, const float* x, const float* w, int64_t KW, int64_t DW,
                                      const __mmask16* mask) {
@@ -279,7 +282,8 @@ using PlaneColumnFn = void (*)(T*, int64_t, int64_t, float, __mmask16, const Src
                                int64_t, int64_t, int64_t, int64_t, const __mmask16*);
 
 // The column kernel of filter height KH (null: none compiled). Used where output rows are many against KH (the
-// products wasted at the map's top and bottom edges stay a few percent).
+// products wasted at the map's top and bottom edges stay a few percent) and a plane has one source (any forward;
+// dgrad at multiplier 1, whose planes otherwise sum M sources).
 template <typename T, typename Src, typename W>
 inline PlaneColumnFn<T, Src, W> plane_column_for(int64_t KH) {
   switch (KH) {
@@ -338,9 +342,10 @@ DWCONV_TARGET void run_planes_of(const BlockedProblem<T, float>& p, const W* wk,
   const int64_t filter_size = taps * g.KH;
   const PlaneColumnFn<T, Src, W> column =
       p.sources == 1 && g.HO >= kColumnRowsPerTap * g.KH ? plane_column_for<T, Src, W>(g.KH) : nullptr;
-  // Planes of several KiB (56x56) are read in strided pieces (16 columns of 20 rows at a time) that the
-  // hardware prefetchers do not see coming: each block fetches its share of the next plane's input (and
-  // the output lines it will write). Small planes are one contiguous stream: no prefetch (measured).
+  // Planes of several KiB (56x56) are read in strided pieces (16 columns of 20 rows at a time, or of the whole
+  // plane in columns) that the hardware prefetchers do not see coming: each block (or column) fetches its share
+  // of the next plane's input (and the output lines it will write). Small planes are one contiguous stream: no
+  // prefetch (measured).
   const bool prefetch = in_pixels * int64_t(sizeof(T)) >= kPlanePrefetchBytes;
   const int64_t in_lines = ceil_div(in_pixels * int64_t(sizeof(T)), 64) + 1;
   const int64_t out_lines = ceil_div(out_pixels * int64_t(sizeof(T)), 64) + 1;
