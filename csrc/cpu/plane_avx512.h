@@ -48,17 +48,27 @@ struct SegmentTaps {
   const __mmask16* mask;
 };
 
-// acc[I - kh] += src_row[col[kw] + lane] * w[kw][kh] for the filter rows kh that input row I of the block's
-// window reaches (0 <= I - kh < R), every kw in order. w: [KW][KH], broadcast per tap.
+// The accumulators one input row feeds: filter row kh (Lo <= kh <= Hi) goes to register of(kh) = Base - kh,
+// taken modulo Mod when Mod > 0 (the columns' rolling registers, below).
+template <int Lo, int Hi, int Base, int Mod = 0>
+struct RowSlots {
+  static constexpr int lo = Lo, hi = Hi;
+  static constexpr int of(int kh) { return Mod ? (Base - kh + Mod) % Mod : Base - kh; }
+};
+
+// Input row I of a block's window: filter rows kh with 0 <= I - kh < R.
 template <int KH, int R, int I>
-DWCONV_PLANE_INLINE void plane_input_row(__m512* acc, const float* row, const float* w, int64_t KW, int64_t DW,
-                                         const int64_t col0, const __mmask16* mask) {
-  constexpr int kh_lo = I - R + 1 > 0 ? I - R + 1 : 0, kh_hi = I < KH - 1 ? I : KH - 1;
-  const float* x = row + col0;
+using BlockSlots = RowSlots<(I - R + 1 > 0 ? I - R + 1 : 0), (I < KH - 1 ? I : KH - 1), I>;
+
+// acc[S::of(kh)] += x[kw * DW + lane] * w[kw][kh] for the filter rows kh of S, every kw in order (x: the
+// source row at the segment's lane-0 tap). w: [KW][KH], broadcast per tap.
+template <int KH, class S>
+DWCONV_PLANE_INLINE void row_taps(__m512* acc, const float* x, const float* w, int64_t KW, int64_t DW,
+                                  const __mmask16* mask) {
   for (int64_t kw = 0; kw < KW; ++kw, x += DW, w += KH) {
     const __m512 v = _mm512_maskz_loadu_ps(mask[kw], x);
 #pragma GCC unroll 16
-    for (int kh = kh_lo; kh <= kh_hi; ++kh) acc[I - kh] = _mm512_fmadd_ps(v, _mm512_set1_ps(w[kh]), acc[I - kh]);
+    for (int kh = S::lo; kh <= S::hi; ++kh) acc[S::of(kh)] = _mm512_fmadd_ps(v, _mm512_set1_ps(w[kh]), acc[S::of(kh)]);
   }
 }
 
@@ -68,22 +78,19 @@ DWCONV_PLANE_INLINE void plane_input_row(__m512* acc, const float* row, const fl
 // vector at col0 + 2q * DW holds lane l's taps 2q and 2q + 1. w: [pairs][KH], each filter row's two weights of
 // a pair as one 32-bit broadcast. With an odd filter width (`single_last`) the last pair's second weight is
 // zero and its second tap, a pixel outside the filter, is masked off (0 * Inf would be NaN).
-template <int KH, int R, int I>
-DWCONV_PLANE_INLINE void plane_pair_taps(__m512* acc, __m512i v, const uint32_t* w) {
-  constexpr int kh_lo = I - R + 1 > 0 ? I - R + 1 : 0, kh_hi = I < KH - 1 ? I : KH - 1;
+template <int KH, class S>
+DWCONV_PLANE_INLINE void pair_taps(__m512* acc, __m512i v, const uint32_t* w) {
 #pragma GCC unroll 16
-  for (int kh = kh_lo; kh <= kh_hi; ++kh)
-    acc[I - kh] = _mm512_dpbf16_ps(acc[I - kh], (__m512bh)v, (__m512bh)_mm512_set1_epi32(int(w[kh])));
+  for (int kh = S::lo; kh <= S::hi; ++kh)
+    acc[S::of(kh)] = _mm512_dpbf16_ps(acc[S::of(kh)], (__m512bh)v, (__m512bh)_mm512_set1_epi32(int(w[kh])));
 }
 
-template <int KH, int R, int I>
-DWCONV_PLANE_INLINE void plane_input_row(__m512* acc, const uint32_t* row, const uint32_t* w, int64_t pairs,
-                                         int64_t DW, const int64_t col0, const __mmask16* single_last) {
-  const uint32_t* x = row + col0;
+template <int KH, class S>
+DWCONV_PLANE_INLINE void row_taps(__m512* acc, const uint32_t* x, const uint32_t* w, int64_t pairs, int64_t DW,
+                                  const __mmask16* single_last) {
   const int64_t full = pairs - (single_last[0] ? 1 : 0);
-  for (int64_t q = 0; q < full; ++q, x += 2 * DW, w += KH) plane_pair_taps<KH, R, I>(acc, _mm512_loadu_si512(x), w);
-  if (full < pairs)
-    plane_pair_taps<KH, R, I>(acc, _mm512_and_si512(_mm512_loadu_si512(x), _mm512_set1_epi32(0xffff)), w);
+  for (int64_t q = 0; q < full; ++q, x += 2 * DW, w += KH) pair_taps<KH, S>(acc, _mm512_loadu_si512(x), w);
+  if (full < pairs) pair_taps<KH, S>(acc, _mm512_and_si512(_mm512_loadu_si512(x), _mm512_set1_epi32(0xffff)), w);
 }
 #endif
 
@@ -91,8 +98,9 @@ template <int KH, int R, typename Src, typename W, int... I>
 DWCONV_PLANE_INLINE void plane_window(__m512* acc, const Src* src, int64_t Ws, int64_t Hs, int64_t ih0,
                                       const W* w, int64_t KW, int64_t DW, int64_t col0, const __mmask16* mask,
                                       std::integer_sequence<int, I...>) {
-  ((ih0 + I >= 0 && ih0 + I < Hs ? plane_input_row<KH, R, I>(acc, src + (ih0 + I) * Ws, w, KW, DW, col0, mask)
-                                 : void()),
+  ((ih0 + I >= 0 && ih0 + I < Hs
+        ? row_taps<KH, BlockSlots<KH, R, I>>(acc, src + (ih0 + I) * Ws + col0, w, KW, DW, mask)
+        : void()),
    ...);
 }
 
@@ -206,39 +214,6 @@ DWCONV_PLANE_INLINE void store_lanes(T* out, __m512 acc, float bias, __mmask16 l
 // go to registers that are cleared before their row starts, or never stored. Taps in (kh, kw) order per
 // output, as plane_block.
 
-// Window row i = base + U (base a multiple of KH) into the column's registers: register (U - kh) mod KH, that
-// of output row i - kh, takes filter row kh.
-template <int KH, int U>
-DWCONV_PLANE_INLINE void column_taps(__m512* acc, const float* x, const float* w, int64_t KW, int64_t DW,
-                                     const __mmask16* mask) {
-  for (int64_t kw = 0; kw < KW; ++kw, x += DW, w += KH) {
-    const __m512 v = _mm512_maskz_loadu_ps(mask[kw], x);
-#pragma GCC unroll 16
-    for (int kh = 0; kh < KH; ++kh)
-      acc[(U - kh + KH) % KH] = _mm512_fmadd_ps(v, _mm512_set1_ps(w[kh]), acc[(U - kh + KH) % KH]);
-  }
-}
-
-#ifdef DWCONV_BF16_DOT
-// The same from a pairs plane with vdpbf16ps (plane_input_row's pairs version: an odd filter's last pair has
-// its second tap masked off).
-template <int KH, int U>
-DWCONV_PLANE_INLINE void column_pair_taps(__m512* acc, __m512i v, const uint32_t* w) {
-#pragma GCC unroll 16
-  for (int kh = 0; kh < KH; ++kh)
-    acc[(U - kh + KH) % KH] =
-        _mm512_dpbf16_ps(acc[(U - kh + KH) % KH], (__m512bh)v, (__m512bh)_mm512_set1_epi32(int(w[kh])));
-}
-
-template <int KH, int U>
-DWCONV_PLANE_INLINE void column_taps(__m512* acc, const uint32_t* x, const uint32_t* w, int64_t pairs, int64_t DW,
-                                     const __mmask16* single_last) {
-  const int64_t full = pairs - (single_last[0] ? 1 : 0);
-  for (int64_t q = 0; q < full; ++q, x += 2 * DW, w += KH) column_pair_taps<KH, U>(acc, _mm512_loadu_si512(x), w);
-  if (full < pairs) column_pair_taps<KH, U>(acc, _mm512_and_si512(_mm512_loadu_si512(x), _mm512_set1_epi32(0xffff)), w);
-}
-#endif
-
 template <int KH, typename T, typename Src, typename W, int U>
 DWCONV_PLANE_INLINE void plane_column_row(__m512* acc, T* dst, int64_t WO, int64_t rows, float bias, __mmask16 lanes,
                                           const Src* src, const W* w, int64_t Ws, int64_t Hs, int64_t org_h,
@@ -246,7 +221,8 @@ DWCONV_PLANE_INLINE void plane_column_row(__m512* acc, T* dst, int64_t WO, int64
   const int64_t i = base + U;
   if (i >= rows) return;
   const int64_t ih = org_h + i;
-  if (ih >= 0 && ih < Hs) column_taps<KH, U>(acc, src + ih * Ws + col0, w, KW, DW, mask);
+  // window row i = base + U, base a multiple of KH: register (U - kh) mod KH is output row i - kh's
+  if (ih >= 0 && ih < Hs) row_taps<KH, RowSlots<0, KH - 1, U, KH>>(acc, src + ih * Ws + col0, w, KW, DW, mask);
   constexpr int done = (U + 1) % KH;  // output row i - (KH - 1), whose register row i + 1 starts next
   if (i >= KH - 1) store_lanes<T>(dst + (i - (KH - 1)) * WO, acc[done], bias, lanes);
   acc[done] = _mm512_setzero_ps();
