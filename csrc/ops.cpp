@@ -27,6 +27,14 @@ TORCH_LIBRARY_FRAGMENT(dwconv, m) {
   m.def("cpu_families() -> str[]");
   // Memory hint for a fresh CPU output (csrc/cpu/huge_pages.cpp): returns whether madvise accepted it.
   m.def("advise_huge_pages(Tensor t) -> bool");
+  // Large CPU outputs from memory kept mapped between calls (csrc/cpu/output_pool.cpp): an uninitialized tensor
+  // (contiguous, or channels_last for 4 sizes) whose memory returns to the pool when it dies; the pool keeps at most
+  // limit_bytes of such freed memory. huge_pages: fresh blocks are advised for transparent huge pages.
+  m.def("output_pool_empty(int[] size, ScalarType dtype, bool channels_last, bool huge_pages, int limit_bytes) -> Tensor");
+  // [cached bytes, cached blocks, bytes in use, blocks in use, allocations served from the cache, fresh ones]
+  m.def("output_pool_stats() -> int[]");
+  // Frees the cached (unused) memory.
+  m.def("output_pool_release() -> ()");
   // The bias gradient of a CPU tensor (csrc/cpu/channel_sums.cpp): out[c] = sum over n, h, w of t, fp32 (fp64 for
   // double), deterministic.
   m.def("native_channel_sums(Tensor t, Tensor(a!) out) -> ()");

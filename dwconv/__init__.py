@@ -5,6 +5,7 @@
     model = dwconv.convert(model)                         # swap every depthwise nn.Conv2d in place
     model = dwconv.fold_batchnorm(model.eval())           # inference: BatchNorms folded into the convs before them
     dwconv.available_backends("cuda")                     # which backends can serve here, and why not
+    dwconv.empty_output_pool()                            # free the memory kept for large CPU outputs
 """
 import torch  # noqa: F401  (must precede the extension, which links against libtorch)
 
@@ -16,10 +17,12 @@ from .flops import register_fvcore
 from .functional import depthwise_conv2d
 from .config import set_benchmark
 from .module import FastDWConv
+from .outputs import empty_output_pool, output_pool_stats
 
 _extension.load()
 register_fvcore()
 
 __version__ = "0.1.0"
 __all__ = ["depthwise_conv2d", "FastDWConv", "convert", "available_backends", "BACKENDS",
-           "BackendUnavailableError", "is_depthwise_conv", "set_benchmark", "config", "fold_batchnorm"]
+           "BackendUnavailableError", "is_depthwise_conv", "set_benchmark", "config", "fold_batchnorm",
+           "empty_output_pool", "output_pool_stats"]

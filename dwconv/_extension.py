@@ -40,6 +40,13 @@ def has_huge_page_hint() -> bool:
 
 
 @functools.lru_cache(maxsize=None)
+def has_output_pool() -> bool:
+    """Whether the loaded extension has dwconv::output_pool_empty (an extension built before it has not)."""
+    return load() is None and torch._C._dispatch_has_kernel_for_dispatch_key("dwconv::output_pool_empty",
+                                                                             "CompositeExplicitAutograd")
+
+
+@functools.lru_cache(maxsize=None)
 def has_channel_sums() -> bool:
     """Whether the loaded extension has dwconv::native_channel_sums (an extension built before it has not)."""
     return _has_cpu_kernel("dwconv::native_channel_sums")

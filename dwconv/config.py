@@ -15,6 +15,7 @@ context manager.
 | triton_family | DWCONV_TRITON_FAMILY=rows/direct/plane | "" | the triton backend's kernels ("" = the default choice per call; a named family where it applies, the default elsewhere) |
 | triton_autotune | DWCONV_TRITON_AUTOTUNE=0 | True | off: Triton kernels run their heuristic tile instead of autotuning their candidates |
 | huge_pages | DWCONV_HUGE_PAGES=0 | True | the CPU outputs of 4 MiB and more that dwconv's kernels allocate are advised for transparent huge pages (dwconv/outputs.py); off: not advised |
+| output_pool_mib | DWCONV_OUTPUT_POOL_MIB=n | 1024 | the CPU outputs of 4 MiB and more come from a pool that keeps up to n MiB of their memory mapped after they die, for the next ones (dwconv/outputs.py); 0: plain torch.empty |
 
 A family setting is the backend's default where its family can serve a call; a plan named explicitly
 (`backend="cuda:mma"`) is strict instead: it runs as named or raises.
@@ -42,6 +43,7 @@ class Settings:
     triton_family: str = ""
     triton_autotune: bool = True
     huge_pages: bool = True
+    output_pool_mib: int = 1024
 
 
 _CHOICES = {"cpu_family": CPU_FAMILIES, "cuda_family": CUDA_FAMILIES, "triton_family": TRITON_FAMILIES}
@@ -56,6 +58,16 @@ def _flag(name: str, default: bool) -> bool:
     if value.lower() in ("0", "false", "no", "off"):
         return False
     raise ValueError(f"{name}={value!r}: expected 0 or 1")
+
+
+def _count(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r}: expected a whole number") from None
 
 
 # Switches of earlier versions, read nowhere now: setting one gets a warning naming its replacement.
@@ -77,6 +89,7 @@ def _from_environment() -> Settings:
         triton_family=os.environ.get("DWCONV_TRITON_FAMILY", ""),
         triton_autotune=_flag("DWCONV_TRITON_AUTOTUNE", True),
         huge_pages=_flag("DWCONV_HUGE_PAGES", True),
+        output_pool_mib=_count("DWCONV_OUTPUT_POOL_MIB", 1024),
     ))
 
 
@@ -88,6 +101,8 @@ def _checked(s: Settings) -> Settings:
     for name in ("benchmark", "dispatch_table", "triton_autotune", "huge_pages"):
         if not isinstance(getattr(s, name), bool):
             raise TypeError(f"dwconv setting {name} must be a bool, got {getattr(s, name)!r}")
+    if isinstance(s.output_pool_mib, bool) or not isinstance(s.output_pool_mib, int) or s.output_pool_mib < 0:
+        raise ValueError(f"dwconv setting output_pool_mib must be a whole number >= 0, got {s.output_pool_mib!r}")
     return s
 
 

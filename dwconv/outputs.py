@@ -1,16 +1,19 @@
 """Output allocation shared by every kernel layer (native backends and Triton launchers alike)."""
 from __future__ import annotations
 
-from typing import Optional
+import math
+from typing import Dict, Optional
 
 import torch
 
 from . import _extension, config
 
 # Large outputs are often fresh memory that the kernel's first writes fault in 4 KiB at a time: above 32 MiB
-# glibc maps every allocation anew, and below it reuse depends on what was freed before. Advised for transparent
-# huge pages, they fault once per 2 MiB (a region this large holds at least one aligned 2 MiB page).
-HUGE_PAGE_MIN_BYTES = 4 << 20
+# glibc maps every allocation anew, and below it reuse depends on what was freed before. They come from the
+# output pool (csrc/cpu/output_pool.cpp: memory kept mapped from one output to the next), or with the pool off
+# from torch.empty advised for transparent huge pages (one fault per 2 MiB; a region this large holds at least one
+# aligned 2 MiB page).
+LARGE_OUTPUT_BYTES = 4 << 20
 
 # Tests set this to fill every output a backend allocates with NaN, so elements a kernel
 # forgets to write fail the comparison instead of passing on leftover memory.
@@ -22,12 +25,19 @@ def new_output(shape, like: torch.Tensor, dtype: Optional[torch.dtype] = None,
     """Allocate a backend output on like's device, in like's layout unless told otherwise."""
     if channels_last is None:
         channels_last = (not like.is_contiguous()) and like.is_contiguous(memory_format=torch.channels_last)
-    fmt = torch.channels_last if channels_last and len(shape) == 4 else torch.contiguous_format
-    out = torch.empty(shape, dtype=dtype or like.dtype, device=like.device, memory_format=fmt)
-    if (out.device.type == "cpu" and out.nbytes >= HUGE_PAGE_MIN_BYTES and config.get().huge_pages
-            and not torch._C._len_torch_dispatch_stack()  # fake tensors (tracing) have no memory to advise
-            and _extension.has_huge_page_hint()):
-        advise_huge_pages(out)
+    channels_last = bool(channels_last) and len(shape) == 4
+    dtype = dtype or like.dtype
+    settings = config.get()
+    large = (like.device.type == "cpu" and math.prod(shape) * dtype.itemsize >= LARGE_OUTPUT_BYTES
+             and not torch._C._len_torch_dispatch_stack())  # fake tensors (tracing) have no memory
+    if large and settings.output_pool_mib > 0 and _extension.has_output_pool():
+        out = torch.ops.dwconv.output_pool_empty(list(shape), dtype, channels_last, settings.huge_pages,
+                                                 settings.output_pool_mib << 20)
+    else:
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        out = torch.empty(shape, dtype=dtype, device=like.device, memory_format=fmt)
+        if large and settings.huge_pages and _extension.has_huge_page_hint():
+            advise_huge_pages(out)
     if POISON_OUTPUTS:
         out.fill_(float("nan"))
     return out
@@ -36,3 +46,17 @@ def new_output(shape, like: torch.Tensor, dtype: Optional[torch.dtype] = None,
 def advise_huge_pages(out: torch.Tensor) -> None:
     """The hint itself (a function of its own so that tests can count its calls)."""
     torch.ops.dwconv.advise_huge_pages(out)
+
+
+def output_pool_stats() -> Dict[str, int]:
+    """The CPU output pool's state: memory cached for reuse and in use (bytes and blocks), and how many
+    allocations it served from the cache (hits) or fresh (misses). All zero without the extension."""
+    keys = ("cached_bytes", "cached_blocks", "in_use_bytes", "in_use_blocks", "hits", "misses")
+    values = torch.ops.dwconv.output_pool_stats() if _extension.has_output_pool() else [0] * len(keys)
+    return dict(zip(keys, values))
+
+
+def empty_output_pool() -> None:
+    """Frees the memory the CPU output pool holds for reuse (as torch.cuda.empty_cache does for the GPU)."""
+    if _extension.has_output_pool():
+        torch.ops.dwconv.output_pool_release()

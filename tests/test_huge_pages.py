@@ -1,6 +1,8 @@
 """CPU outputs of 4 MiB and more that dwconv's kernels allocate are advised for transparent huge pages
-(dwconv/outputs.py, csrc/cpu/huge_pages.cpp): the hint reaches the output's mapping, changes no value, the
-huge_pages setting turns it off, and the op advises nothing outside the tensor it is given."""
+(dwconv/outputs.py, csrc/cpu/huge_pages.cpp, csrc/cpu/output_pool.cpp): the hint reaches the output's mapping,
+changes no value, the huge_pages setting turns it off, and the op advises nothing outside the tensor it is given.
+With the output pool off (output_pool_mib=0) outputs are torch.empty's memory, advised by advise_huge_pages; with
+it on, the pool advises each block it maps."""
 import pathlib
 import sys
 
@@ -9,7 +11,7 @@ import torch
 
 import dwconv
 from dwconv import _extension, config, outputs
-from utils import assert_close, make_inputs, poisoned_outputs, reference_grads
+from utils import assert_close, make_inputs, poisoned_outputs, reference_conv, reference_grads
 
 THP = pathlib.Path("/sys/kernel/mm/transparent_hugepage/enabled")
 pytestmark = [
@@ -25,7 +27,10 @@ FRESH_SHAPE = (1, 8, 1100, 1100, 3)
 
 @pytest.fixture
 def advised(monkeypatch):
-    """The outputs new_output advises, in order."""
+    """The outputs new_output advises, in order (with the output pool off: torch.empty's memory)."""
+    for name in ("_settings", "generation"):  # restored after the test
+        monkeypatch.setattr(config, name, getattr(config, name))
+    config.set(output_pool_mib=0)
     calls = []
     hint = outputs.advise_huge_pages
     monkeypatch.setattr(outputs, "advise_huge_pages", lambda out: (calls.append(out.data_ptr()), hint(out))[1])
@@ -71,17 +76,17 @@ def test_setting_off(advised):
     x, wt, b = make_inputs(n, c, h, w, k, seed=12)
     with config.override(huge_pages=False):
         y = dwconv.depthwise_conv2d(x, wt, b, padding=1, backend="cpu")
-    assert y.nbytes >= outputs.HUGE_PAGE_MIN_BYTES and advised == []
+    assert y.nbytes >= outputs.LARGE_OUTPUT_BYTES and advised == []
 
 
 def test_threshold(advised):
     x, wt, b = make_inputs(2, 16, 32, 32, 3, seed=13)
     with config.override(huge_pages=True):
         small = dwconv.depthwise_conv2d(x, wt, b, padding=1, backend="cpu")
-        assert small.nbytes < outputs.HUGE_PAGE_MIN_BYTES and advised == []
+        assert small.nbytes < outputs.LARGE_OUTPUT_BYTES and advised == []
         xl, wl, bl = make_inputs(1, 8, 363, 363, 3, seed=14)  # 4,216,608 bytes: just above 4 MiB
         large = dwconv.depthwise_conv2d(xl, wl, bl, padding=1, backend="cpu")
-    assert large.nbytes >= outputs.HUGE_PAGE_MIN_BYTES and advised == [large.data_ptr()]
+    assert large.nbytes >= outputs.LARGE_OUTPUT_BYTES and advised == [large.data_ptr()]
 
 
 def test_advise_op_edges():
@@ -94,3 +99,17 @@ def test_advise_op_edges():
         advise(torch.empty(1).expand(3 << 20))
     with pytest.raises(RuntimeError, match="advise_huge_pages"):  # registered for CPU tensors only
         advise(torch.empty(8, device="meta"))
+
+
+@pytest.mark.skipif(not _extension.has_output_pool(), reason="needs the C++ extension's output pool")
+@pytest.mark.parametrize("huge_pages", [True, False], ids=["advised", "not-advised"])
+def test_pool_blocks_advised(huge_pages):
+    n, c, h, w, k = FRESH_SHAPE
+    x, wt, b = make_inputs(n, c, h, w, k, seed=15)
+    dwconv.empty_output_pool()
+    with config.override(huge_pages=huge_pages, output_pool_mib=1024):
+        misses = dwconv.output_pool_stats()["misses"]
+        y = dwconv.depthwise_conv2d(x, wt, b, padding=1, backend="cpu")
+        assert dwconv.output_pool_stats()["misses"] == misses + 1  # a fresh block, advised as it was mapped
+    assert ("hg" in vm_flags(middle(y))) == huge_pages
+    assert_close(y, reference_conv(x, wt, b, (1, 1), (1, 1, 1, 1), (1, 1)), torch.float32)
