@@ -29,8 +29,11 @@ TORCH_LIBRARY_FRAGMENT(dwconv, m) {
   m.def("advise_huge_pages(Tensor t) -> bool");
   // Large CPU outputs from memory kept mapped between calls (csrc/cpu/output_pool.cpp): an uninitialized tensor
   // (contiguous, or channels_last for 4 sizes) whose memory returns to the pool when it dies; the pool keeps at most
-  // limit_bytes of such freed memory. huge_pages: fresh blocks are advised for transparent huge pages.
+  // limit_bytes of such freed memory (set as by output_pool_set_limit). huge_pages: a fresh block is advised for
+  // transparent huge pages.
   m.def("output_pool_empty(int[] size, ScalarType dtype, bool channels_last, bool huge_pages, int limit_bytes) -> Tensor");
+  // The most freed memory the pool keeps; freeing the least recently freed blocks beyond it now.
+  m.def("output_pool_set_limit(int limit_bytes) -> ()");
   // [cached bytes, cached blocks, bytes in use, blocks in use, allocations served from the cache, fresh ones]
   m.def("output_pool_stats() -> int[]");
   // Frees the cached (unused) memory.

@@ -15,7 +15,7 @@ context manager.
 | triton_family | DWCONV_TRITON_FAMILY=rows/direct/plane | "" | the triton backend's kernels ("" = the default choice per call; a named family where it applies, the default elsewhere) |
 | triton_autotune | DWCONV_TRITON_AUTOTUNE=0 | True | off: Triton kernels run their heuristic tile instead of autotuning their candidates |
 | huge_pages | DWCONV_HUGE_PAGES=0 | True | the CPU outputs of 4 MiB and more that dwconv's kernels allocate are advised for transparent huge pages (dwconv/outputs.py); off: not advised |
-| output_pool_mib | DWCONV_OUTPUT_POOL_MIB=n | 1024 | the CPU outputs of 4 MiB and more come from a pool that keeps up to n MiB of their memory mapped after they die, for the next ones (dwconv/outputs.py); 0: plain torch.empty |
+| output_pool_mib | DWCONV_OUTPUT_POOL_MIB=n | 1024 | the CPU outputs of 4 MiB and more that dwconv's kernels allocate come from a pool of whole 2 MiB pages that keeps up to n MiB of freed outputs' memory mapped for the next ones (csrc/cpu/output_pool.cpp); lowering it frees the excess at once; 0: torch.empty's memory, as PyTorch's own outputs |
 
 A family setting is the backend's default where its family can serve a call; a plan named explicitly
 (`backend="cuda:mma"`) is strict instead: it runs as named or raises.
@@ -26,11 +26,12 @@ import contextlib
 import dataclasses
 import os
 import warnings
-from typing import Iterator, Optional
+from typing import Callable, Iterator, List, Optional
 
 CPU_FAMILIES = ("avx512bf16", "avx512", "avx2", "portable")
 CUDA_FAMILIES = ("fma", "mma")
 TRITON_FAMILIES = ("rows", "direct", "plane")
+MAX_OUTPUT_POOL_MIB = 1 << 40  # the limit in bytes must fit an int64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,8 +102,10 @@ def _checked(s: Settings) -> Settings:
     for name in ("benchmark", "dispatch_table", "triton_autotune", "huge_pages"):
         if not isinstance(getattr(s, name), bool):
             raise TypeError(f"dwconv setting {name} must be a bool, got {getattr(s, name)!r}")
-    if isinstance(s.output_pool_mib, bool) or not isinstance(s.output_pool_mib, int) or s.output_pool_mib < 0:
-        raise ValueError(f"dwconv setting output_pool_mib must be a whole number >= 0, got {s.output_pool_mib!r}")
+    if (isinstance(s.output_pool_mib, bool) or not isinstance(s.output_pool_mib, int)
+            or not 0 <= s.output_pool_mib <= MAX_OUTPUT_POOL_MIB):
+        raise ValueError(f"dwconv setting output_pool_mib must be a whole number in [0, {MAX_OUTPUT_POOL_MIB}], "
+                         f"got {s.output_pool_mib!r}")
     return s
 
 
@@ -111,6 +114,20 @@ _settings = _from_environment()
 # (dwconv/dispatch.py) key on it, so they hold one entry per settings state however often settings change.
 _numbers = {_settings: 0}
 generation = 0
+
+
+# Called with the new settings after every change (set, and override on entry and exit).
+_listeners: List[Callable[[Settings], None]] = []
+
+
+def on_change(listener: Callable[[Settings], None]) -> None:
+    """Call `listener(settings)` after every change of the settings."""
+    _listeners.append(listener)
+
+
+def _notify() -> None:
+    for listener in _listeners:
+        listener(_settings)
 
 
 def get() -> Settings:
@@ -126,6 +143,7 @@ def set(**changes) -> None:  # noqa: A001  (dwconv.config.set reads well)
         raise TypeError(f"unknown dwconv setting(s) {unknown}; known: {list(Settings.__dataclass_fields__)}")
     _settings = _checked(dataclasses.replace(_settings, **changes))
     generation = _numbers.setdefault(_settings, len(_numbers))
+    _notify()
 
 
 @contextlib.contextmanager
@@ -138,6 +156,7 @@ def override(**changes) -> Iterator[Settings]:
         yield _settings
     finally:
         _settings, generation = previous
+        _notify()
 
 
 def set_benchmark(enabled: bool = True) -> None:

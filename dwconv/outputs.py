@@ -28,8 +28,9 @@ def new_output(shape, like: torch.Tensor, dtype: Optional[torch.dtype] = None,
     channels_last = bool(channels_last) and len(shape) == 4
     dtype = dtype or like.dtype
     settings = config.get()
-    large = (like.device.type == "cpu" and math.prod(shape) * dtype.itemsize >= LARGE_OUTPUT_BYTES
-             and not torch._C._len_torch_dispatch_stack())  # fake tensors (tracing) have no memory
+    large = (like.device.type == "cpu"
+             and not torch._C._len_torch_dispatch_stack()  # fake tensors (tracing) have no memory
+             and math.prod(shape) * dtype.itemsize >= LARGE_OUTPUT_BYTES)
     if large and settings.output_pool_mib > 0 and _extension.has_output_pool():
         out = torch.ops.dwconv.output_pool_empty(list(shape), dtype, channels_last, settings.huge_pages,
                                                  settings.output_pool_mib << 20)
@@ -46,6 +47,15 @@ def new_output(shape, like: torch.Tensor, dtype: Optional[torch.dtype] = None,
 def advise_huge_pages(out: torch.Tensor) -> None:
     """The hint itself (a function of its own so that tests can count its calls)."""
     torch.ops.dwconv.advise_huge_pages(out)
+
+
+def _apply_pool_limit(settings: config.Settings) -> None:
+    """A lowered output_pool_mib frees the excess cached memory at once (0: all of it)."""
+    if _extension.has_output_pool():
+        torch.ops.dwconv.output_pool_set_limit(settings.output_pool_mib << 20)
+
+
+config.on_change(_apply_pool_limit)
 
 
 def output_pool_stats() -> Dict[str, int]:

@@ -2,6 +2,8 @@
 that stays mapped after their tensors die; the next output of a fitting size reuses it. Reused memory holds the
 previous output's values, so these tests compute into it without poisoning: an element a kernel left unwritten
 would keep an old value and fail the comparison."""
+import multiprocessing
+import sys
 import threading
 
 import pytest
@@ -112,16 +114,34 @@ def test_pool_off_uses_torch_empty():
     assert_close(y, expected(x, wt, b), torch.float32)
 
 
-def test_turning_off_frees_what_comes_back():
+def test_lowering_the_limit_frees_at_once():
     n, c, h, w, k = SHAPE
     x, wt, b = make_inputs(n, c, h, w, k, seed=7)
-    y = conv(x, wt, b)
-    config.set(output_pool_mib=0)
-    conv(x, wt, b)  # not pooled; does not tell the pool the new limit
-    config.set(output_pool_mib=1)  # pooled calls carry the limit: 1 MiB holds no block of this size
-    z = conv(x, wt, b)
+    y, z, keep = conv(x, wt, b), conv(x, wt, b), conv(x, wt, b)
     del y, z
-    assert stats()["cached_blocks"] == 0 and stats()["in_use_blocks"] == 0
+    assert stats()["cached_blocks"] == 2
+    config.set(output_pool_mib=30)  # room for one
+    assert stats()["cached_blocks"] == 1 and stats()["cached_bytes"] <= 30 * MIB
+    with config.override(output_pool_mib=0):  # off: nothing cached, outputs from torch.empty
+        assert stats()["cached_blocks"] == 0
+        assert stats()["in_use_blocks"] == 1  # keep
+        del keep  # comes back under limit 0: freed
+        assert stats()["cached_blocks"] == 0 and stats()["in_use_blocks"] == 0
+        conv(x, wt, b)
+        assert stats()["misses"] == 3
+    conv(x, wt, b)  # the limit is back (override's exit): pooled again
+    assert stats()["misses"] == 4 and stats()["cached_blocks"] == 1
+
+
+@pytest.mark.parametrize("block_mib, need_mib, reused", [(10, 8, True), (12, 8, False), (8, 6, False), (8, 8, True)])
+def test_fit_rule(block_mib, need_mib, reused):
+    """A block serves a request rounded up to 2 MiB if it is at most a quarter larger."""
+    empty = torch.ops.dwconv.output_pool_empty
+    block = empty([block_mib * MIB], torch.uint8, False, True, 1 << 30)
+    ptr = block.data_ptr()
+    del block
+    t = empty([need_mib * MIB - 100], torch.uint8, False, True, 1 << 30)
+    assert (t.data_ptr() == ptr) == reused and stats()["hits"] == int(reused)
 
 
 def test_big_block_not_given_to_small_output():
@@ -133,6 +153,19 @@ def test_big_block_not_given_to_small_output():
     y = conv(xs, ws, bs)
     assert stats()["hits"] == 0 and stats()["cached_blocks"] == 1
     assert_close(y, expected(xs, ws, bs), torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16], ids=str)
+def test_other_dtypes(dtype):
+    n, c, h, w, k = SHAPE
+    x, wt, b = (t.to(dtype) for t in make_inputs(n, c, h, w, k, seed=12))
+    y = conv(x, wt, b)
+    assert y.dtype == dtype and stats()["in_use_blocks"] == 1
+    ptr = y.data_ptr()
+    del y
+    y = conv(x, wt, b)
+    assert y.data_ptr() == ptr
+    assert_close(y, expected(x, wt, b), dtype)
 
 
 def test_empty_output_pool_keeps_live_tensors():
@@ -148,18 +181,78 @@ def test_empty_output_pool_keeps_live_tensors():
     assert stats()["cached_blocks"] == 1  # returned after the release, kept under the limit
 
 
-def test_resize_and_tensor_tools():
+def mapped(address: int) -> bool:
+    """Whether `address` lies in a mapping of this process (/proc/self/maps)."""
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            lo, hi = (int(v, 16) for v in line.split(maxsplit=1)[0].split("-"))
+            if lo <= address < hi:
+                return True
+    return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process's mappings from /proc")
+def test_freed_blocks_go_back_to_the_system():
+    n, c, h, w, k = SHAPE
+    x, wt, b = make_inputs(n, c, h, w, k, seed=16)
+    y = conv(x, wt, b)
+    ptr = y.data_ptr()
+    del y
+    assert mapped(ptr) and stats()["cached_blocks"] == 1
+    dwconv.empty_output_pool()
+    assert not mapped(ptr)
+
+
+def test_resize_and_tensor_tools(tmp_path):
     n, c, h, w, k = SHAPE
     x, wt, b = make_inputs(n, c, h, w, k, seed=11)
     y = conv(x, wt, b)
     ref = expected(x, wt, b)
     head = y.flatten()[:1000].clone()
-    y.resize_(2, c, h, w)  # a bigger block from the pool, the old values copied
+    y.resize_(2, c, h, w)  # a bigger block from the pool, the old values copied, the old block back in the pool
+    s = stats()
+    assert s["misses"] == 2 and s["in_use_blocks"] == 1 and s["cached_blocks"] == 1
     assert torch.equal(y.flatten()[:1000], head)
     y = y[:1]
     assert_close(y, ref, torch.float32, "after resize")
     assert_close(torch.from_numpy(y.numpy()), ref, torch.float32, "numpy view")
-    assert_close(y.clone().share_memory_(), ref, torch.float32, "shared memory")
+    assert_close(torch.from_dlpack(torch.utils.dlpack.to_dlpack(y)), ref, torch.float32, "dlpack")
+    torch.save(y, tmp_path / "y.pt")
+    assert_close(torch.load(tmp_path / "y.pt"), ref, torch.float32, "saved")
+    y.share_memory_()  # moves the values to shared memory: the pooled block comes back
+    assert stats()["in_use_blocks"] == 0 and stats()["cached_blocks"] == 2
+    assert_close(y, ref, torch.float32, "shared memory")
+
+
+def test_forked_child_allocates():
+    """A child forked while the pool holds blocks allocates, frees and computes (the lock survives fork). The child
+    runs one thread, as PyTorch's DataLoader workers do: GNU OpenMP cannot start a parallel region in a child forked
+    after the parent ran one (PyTorch's own convolutions hang there too)."""
+    n, c, h, w, k = SHAPE
+    x, wt, b = make_inputs(n, c, h, w, k, seed=13)
+    del_me = conv(x, wt, b)
+    del del_me
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as workers:
+        assert workers.apply_async(_child_conv, (x, wt, b)).get(timeout=300) < 1e-5
+
+
+def _child_conv(x, wt, b):
+    torch.set_num_threads(1)
+    y = conv(x, wt, b)
+    del y
+    y = conv(x, wt, b)
+    ref = expected(x, wt, b)
+    return ((y.double() - ref).norm() / ref.norm()).item()
+
+
+def test_torch_compile_allocates_from_the_pool():
+    n, c, h, w, k = SHAPE
+    x, wt, b = make_inputs(n, c, h, w, k, seed=14)
+    compiled = torch.compile(conv, fullgraph=True, backend="aot_eager")
+    y = compiled(x, wt, b)
+    assert stats()["in_use_blocks"] == 1  # the real call, not the traced one, allocated
+    assert_close(y, expected(x, wt, b), torch.float32)
 
 
 def test_inference_mode_and_threads():
@@ -174,7 +267,7 @@ def test_inference_mode_and_threads():
                     y = conv(*inputs[i])
                     assert y.is_inference()
                     assert_close(y, expected(*inputs[i]), torch.float32, f"thread {i}")
-        except AssertionError as e:  # reported from the main thread
+        except BaseException as e:  # reported from the main thread
             errors.append(e)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
