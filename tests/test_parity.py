@@ -130,3 +130,23 @@ def test_gradcheck_float64(backend):
 def test_resolve_same_padding_matches_torch():
     # PyTorch puts the odd element of "same" padding at the end.
     assert resolve_padding("same", (4, 5), (1, 1), (1, 2)) == (1, 2, 4, 4)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("case", [CASES[2], CASES[3], CASES[5], CASES[11]], ids=_case_id)
+def test_torch_plan_grads_are_autograds(case, channels_last):
+    """The torch plan makes the calls F.conv2d's autograd makes (the ones the dispatch table measured): same bits."""
+    n, c, h, w, k, stride, padding, dilation, mult, bias = case
+    inputs = make_inputs(n, c, h, w, k, mult, torch.float32, "cpu", channels_last, bias)
+    grad_out = None
+    grads = {}
+    for name, conv in (("torch plan", lambda *t: dwconv.depthwise_conv2d(*t, stride, padding, dilation,
+                                                                          backend="torch")),
+                       ("F.conv2d", lambda *t: torch.nn.functional.conv2d(*t, stride, padding, dilation, groups=c))):
+        leaves = [t.detach().clone().requires_grad_(True) for t in inputs]
+        y = conv(*leaves)
+        grad_out = torch.randn_like(y) if grad_out is None else grad_out
+        y.backward(grad_out)
+        grads[name] = [t.grad for t in leaves]
+    for what, ours, autograds in zip(("dx", "dw"), grads["torch plan"], grads["F.conv2d"]):  # db: dwconv sums itself
+        assert torch.equal(ours, autograds), what
