@@ -297,6 +297,18 @@ def test_kernels_layouts_restrict_dwconv_providers_only(tmp_path):
     assert result["settings"]["layouts"] == ["nhwc"]
 
 
+def test_kernels_reads_the_git_state_once_before_writing(tmp_path, monkeypatch):
+    """The partial writes after each shape must not make the final result's git_dirty describe the result file
+    itself (a --json path under benchmarks/results/ is tracked): the metadata is taken once, at the start."""
+    from benchmarks import kernels
+    calls = []
+    real = kernels.run_metadata
+    monkeypatch.setattr(kernels, "run_metadata", lambda *a, **k: (calls.append(a), real(*a, **k))[1])
+    kernels.main(["--smoke", "--device", "cpu", "--backend", "cpu", "--ops", "fwd", "--no-progress",
+                  "--json", str(tmp_path / "k.json")])
+    assert len(calls) == 1
+
+
 def test_goals_shape_set_is_the_issue_shapes():
     """Batch 128 Robust-ResNet layers, batch 64 ConvNeXt 56x56 K7 and RepLKNet-like 32x32 K11 on a GPU; each
     Robust-ResNet goal shape is a layer of the models."""
