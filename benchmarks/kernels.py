@@ -335,11 +335,8 @@ def run(args: argparse.Namespace, argv: List[str]) -> Dict:
     records: List[Dict] = []
     cache_bytes = _cache_bytes(device)
 
-    # before the first partial write: a result file under benchmarks/ would mark the code as modified
-    meta = run_metadata("kernels", argv, device, args.notes, load_at_start=load_at_start)
-
     def result_of(records_, complete: bool) -> Dict:
-        return {"meta": meta,
+        return {"meta": run_metadata("kernels", argv, device, args.notes, load_at_start=load_at_start),
                 "settings": {"shapes": args.shapes, "dtypes": args.dtypes, "ops": args.ops, "backends": args.backends,
                              "warmup": args.warmup, "reps": args.reps, "layouts": args.layouts,
                              "dwconv_settings": dataclasses.asdict(config.get()),

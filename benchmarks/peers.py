@@ -329,11 +329,8 @@ def run(args: argparse.Namespace, argv: List[str]) -> Dict:
     records: List[Dict] = []
     runtime_settings: Dict[str, Dict] = {}
 
-    # before the first partial write: a result file under benchmarks/ would mark the code as modified
-    meta = run_metadata("peers", argv, device, args.notes, load_at_start=load_at_start)
-
     def result_of(records_: List[Dict], complete: bool) -> Dict:
-        return {"meta": meta,
+        return {"meta": run_metadata("peers", argv, device, args.notes, load_at_start=load_at_start),
                 "settings": {"shapes": [s.name for s in args.shape_list], "peers": args.peers,
                              "dwconv_backend": DWCONV_BACKEND, "dtype": "fp32", "op": "fwd (inference)",
                              "threads": threads, "warmup": args.warmup, "reps": args.reps,

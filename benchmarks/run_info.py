@@ -69,8 +69,9 @@ def result_path(path_arg: str, device: torch.device, script: str, suffix: str = 
     return path
 
 
-# Tracked paths whose uncommitted changes make a result differ from its commit ("git_dirty").
-_CODE_PATHS = ("benchmarks", "dwconv", "csrc", "robust_models", "setup.py")
+# Tracked paths whose uncommitted changes make a result differ from its commit ("git_dirty"): the code, not the
+# results a run writes (a partial write of its own, or an earlier script's, would mark every later run).
+_CODE_PATHS = ("benchmarks", "dwconv", "csrc", "robust_models", "setup.py", ":(exclude)benchmarks/results")
 
 
 def load_average() -> Optional[List[float]]:

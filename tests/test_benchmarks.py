@@ -297,16 +297,26 @@ def test_kernels_layouts_restrict_dwconv_providers_only(tmp_path):
     assert result["settings"]["layouts"] == ["nhwc"]
 
 
-def test_kernels_reads_the_git_state_once_before_writing(tmp_path, monkeypatch):
-    """The partial writes after each shape must not make the final result's git_dirty describe the result file
-    itself (a --json path under benchmarks/results/ is tracked): the metadata is taken once, at the start."""
-    from benchmarks import kernels
-    calls = []
-    real = kernels.run_metadata
-    monkeypatch.setattr(kernels, "run_metadata", lambda *a, **k: (calls.append(a), real(*a, **k))[1])
-    kernels.main(["--smoke", "--device", "cpu", "--backend", "cpu", "--ops", "fwd", "--no-progress",
-                  "--json", str(tmp_path / "k.json")])
-    assert len(calls) == 1
+def test_git_dirty_means_code_not_results(tmp_path, monkeypatch):
+    """A result file written under benchmarks/results/ (a run's own partial write, or an earlier script's)
+    does not mark a run as modified; a change to the code does."""
+    from benchmarks import run_info
+    git = lambda *a: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *a], cwd=tmp_path,
+                                    check=True, capture_output=True)
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    (tmp_path / "dwconv").mkdir()
+    result, code = tmp_path / "benchmarks" / "results" / "r.json", tmp_path / "dwconv" / "op.py"
+    result.write_text("{}\n")
+    code.write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "init")
+    monkeypatch.setattr(run_info, "REPO_ROOT", tmp_path)
+    assert run_info.run_metadata("kernels", [], torch.device("cpu"))["git_dirty"] is False
+    result.write_text('{"partial": true}\n')
+    assert run_info.run_metadata("kernels", [], torch.device("cpu"))["git_dirty"] is False
+    code.write_text("x = 2\n")
+    assert run_info.run_metadata("kernels", [], torch.device("cpu"))["git_dirty"] is True
 
 
 def test_goals_shape_set_is_the_issue_shapes():
