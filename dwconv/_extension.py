@@ -41,9 +41,11 @@ def has_huge_page_hint() -> bool:
 
 @functools.lru_cache(maxsize=None)
 def has_output_pool() -> bool:
-    """Whether the loaded extension has dwconv::output_pool_empty (an extension built before it has not)."""
-    return load() is None and torch._C._dispatch_has_kernel_for_dispatch_key("dwconv::output_pool_empty",
-                                                                             "CompositeExplicitAutograd")
+    """Whether the loaded extension has the output pool's ops (an extension built before them has not; one built
+    before output_pool_set_limit counts as without the pool)."""
+    return load() is None and all(
+        torch._C._dispatch_has_kernel_for_dispatch_key(f"dwconv::{op}", "CompositeExplicitAutograd")
+        for op in ("output_pool_empty", "output_pool_set_limit"))
 
 
 @functools.lru_cache(maxsize=None)

@@ -151,8 +151,8 @@ def override(**changes) -> Iterator[Settings]:
     """Settings changed inside a `with` block, restored after it."""
     global _settings, generation
     previous = (_settings, generation)
-    set(**changes)
     try:
+        set(**changes)
         yield _settings
     finally:
         _settings, generation = previous

@@ -3,8 +3,10 @@ that stays mapped after their tensors die; the next output of a fitting size reu
 previous output's values, so these tests compute into it without poisoning: an element a kernel left unwritten
 would keep an old value and fail the comparison."""
 import multiprocessing
+import os
 import sys
 import threading
+import time
 
 import pytest
 import torch
@@ -133,6 +135,28 @@ def test_lowering_the_limit_frees_at_once():
     assert stats()["misses"] == 4 and stats()["cached_blocks"] == 1
 
 
+def test_override_exit_lowers_the_limit_at_once():
+    n, c, h, w, k = SHAPE
+    x, wt, b = make_inputs(n, c, h, w, k, seed=17)
+    config.set(output_pool_mib=20)  # room for one 18 MiB block
+    with config.override(output_pool_mib=1024):
+        y, z = conv(x, wt, b), conv(x, wt, b)
+        del y, z
+        assert stats()["cached_blocks"] == 2
+    assert stats()["cached_blocks"] == 1
+
+
+def test_block_above_the_limit_leaves_the_others_cached():
+    empty = torch.ops.dwconv.output_pool_empty
+    small = empty([8 * MIB], torch.uint8, False, True, 30 * MIB)
+    ptr = small.data_ptr()
+    del small
+    big = empty([40 * MIB], torch.uint8, False, True, 30 * MIB)
+    del big  # more than the limit: unmapped itself, not the older block
+    assert stats()["cached_blocks"] == 1 and stats()["cached_bytes"] == 8 * MIB
+    assert empty([8 * MIB], torch.uint8, False, True, 30 * MIB).data_ptr() == ptr
+
+
 @pytest.mark.parametrize("block_mib, need_mib, reused", [(10, 8, True), (12, 8, False), (8, 6, False), (8, 8, True)])
 def test_fit_rule(block_mib, need_mib, reused):
     """A block serves a request rounded up to 2 MiB if it is at most a quarter larger."""
@@ -235,6 +259,48 @@ def test_forked_child_allocates():
     ctx = multiprocessing.get_context("fork")
     with ctx.Pool(1) as workers:
         assert workers.apply_async(_child_conv, (x, wt, b)).get(timeout=300) < 1e-5
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_fork_while_another_thread_allocates():
+    """Children forked while a thread allocates and frees pooled blocks can use the pool: the pool's lock is
+    held across fork(), so no child starts with it taken by a thread it does not have."""
+    empty = torch.ops.dwconv.output_pool_empty
+    stop = threading.Event()
+
+    def churn():  # limit 0: each free unmaps its written block under the lock, which keeps the lock held often
+        while not stop.is_set():
+            t = empty([5 * MIB], torch.uint8, False, True, 0)
+            t.fill_(1)
+            del t
+
+    worker = threading.Thread(target=churn)
+    worker.start()
+    try:
+        for _ in range(200):  # catches a fork without the lock handling in most runs, not all
+            pid = os.fork()
+            if pid == 0:  # the child: allocate and free, then leave without Python's clean-up
+                code = 1
+                try:
+                    t = empty([5 * MIB], torch.uint8, False, True, 1 << 30)
+                    del t
+                    code = 0
+                finally:
+                    os._exit(code)
+            deadline = time.monotonic() + 20
+            while True:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    break
+                if time.monotonic() > deadline:
+                    os.kill(pid, 9)
+                    os.waitpid(pid, 0)
+                    pytest.fail("a forked child hung on the pool's lock")
+                time.sleep(0.001)
+            assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        stop.set()
+        worker.join()
 
 
 def _child_conv(x, wt, b):

@@ -90,16 +90,19 @@ class OutputPool final : public c10::Allocator {
       ++misses_;
     }
     void* ptr = map_block(bytes);
-    if (!ptr) throw std::bad_alloc();
+    if (!ptr) {  // the cached blocks may be what stands in the way
+      release_cached();
+      ptr = map_block(bytes);
+      if (!ptr) throw std::bad_alloc();
+    }
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
     if (t_advise_huge_pages) madvise(ptr, bytes, MADV_HUGEPAGE);  // a hint: refused or ignored, the memory is the same
 #endif
+    std::lock_guard<std::mutex> lock(mutex_);
     try {
-      std::lock_guard<std::mutex> lock(mutex_);
       live_.push_back({ptr, bytes});
       where_[ptr] = std::prev(live_.end());
     } catch (...) {
-      std::lock_guard<std::mutex> lock(mutex_);
       if (!live_.empty() && live_.back().ptr == ptr) live_.pop_back();
       unmap_block(ptr, bytes);
       throw;
@@ -161,6 +164,12 @@ class OutputPool final : public c10::Allocator {
     auto it = pool.where_.find(ptr);
     if (it == pool.where_.end()) return;  // unreachable: every pointer handed out is in where_
     const auto node = it->second;
+    if (node->bytes > pool.limit_) {  // a block the limit cannot keep goes at once, before any older one
+      pool.where_.erase(it);
+      unmap_block(node->ptr, node->bytes);
+      pool.live_.erase(node);
+      return;
+    }
     pool.cached_.splice(pool.cached_.end(), pool.live_, node);
     it->second = std::prev(pool.cached_.end());
     pool.cached_bytes_ += node->bytes;
