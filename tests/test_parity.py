@@ -148,5 +148,7 @@ def test_torch_plan_grads_are_autograds(case, channels_last):
         grad_out = torch.randn_like(y) if grad_out is None else grad_out
         y.backward(grad_out)
         grads[name] = [t.grad for t in leaves]
+        assert leaves[0].grad.is_contiguous(memory_format=torch.channels_last if channels_last
+                                            else torch.contiguous_format), name
     for what, ours, autograds in zip(("dx", "dw"), grads["torch plan"], grads["F.conv2d"]):  # db: dwconv sums itself
         assert torch.equal(ours, autograds), what
