@@ -81,9 +81,8 @@ class OutputPool final : public c10::Allocator {
           best = it;
       if (best != cached_.end()) {
         void* ptr = best->ptr;
-        live_.splice(live_.end(), cached_, best);  // moves the node: nothing allocated
-        where_[ptr] = std::prev(live_.end());      // the key exists already: no allocation either
         cached_bytes_ -= best->bytes;
+        live_.splice(live_.end(), cached_, best);  // moves the node (where_'s iterator stays valid): no allocation
         ++hits_;
         return {ptr, ptr, &give_back, cpu};
       }
@@ -118,16 +117,13 @@ class OutputPool final : public c10::Allocator {
   void set_limit(size_t limit) {
     std::lock_guard<std::mutex> lock(mutex_);
     limit_ = limit;
-    trim_locked();
+    trim_locked(limit_);
   }
 
   // Frees every cached block (memory in use stays until its tensors die).
   void release_cached() {
     std::lock_guard<std::mutex> lock(mutex_);
-    const size_t limit = limit_;
-    limit_ = 0;
-    trim_locked();
-    limit_ = limit;
+    trim_locked(0);
   }
 
   // cached bytes, cached blocks, bytes in use, blocks in use, allocations served from the cache, fresh ones
@@ -170,14 +166,14 @@ class OutputPool final : public c10::Allocator {
       pool.live_.erase(node);
       return;
     }
-    pool.cached_.splice(pool.cached_.end(), pool.live_, node);
-    it->second = std::prev(pool.cached_.end());
+    pool.cached_.splice(pool.cached_.end(), pool.live_, node);  // where_'s iterator stays valid
     pool.cached_bytes_ += node->bytes;
-    pool.trim_locked();
+    pool.trim_locked(pool.limit_);
   }
 
-  void trim_locked() noexcept {
-    while (cached_bytes_ > limit_) {
+  // Unmaps the least recently freed blocks until at most `keep` bytes stay cached.
+  void trim_locked(size_t keep) noexcept {
+    while (cached_bytes_ > keep) {
       cached_bytes_ -= cached_.front().bytes;
       where_.erase(cached_.front().ptr);
       unmap_block(cached_.front().ptr, cached_.front().bytes);
