@@ -3,6 +3,11 @@
 # (start-up included), run `first`, then `goals` on the same warm machine (it reuses first's build); `tiles` and
 # `profile` only with time left. Every step has its own time limit; a benchmark cut short keeps the shapes it
 # finished (its JSON is rewritten after each one, "complete": false).
+#   bash benchmarks/gpu_session.sh lease        # the 15-minute lease in two calls on one warm machine: this one
+#                                               # builds (sm_90) and measures the dispatch table for this card
+#                                               # (the 'table' stage on the 'models' shapes), then
+#   bash benchmarks/gpu_session.sh main         # the main job with 'auto' on that table (and benchmark mode):
+#                                               # robust_resnet_dw_small, bf16 channels_last and fp32 NCHW
 #   bash benchmarks/gpu_session.sh first        # sm_90-only build, the CUDA backend's GPU tests and
 #                                               # compute-sanitizer, the goal shapes timed for cuda vs PyTorch
 #   bash benchmarks/gpu_session.sh goals        # the goal shapes: cuda and triton (default tiles) vs PyTorch,
@@ -38,7 +43,9 @@ step() {
   echo "$(date -u +%H:%M:%S) rc=$rc $((SECONDS - t0))s: $*" | tee -a "$STEP_LOG" || true
   save_results
 }
+STASH=build/gpu-session  # ignored by git, so it stays on a warm machine from one call to the next
 save_results() {  # into the device tool's output folder after every step: a call cut off keeps what it made
+  mkdir -p "$STASH" && cp "$RESULTS"/cuda-* "$STASH/" 2>/dev/null || true
   if [ -n "${OUT:-}" ]; then
     mkdir -p "$OUT/results" && cp "$RESULTS"/cuda-* "$STEP_LOG" dwconv/dispatch_table.json "$OUT/results/" 2>/dev/null \
       || true
@@ -54,6 +61,15 @@ goals() {  # goals BACKENDS SUFFIX SECONDS: fp32 NCHW and bf16 channels_last, th
   step "$3" python benchmarks/kernels.py --shapes goals --backend "$1" --dtype bf16 --layouts nhwc --no-progress \
     --json "$RESULTS/cuda-$card-kernels-goals-bf16-nhwc$2.json"
 }
+table_stage() {  # table_stage SECONDS SHAPES: every plan beside PyTorch, fp32 NCHW and bf16 channels_last, then the table.
+  # Heuristic Triton tiles: autotuning would compile every candidate of every family for every shape.
+  local plans=cuda:fma,cuda:mma,triton:rows,triton:direct,triton:plane,auto
+  DWCONV_TRITON_AUTOTUNE=0 step "$1" python benchmarks/kernels.py --shapes "$2" --backend "$plans" --dtype fp32 \
+    --layouts nchw --ops fwd,dgrad,wgrad --no-progress --json "$RESULTS/cuda-$card-kernels-table-fp32-nchw.json"
+  DWCONV_TRITON_AUTOTUNE=0 step "$1" python benchmarks/kernels.py --shapes "$2" --backend "$plans" --dtype bf16 \
+    --layouts nhwc --ops fwd,dgrad,wgrad --no-progress --json "$RESULTS/cuda-$card-kernels-table-bf16-nhwc.json"
+  step 30 python benchmarks/make_dispatch_table.py
+}
 case "${1:-}" in
   first)
     step 240 env DWCONV_CUDA_ARCHS=90 MAX_JOBS="$(nproc)" pip install --no-build-isolation --no-deps -e . -q
@@ -61,13 +77,20 @@ case "${1:-}" in
     goals cuda -cuda 75 ;;
   goals)
     DWCONV_TRITON_AUTOTUNE=0 goals cuda,triton "" 270 ;;
-  table)  # plans side by side with PyTorch in both layouts; autotuned Triton tiles (the default on a GPU)
-    plans=cuda:fma,cuda:mma,triton:rows,triton:direct,triton:plane,auto
-    step 280 python benchmarks/kernels.py --shapes goals --backend "$plans" --dtype fp32 --layouts nchw \
-      --ops fwd,dgrad,wgrad --no-progress --json "$RESULTS/cuda-$card-kernels-table-fp32-nchw.json"
-    step 280 python benchmarks/kernels.py --shapes goals --backend "$plans" --dtype bf16 --layouts nhwc \
-      --ops fwd,dgrad,wgrad --no-progress --json "$RESULTS/cuda-$card-kernels-table-bf16-nhwc.json"
-    step 30 python benchmarks/make_dispatch_table.py ;;
+  table)  # every plan per op beside PyTorch in both layouts, each checked against float64 first
+    table_stage 280 goals ;;
+  lease)
+    step 240 env DWCONV_CUDA_ARCHS=90 MAX_JOBS="$(nproc)" pip install --no-build-isolation --no-deps -e . -q
+    table_stage 150 models ;;
+  main)  # on the table 'lease' measured: its results come with this call's tree or stay in $STASH
+    cp -n "$STASH"/cuda-* "$RESULTS/" 2>/dev/null || true
+    step 30 python benchmarks/make_dispatch_table.py
+    DWCONV_TRITON_AUTOTUNE=0 step 170 python benchmarks/throughput.py --model robust_resnet_dw_small --backend auto \
+      --dtype bf16 --channels-last --no-progress --json "$RESULTS/cuda-$card-throughput-bf16-channels-last.json" \
+      --notes "gpu_session.sh main: heuristic Triton tiles (DWCONV_TRITON_AUTOTUNE=0), as the table was measured"
+    DWCONV_TRITON_AUTOTUNE=0 step 170 python benchmarks/throughput.py --model robust_resnet_dw_small --backend auto \
+      --dtype fp32 --no-channels-last --no-progress --json "$RESULTS/cuda-$card-throughput-fp32-nchw.json" \
+      --notes "gpu_session.sh main: heuristic Triton tiles (DWCONV_TRITON_AUTOTUNE=0), as the table was measured" ;;
   tiles)
     step 280 python benchmarks/triton_tiles.py --only "C384 14x14 K11" --json "$RESULTS/cuda-$card-triton-tiles-c384.json"
     step 280 python benchmarks/triton_tiles.py --only "56x56" --json "$RESULTS/cuda-$card-triton-tiles-56.json" ;;
@@ -109,7 +132,7 @@ case "${1:-}" in
     python benchmarks/throughput.py --dtype fp32 --no-channels-last --no-progress \
       --json "$RESULTS/cuda-$card-throughput-fp32-nchw.json" ;;
   *)
-    echo "usage: $0 first|goals|table|tiles|profile|build|kernels|kernels-more|kernels-mma|kernels-triton|throughput-bf16|throughput-fp32" >&2
+    echo "usage: $0 lease|main|first|goals|table|tiles|profile|build|kernels|kernels-more|kernels-mma|kernels-triton|throughput-bf16|throughput-fp32" >&2
     exit 2 ;;
 esac
 save_results

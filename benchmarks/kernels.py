@@ -41,7 +41,8 @@ from benchmarks.timing import Timer, calibrate_inner, interleaved
 
 DTYPES = conv_ops.DTYPES
 LAYOUTS = ("nchw", "nhwc")
-FWD_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 5e-3}
+# relative norm error against float64 of each op (dgrad and wgrad too) before timing
+TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 5e-3}
 
 
 def parse_args(argv: List[str]) -> argparse.Namespace:
@@ -135,13 +136,29 @@ def providers(backends: List[str], layouts=LAYOUTS) -> List[str]:
             + [f"{b}-{layout}" for b in backends for layout in LAYOUTS if layout in layouts])
 
 
-def _check_forward(call, reference, dtype) -> Optional[str]:
-    """None when a provider's forward matches PyTorch's, else a description of the mismatch."""
+def _reference(op: str, shape, operands) -> torch.Tensor:
+    """The op on one operand set in float64 (PyTorch), the check's reference."""
+    o = operands[0]
+    as64 = conv_ops.Operands(*(t.detach().double().contiguous() for t in (o.x, o.grad_out, o.weight, o.bias)))
+    return conv_ops.make_op(conv_ops.PYTORCH, op, shape, [as64])().double()
+
+
+def _mismatch(call, reference: torch.Tensor, op: str, dtype) -> Optional[str]:
+    """None when a provider's op matches the float64 reference, else a description of the mismatch."""
     with torch.no_grad():
-        out = call().float()
-        ref = reference().float()
-    err = ((out - ref).norm() / ref.norm().clamp_min(1e-12)).item()
-    return None if err <= FWD_TOLERANCE[dtype] else f"forward relative error {err:.2e}"
+        out = call().double()
+    err = ((out - reference).norm() / reference.norm().clamp_min(1e-12)).item()
+    return None if err <= TOLERANCE[dtype] else f"{op} relative error {err:.2e}"
+
+
+def _check(backend: str, op: str, shape, operands, reference, dtype) -> Optional[str]:
+    """_mismatch, with a backend that refuses or fails the call reported instead of raised."""
+    try:
+        return _mismatch(conv_ops.make_op(backend, op, shape, operands), reference, op, dtype)
+    except dwconv.BackendUnavailableError as e:
+        return f"unsupported: {e}"
+    except RuntimeError as e:  # a backend that accepts the call but fails it: report it, go on
+        return f"{op} failed: {str(e).splitlines()[0]}"
 
 
 def bench_shape(shape, dtype_name, args, timer, cache_bytes, rates, progress) -> List[Dict]:
@@ -153,17 +170,12 @@ def bench_shape(shape, dtype_name, args, timer, cache_bytes, rates, progress) ->
     operands = {layout: conv_ops.make_operands(shape, dtype, device, layout == "nhwc", count) for layout in LAYOUTS}
     skipped: Dict[str, str] = {}
     names = providers(args.backends, args.layouts)
+    references = {(layout, "fwd"): _reference("fwd", shape, operands[layout][:1]) for layout in LAYOUTS}
     for name in names:
         backend, layout = name.rsplit("-", 1)
         if backend == conv_ops.PYTORCH:
             continue
-        try:
-            mismatch = _check_forward(conv_ops.make_op(backend, "fwd", shape, operands[layout][:1]),
-                                      conv_ops.make_op(conv_ops.PYTORCH, "fwd", shape, operands[layout][:1]), dtype)
-        except dwconv.BackendUnavailableError as e:
-            mismatch = f"unsupported: {e}"
-        except RuntimeError as e:  # a backend that accepts the call but fails it: report it, go on
-            mismatch = f"failed: {str(e).splitlines()[0]}"
+        mismatch = _check(backend, "fwd", shape, operands[layout][:1], references[(layout, "fwd")], dtype)
         if mismatch:
             skipped[name] = mismatch
             print(f"warning: {shape.name} {dtype_name} {name} skipped ({mismatch})", file=sys.stderr)
@@ -174,6 +186,14 @@ def bench_shape(shape, dtype_name, args, timer, cache_bytes, rates, progress) ->
         cases, inner, failed = {}, {}, dict(skipped)
         for n in active:
             backend, layout = n.rsplit("-", 1)
+            if op in ("dgrad", "wgrad") and backend != conv_ops.PYTORCH:  # fwd: checked above; fwd+bwd: its parts
+                if (layout, op) not in references:
+                    references[(layout, op)] = _reference(op, shape, operands[layout][:1])
+                mismatch = _check(backend, op, shape, operands[layout][:1], references[(layout, op)], dtype)
+                if mismatch:
+                    failed[n] = mismatch
+                    print(f"warning: {shape.name} {dtype_name} {n} {op} skipped ({mismatch})", file=sys.stderr)
+                    continue
             cases[n] = conv_ops.make_op(backend, op, shape, operands[layout])
             try:
                 inner[n] = calibrate_inner(cases[n], timer, min_sample)

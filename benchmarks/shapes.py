@@ -6,6 +6,7 @@
 - replknet: RepLKNet-like 32x32 maps with K = 11 to 31.
 - goals: the shapes the GPU issues name (batch 128 Robust-ResNet layers: C384 14x14 K11, C768 7x7 K11,
   C1536 14x14 K7, C768 14x14 K11 stride 2; ConvNeXt 56x56 K7 and RepLKNet-like 32x32 K11 at batch 64).
+- models: every Robust-ResNet layer and ConvNeXt's stages (what a GPU's dispatch table is measured on).
 - target: the CPU backend's acceptance set (Robust-ResNet's C=384 14x14 K11, C=768 7x7 K11,
   C=1536 14x14 K7 at N=32 and ConvNeXt's 56x56 K7 at N=16): the default on CPU.
 - dispatch: what the CPU dispatch table is measured on (benchmarks/make_dispatch_table.py): every Robust-ResNet
@@ -89,6 +90,7 @@ SHAPE_SETS: Dict[str, List[DWShape]] = {
     "goals": GOALS,
     "robust_resnet": ROBUST_RESNET,
     "convnext": CONVNEXT,
+    "models": ROBUST_RESNET + CONVNEXT,
     "replknet": REPLKNET,
     "all": ROBUST_RESNET + CONVNEXT + REPLKNET,
     "dispatch": DISPATCH,
