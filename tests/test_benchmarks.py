@@ -349,3 +349,21 @@ def test_triton_tiles_smoke(tmp_path):
     with open(path) as f:
         written = json.load(f)
     assert written["meta"]["script"] == "triton_tiles" and written["complete"]
+
+
+def test_kernels_skips_a_plan_whose_op_is_wrong(tmp_path, monkeypatch):
+    """Every op of every plan is checked against float64 before it is timed: a dgrad off by 1 % is recorded
+    as skipped for dgrad (so the dispatch table never picks it), the plan's other ops are timed."""
+    from benchmarks import conv_ops, kernels
+    calls = conv_ops._dwconv_calls
+
+    def wrong_dgrad(shape, backend):
+        fwd, dgrad, wgrad = calls(shape, backend)
+        return fwd, (lambda o: dgrad(o) * 1.01), wgrad
+    monkeypatch.setattr(conv_ops, "_dwconv_calls", wrong_dgrad)
+    path = tmp_path / "k.json"
+    kernels.main(["--smoke", "--device", "cpu", "--backend", "torch:aten", "--layouts", "nchw", "--ops",
+                  "fwd,dgrad,wgrad", "--no-progress", "--json", str(path)])
+    records = [r for r in json.loads(path.read_text())["results"] if r["backend"] == "torch:aten"]
+    assert records and all(("skipped" in r) == (r["op"] == "dgrad") for r in records), records
+    assert all("dgrad relative error" in r["skipped"] for r in records if r["op"] == "dgrad")
