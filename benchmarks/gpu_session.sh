@@ -72,7 +72,7 @@ table_stage() {  # table_stage SECONDS SHAPES: every plan beside PyTorch, fp32 N
 }
 case "${1:-}" in
   first)
-    step 240 env DWCONV_CUDA_ARCHS=90 MAX_JOBS="$(nproc)" pip install --no-build-isolation --no-deps -e . -q
+    step 240 env DWCONV_CUDA_ARCHS=90 MAX_JOBS="$(nproc)" python -m pip install --no-build-isolation --no-deps -e . -q
     step 180 python -m pytest -q -m gpu tests/test_cuda_backend.py tests/test_cuda_mma.py -p no:cacheprovider
     goals cuda -cuda 75 ;;
   goals)
@@ -80,7 +80,8 @@ case "${1:-}" in
   table)  # every plan per op beside PyTorch in both layouts, each checked against float64 first
     table_stage 280 goals ;;
   lease)
-    step 240 env DWCONV_CUDA_ARCHS=90 MAX_JOBS="$(nproc)" pip install --no-build-isolation --no-deps -e . -q
+    step 240 env DWCONV_CUDA_ARCHS=90 MAX_JOBS="$(nproc)" python -m pip install --no-build-isolation --no-deps -e . -q
+    step 60 python -c "import torch, dwconv; print(torch.__version__, dwconv.available_backends('cuda'))"
     table_stage 150 models ;;
   main)  # on the table 'lease' measured: its results come with this call's tree or stay in $STASH
     cp -n "$STASH"/cuda-* "$RESULTS/" 2>/dev/null || true
@@ -105,7 +106,7 @@ case "${1:-}" in
       echo "ncu not on the PATH" | tee -a "$STEP_LOG"
     fi ;;
   build)
-    pip install --no-build-isolation --no-deps -e . -q
+    python -m pip install --no-build-isolation --no-deps -e . -q
     python -m pytest -q -m gpu -x
     python -m pytest -q -x tests/test_parity.py -k "cuda" ;;
   kernels)
