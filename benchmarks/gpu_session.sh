@@ -5,7 +5,7 @@
 # finished (its JSON is rewritten after each one, "complete": false).
 #   bash benchmarks/gpu_session.sh lease        # the 15-minute lease in two calls on one warm machine: this one
 #                                               # builds (sm_90) and measures the dispatch table for this card
-#                                               # (the 'table' stage on the 'models' shapes), then
+#                                               # (CUDA plans on the 'models' shapes), then
 #   bash benchmarks/gpu_session.sh main         # the main job with 'auto' on that table (and benchmark mode):
 #                                               # robust_resnet_dw_small, bf16 channels_last and fp32 NCHW
 #   bash benchmarks/gpu_session.sh first        # sm_90-only build, the CUDA backend's GPU tests and
@@ -61,15 +61,15 @@ goals() {  # goals BACKENDS SUFFIX SECONDS: fp32 NCHW and bf16 channels_last, th
   step "$3" python benchmarks/kernels.py --shapes goals --backend "$1" --dtype bf16 --layouts nhwc --no-progress \
     --json "$RESULTS/cuda-$card-kernels-goals-bf16-nhwc$2.json"
 }
-table_stage() {  # table_stage SECONDS SHAPES: every plan beside PyTorch, fp32 NCHW and bf16 channels_last, then the table.
+table_stage() {  # table_stage SECONDS SHAPES PLANS [SUFFIX]: plans beside PyTorch, fp32 NCHW and bf16 channels_last, then the table.
   # Heuristic Triton tiles: autotuning would compile every candidate of every family for every shape.
-  local plans=cuda:fma,cuda:mma,triton:rows,triton:direct,triton:plane,auto
-  DWCONV_TRITON_AUTOTUNE=0 step "$1" python benchmarks/kernels.py --shapes "$2" --backend "$plans" --dtype fp32 \
-    --layouts nchw --ops fwd,dgrad,wgrad --no-progress --json "$RESULTS/cuda-$card-kernels-table-fp32-nchw.json"
-  DWCONV_TRITON_AUTOTUNE=0 step "$1" python benchmarks/kernels.py --shapes "$2" --backend "$plans" --dtype bf16 \
-    --layouts nhwc --ops fwd,dgrad,wgrad --no-progress --json "$RESULTS/cuda-$card-kernels-table-bf16-nhwc.json"
+  DWCONV_TRITON_AUTOTUNE=0 step "$1" python benchmarks/kernels.py --shapes "$2" --backend "$3" --dtype fp32 \
+    --layouts nchw --ops fwd,dgrad,wgrad --no-progress --json "$RESULTS/cuda-$card-kernels-table-fp32-nchw${4:-}.json"
+  DWCONV_TRITON_AUTOTUNE=0 step "$1" python benchmarks/kernels.py --shapes "$2" --backend "$3" --dtype bf16 \
+    --layouts nhwc --ops fwd,dgrad,wgrad --no-progress --json "$RESULTS/cuda-$card-kernels-table-bf16-nhwc${4:-}.json"
   step 30 python benchmarks/make_dispatch_table.py
 }
+ALL_PLANS=cuda:fma,cuda:mma,triton:rows,triton:direct,triton:plane,auto
 case "${1:-}" in
   first)
     step 240 env DWCONV_CUDA_ARCHS=90 MAX_JOBS="$(nproc)" python -m pip install --no-build-isolation --no-deps -e . -q
@@ -78,19 +78,22 @@ case "${1:-}" in
   goals)
     DWCONV_TRITON_AUTOTUNE=0 goals cuda,triton "" 270 ;;
   table)  # every plan per op beside PyTorch in both layouts, each checked against float64 first
-    table_stage 280 goals ;;
+    table_stage 280 goals "$ALL_PLANS" ;;
   lease)
     step 240 env DWCONV_CUDA_ARCHS=90 MAX_JOBS="$(nproc)" python -m pip install --no-build-isolation --no-deps -e . -q
     step 60 python -c "import torch, dwconv; print(torch.__version__, dwconv.available_backends('cuda'))"
-    table_stage 150 models ;;
-  main)  # on the table 'lease' measured: its results come with this call's tree or stay in $STASH
+    # CUDA plans only: on 2026-12-04 all six plans reached 1 fp32 and 5 bf16 shapes in 150 s each, and
+    # cuda:fma was the fastest plan at 17 of the 18 calls measured (docs/perf_cuda.md, "H200, 2026-12-04")
+    table_stage 130 models cuda:fma,cuda:mma,auto -cuda ;;
+  main)  # on the table 'lease' measured (its results come with this call's tree or stay in $STASH); fp32 NCHW
+    # first: the bf16 channels_last run was measured on 2026-12-04, the fp32 one not yet
     cp -n "$STASH"/cuda-* "$RESULTS/" 2>/dev/null || true
     step 30 python benchmarks/make_dispatch_table.py
-    DWCONV_TRITON_AUTOTUNE=0 step 170 python benchmarks/throughput.py --model robust_resnet_dw_small --backend auto \
-      --dtype bf16 --channels-last --no-progress --json "$RESULTS/cuda-$card-throughput-bf16-channels-last.json" \
-      --notes "gpu_session.sh main: heuristic Triton tiles (DWCONV_TRITON_AUTOTUNE=0), as the table was measured"
-    DWCONV_TRITON_AUTOTUNE=0 step 170 python benchmarks/throughput.py --model robust_resnet_dw_small --backend auto \
+    DWCONV_TRITON_AUTOTUNE=0 step 140 python benchmarks/throughput.py --model robust_resnet_dw_small --backend auto \
       --dtype fp32 --no-channels-last --no-progress --json "$RESULTS/cuda-$card-throughput-fp32-nchw.json" \
+      --notes "gpu_session.sh main: heuristic Triton tiles (DWCONV_TRITON_AUTOTUNE=0), as the table was measured"
+    DWCONV_TRITON_AUTOTUNE=0 step 140 python benchmarks/throughput.py --model robust_resnet_dw_small --backend auto \
+      --dtype bf16 --channels-last --no-progress --json "$RESULTS/cuda-$card-throughput-bf16-channels-last.json" \
       --notes "gpu_session.sh main: heuristic Triton tiles (DWCONV_TRITON_AUTOTUNE=0), as the table was measured" ;;
   tiles)
     step 280 python benchmarks/triton_tiles.py --only "C384 14x14 K11" --json "$RESULTS/cuda-$card-triton-tiles-c384.json"

@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import math
 import sys
+import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -369,7 +370,10 @@ def run(args: argparse.Namespace, argv: List[str]) -> Dict:
     try:
         for dtype_name in args.dtypes:
             for shape in shape_list:
+                started = time.perf_counter()
                 records += bench_shape(shape, dtype_name, args, timer, cache_bytes, rates, progress)
+                if not args.smoke:  # where a time-limited run's time went (compilation, checks, timing)
+                    print(f"{shape.name} {dtype_name}: {time.perf_counter() - started:.1f} s", file=sys.stderr)
                 if args.json:  # a run cut short (a time limit) keeps the shapes it finished
                     write_json(result_path(args.json, device, "kernels"), result_of(records, False), quiet=True)
     finally:
