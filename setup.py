@@ -106,7 +106,7 @@ setup(
     packages=find_packages(include=["dwconv", "dwconv.*", "robust_models", "robust_models.*"]),
     package_data={"dwconv": ["dispatch_table.json"]},  # "auto"'s measurements, read at run time
     python_requires=">=3.9",
-    install_requires=["torch>=2.4"],
+    install_requires=["torch>=2.11"],  # the oldest torch seen running dwconv (the lent H200 machine's, 2026-12-04)
     extras_require={
         "flops": ["fvcore"],
         "triton": ["triton"],
