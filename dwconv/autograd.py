@@ -17,7 +17,6 @@ and torch.export see only the ops (the Functions run inside them), so they trace
 """
 from __future__ import annotations
 
-import inspect
 import warnings
 
 import torch
@@ -208,11 +207,9 @@ def register(forward_op, dgrad_op, wgrad_op) -> None:
                                     (dgrad_op, _dgrad, DgradFunction),
                                     (wgrad_op, _wgrad, WgradFunction)):
         name = op._schema.name.split("::")[1]
-        # Replaces the Autograd kernel custom_op registered. torch 2.11 (the lent H200's) refuses unless told,
-        # and then warns about the replacement.
-        override = {"allow_override": True} if "allow_override" in inspect.signature(custom_op._lib.impl).parameters else {}
-        if not override:
-            torch.library._impls.discard(f"{custom_op._lib.ns}/{name}/Autograd")
+        # Replaces the Autograd kernel custom_op registered: torch 2.11 refuses unless told (allow_override
+        # defaults to False there), and then warns about the replacement.
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*Overriding a previously registered kernel")
-            custom_op._lib.impl(name, _autograd_kernel(op, function), "Autograd", with_keyset=True, **override)
+            custom_op._lib.impl(name, _autograd_kernel(op, function), "Autograd", with_keyset=True,
+                                allow_override=True)
