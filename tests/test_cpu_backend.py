@@ -58,6 +58,10 @@ CASES = [
     # reach at the top (output rows with no taps, and a dgrad whose window starts inside the map)
     (1, 3, 30, 28, (7, 7), 2, (1, 1), (3, 3, 3, 3), (1, 1)),
     (1, 2, 24, 14, (5, 5), 1, (1, 1), (7, 6, 2, 2), (1, 1)),
+    # bf16 channels_last wgrad pairs gathered straight from the pixels (full blocks of 16 channels): padding on
+    # every side; none on the left (the row's first pixel read); a partial block after a full one is above
+    (2, 32, 14, 14, (11, 11), 1, (1, 1), (5, 5, 5, 5), (1, 1)),
+    (1, 16, 12, 13, (5, 5), 1, (1, 1), (1, 3, 0, 4), (1, 1)),
 ]
 
 

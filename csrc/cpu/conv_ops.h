@@ -406,6 +406,8 @@ DWCONV_TARGET void wgrad(const ConvShape& s, const T* dy, const T* x, acc_t<T>* 
 #ifdef DWCONV_BF16_DOT
   if constexpr (std::is_same_v<T, bf16>) pairs = s.SW == 1 && s.DW == 1 && s.WO >= 10;
 #endif
+  // channels_last without a multiplier: the pairs tiles straight from the bf16 pixels (full channel blocks)
+  [[maybe_unused]] const bool direct_pairs = pairs && s.layout == Layout::NHWC && s.M == 1;
   const int64_t pairs_size = pairs ? tile_size + dy_size : 0;
   const int64_t per_thread = tile_size + dy_size + stage_size + pairs_size;
   Scratch<A> scratch(nthreads * per_thread);
@@ -415,8 +417,8 @@ DWCONV_TARGET void wgrad(const ConvShape& s, const T* dy, const T* x, acc_t<T>* 
     A* dyt = tile + tile_size;
     A* stage = dyt + dy_size;
     // the pairs tiles: 32-bit elements in the fp32 scratch (there only when `pairs`)
-    uint32_t* tile_pairs = pairs ? reinterpret_cast<uint32_t*>(stage + stage_size) : nullptr;
-    uint32_t* dy_pairs = pairs ? tile_pairs + tile_size : nullptr;
+    [[maybe_unused]] uint32_t* tile_pairs = pairs ? reinterpret_cast<uint32_t*>(stage + stage_size) : nullptr;
+    [[maybe_unused]] uint32_t* dy_pairs = pairs ? tile_pairs + tile_size : nullptr;
     // NHWC: one contiguous range of chunks per thread, so the channel blocks of an image group (which share
     // its pixels' cache lines) stay on one core; the sum order does not depend on who computes a chunk.
 #pragma omp for schedule(dynamic, wgrad_chunk)
@@ -443,18 +445,25 @@ DWCONV_TARGET void wgrad(const ConvShape& s, const T* dy, const T* x, acc_t<T>* 
         if (next_blk < nblocks) prefetch_image(s, x, dy, next, next_blk * L, std::min<int64_t>(L, CO - next_blk * L));
         for (int64_t band = 0; band < nbands; ++band) {
           const int64_t oh0 = band * TH, th = std::min(TH, s.HO - oh0), rows = (th - 1) * s.SH + row_span;
-          gather_tile<T, A, L>(tile, rows, cols,
-                               ImageView<const T>{x + n * s.C * s.H * s.W, s.layout, s.C, s.H, s.W}, xchan,
-                               oh0 * s.SH - s.PT, -s.PL, 1, 1, stage);
-          gather_tile<T, A, L>(dyt, th, s.WO, ImageView<const T>{dy + n * CO * s.HO * s.WO, s.layout, CO, s.HO, s.WO},
-                               ychan, oh0, 0, 1, 1, stage);
+          const ImageView<const T> x_image{x + n * s.C * s.H * s.W, s.layout, s.C, s.H, s.W};
+          const ImageView<const T> dy_image{dy + n * CO * s.HO * s.WO, s.layout, CO, s.HO, s.WO};
 #ifdef DWCONV_BF16_DOT
-          if constexpr (std::is_same_v<A, float>)
-            if (pairs) {
+          if constexpr (std::is_same_v<T, bf16>) {
+            if (direct_pairs && (blk + 1) * L <= CO) {
+              gather_pairs_nhwc(tile_pairs, rows, cols, x_image, blk * L, oh0 * s.SH - s.PT, -s.PL);
+              gather_pairs_nhwc(dy_pairs, th, s.WO, dy_image, blk * L, oh0, 0);
+            } else if (pairs) {
+              gather_tile<T, A, L>(tile, rows, cols, x_image, xchan, oh0 * s.SH - s.PT, -s.PL, 1, 1, stage);
+              gather_tile<T, A, L>(dyt, th, s.WO, dy_image, ychan, oh0, 0, 1, 1, stage);
               tile_to_pairs(tile_pairs, tile, rows, cols);
               tile_to_pairs(dy_pairs, dyt, th, s.WO);
             }
+          }
 #endif
+          if (!pairs) {
+            gather_tile<T, A, L>(tile, rows, cols, x_image, xchan, oh0 * s.SH - s.PT, -s.PL, 1, 1, stage);
+            gather_tile<T, A, L>(dyt, th, s.WO, dy_image, ychan, oh0, 0, 1, 1, stage);
+          }
           for (int64_t kh = 0; kh < s.KH; ++kh) {
             const int64_t oh_lo = std::max(rows_inside[kh].lo, oh0), oh_hi = std::min(rows_inside[kh].hi, oh0 + th);
             if (oh_hi <= oh_lo) continue;

@@ -5,9 +5,12 @@
 #pragma once
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
 
 #include "cpu/microkernels.h"
+#include "cpu/tile.h"
 
 namespace dwconv::cpu::DWCONV_ISA {
 
@@ -22,6 +25,33 @@ DWCONV_TARGET inline void tile_to_pairs(uint32_t* dst, const float* src, int64_t
       const __m512i a = _mm512_castps_si512(_mm512_loadu_ps(s + c * 16));
       const __m512i b = c + 1 < cols ? _mm512_castps_si512(_mm512_loadu_ps(s + (c + 1) * 16)) : zero;
       _mm512_storeu_si512(d + c * 16, _mm512_mask_blend_epi16(__mmask32(0xAAAAAAAAu), _mm512_srli_epi32(a, 16), b));
+    }
+  }
+}
+
+// What gather_tile and tile_to_pairs make of a channels_last band whose 16 lanes are channels chan0 .. chan0 + 15
+// of the image, in one pass from the bf16 pixels: dst[r][c] = pairs (v(r, c), v(r, c + 1) or 0 past the last
+// column), v(r, c) = src[chan0 + l, r0 + r, c0 + c] or 0 outside the image.
+DWCONV_TARGET inline void gather_pairs_nhwc(uint32_t* dst, int64_t rows, int64_t cols, const ImageView<const bf16>& src,
+                                            int64_t chan0, int64_t r0, int64_t c0) {
+  const int64_t c_begin = std::clamp<int64_t>(-c0, 0, cols), c_end = std::clamp<int64_t>(src.W - c0, c_begin, cols);
+  const __m256i zero = _mm256_setzero_si256();
+  for (int64_t r = 0; r < rows; ++r) {
+    uint32_t* d = dst + r * cols * 16;
+    const int64_t u = r0 + r;
+    if (u < 0 || u >= src.H || c_begin == c_end) {
+      std::memset(d, 0, sizeof(uint32_t) * cols * 16);
+      continue;
+    }
+    const bf16* row = src.row(u) + chan0 + c0 * src.C;
+    __m256i cur = c_begin == 0 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row)) : zero;
+    for (int64_t c = 0; c < cols; ++c) {
+      // zero outside the image, and past the last column (c + 1 >= c_end there)
+      const __m256i next = c + 1 >= c_begin && c + 1 < c_end
+                               ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + (c + 1) * src.C))
+                               : zero;
+      _mm512_storeu_si512(d + c * 16, interleave_pairs(cur, next));
+      cur = next;
     }
   }
 }
