@@ -62,6 +62,8 @@ CASES = [
     # every side; none on the left (the row's first pixel read); a partial block after a full one is above
     (2, 32, 14, 14, (11, 11), 1, (1, 1), (5, 5, 5, 5), (1, 1)),
     (1, 16, 12, 13, (5, 5), 1, (1, 1), (1, 3, 0, 4), (1, 1)),
+    (1, 8, 12, 12, (5, 5), 2, (1, 1), (2, 2, 2, 2), (1, 1)),      # multiplier 2, one full block (NCHW pairs)
+    (1, 16, 60, 12, (3, 3), 1, (1, 1), (1, 1, 1, 1), (1, 1)),     # tall map: bands starting inside the map
 ]
 
 

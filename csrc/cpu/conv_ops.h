@@ -406,8 +406,8 @@ DWCONV_TARGET void wgrad(const ConvShape& s, const T* dy, const T* x, acc_t<T>* 
 #ifdef DWCONV_BF16_DOT
   if constexpr (std::is_same_v<T, bf16>) pairs = s.SW == 1 && s.DW == 1 && s.WO >= 10;
 #endif
-  // channels_last without a multiplier: the pairs tiles straight from the bf16 pixels (full channel blocks)
-  [[maybe_unused]] const bool direct_pairs = pairs && s.layout == Layout::NHWC && s.M == 1;
+  // the pairs tiles straight from the bf16 tensors (full channel blocks; channels_last without a multiplier)
+  [[maybe_unused]] const bool direct_pairs = pairs && (s.layout == Layout::NCHW || s.M == 1);
   const int64_t pairs_size = pairs ? tile_size + dy_size : 0;
   const int64_t per_thread = tile_size + dy_size + stage_size + pairs_size;
   Scratch<A> scratch(nthreads * per_thread);
@@ -450,8 +450,14 @@ DWCONV_TARGET void wgrad(const ConvShape& s, const T* dy, const T* x, acc_t<T>* 
 #ifdef DWCONV_BF16_DOT
           if constexpr (std::is_same_v<T, bf16>) {
             if (direct_pairs && (blk + 1) * L <= CO) {
-              gather_pairs_nhwc(tile_pairs, rows, cols, x_image, blk * L, oh0 * s.SH - s.PT, -s.PL);
-              gather_pairs_nhwc(dy_pairs, th, s.WO, dy_image, blk * L, oh0, 0);
+              if (s.layout == Layout::NHWC) {
+                gather_pairs_nhwc(tile_pairs, rows, cols, x_image, blk * L, oh0 * s.SH - s.PT, -s.PL);
+                gather_pairs_nhwc(dy_pairs, th, s.WO, dy_image, blk * L, oh0, 0);
+              } else {
+                uint32_t* words = reinterpret_cast<uint32_t*>(stage);
+                gather_pairs_nchw(tile_pairs, rows, cols, x_image, xchan, oh0 * s.SH - s.PT, -s.PL, words);
+                gather_pairs_nchw(dy_pairs, th, s.WO, dy_image, ychan, oh0, 0, words);
+              }
             } else if (pairs) {
               gather_tile<T, A, L>(tile, rows, cols, x_image, xchan, oh0 * s.SH - s.PT, -s.PL, 1, 1, stage);
               gather_tile<T, A, L>(dyt, th, s.WO, dy_image, ychan, oh0, 0, 1, 1, stage);

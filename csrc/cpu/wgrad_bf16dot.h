@@ -56,6 +56,48 @@ DWCONV_TARGET inline void gather_pairs_nhwc(uint32_t* dst, int64_t rows, int64_t
   }
 }
 
+// The same for an NCHW band whose 16 lanes are the planes chan[l] (all of them in the image): each plane's band
+// rows become rows of pairs (one 32-bit word per pixel: the pixel and the next one in its row, zero after the
+// row's last), transposed 16 x 16 into pixels of 16 lanes, then placed in the tile's rows. The column left of
+// the image pairs a zero with the row's first pixel. stage: 2 * 16 * rows * src.W words.
+DWCONV_TARGET inline void gather_pairs_nchw(uint32_t* dst, int64_t rows, int64_t cols, const ImageView<const bf16>& src,
+                                            const int64_t* chan, int64_t r0, int64_t c0, uint32_t* stage) {
+  constexpr int L = 16;
+  const int64_t c_begin = std::clamp<int64_t>(-c0, 0, cols), c_end = std::clamp<int64_t>(src.W - c0, c_begin, cols);
+  const int64_t r_lo = std::clamp<int64_t>(-r0, 0, rows), r_hi = std::clamp<int64_t>(src.H - r0, r_lo, rows);
+  const int64_t W = src.W, n = (r_hi - r_lo) * W;
+  uint32_t* pixels = stage + L * n;
+  for (int l = 0; l < L && n > 0; ++l) {
+    const bf16* in = src.row(r0 + r_lo) + chan[l] * src.channel_step();
+    uint32_t* out = stage + l * n;
+    int64_t j = 0;
+    for (; j + 17 <= n; j += 16) {  // the pixels j .. j + 16 lie in the band
+      const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + j));
+      const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + j + 1));
+      _mm512_storeu_si512(out + j, interleave_pairs(lo, hi));
+    }
+    for (; j < n; ++j) out[j] = uint32_t(in[j].bits) | (j + 1 < n ? uint32_t(in[j + 1].bits) << 16 : 0u);
+    for (int64_t e = W - 1; e < n; e += W) out[e] &= 0xffffu;  // a row's last pixel has no next one
+  }
+  rows_to_pixels<float, L>(reinterpret_cast<float*>(pixels), reinterpret_cast<const float*>(stage), n);
+  for (int64_t r = 0; r < rows; ++r) {
+    uint32_t* trow = dst + r * cols * L;
+    if (r < r_lo || r >= r_hi || c_begin == c_end) {
+      std::memset(trow, 0, sizeof(uint32_t) * cols * L);
+      continue;
+    }
+    const uint32_t* prow = pixels + ((r - r_lo) * W + c0 + c_begin) * L;
+    std::memset(trow, 0, sizeof(uint32_t) * c_begin * L);
+    std::memset(trow + c_end * L, 0, sizeof(uint32_t) * (cols - c_end) * L);
+    std::memcpy(trow + c_begin * L, prow, sizeof(uint32_t) * (c_end - c_begin) * L);
+    if (c_begin > 0)  // (0, first pixel)
+      _mm512_storeu_si512(trow + (c_begin - 1) * L, _mm512_slli_epi32(_mm512_loadu_si512(prow), 16));
+    if (c0 + c_end < W)  // the tile ends inside the row: its last pair's second half is past the tile
+      _mm512_storeu_si512(trow + (c_end - 1) * L,
+                          _mm512_and_si512(_mm512_loadu_si512(trow + (c_end - 1) * L), _mm512_set1_epi32(0xffff)));
+  }
+}
+
 // dw[q] (fp32 [Q][16], accumulated into) += sum over oh < rows, ow < n of x[oh][ow + q] * dy[oh][ow], from pairs
 // tiles (row steps in elements). With n odd the last output's pairs have their second halves masked off.
 template <int Q>
