@@ -64,6 +64,9 @@ CASES = [
     (1, 16, 12, 13, (5, 5), 1, (1, 1), (1, 3, 0, 4), (1, 1)),
     (1, 8, 12, 12, (5, 5), 2, (1, 1), (2, 2, 2, 2), (1, 1)),      # multiplier 2, one full block (NCHW pairs)
     (1, 16, 60, 12, (3, 3), 1, (1, 1), (1, 1, 1, 1), (1, 1)),     # tall map: bands starting inside the map
+    # bf16 wgrad on rows under 10 outputs: pairs of images (512 channels: all three images in one chunk, the
+    # third alone)
+    (3, 512, 7, 7, (5, 5), 1, (1, 1), (2, 2, 2, 2), (1, 1)),
 ]
 
 
@@ -169,7 +172,8 @@ def test_bf16_every_family(case, channels_last, family):
 @pytest.mark.parametrize("case", CASES, ids=_ids)
 def test_bf16_pairs_match_fma_kernels(case, channels_last):
     """Element by element, the vdpbf16ps kernels agree with the FMA kernels of avx512 on bf16 (both sum exact
-    products in fp32, in another order): y and dx within one bf16 rounding step, dw within 1e-5 of its largest
+    products in fp32, in another order): y and dx within one bf16 rounding step, or 1e-5 of their largest element
+    (an output that cancels to almost zero keeps the fp32 sums' order difference), dw within 1e-5 of its largest
     element. A wrong tap at a border output would pass the global relative-norm check; not this one."""
     n, c, h, wd, k, m, stride, padding, dilation = case
     x, w, b = make_inputs(n, c, h, wd, k, m, dtype=torch.bfloat16, channels_last=channels_last, seed=hash(case) % 991)
@@ -178,7 +182,8 @@ def test_bf16_pairs_match_fma_kernels(case, channels_last):
     fma = run_native(x, w, b, dy, stride, padding, dilation, "avx512")
     for name, a, e in zip(("y", "dx"), dot[:2], fma[:2]):
         a, e = a.float(), e.float()
-        assert ((a - e).abs() <= e.abs() * 2.0 ** -7 + 1e-30).all(), f"{name} differs from avx512 beyond one bf16 step"
+        assert ((a - e).abs() <= e.abs() * 2.0 ** -7 + 1e-5 * e.abs().max()).all(), \
+            f"{name} differs from avx512 beyond one bf16 step"
     assert ((dot[2] - fma[2]).abs() <= 1e-5 * fma[2].abs().max()).all(), "dw differs from avx512"
 
 

@@ -131,4 +131,44 @@ inline constexpr WgradPairFn kWgradPairTaps[kMaxBlock + 1] = {
     nullptr, wgrad_pair_taps<1>, wgrad_pair_taps<2>, wgrad_pair_taps<3>, wgrad_pair_taps<4>,
     wgrad_pair_taps<5>, wgrad_pair_taps<6>, wgrad_pair_taps<7>};
 
+
+// Pairs over two images: dst[i] = (a[i], b[i]) as bf16 pairs, for count fp32 elements of two tiles holding bf16
+// values (exact, as in tile_to_pairs).
+DWCONV_TARGET inline void images_to_pairs(uint32_t* dst, const float* a, const float* b, int64_t count) {
+  for (int64_t i = 0; i < count; i += 16) {
+    const __m512i lo = _mm512_castps_si512(_mm512_loadu_ps(a + i)), hi = _mm512_castps_si512(_mm512_loadu_ps(b + i));
+    _mm512_storeu_si512(dst + i, _mm512_mask_blend_epi16(__mmask32(0xAAAAAAAAu), _mm512_srli_epi32(lo, 16), hi));
+  }
+}
+
+// dw[q] (fp32 [Q][16], accumulated into) += sum over oh < rows, ow < n of x[oh][ow + q] * dy[oh][ow] for two
+// images at once, from tiles of image pairs (images_to_pairs; unit stride and dilation along W): the fp32
+// kernel's sliding window (wgrad_taps_unit), one vdpbf16ps per tap adding both images' products.
+template <int Q>
+DWCONV_TARGET void wgrad_image_pair_taps(float* dw, const uint32_t* dy, int64_t rows, int64_t n, int64_t dy_row_step,
+                                         const uint32_t* x, int64_t row_step) {
+  __m512 acc[Q];
+#pragma GCC unroll 8
+  for (int q = 0; q < Q; ++q) acc[q] = _mm512_loadu_ps(dw + q * 16);
+  for (int64_t oh = 0; oh < rows; ++oh, x += row_step, dy += dy_row_step) {
+    __m512i win[Q];
+#pragma GCC unroll 8
+    for (int q = 0; q < Q - 1; ++q) win[q] = _mm512_loadu_si512(x + q * 16);
+    for (int64_t ow = 0; ow < n; ++ow) {
+      win[Q - 1] = _mm512_loadu_si512(x + (ow + Q - 1) * 16);
+      const __m512bh d = (__m512bh)_mm512_loadu_si512(dy + ow * 16);
+#pragma GCC unroll 8
+      for (int q = 0; q < Q; ++q) acc[q] = _mm512_dpbf16_ps(acc[q], (__m512bh)win[q], d);
+#pragma GCC unroll 8
+      for (int q = 0; q + 1 < Q; ++q) win[q] = win[q + 1];
+    }
+  }
+#pragma GCC unroll 8
+  for (int q = 0; q < Q; ++q) _mm512_storeu_ps(dw + q * 16, acc[q]);
+}
+
+inline constexpr WgradPairFn kWgradImagePairTaps[kMaxBlock + 1] = {
+    nullptr, wgrad_image_pair_taps<1>, wgrad_image_pair_taps<2>, wgrad_image_pair_taps<3>, wgrad_image_pair_taps<4>,
+    wgrad_image_pair_taps<5>, wgrad_image_pair_taps<6>, wgrad_image_pair_taps<7>};
+
 }  // namespace dwconv::cpu::DWCONV_ISA
