@@ -199,8 +199,9 @@ def _assert_nonfinite_like(names, got, want):
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("case", [(2, 3, 14, 14, (7, 7), 1, (1, 1), (3, 3, 3, 3), (1, 1)),
                                   (6, 3, 7, 7, (11, 11), 1, (1, 1), (5, 5, 5, 5), (1, 1)),
-                                  (2, 3, 30, 28, (7, 7), 1, (1, 1), (3, 3, 3, 3), (1, 1))],
-                         ids=["rows_planes", "batched", "plane_columns"])
+                                  (2, 3, 30, 28, (7, 7), 1, (1, 1), (3, 3, 3, 3), (1, 1)),
+                                  (6, 3, 7, 7, (9, 9), 1, (1, 1), (4, 4, 4, 4), (1, 1))],
+                         ids=["rows_planes", "batched", "plane_columns", "batched_k9"])
 def test_bf16_pairs_keep_inf_outside_the_filter_out(case, channels_last):
     """An odd filter pairs its last column (planes) or row (channels_last) with a zero weight, and wgrad an odd
     last output with zero: the other half of those pairs is masked off, so an Inf that no real tap reads makes no
@@ -211,6 +212,7 @@ def test_bf16_pairs_keep_inf_outside_the_filter_out(case, channels_last):
     with torch.no_grad():
         x[0, 0, 3, wd // 2] = float("inf")  # an interior pixel
         x[0, 1, :, wd - 1] = float("inf")  # the last column: right of the filter for the outputs left of it
+        x[0, 2, :, wd - 2] = float("inf")  # 7x7 K9: right of output 0's five taps (an odd last column pair)
         x[1 % n, 2, h - 1, :] = -float("inf")  # the last row
         dy[0, 1, :, wd - 1] = float("inf")  # the last output column (an odd wgrad tail)
     got = run_native(x, w, b, dy, stride, padding, dilation, "avx512bf16")

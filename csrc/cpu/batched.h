@@ -3,11 +3,15 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "cpu/microkernels.h"
 #include "cpu/plan.h"
 #include "cpu/scratch.h"
 #include "cpu/tile.h"
+#ifdef DWCONV_BF16_DOT
+#include "cpu/batched_bf16dot.h"
+#endif
 
 namespace dwconv::cpu::DWCONV_ISA {
 
@@ -73,6 +77,26 @@ DWCONV_TARGET void correlate_batched(A* out, bool accumulate, const A* tile, int
   }
 }
 
+#ifdef DWCONV_BF16_DOT
+// correlate_batched from a pairs tile (batched_bf16dot.h), unit dilation along W.
+DWCONV_TARGET inline void correlate_batched_dot(float* out, bool accumulate, const uint32_t* tile, int R,
+                                                const Correlation& g, const Range* row_taps, const Range* col_taps,
+                                                const uint32_t* wpair, const uint32_t* wsingle) {
+  constexpr int L = 16;
+  const int64_t pix = R * L;
+  for (int64_t oh = 0; oh < g.HO; ++oh) {
+    const Range kh = row_taps[oh];
+    for (int64_t ow = 0; ow < g.WO; ++ow) {
+      const Range kw = col_taps[ow];
+      const int64_t sr = oh * g.SH + kh.lo * g.DH + g.org_h, sc = ow * g.SW + kw.lo + g.org_w;
+      const int64_t w_at = (kh.lo * g.KW + kw.lo) * L;
+      kBatchBlockDot[R](out + (oh * g.WO + ow) * pix, accumulate, tile + (sr * g.Ws + sc) * pix, g.DH * g.Ws * pix, pix,
+                        wpair + w_at, wsingle + w_at, g.KW * L, kh.hi - kh.lo, kw.hi - kw.lo);
+    }
+  }
+}
+#endif
+
 // A correlation of every image and channel block: dst[n, c] = sum_j correlate(src[n, chan(c, j)], wt[j]) +
 // bias[c] for dst channels c < dst_C, sources j < sources, where chan(c, j) = c / chan_div * chan_mul + j.
 template <typename T, typename A>
@@ -105,6 +129,17 @@ DWCONV_TARGET void run_batched(const BlockedProblem<T, A>& p, int64_t images, in
   const int64_t per_thread = tile_size + out_size + single_size + stage_size;
   Scratch<A> scratch(nthreads * per_thread);
   Scratch<Range> row_taps(g.HO), col_taps(g.WO);
+  // bf16 with vdpbf16ps: tiles and filters as pairs of adjacent columns (unit dilation along W)
+  bool dot = false;
+#ifdef DWCONV_BF16_DOT
+  if constexpr (std::is_same_v<T, bf16>) dot = g.DW == 1;
+#endif
+  Scratch<uint32_t> tile_pairs(dot ? nthreads * tile_size : 0), wpair(dot ? p.sources * nblocks * taps * L : 0),
+      wsingle(dot ? p.sources * nblocks * taps * L : 0);
+#ifdef DWCONV_BF16_DOT
+  if constexpr (std::is_same_v<T, bf16>)
+    if (dot) filter_column_pairs(wpair.get(), wsingle.get(), p.wt, p.sources * nblocks, g.KH, g.KW);
+#endif
   for (int64_t o = 0; o < g.HO; ++o) row_taps.get()[o] = inside(o * g.SH + g.org_h, g.DH, g.KH, g.Hs - 1);
   for (int64_t o = 0; o < g.WO; ++o) col_taps.get()[o] = inside(o * g.SW + g.org_w, g.DW, g.KW, g.Ws - 1);
 #pragma omp parallel num_threads(nthreads)
@@ -134,6 +169,17 @@ DWCONV_TARGET void run_batched(const BlockedProblem<T, A>& p, int64_t images, in
             for (int64_t px = 0; px < in_pixels; ++px)
               std::memcpy(tile + (px * R + r) * L, single + px * L, sizeof(A) * L);
           }
+#ifdef DWCONV_BF16_DOT
+          if constexpr (std::is_same_v<T, bf16>)
+            if (dot) {
+              uint32_t* tp = tile_pairs.get() + omp_get_thread_num() * tile_size;
+              batched_to_pairs(tp, tile, g.Hs, g.Ws, R);
+              const int64_t w_at = (j * nblocks + blk) * taps * L;
+              correlate_batched_dot(out, j > 0, tp, R, g, row_taps.get(), col_taps.get(), wpair.get() + w_at,
+                                    wsingle.get() + w_at);
+              continue;
+            }
+#endif
           correlate_batched<V>(out, j > 0, tile, R, g, row_taps.get(), col_taps.get(),
                                p.wt + (j * nblocks + blk) * taps * L);
         }

@@ -1,7 +1,7 @@
 // The bf16 kernels for x86-64 CPUs with AVX-512 F/BW/VL/DQ and AVX512_BF16: the avx512 kernels, with the
 // forward and the stride-1 dgrad multiplying bf16 pairs by vdpbf16ps where they read in place (NCHW planes,
-// channels_last rows and batches), and wgrad at unit stride along W (wgrad_bf16dot.h). The other dtypes have no
-// use for it and are not built here.
+// channels_last rows and batches, the NCHW batched small maps: batched_bf16dot.h), and wgrad (wgrad_bf16dot.h).
+// The other dtypes have no use for it and are not built here.
 #if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // see kernels_avx512.cpp
 #pragma GCC diagnostic ignored "-Wuninitialized"
