@@ -380,7 +380,7 @@ DWCONV_TARGET void wgrad(const ConvShape& s, const T* dy, const T* x, acc_t<T>* 
   // block's) are still in L2 when the next chunk, the next block of the same images, reads them; and
   // numerous enough to keep 64 chunks for the threads. The image groups do not depend on the ISA's lane count
   // (a pixel's lines counted as 64 bytes, channels in blocks of 8), so neither does dw: every ISA sums each
-  // tap in the same order.
+  // tap in the same order (bf16 in avx512bf16 excepted: its dot products add pairs of columns or of images).
   constexpr int64_t kChunkBytes = 256 * 1024;
   const int64_t image_bytes = (s.H * s.W + s.HO * s.WO) * 64;
   const int64_t group_images = std::max<int64_t>(1, kChunkBytes / image_bytes);
@@ -422,7 +422,7 @@ DWCONV_TARGET void wgrad(const ConvShape& s, const T* dy, const T* x, acc_t<T>* 
     A* tile = scratch.get() + omp_get_thread_num() * per_thread;
     A* dyt = tile + tile_size;
     A* stage = dyt + dy_size;
-    // the pairs tiles: 32-bit elements in the fp32 scratch (there only when `pairs`)
+    // the pairs tiles: 32-bit elements in the fp32 scratch (there only with column or image pairs)
     [[maybe_unused]] uint32_t* tile_pairs =
         pairs || image_pairs ? reinterpret_cast<uint32_t*>(stage + stage_size) : nullptr;
     [[maybe_unused]] uint32_t* dy_pairs = pairs || image_pairs ? tile_pairs + tile_size : nullptr;
@@ -454,6 +454,8 @@ DWCONV_TARGET void wgrad(const ConvShape& s, const T* dy, const T* x, acc_t<T>* 
           ++next_blk;
         }
         if (next_blk < nblocks) prefetch_image(s, x, dy, next, next_blk * L, std::min<int64_t>(L, CO - next_blk * L));
+        if (image_pair && next_blk == blk && next + 1 < n_end)  // the next pair's second image
+          prefetch_image(s, x, dy, next + 1, blk * L, std::min<int64_t>(L, CO - blk * L));
         for (int64_t band = 0; band < nbands; ++band) {
           const int64_t oh0 = band * TH, th = std::min(TH, s.HO - oh0), rows = (th - 1) * s.SH + row_span;
           const ImageView<const T> x_image{x + n * s.C * s.H * s.W, s.layout, s.C, s.H, s.W};
@@ -465,9 +467,8 @@ DWCONV_TARGET void wgrad(const ConvShape& s, const T* dy, const T* x, acc_t<T>* 
                 gather_pairs_nhwc(tile_pairs, rows, cols, x_image, blk * L, oh0 * s.SH - s.PT, -s.PL);
                 gather_pairs_nhwc(dy_pairs, th, s.WO, dy_image, blk * L, oh0, 0);
               } else {
-                uint32_t* words = reinterpret_cast<uint32_t*>(stage);
-                gather_pairs_nchw(tile_pairs, rows, cols, x_image, xchan, oh0 * s.SH - s.PT, -s.PL, words);
-                gather_pairs_nchw(dy_pairs, th, s.WO, dy_image, ychan, oh0, 0, words);
+                gather_pairs_nchw(tile_pairs, rows, cols, x_image, xchan, oh0 * s.SH - s.PT, -s.PL, stage);
+                gather_pairs_nchw(dy_pairs, th, s.WO, dy_image, ychan, oh0, 0, stage);
               }
             } else if (pairs) {
               gather_tile<T, A, L>(tile, rows, cols, x_image, xchan, oh0 * s.SH - s.PT, -s.PL, 1, 1, stage);

@@ -43,12 +43,12 @@ DWCONV_TARGET inline void gather_pairs_nhwc(uint32_t* dst, int64_t rows, int64_t
       std::memset(d, 0, sizeof(uint32_t) * cols * 16);
       continue;
     }
-    const bf16* row = src.row(u) + chan0 + c0 * src.C;
-    __m256i cur = c_begin == 0 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row)) : zero;
+    const bf16* row = src.row(u) + chan0;  // pixel v of the row at row + v * src.C
+    __m256i cur = c_begin == 0 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + c0 * src.C)) : zero;
     for (int64_t c = 0; c < cols; ++c) {
       // zero outside the image, and past the last column (c + 1 >= c_end there)
       const __m256i next = c + 1 >= c_begin && c + 1 < c_end
-                               ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + (c + 1) * src.C))
+                               ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + (c0 + c + 1) * src.C))
                                : zero;
       _mm512_storeu_si512(d + c * 16, interleave_pairs(cur, next));
       cur = next;
@@ -61,32 +61,41 @@ DWCONV_TARGET inline void gather_pairs_nhwc(uint32_t* dst, int64_t rows, int64_t
 // row's last), transposed 16 x 16 into pixels of 16 lanes, then placed in the tile's rows. The column left of
 // the image pairs a zero with the row's first pixel. stage: 2 * 16 * rows * src.W words.
 DWCONV_TARGET inline void gather_pairs_nchw(uint32_t* dst, int64_t rows, int64_t cols, const ImageView<const bf16>& src,
-                                            const int64_t* chan, int64_t r0, int64_t c0, uint32_t* stage) {
+                                            const int64_t* chan, int64_t r0, int64_t c0, float* stage) {
   constexpr int L = 16;
   const int64_t c_begin = std::clamp<int64_t>(-c0, 0, cols), c_end = std::clamp<int64_t>(src.W - c0, c_begin, cols);
   const int64_t r_lo = std::clamp<int64_t>(-r0, 0, rows), r_hi = std::clamp<int64_t>(src.H - r0, r_lo, rows);
   const int64_t W = src.W, n = (r_hi - r_lo) * W;
-  uint32_t* pixels = stage + L * n;
+  // The words pass through the fp32 transpose as floats (stored and read as bytes: no value is computed).
+  float* pixels = stage + L * n;
   for (int l = 0; l < L && n > 0; ++l) {
     const bf16* in = src.row(r0 + r_lo) + chan[l] * src.channel_step();
-    uint32_t* out = stage + l * n;
+    float* out = stage + l * n;
     int64_t j = 0;
     for (; j + 17 <= n; j += 16) {  // the pixels j .. j + 16 lie in the band
       const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + j));
       const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + j + 1));
       _mm512_storeu_si512(out + j, interleave_pairs(lo, hi));
     }
-    for (; j < n; ++j) out[j] = uint32_t(in[j].bits) | (j + 1 < n ? uint32_t(in[j + 1].bits) << 16 : 0u);
-    for (int64_t e = W - 1; e < n; e += W) out[e] &= 0xffffu;  // a row's last pixel has no next one
+    for (; j < n; ++j) {
+      const uint32_t word = uint32_t(in[j].bits) | (j + 1 < n ? uint32_t(in[j + 1].bits) << 16 : 0u);
+      std::memcpy(out + j, &word, sizeof word);
+    }
+    for (int64_t e = W - 1; e < n; e += W) {  // a row's last pixel has no next one
+      uint32_t word;
+      std::memcpy(&word, out + e, sizeof word);
+      word &= 0xffffu;
+      std::memcpy(out + e, &word, sizeof word);
+    }
   }
-  rows_to_pixels<float, L>(reinterpret_cast<float*>(pixels), reinterpret_cast<const float*>(stage), n);
+  rows_to_pixels<float, L>(pixels, stage, n);
   for (int64_t r = 0; r < rows; ++r) {
     uint32_t* trow = dst + r * cols * L;
     if (r < r_lo || r >= r_hi || c_begin == c_end) {
       std::memset(trow, 0, sizeof(uint32_t) * cols * L);
       continue;
     }
-    const uint32_t* prow = pixels + ((r - r_lo) * W + c0 + c_begin) * L;
+    const float* prow = pixels + ((r - r_lo) * W + c0 + c_begin) * L;
     std::memset(trow, 0, sizeof(uint32_t) * c_begin * L);
     std::memset(trow + c_end * L, 0, sizeof(uint32_t) * (cols - c_end) * L);
     std::memcpy(trow + c_begin * L, prow, sizeof(uint32_t) * (c_end - c_begin) * L);
