@@ -500,19 +500,11 @@ DWCONV_TARGET void wgrad(const ConvShape& s, const T* dy, const T* x, acc_t<T>* 
               if (b.lo >= b.hi) continue;
 #ifdef DWCONV_BF16_DOT
               if constexpr (std::is_same_v<A, float>)
-                if (pairs) {
-                  kWgradPairTaps[b.size](part + (kh * s.KW + b.first) * L, dy_pairs + ((oh_lo - oh0) * s.WO + b.lo) * L,
-                                         oh_hi - oh_lo, b.hi - b.lo, s.WO * L,
-                                         tile_pairs + (((oh_lo - oh0) * s.SH + kh * s.DH) * cols + b.lo + b.first) * L,
-                                         s.SH * cols * L);
-                  continue;
-                }
-              if constexpr (std::is_same_v<A, float>)
-                if (image_pair) {
-                  kWgradImagePairTaps[b.size](part + (kh * s.KW + b.first) * L, dy_pairs + ((oh_lo - oh0) * s.WO + b.lo) * L,
-                                              oh_hi - oh_lo, b.hi - b.lo, s.WO * L,
-                                              tile_pairs + (((oh_lo - oh0) * s.SH + kh * s.DH) * cols + b.lo + b.first) * L,
-                                              s.SH * cols * L);
+                if (pairs || image_pair) {  // pairs along W, or of images: the same tiles' layout
+                  (pairs ? kWgradPairTaps : kWgradImagePairTaps)[b.size](
+                      part + (kh * s.KW + b.first) * L, dy_pairs + ((oh_lo - oh0) * s.WO + b.lo) * L, oh_hi - oh_lo,
+                      b.hi - b.lo, s.WO * L, tile_pairs + (((oh_lo - oh0) * s.SH + kh * s.DH) * cols + b.lo + b.first) * L,
+                      s.SH * cols * L);
                   continue;
                 }
 #endif
