@@ -171,12 +171,18 @@ def bench_shape(shape, dtype_name, args, timer, cache_bytes, rates, progress) ->
     operands = {layout: conv_ops.make_operands(shape, dtype, device, layout == "nhwc", count) for layout in LAYOUTS}
     skipped: Dict[str, str] = {}
     names = providers(args.backends, args.layouts)
-    references = {(layout, "fwd"): _reference("fwd", shape, operands[layout][:1]) for layout in LAYOUTS}
+    references: Dict = {}
+
+    def reference(layout: str, op: str) -> torch.Tensor:  # computed once, where a dwconv provider needs it
+        if (layout, op) not in references:
+            references[(layout, op)] = _reference(op, shape, operands[layout][:1])
+        return references[(layout, op)]
+
     for name in names:
         backend, layout = name.rsplit("-", 1)
         if backend == conv_ops.PYTORCH:
             continue
-        mismatch = _check(backend, "fwd", shape, operands[layout][:1], references[(layout, "fwd")], dtype)
+        mismatch = _check(backend, "fwd", shape, operands[layout][:1], reference(layout, "fwd"), dtype)
         if mismatch:
             skipped[name] = mismatch
             print(f"warning: {shape.name} {dtype_name} {name} skipped ({mismatch})", file=sys.stderr)
@@ -188,9 +194,7 @@ def bench_shape(shape, dtype_name, args, timer, cache_bytes, rates, progress) ->
         for n in active:
             backend, layout = n.rsplit("-", 1)
             if op in ("dgrad", "wgrad") and backend != conv_ops.PYTORCH:  # fwd: checked above; fwd+bwd: its parts
-                if (layout, op) not in references:
-                    references[(layout, op)] = _reference(op, shape, operands[layout][:1])
-                mismatch = _check(backend, op, shape, operands[layout][:1], references[(layout, op)], dtype)
+                mismatch = _check(backend, op, shape, operands[layout][:1], reference(layout, op), dtype)
                 if mismatch:
                     failed[n] = mismatch
                     print(f"warning: {shape.name} {dtype_name} {n} {op} skipped ({mismatch})", file=sys.stderr)
