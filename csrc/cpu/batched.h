@@ -11,6 +11,7 @@
 #include "cpu/tile.h"
 #ifdef DWCONV_BF16_DOT
 #include "cpu/batched_bf16dot.h"
+#include "cpu/wgrad_bf16dot.h"
 #endif
 
 namespace dwconv::cpu::DWCONV_ISA {
@@ -173,7 +174,7 @@ DWCONV_TARGET void run_batched(const BlockedProblem<T, A>& p, int64_t images, in
           if constexpr (std::is_same_v<T, bf16>)
             if (dot) {
               uint32_t* tp = tile_pairs.get() + omp_get_thread_num() * tile_size;
-              batched_to_pairs(tp, tile, g.Hs, g.Ws, R);
+              tile_to_pairs(tp, tile, g.Hs, g.Ws, R);
               const int64_t w_at = (j * nblocks + blk) * taps * L;
               correlate_batched_dot(out, j > 0, tp, R, g, row_taps.get(), col_taps.get(), wpair.get() + w_at,
                                     wsingle.get() + w_at);

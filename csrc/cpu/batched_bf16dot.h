@@ -1,7 +1,7 @@
 // The batched small-map path (batched.h) for bf16 with vdpbf16ps (the avx512bf16 kernels only): pairs of
 // adjacent filter columns, as the NCHW planes pair them (plane_avx512.h). run_batched builds the tile of R
-// interleaved images as before, rewrites it as pairs of adjacent columns, and correlate_batched_dot runs each
-// output pixel's inside taps two columns per instruction.
+// interleaved images as before, rewrites it as pairs of adjacent columns (tile_to_pairs, wgrad_bf16dot.h),
+// and correlate_batched_dot runs each output pixel's inside taps two columns per instruction.
 #pragma once
 #include <immintrin.h>
 
@@ -11,21 +11,6 @@
 #include "cpu/plan.h"
 
 namespace dwconv::cpu::DWCONV_ISA {
-
-// dst[row][col][r] = (src[row][col][r], src[row][col + 1][r] or 0 in the last column) as bf16 pairs, for a
-// tile [rows][cols][R][16] of fp32 holding bf16 values (dropping the low 16 bits is exact).
-DWCONV_TARGET inline void batched_to_pairs(uint32_t* dst, const float* src, int64_t rows, int64_t cols, int R) {
-  const int64_t pix = int64_t(R) * 16;
-  for (int64_t i = 0; i < rows; ++i)
-    for (int64_t c = 0; c < cols; ++c)
-      for (int r = 0; r < R; ++r) {
-        const float* s = src + (i * cols + c) * pix + r * 16;
-        const __m512i a = _mm512_castps_si512(_mm512_loadu_ps(s));
-        const __m512i b = c + 1 < cols ? _mm512_castps_si512(_mm512_loadu_ps(s + pix)) : _mm512_setzero_si512();
-        _mm512_storeu_si512(dst + (i * cols + c) * pix + r * 16,
-                            _mm512_mask_blend_epi16(__mmask32(0xAAAAAAAAu), _mm512_srli_epi32(a, 16), b));
-      }
-}
 
 // R images at one output pixel from a pairs tile: out[r] (= or +=) the sum over nkh filter rows and the nkw
 // columns of each of x[kh * row_step + kw * col_step + r * 16] * w[kh * w_row_step + kw * 16], two columns per

@@ -14,19 +14,18 @@
 
 namespace dwconv::cpu::DWCONV_ISA {
 
-// dst[i][c] = (src[i][c], src[i][c + 1] or 0 past the row) as bf16 pairs, for rows x cols pixels of 16 lanes;
-// src holds bf16 values in fp32 (the tiles gather_tile wrote), so dropping the low 16 bits is exact.
-DWCONV_TARGET inline void tile_to_pairs(uint32_t* dst, const float* src, int64_t rows, int64_t cols) {
-  const __m512i zero = _mm512_setzero_si512();
-  for (int64_t i = 0; i < rows; ++i) {
-    const float* s = src + i * cols * 16;
-    uint32_t* d = dst + i * cols * 16;
-    for (int64_t c = 0; c < cols; ++c) {
-      const __m512i a = _mm512_castps_si512(_mm512_loadu_ps(s + c * 16));
-      const __m512i b = c + 1 < cols ? _mm512_castps_si512(_mm512_loadu_ps(s + (c + 1) * 16)) : zero;
-      _mm512_storeu_si512(d + c * 16, _mm512_mask_blend_epi16(__mmask32(0xAAAAAAAAu), _mm512_srli_epi32(a, 16), b));
-    }
-  }
+// dst[i][c][v] = (src[i][c][v], src[i][c + 1][v] or 0 past the row) as bf16 pairs, for rows x cols pixels of
+// `vectors` x 16 lanes (1: the channel-blocked tiles; R: the batched path's R interleaved images); src holds
+// bf16 values in fp32 (the tiles gather_tile wrote).
+DWCONV_TARGET inline void tile_to_pairs(uint32_t* dst, const float* src, int64_t rows, int64_t cols, int vectors = 1) {
+  alignas(64) static const float kZero[16] = {};
+  const int64_t pix = int64_t(vectors) * 16;
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t c = 0; c < cols; ++c)
+      for (int v = 0; v < vectors; ++v) {
+        const int64_t at = (i * cols + c) * pix + v * 16;
+        _mm512_storeu_si512(dst + at, pairs_of_bf16_floats(src + at, c + 1 < cols ? src + at + pix : kZero));
+      }
 }
 
 // What gather_tile and tile_to_pairs make of a channels_last band whose 16 lanes are channels chan0 .. chan0 + 15
@@ -144,10 +143,7 @@ inline constexpr WgradPairFn kWgradPairTaps[kMaxBlock + 1] = {
 // Pairs over two images: dst[i] = (a[i], b[i]) as bf16 pairs, for count fp32 elements of two tiles holding bf16
 // values (exact, as in tile_to_pairs).
 DWCONV_TARGET inline void images_to_pairs(uint32_t* dst, const float* a, const float* b, int64_t count) {
-  for (int64_t i = 0; i < count; i += 16) {
-    const __m512i lo = _mm512_castps_si512(_mm512_loadu_ps(a + i)), hi = _mm512_castps_si512(_mm512_loadu_ps(b + i));
-    _mm512_storeu_si512(dst + i, _mm512_mask_blend_epi16(__mmask32(0xAAAAAAAAu), _mm512_srli_epi32(lo, 16), hi));
-  }
+  for (int64_t i = 0; i < count; i += 16) _mm512_storeu_si512(dst + i, pairs_of_bf16_floats(a + i, b + i));
 }
 
 // dw[q] (fp32 [Q][16], accumulated into) += sum over oh < rows, ow < n of x[oh][ow + q] * dy[oh][ow] for two
