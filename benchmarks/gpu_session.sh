@@ -84,7 +84,7 @@ case "${1:-}" in
     step 60 python -c "import torch, dwconv; print(torch.__version__, dwconv.available_backends('cuda'))"
     # CUDA plans only: on 2026-12-04 all six plans reached 1 fp32 and 5 bf16 shapes in 150 s each, and
     # cuda:fma was the fastest plan at 17 of the 18 calls measured (docs/perf_cuda.md, "H200, 2026-12-04")
-    table_stage 130 models cuda:fma,cuda:mma,auto -cuda ;;
+    table_stage 150 models cuda:fma,cuda:mma,auto -cuda ;;
   main)  # on the table 'lease' measured (its results come with this call's tree or stay in $STASH); fp32 NCHW
     # first: the bf16 channels_last run was measured on 2026-12-04, the fp32 one not yet
     cp -n "$STASH"/cuda-* "$RESULTS/" 2>/dev/null || true
@@ -94,7 +94,8 @@ case "${1:-}" in
       --notes "gpu_session.sh main: heuristic Triton tiles (DWCONV_TRITON_AUTOTUNE=0), as the table was measured"
     DWCONV_TRITON_AUTOTUNE=0 step 140 python benchmarks/throughput.py --model robust_resnet_dw_small --backend auto \
       --dtype bf16 --channels-last --no-progress --json "$RESULTS/cuda-$card-throughput-bf16-channels-last.json" \
-      --notes "gpu_session.sh main: heuristic Triton tiles (DWCONV_TRITON_AUTOTUNE=0), as the table was measured" ;;
+      --notes "gpu_session.sh main: heuristic Triton tiles (DWCONV_TRITON_AUTOTUNE=0), as the table was measured"
+    step 60 python -m pytest -q -x -m gpu tests/test_cuda_backend.py -p no:cacheprovider ;;  # with the time left
   tiles)
     step 280 python benchmarks/triton_tiles.py --only "C384 14x14 K11" --json "$RESULTS/cuda-$card-triton-tiles-c384.json"
     step 280 python benchmarks/triton_tiles.py --only "56x56" --json "$RESULTS/cuda-$card-triton-tiles-56.json" ;;
