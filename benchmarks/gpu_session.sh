@@ -62,12 +62,19 @@ goals() {  # goals BACKENDS SUFFIX SECONDS: fp32 NCHW and bf16 channels_last, th
     --json "$RESULTS/cuda-$card-kernels-goals-bf16-nhwc$2.json"
 }
 table_stage() {  # table_stage SECONDS SHAPES PLANS [SUFFIX]: plans beside PyTorch, fp32 NCHW and bf16 channels_last, then the table.
+  # --resume: a committed file of a run cut short is continued (delete it to measure again from the start).
   # Heuristic Triton tiles: autotuning would compile every candidate of every family for every shape.
   DWCONV_TRITON_AUTOTUNE=0 step "$1" python benchmarks/kernels.py --shapes "$2" --backend "$3" --dtype fp32 \
-    --layouts nchw --ops fwd,dgrad,wgrad --no-progress --json "$RESULTS/cuda-$card-kernels-table-fp32-nchw${4:-}.json"
+    --layouts nchw --ops fwd,dgrad,wgrad --no-progress --resume --json "$RESULTS/cuda-$card-kernels-table-fp32-nchw${4:-}.json"
   DWCONV_TRITON_AUTOTUNE=0 step "$1" python benchmarks/kernels.py --shapes "$2" --backend "$3" --dtype bf16 \
-    --layouts nhwc --ops fwd,dgrad,wgrad --no-progress --json "$RESULTS/cuda-$card-kernels-table-bf16-nhwc${4:-}.json"
+    --layouts nhwc --ops fwd,dgrad,wgrad --no-progress --resume --json "$RESULTS/cuda-$card-kernels-table-bf16-nhwc${4:-}.json"
   step 30 python benchmarks/make_dispatch_table.py
+}
+throughput() {  # throughput SECONDS DTYPE LAYOUT-FLAG FILE-SUFFIX [ARGS...]: robust_resnet_dw_small with 'auto'
+  local limit=$1 dtype=$2 layout=$3 suffix=$4; shift 4
+  DWCONV_TRITON_AUTOTUNE=0 step "$limit" python benchmarks/throughput.py --model robust_resnet_dw_small \
+    --backend auto --dtype "$dtype" "$layout" "$@" --no-progress --json "$RESULTS/cuda-$card-throughput-$suffix.json" \
+    --notes "gpu_session.sh main: heuristic Triton tiles (DWCONV_TRITON_AUTOTUNE=0), as the table was measured"
 }
 ALL_PLANS=cuda:fma,cuda:mma,triton:rows,triton:direct,triton:plane,auto
 case "${1:-}" in
@@ -84,18 +91,22 @@ case "${1:-}" in
     step 60 python -c "import torch, dwconv; print(torch.__version__, dwconv.available_backends('cuda'))"
     # CUDA plans only: on 2026-12-04 all six plans reached 1 fp32 and 5 bf16 shapes in 150 s each, and
     # cuda:fma was the fastest plan at 17 of the 18 calls measured (docs/perf_cuda.md, "H200, 2026-12-04")
+    # bf16 channels_last reached all 18 shapes in 64 s, fp32 NCHW 5 in 150 s (2026-12-04, second lease): the JSON's
+    # "seconds" now says per shape and phase where the time goes
     table_stage 150 models cuda:fma,cuda:mma,auto -cuda ;;
-  main)  # on the table 'lease' measured (its results come with this call's tree or stay in $STASH); fp32 NCHW
-    # first: the bf16 channels_last run was measured on 2026-12-04, the fp32 one not yet
+  main)  # on the table 'lease' measured (its results come with this call's tree or stay in $STASH): 'auto' against
+    # nn.Conv2d in both configurations first (about 20 s each), then benchmark mode one mode per process (it times
+    # every capable plan, Triton's included, at each layer's first call: a bf16 training run took 67 s with the
+    # Triton cache warm, and runs of both modes in one process were cut at 140 s on 2026-12-04)
     cp -n "$STASH"/cuda-* "$RESULTS/" 2>/dev/null || true
     step 30 python benchmarks/make_dispatch_table.py
-    DWCONV_TRITON_AUTOTUNE=0 step 140 python benchmarks/throughput.py --model robust_resnet_dw_small --backend auto \
-      --dtype fp32 --no-channels-last --no-progress --json "$RESULTS/cuda-$card-throughput-fp32-nchw.json" \
-      --notes "gpu_session.sh main: heuristic Triton tiles (DWCONV_TRITON_AUTOTUNE=0), as the table was measured"
-    DWCONV_TRITON_AUTOTUNE=0 step 140 python benchmarks/throughput.py --model robust_resnet_dw_small --backend auto \
-      --dtype bf16 --channels-last --no-progress --json "$RESULTS/cuda-$card-throughput-bf16-channels-last.json" \
-      --notes "gpu_session.sh main: heuristic Triton tiles (DWCONV_TRITON_AUTOTUNE=0), as the table was measured"
-    step 60 python -m pytest -q -x -m gpu tests/test_cuda_backend.py -p no:cacheprovider ;;  # with the time left
+    throughput 60 fp32 --no-channels-last fp32-nchw --no-benchmark-mode
+    throughput 60 bf16 --channels-last bf16-channels-last --no-benchmark-mode
+    throughput 60 bf16 --channels-last bf16-channels-last-benchmark-mode-inference --mode inference
+    throughput 120 bf16 --channels-last bf16-channels-last-benchmark-mode-train --mode train
+    throughput 60 fp32 --no-channels-last fp32-nchw-benchmark-mode-inference --mode inference
+    step 60 python -m pytest -q -x -m gpu tests/test_cuda_backend.py -p no:cacheprovider  # with the time left
+    throughput 120 fp32 --no-channels-last fp32-nchw-benchmark-mode-train --mode train ;;
   tiles)
     step 280 python benchmarks/triton_tiles.py --only "C384 14x14 K11" --json "$RESULTS/cuda-$card-triton-tiles-c384.json"
     step 280 python benchmarks/triton_tiles.py --only "56x56" --json "$RESULTS/cuda-$card-triton-tiles-56.json" ;;

@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import sys
 import time
+
+started_at = time.perf_counter()  # before torch's import: the run's start-up is part of the record
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -38,7 +41,7 @@ from benchmarks import conv_ops, roofline, shapes, tables
 from benchmarks.cli import default_backends, resolve_device, run_with_cudnn_setting, split_choices
 from benchmarks.progress import Progress
 from benchmarks.run_info import device_name, load_average, result_path, run_metadata, write_json
-from benchmarks.timing import Timer, calibrate_inner, interleaved
+from benchmarks.timing import PhaseClock, Timer, calibrate_inner, interleaved
 
 DTYPES = conv_ops.DTYPES
 LAYOUTS = ("nchw", "nhwc")
@@ -67,6 +70,9 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     p.add_argument("--json", metavar="PATH", help="write results here (a directory: a file named by the device)")
     p.add_argument("--plot", metavar="PATH.png",
                    help="bar chart of speed-ups per shape and backend (needs matplotlib; a directory: named by the device)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the --json file of a run cut short with the same settings: keep its shapes, "
+                        "measure the rest")
     p.add_argument("--notes", default="", help="free text stored in the JSON (e.g. how busy the machine was)")
     p.add_argument("--smoke", action="store_true", help="tiny shapes, one repetition: a check that it runs")
     p.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=True,
@@ -162,27 +168,36 @@ def _check(backend: str, op: str, shape, operands, reference, dtype) -> Optional
         return f"{op} failed: {str(e).splitlines()[0]}"
 
 
-def bench_shape(shape, dtype_name, args, timer, cache_bytes, rates, progress) -> List[Dict]:
-    """Time every op of every provider on one shape and dtype; one record per (op, provider)."""
+def bench_shape(shape, dtype_name, args, timer, cache_bytes, rates, progress, clock: PhaseClock) -> List[Dict]:
+    """Time every op of every provider on one shape and dtype; one record per (op, provider). `clock` gets the
+    seconds of each phase (operands, float64 references, checks, calibration, timing)."""
     dtype, device = DTYPES[dtype_name], args.device
     element_size = torch.finfo(dtype).bits // 8
     budget = (2 << 30) if device.type == "cuda" else (512 << 20)
     count = 1 if args.smoke else rotation_count(shape, element_size, cache_bytes, budget)
-    operands = {layout: conv_ops.make_operands(shape, dtype, device, layout == "nhwc", count) for layout in LAYOUTS}
+    with clock("operands"):
+        operands = {layout: conv_ops.make_operands(shape, dtype, device, layout == "nhwc", count)
+                    for layout in LAYOUTS}
     skipped: Dict[str, str] = {}
     names = providers(args.backends, args.layouts)
     references: Dict = {}
 
     def reference(layout: str, op: str) -> torch.Tensor:  # computed once, where a dwconv provider needs it
         if (layout, op) not in references:
-            references[(layout, op)] = _reference(op, shape, operands[layout][:1])
+            with clock("reference"):
+                references[(layout, op)] = _reference(op, shape, operands[layout][:1])
         return references[(layout, op)]
+
+    def check(backend: str, op: str, layout: str) -> Optional[str]:
+        expected = reference(layout, op)
+        with clock("check"):
+            return _check(backend, op, shape, operands[layout][:1], expected, dtype)
 
     for name in names:
         backend, layout = name.rsplit("-", 1)
         if backend == conv_ops.PYTORCH:
             continue
-        mismatch = _check(backend, "fwd", shape, operands[layout][:1], reference(layout, "fwd"), dtype)
+        mismatch = check(backend, "fwd", layout)
         if mismatch:
             skipped[name] = mismatch
             print(f"warning: {shape.name} {dtype_name} {name} skipped ({mismatch})", file=sys.stderr)
@@ -194,14 +209,17 @@ def bench_shape(shape, dtype_name, args, timer, cache_bytes, rates, progress) ->
         for n in active:
             backend, layout = n.rsplit("-", 1)
             if op in ("dgrad", "wgrad") and backend != conv_ops.PYTORCH:  # fwd: checked above; fwd+bwd: its parts
-                mismatch = _check(backend, op, shape, operands[layout][:1], reference(layout, op), dtype)
+                mismatch = check(backend, op, layout)
                 if mismatch:
                     failed[n] = mismatch
                     print(f"warning: {shape.name} {dtype_name} {n} {op} skipped ({mismatch})", file=sys.stderr)
                     continue
             cases[n] = conv_ops.make_op(backend, op, shape, operands[layout])
             try:
-                inner[n] = calibrate_inner(cases[n], timer, min_sample)
+                with clock("first call"):  # cuDNN's algorithm search, JIT compilation
+                    cases[n]()
+                with clock("calibrate"):
+                    inner[n] = calibrate_inner(cases[n], timer, min_sample)
             except (RuntimeError, ValueError) as e:  # a dwconv backend that fails this op: report, go on
                 if backend == conv_ops.PYTORCH:
                     raise
@@ -209,8 +227,9 @@ def bench_shape(shape, dtype_name, args, timer, cache_bytes, rates, progress) ->
                 print(f"warning: {shape.name} {dtype_name} {n} {failed[n]}", file=sys.stderr)
                 del cases[n]
         progress.set_description(f"{shape.name} {dtype_name} {op}")
-        stats = interleaved(cases, timer, warmup=args.warmup, reps=args.reps, inner=inner,
-                            on_sample=progress.update)
+        with clock("timing"):
+            stats = interleaved(cases, timer, warmup=args.warmup, reps=args.reps, inner=inner,
+                                on_sample=progress.update)
         torch_ms = {layout: stats[f"torch-{layout}"].median for layout in LAYOUTS}
         best_torch = min(torch_ms.values())
         flops = roofline.op_flops(op, shape)
@@ -337,6 +356,22 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     return run_with_cudnn_setting(run, parse_args(argv), argv)
 
 
+def resumed_run(args: argparse.Namespace, device: torch.device, settings: Dict) -> Optional[Dict]:
+    """The --json file a --resume run continues (None when there is none yet); an error when its settings differ."""
+    if not args.json:
+        raise SystemExit("kernels.py: --resume needs --json (the file to continue)")
+    path = result_path(args.json, device, "kernels")
+    if not path.exists():
+        return None
+    with open(path) as f:
+        earlier = json.load(f)
+    same = ("shapes", "dtypes", "ops", "backends", "warmup", "reps", "layouts", "dwconv_settings", "dispatch_device")
+    differing = [k for k in same if earlier.get("settings", {}).get(k) != settings[k]]
+    if differing:
+        raise SystemExit(f"kernels.py: --resume: {path} was measured with other settings ({', '.join(differing)})")
+    return earlier
+
+
 def run(args: argparse.Namespace, argv: List[str]) -> Dict:
     """The benchmark for parsed arguments (argv: as given, recorded in the result)."""
     load_at_start = load_average()
@@ -357,27 +392,45 @@ def run(args: argparse.Namespace, argv: List[str]) -> Dict:
     n_providers = len(providers(args.backends, args.layouts))
     progress = Progress(len(shape_list) * len(args.dtypes) * len(args.ops) * n_providers * (args.warmup + args.reps),
                         "kernels", enabled=not args.no_progress)
-    records: List[Dict] = []
     cache_bytes = _cache_bytes(device)
+    settings = {"shapes": args.shapes, "dtypes": args.dtypes, "ops": args.ops, "backends": args.backends,
+                "warmup": args.warmup, "reps": args.reps, "layouts": args.layouts,
+                "dwconv_settings": dataclasses.asdict(config.get()),
+                "dispatch_device": dispatch_table.device_key(device),
+                "flops_count": "2 per multiply-add, every tap (padding taps too)",
+                "roofline": ("fraction of the sgemm rate" if device.type == "cpu" else
+                             "lower bound max(ideal bytes / DRAM bandwidth, FLOPs / FMA rate) over time")}
+    # where a time-limited run's time went: before the first shape, then per shape and phase
+    seconds: Dict = {"start": round(time.perf_counter() - started_at, 2), "shapes": []}
+    earlier = resumed_run(args, device, settings) if args.resume else None
+    records: List[Dict] = list(earlier["results"]) if earlier else []
+    done = {(r["shape"]["name"], r["dtype"]) for r in records}
+    if earlier:
+        before = dict(earlier.get("seconds") or {})
+        seconds["earlier_runs"] = before.pop("earlier_runs", []) + ([before] if before else [])
+        print(f"resuming {args.json}: {len(done)} shape(s) measured on {earlier['meta']['date_utc']}")
 
     def result_of(records_, complete: bool) -> Dict:
-        return {"meta": run_metadata("kernels", argv, device, args.notes, load_at_start=load_at_start),
-                "settings": {"shapes": args.shapes, "dtypes": args.dtypes, "ops": args.ops, "backends": args.backends,
-                             "warmup": args.warmup, "reps": args.reps, "layouts": args.layouts,
-                             "dwconv_settings": dataclasses.asdict(config.get()),
-                             "dispatch_device": dispatch_table.device_key(device),
-                             "flops_count": "2 per multiply-add, every tap (padding taps too)",
-                             "roofline": ("fraction of the sgemm rate" if device.type == "cpu" else
-                                          "lower bound max(ideal bytes / DRAM bandwidth, FLOPs / FMA rate) over time")},
-                "machine": rates, "complete": complete, "results": records_, "summary": summarize(records_)}
+        meta = run_metadata("kernels", argv, device, args.notes, load_at_start=load_at_start)
+        if earlier:  # the records of earlier runs carry no commit or date of their own: keep their runs' metadata
+            meta["resumed_from"] = earlier["meta"].get("resumed_from", []) + [
+                {k: v for k, v in earlier["meta"].items() if k != "resumed_from"}]
+        return {"meta": meta, "settings": settings, "machine": rates, "complete": complete, "results": records_,
+                "summary": summarize(records_), "seconds": seconds}
 
     try:
         for dtype_name in args.dtypes:
             for shape in shape_list:
-                started = time.perf_counter()
-                records += bench_shape(shape, dtype_name, args, timer, cache_bytes, rates, progress)
-                if not args.smoke:  # where a time-limited run's time went (compilation, checks, timing)
-                    print(f"{shape.name} {dtype_name}: {time.perf_counter() - started:.1f} s", file=sys.stderr)
+                if (shape.name, dtype_name) in done:
+                    continue
+                clock, started = PhaseClock(device), time.perf_counter()
+                records += bench_shape(shape, dtype_name, args, timer, cache_bytes, rates, progress, clock)
+                total = time.perf_counter() - started
+                seconds["shapes"].append({"shape": shape.name, "dtype": dtype_name, "total": round(total, 2),
+                                          **{k: round(v, 2) for k, v in clock.seconds.items()}})
+                if not args.smoke:
+                    print(f"{shape.name} {dtype_name}: {total:.1f} s (" + ", ".join(
+                        f"{k} {v:.1f}" for k, v in clock.seconds.items()) + ")", file=sys.stderr)
                 if args.json:  # a run cut short (a time limit) keeps the shapes it finished
                     write_json(result_path(args.json, device, "kernels"), result_of(records, False), quiet=True)
     finally:

@@ -16,7 +16,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-__all__ = ["Stats", "Timer", "summarize", "interleaved", "calibrate_inner"]
+__all__ = ["Stats", "Timer", "summarize", "interleaved", "calibrate_inner", "PhaseClock"]
 
 
 @dataclass(frozen=True)
@@ -122,3 +122,33 @@ def interleaved(cases: Dict[str, Callable[[], object]], timer: Timer, *, warmup:
         if gc_was_enabled:
             gc.enable()
     return {name: summarize(values) for name, values in samples.items()}
+
+
+class PhaseClock:
+    """Wall seconds spent per named phase of a benchmark (where a time-limited run's time went): `with
+    clock("reference"): ...` adds the block's time, the device synchronized at both ends, to that phase."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.seconds: Dict[str, float] = {}
+
+    def __call__(self, phase: str) -> "_Phase":
+        return _Phase(self, phase)
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+class _Phase:
+    def __init__(self, clock: PhaseClock, phase: str):
+        self.clock, self.phase = clock, phase
+
+    def __enter__(self) -> None:
+        self.clock.sync()
+        self.started = time.perf_counter()
+
+    def __exit__(self, *exc) -> None:
+        self.clock.sync()
+        elapsed = time.perf_counter() - self.started
+        self.clock.seconds[self.phase] = self.clock.seconds.get(self.phase, 0.0) + elapsed

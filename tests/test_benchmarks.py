@@ -297,6 +297,28 @@ def test_kernels_layouts_restrict_dwconv_providers_only(tmp_path):
     assert result["settings"]["layouts"] == ["nhwc"]
 
 
+def test_kernels_resume_measures_only_the_missing_shapes(tmp_path):
+    """--resume continues a run cut short: the shapes it finished are kept (with its metadata), the rest are
+    measured; each shape's seconds per phase are recorded; other settings are refused."""
+    from benchmarks import kernels
+    path = tmp_path / "k.json"
+    argv = ["--smoke", "--device", "cpu", "--backend", "cpu", "--ops", "fwd", "--no-progress", "--json", str(path)]
+    full = kernels.main(argv)
+    names = [s["shape"] for s in full["seconds"]["shapes"]]
+    assert len(names) >= 2 and {"reference", "check", "timing"} <= set(full["seconds"]["shapes"][0])
+    cut = json.loads(json.dumps(full))  # as a time limit leaves it: the first shape only
+    cut["results"] = [r for r in cut["results"] if r["shape"]["name"] == names[0]]
+    cut["complete"], cut["meta"]["date_utc"] = False, "2000-01-01T00:00:00Z"
+    path.write_text(json.dumps(cut))
+    resumed = kernels.main(argv + ["--resume"])
+    assert resumed["complete"] and [s["shape"] for s in resumed["seconds"]["shapes"]] == names[1:]
+    assert [r for r in resumed["results"] if r["shape"]["name"] == names[0]] == cut["results"]
+    assert {r["shape"]["name"] for r in resumed["results"]} == set(names)
+    assert resumed["meta"]["resumed_from"][0]["date_utc"] == "2000-01-01T00:00:00Z"
+    with pytest.raises(SystemExit, match="other settings"):
+        kernels.main(argv[:-2] + ["--ops", "fwd,dgrad", "--json", str(path), "--resume"])
+
+
 def test_git_dirty_means_code_not_results(tmp_path, monkeypatch):
     """A result file written under benchmarks/results/ (a run's own partial write, or an earlier script's)
     does not mark a run as modified; a change to the code does."""
