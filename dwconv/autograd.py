@@ -24,6 +24,7 @@ from torch._functorch.utils import enable_single_level_autograd_function
 from torch.autograd import forward_ad
 from torch.autograd.function import _SingleLevelFunction
 
+from . import ops
 from ._conv_args import is_channels_last
 from .bias_grad import bias_grad
 
@@ -181,6 +182,40 @@ class WgradFunction(_SingleLevelFunction):
         return tangent
 
 
+class DirectDepthwiseConv2d(torch.autograd.Function):
+    """y = depthwise_conv2d(x, weight, bias) recorded by autograd without the dispatcher, for eager calls on
+    plain tensors that need nothing else from the op path (ops.direct_call_possible(recording_ok=True)): the
+    op's bodies, so the same kernels, results and derivatives as DepthwiseConv2dFunction, without the per-call
+    cost of the custom op's Python dispatch (several times PyTorch's own conv call on a small layer). A
+    backward that records a graph (create_graph=True: double backward) or runs under a dispatch mode calls
+    the differentiable ops instead."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, args, backend):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        ctx.args, ctx.backend = args, backend
+        return ops.run_forward(x, weight, bias, args, backend)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        args, backend = ctx.args, ctx.backend
+        grad_out = grad_out.contiguous(memory_format=_memory_format(x))
+        needs_dx, needs_dw = ctx.needs_input_grad[:2]
+        dx = dw = db = None
+        if not torch.is_grad_enabled() and ops.direct_call_possible(grad_out, weight, None):
+            dx = ops.run_dgrad(grad_out, weight, args, backend) if needs_dx else None
+            dw = ops.run_wgrad(grad_out, x, args, backend) if needs_dw else None
+        else:
+            conv = (list(args.stride), list(args.padding), list(args.dilation), backend)
+            dx = _dgrad(grad_out, weight, list(x.shape), *conv) if needs_dx else None
+            dw = _wgrad(grad_out, x, list(weight.shape), *conv) if needs_dw else None
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = bias_grad(grad_out)
+        return dx, dw, db, None, None
+
+
 def _recording(args) -> bool:
     """True when a call must go through its autograd.Function: a backward graph is being recorded, or a
     forward-mode AD level is open (the Function then passes on whatever tangents the inputs carry)."""
@@ -210,6 +245,6 @@ def register(forward_op, dgrad_op, wgrad_op) -> None:
         # Replaces the Autograd kernel custom_op registered: torch 2.11 refuses unless told (allow_override
         # defaults to False there), and then warns about the replacement.
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*Overriding a previously registered kernel")
+            warnings.filterwarnings("ignore", message="(?s).*Overriding a previously registered kernel")
             custom_op._lib.impl(name, _autograd_kernel(op, function), "Autograd", with_keyset=True,
                                 allow_override=True)

@@ -10,6 +10,7 @@ from torch.overrides import handle_torch_function, has_torch_function_variadic
 from . import ops  # noqa: F401  (registers the dwconv ops)
 from . import onnx_export
 from ._conv_args import IntPair, check_and_resolve_cached
+from .autograd import DirectDepthwiseConv2d
 from .backends import check_backend_name
 
 
@@ -37,8 +38,11 @@ def depthwise_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = Non
                            f"{input.dim()}-D input of shape {tuple(input.shape)}")
     args = check_and_resolve_cached(input, weight, bias, stride, padding, dilation)
     check_backend_name(backend)
-    if weight.dtype == input.dtype and ops.direct_call_possible(input, weight, bias):
-        out = ops.run_forward(input, weight, bias, args, backend)
+    if weight.dtype == input.dtype and ops.direct_call_possible(input, weight, bias, recording_ok=True):
+        if torch.is_grad_enabled() and torch._C._any_requires_grad(input, weight, bias):
+            out = DirectDepthwiseConv2d.apply(input, weight, bias, args, backend)
+        else:
+            out = ops.run_forward(input, weight, bias, args, backend)
         return out.squeeze(0) if unbatched else out
     stride, padding, dilation = list(args.stride), list(args.padding), list(args.dilation)
     if torch.jit.is_tracing():  # "same" padding computed from traced sizes: the op's schema takes ints

@@ -44,24 +44,30 @@ _DIRECT_DEVICES = ("cpu", "cuda")
 _PLAIN_TENSORS = (Tensor, torch.nn.Parameter)  # Parameter disables __torch_function__: a plain tensor here
 
 
-def direct_call_possible(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> bool:
-    """Whether a forward call can skip the dispatcher (and the op's Python wrappers) and run the op's body
-    directly: plain CPU or CUDA tensors, no gradient or tangent to record, and nothing that must see the op
-    itself (autocast, dispatch modes such as FlopCounterMode or fake tensors, torch.func transforms, tracing,
+def direct_call_possible(x: Tensor, weight: Tensor, bias: Optional[Tensor], recording_ok: bool = False) -> bool:
+    """Whether a call can skip the dispatcher (and the op's Python wrappers) and run the op's body directly:
+    plain CPU or CUDA tensors, no gradient to record (recording_ok: or one recorded by the caller's own
+    autograd.Function, autograd.DirectDepthwiseConv2d), no tangent, and nothing that must see the op itself
+    (autocast, dispatch modes such as FlopCounterMode or fake tensors, torch.func transforms, tracing,
     torch.compile). The result is the same either way: only the per-call cost differs."""
     if torch.compiler.is_compiling() or torch.compiler.is_exporting():
         return False  # first: Dynamo cannot trace the queries below (it would break the graph)
     if (type(x) not in _PLAIN_TENSORS or type(weight) not in _PLAIN_TENSORS
             or (bias is not None and type(bias) not in _PLAIN_TENSORS)):
         return False
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or
-                                    (bias is not None and bias.requires_grad)):
+    if not recording_ok and torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or
+                                                         (bias is not None and bias.requires_grad)):
+        return False
+    if _batched(x) or _batched(weight):  # batched gradients (autograd.grad(is_grads_batched=True)) use legacy vmap
         return False
     device = x.device.type
     return device in _DIRECT_DEVICES and not (
         torch._C._len_torch_dispatch_stack() or _forward_ad._current_level >= 0
         or torch._C._functorch.peek_interpreter_stack() is not None or torch.is_autocast_enabled(device)
         or torch._C._get_tracing_state() is not None)
+
+
+_batched = torch._C._functorch.is_legacy_batchedtensor
 
 
 def as_kernel_layout(t: Tensor, like: Optional[Tensor] = None) -> Tensor:
@@ -102,6 +108,11 @@ def dgrad(grad_out: Tensor, weight: Tensor, input_shape: Sequence[int], stride: 
           padding: Sequence[int], dilation: Sequence[int], backend: str) -> Tensor:
     args = _args(input_shape, weight.shape, stride, padding, dilation)
     _check_grad_shape(grad_out, args)
+    return run_dgrad(grad_out, weight, args, backend)
+
+
+def run_dgrad(grad_out: Tensor, weight: Tensor, args: ConvArgs, backend: str) -> Tensor:
+    """The dgrad op's body for a grad_out of the output's shape (the op, and the direct backward)."""
     if grad_out.numel() == 0:
         return _empty(args.input_shape, grad_out, _memory_format(grad_out), zero=True)
     grad_out, weight = as_kernel_layout(grad_out), weight.contiguous()
@@ -118,6 +129,11 @@ def wgrad(grad_out: Tensor, x: Tensor, weight_shape: Sequence[int], stride: Sequ
           padding: Sequence[int], dilation: Sequence[int], backend: str) -> Tensor:
     args = _args(x.shape, weight_shape, stride, padding, dilation)
     _check_grad_shape(grad_out, args)
+    return run_wgrad(grad_out, x, args, backend)
+
+
+def run_wgrad(grad_out: Tensor, x: Tensor, args: ConvArgs, backend: str) -> Tensor:
+    """The wgrad op's body for a grad_out of the output's shape (the op, and the direct backward)."""
     if grad_out.numel() == 0:
         return _empty(args.weight_shape, x, zero=True)
     x = as_kernel_layout(x)

@@ -5,7 +5,7 @@ import torch
 
 import dwconv
 from dwconv import _extension
-from dwconv.bias_grad import NATIVE_SUM_DTYPES, bias_grad
+from dwconv.bias_grad import NATIVE_SUM_DTYPES, NATIVE_SUM_MIN_ELEMENTS, bias_grad
 from utils import TOLERANCE, assert_close
 
 pytestmark = pytest.mark.skipif(not _extension.has_channel_sums(), reason="extension built without CPU kernels")
@@ -76,8 +76,8 @@ def test_backward_bias_gradient(dtype):
     """The bias gradient of a CPU backward matches the float64 reference, through the native sums for fp32 / bf16
     and PyTorch's sum for the other dtypes."""
     conv = dwconv.FastDWConv(24, 24, 7, padding=3, groups=24).to(dtype)
-    x = torch.randn(3, 24, 10, 10, dtype=dtype, requires_grad=True)
-    gy = torch.randn(3, 24, 10, 10, dtype=dtype)
+    x = torch.randn(3, 24, 32, 32, dtype=dtype, requires_grad=True)  # above NATIVE_SUM_MIN_ELEMENTS
+    gy = torch.randn(3, 24, 32, 32, dtype=dtype)
     y = conv(x)
     native = _ran_native(lambda: y.backward(gy))
     assert native == (dtype in NATIVE_SUM_DTYPES)
@@ -86,7 +86,7 @@ def test_backward_bias_gradient(dtype):
 
 def test_bias_grad_keeps_the_sum_where_a_graph_is_recorded():
     """Under create_graph (double backward) grad_out requires grad: the result must stay differentiable."""
-    gy = torch.randn(2, 6, 5, 5, requires_grad=True)
+    gy = torch.randn(2, 16, 48, 48, requires_grad=True)  # above NATIVE_SUM_MIN_ELEMENTS
     with torch.enable_grad():
         db = bias_grad(gy)
     assert db.requires_grad
@@ -94,6 +94,13 @@ def test_bias_grad_keeps_the_sum_where_a_graph_is_recorded():
     assert torch.equal(g2, torch.ones_like(gy))
     assert not _ran_native(lambda: bias_grad(gy.detach().requires_grad_()))
     assert _ran_native(lambda: bias_grad(gy.detach()))
+
+
+def test_bias_grad_of_a_small_gradient_is_pytorchs_sum():
+    """Below NATIVE_SUM_MIN_ELEMENTS the per-call cost decides: PyTorch's sum, with the same values."""
+    gy = torch.randn(1, 8, 9, 9)
+    assert gy.numel() < NATIVE_SUM_MIN_ELEMENTS and not _ran_native(lambda: bias_grad(gy))
+    assert_close(bias_grad(gy), gy.double().sum(dim=(0, 2, 3)), torch.float32, "bias grad")
 
 
 def test_bias_grad_under_torch_func():

@@ -267,3 +267,55 @@ print("ok")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
                          cwd=Path(__file__).resolve().parent.parent)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+
+
+def _events(fn):
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return [e.name for e in prof.events()]
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_eager_training_skips_the_dispatcher_with_the_ops_results(channels_last, dtype):
+    """An eager forward that records a gradient runs the op's body under a plain autograd.Function
+    (autograd.DirectDepthwiseConv2d, for the per-call cost): output and gradients equal the custom op's
+    bit for bit, and match float64; the op itself does not run."""
+    require_backend("cpu", "cpu")
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x, w, b = (t.to(dtype) for t in _inputs(n=3, c=4, h=11, w=9, kernel=(5, 3)))
+    x = x.contiguous(memory_format=fmt)
+    gy = torch.randn_like(_ref()(x, w, b)).contiguous(memory_format=fmt)
+    conv = (list(STRIDE), list(PADDING), list(DILATION), "cpu")
+    results = {}
+    for route, call in (("direct", _dw("cpu")),
+                        ("op", lambda x, w, b: torch.ops.dwconv.depthwise_conv2d(x, w, b, *conv))):
+        xs, ws, bs = _requiring_grad(x, w, b)
+        names = _events(lambda: results.__setitem__(
+            route, (lambda y: (y, *torch.autograd.grad(y, (xs, ws, bs), gy)))(call(xs, ws, bs))))
+        assert ("DirectDepthwiseConv2d" in names) == (route == "direct")
+        assert ("dwconv::depthwise_conv2d" in names) == (route == "op")
+        assert "dwconv::dgrad" not in names or route == "op"
+    for direct, op, what in zip(results["direct"], results["op"], ("y", "dx", "dw", "db")):
+        assert torch.equal(direct, op), what
+        assert direct.is_contiguous(memory_format=fmt) == op.is_contiguous(memory_format=fmt), what
+    expected = _ref()(*(t.double().requires_grad_() for t in (x, w, b)))
+    assert_close(results["direct"][0], expected, dtype, "y")
+
+
+def test_eager_double_backward_goes_through_the_ops():
+    """create_graph=True: the direct path's backward calls the differentiable ops, so second derivatives
+    equal the op route's."""
+    require_backend("cpu", "cpu")
+    x, w, b = _inputs()
+    seconds = []
+    for call in (_dw("cpu"), lambda x, w, b: torch.ops.dwconv.depthwise_conv2d(
+            x, w, b, list(STRIDE), list(PADDING), list(DILATION), "cpu")):
+        xs, ws, bs = _requiring_grad(x, w, b)
+        y = call(xs, ws, bs)
+        dx, dw = torch.autograd.grad((y * y).sum(), (xs, ws), create_graph=True)
+        seconds.append(torch.autograd.grad((dx.square().sum() + dw.sum()), (xs, ws, bs)))
+    for a, e, what in zip(*seconds, ("x", "w", "b")):
+        assert torch.equal(a, e), what
+    xs, ws, bs = _requiring_grad(x, w, b)
+    assert torch.autograd.gradgradcheck(_dw("cpu"), (xs, ws, bs))
