@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 
 import dwconv
+from dwconv._conv_args import check_and_resolve
+from dwconv.ops import run_dgrad, run_wgrad
 
 from .shapes import DWShape
 
@@ -70,24 +72,27 @@ def _torch_calls(shape: DWShape):
     return fwd, dgrad, wgrad
 
 
-def _dwconv_calls(shape: DWShape, backend: str):
-    s, p4, d = [shape.stride] * 2, [shape.padding] * 4, [1, 1]
+def _dwconv_calls(shape: DWShape, backend: str, example: Operands):
+    """dgrad and wgrad as an eager training backward runs them (the op bodies, autograd.DirectDepthwiseConv2d),
+    without the custom ops' dispatch: on a GPU a short kernel would otherwise time the host's per-call cost."""
+    args = check_and_resolve(example.x, example.weight, example.bias, shape.stride, shape.padding, 1)
 
     def fwd(o: Operands):
         return dwconv.depthwise_conv2d(o.x, o.weight, o.bias, shape.stride, shape.padding, backend=backend)
 
     def dgrad(o: Operands):
-        return torch.ops.dwconv.dgrad(o.grad_out, o.weight, list(o.x.shape), s, p4, d, backend)
+        return run_dgrad(o.grad_out, o.weight, args, backend)
 
     def wgrad(o: Operands):
-        return torch.ops.dwconv.wgrad(o.grad_out, o.x, list(o.weight.shape), s, p4, d, backend)
+        return run_wgrad(o.grad_out, o.x, args, backend)
 
     return fwd, dgrad, wgrad
 
 
 def make_op(provider_backend: str, op: str, shape: DWShape, operands: List[Operands]) -> Callable[[], object]:
     """One call of `op` per invocation, cycling through `operands`."""
-    fwd, dgrad, wgrad = _torch_calls(shape) if provider_backend == PYTORCH else _dwconv_calls(shape, provider_backend)
+    fwd, dgrad, wgrad = (_torch_calls(shape) if provider_backend == PYTORCH
+                         else _dwconv_calls(shape, provider_backend, operands[0]))
     cycle = itertools.cycle(operands)
 
     if op == "fwd+bwd":

@@ -379,8 +379,8 @@ def test_kernels_skips_a_plan_whose_op_is_wrong(tmp_path, monkeypatch):
     from benchmarks import conv_ops, kernels
     calls = conv_ops._dwconv_calls
 
-    def wrong_dgrad(shape, backend):
-        fwd, dgrad, wgrad = calls(shape, backend)
+    def wrong_dgrad(shape, backend, example):
+        fwd, dgrad, wgrad = calls(shape, backend, example)
         return fwd, (lambda o: dgrad(o) * 1.01), wgrad
     monkeypatch.setattr(conv_ops, "_dwconv_calls", wrong_dgrad)
     path = tmp_path / "k.json"
