@@ -37,6 +37,14 @@ def _memory_format(t: torch.Tensor) -> torch.memory_format:
     return torch.channels_last if is_channels_last(t) else torch.contiguous_format
 
 
+def _in_layout_of(grad_out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """grad_out in x's memory layout; a batched gradient (autograd.grad(is_grads_batched=True)) as it is: legacy
+    vmap cannot query channels_last contiguity, and the ops run each of its slices on their own."""
+    if torch._C._functorch.is_legacy_batchedtensor(grad_out):
+        return grad_out
+    return grad_out.contiguous(memory_format=_memory_format(x))
+
+
 def _redispatch(op, keyset, *args):
     """op on the kernels below autograd (the next functorch level, or the device kernel)."""
     with torch._C._AutoDispatchBelowAutograd():
@@ -78,7 +86,7 @@ class DepthwiseConv2dFunction(_SingleLevelFunction):
     def backward(ctx, grad_out):
         x, weight = ctx.saved_tensors
         conv = ctx.conv
-        grad_out = grad_out.contiguous(memory_format=_memory_format(x))
+        grad_out = _in_layout_of(grad_out, x)
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
             dx = _dgrad(grad_out, weight, list(x.shape), *conv)
@@ -201,7 +209,7 @@ class DirectDepthwiseConv2d(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, weight = ctx.saved_tensors
         args, backend = ctx.args, ctx.backend
-        grad_out = grad_out.contiguous(memory_format=_memory_format(x))
+        grad_out = _in_layout_of(grad_out, x)
         needs_dx, needs_dw = ctx.needs_input_grad[:2]
         dx = dw = db = None
         if not torch.is_grad_enabled() and ops.direct_call_possible(grad_out, weight, None):

@@ -319,3 +319,23 @@ def test_eager_double_backward_goes_through_the_ops():
         assert torch.equal(a, e), what
     xs, ws, bs = _requiring_grad(x, w, b)
     assert torch.autograd.gradgradcheck(_dw("cpu"), (xs, ws, bs))
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("route", ["functional", "op"])
+def test_batched_gradients_in_both_layouts(channels_last, route):
+    """autograd.grad(is_grads_batched=True) (legacy vmap over the backward) matches F.conv2d's, channels_last
+    included (legacy vmap cannot query channels_last contiguity, so the gradient is not re-laid out)."""
+    require_backend("cpu", "cpu")
+    x, w, b = _inputs(n=2, c=3, h=7, w=6, kernel=(3, 3), multiplier=1)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    conv = (list(STRIDE), list(PADDING), list(DILATION), "cpu")
+    call = _dw("cpu") if route == "functional" else (
+        lambda x, w, b: torch.ops.dwconv.depthwise_conv2d(x, w, b, *conv))
+    grads = torch.randn(4, *_ref()(x, w, b).shape, dtype=F64)
+    inputs = _requiring_grad(x, w, b)
+    got = torch.autograd.grad(call(*inputs), inputs, grads, is_grads_batched=True)
+    inputs = _requiring_grad(x, w, b)
+    expected = torch.autograd.grad(_ref()(*inputs), inputs, grads, is_grads_batched=True)
+    _close(got, expected, "batched grads")
