@@ -97,7 +97,8 @@ case "${1:-}" in
   main)  # on the table 'lease' measured (its results come with this call's tree or stay in $STASH): 'auto' against
     # nn.Conv2d in both configurations first (about 20 s each), then benchmark mode one mode per process (it times
     # every capable plan, Triton's included, at each layer's first call: a bf16 training run took 67 s with the
-    # Triton cache warm, and runs of both modes in one process were cut at 140 s on 2026-12-04)
+    # Triton cache warm, and runs of both modes in one process were cut at 140 s on 2026-12-04); then the GPU
+    # tests and the per-call overhead on the card (never measured on a GPU yet)
     cp -n "$STASH"/cuda-* "$RESULTS/" 2>/dev/null || true
     step 30 python benchmarks/make_dispatch_table.py
     throughput 60 fp32 --no-channels-last fp32-nchw --no-benchmark-mode
@@ -106,6 +107,7 @@ case "${1:-}" in
     throughput 120 bf16 --channels-last bf16-channels-last-benchmark-mode-train --mode train
     throughput 60 fp32 --no-channels-last fp32-nchw-benchmark-mode-inference --mode inference
     step 60 python -m pytest -q -x -m gpu tests/test_cuda_backend.py -p no:cacheprovider  # with the time left
+    step 60 python benchmarks/overhead.py --device cuda --json "$RESULTS/cuda-$card-overhead.json"
     throughput 120 fp32 --no-channels-last fp32-nchw-benchmark-mode-train --mode train ;;
   tiles)
     step 280 python benchmarks/triton_tiles.py --only "C384 14x14 K11" --json "$RESULTS/cuda-$card-triton-tiles-c384.json"
