@@ -66,7 +66,16 @@ def _add(a, b):
     return a if b is None else a + b
 
 
-class DepthwiseConv2dFunction(_SingleLevelFunction):
+class _OpFunction(_SingleLevelFunction):
+    """The ops' Functions: single-level (each torch.func level applies its own), and keyed for compiled
+    autograd as torch.autograd.Function keys its subclasses (_SingleLevelFunction does not)."""
+
+    @staticmethod
+    def _compiled_autograd_key(ctx):
+        return (ctx._autograd_function_id,)
+
+
+class DepthwiseConv2dFunction(_OpFunction):
     """y = dwconv::depthwise_conv2d(x, weight, bias, stride, padding, dilation, backend)."""
 
     @staticmethod
@@ -113,7 +122,7 @@ class DepthwiseConv2dFunction(_SingleLevelFunction):
         return tangent
 
 
-class DgradFunction(_SingleLevelFunction):
+class DgradFunction(_OpFunction):
     """dx = dwconv::dgrad(grad_out, weight, input_shape, stride, padding, dilation, backend)."""
 
     @staticmethod
@@ -152,7 +161,7 @@ class DgradFunction(_SingleLevelFunction):
         return tangent
 
 
-class WgradFunction(_SingleLevelFunction):
+class WgradFunction(_OpFunction):
     """dw = dwconv::wgrad(grad_out, x, weight_shape, stride, padding, dilation, backend)."""
 
     @staticmethod

@@ -357,3 +357,28 @@ def test_eager_and_compile_do_not_take_the_export_route():
     (graph,) = counter.graphs
     dw_op = torch.ops.dwconv.depthwise_conv2d
     assert sum(n.target in (dw_op, dw_op.default) for n in graph.graph.nodes) == 3
+
+
+@pytest.mark.parametrize("route", ["functional", "op"])
+def test_compiled_autograd_runs_the_backward(route):
+    """Compiled autograd (a backward traced by torch.compile) through both routes a training call can take:
+    the functional's direct Function and the custom op's (autocast, modes, subclasses take the op); gradients
+    equal eager's."""
+    from torch._dynamo import compiled_autograd
+    g = torch.Generator().manual_seed(0)
+    x, w, b = torch.randn(2, 4, 9, 8, generator=g), torch.randn(4, 1, 3, 3, generator=g), torch.randn(4, generator=g)
+    call = (lambda x, w, b: dwconv.depthwise_conv2d(x, w, b, 1, 1, backend="cpu")) if route == "functional" else (
+        lambda x, w, b: torch.ops.dwconv.depthwise_conv2d(x, w, b, [1, 1], [1, 1, 1, 1], [1, 1], "cpu"))
+    grads = []
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+        loss = call(*leaves).pow(2).sum()
+        if compiled:
+            with compiled_autograd._enable(torch.compile(backend="eager")):
+                loss.backward()
+        else:
+            loss.backward()
+        grads.append([t.grad for t in leaves])
+    for got, expected, what in zip(*grads, ("x", "w", "b")):
+        assert_close(got, expected.double(), torch.float32, what)
