@@ -147,7 +147,10 @@ def _reference(op: str, shape, operands) -> torch.Tensor:
     """The op on one operand set in float64 (PyTorch), the check's reference."""
     o = operands[0]
     as64 = conv_ops.Operands(*(t.detach().double().contiguous() for t in (o.x, o.grad_out, o.weight, o.bias)))
-    return conv_ops.make_op(conv_ops.PYTORCH, op, shape, [as64])().double()
+    cudnn = torch.backends.cudnn
+    # No algorithm search for a reference computed once (cuDNN's heuristic choice is as exact)
+    with cudnn.flags(enabled=cudnn.enabled, benchmark=False, deterministic=cudnn.deterministic):
+        return conv_ops.make_op(conv_ops.PYTORCH, op, shape, [as64])().double()
 
 
 def _mismatch(call, reference: torch.Tensor, op: str, dtype) -> Optional[str]:
