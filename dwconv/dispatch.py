@@ -99,9 +99,36 @@ def cpu_rule_prefers_native(op: str, x: torch.Tensor, args: ConvArgs) -> bool:
     return True
 
 
+_OPS = ("fwd", "dgrad", "wgrad")
+_all_on_torch: Dict[tuple, bool] = {}
+
+
+def all_ops_on_torch(spec: str, x: torch.Tensor, args: ConvArgs) -> bool:
+    """Whether the forward, dgrad and wgrad of this call all run PyTorch's own convolution. The functional then
+    calls F.conv2d and lets PyTorch's autograd run the backward: the same kernels, at nn.Conv2d's per-call cost
+    (on a GPU the table does not list, every op of "auto" is torch's). In benchmark mode only once all three
+    ops were timed (after the first backward)."""
+    key = signature(spec, "all", x, args)
+    answer = _all_on_torch.get(key)
+    if answer is None:
+        if spec == "auto" and config.get().benchmark:
+            decisions = [_decisions.get(signature(spec, op, x, args)) for op in _OPS]
+            if any(d is None for d in decisions):
+                return False
+            answer = all(plan.backend == "torch" for _, plan in decisions)
+        else:
+            try:
+                answer = all(plan_for(spec, op, x, args).backend == "torch" for op in _OPS)
+            except RuntimeError:  # a named backend that cannot run an op: the op path says why
+                answer = False
+        _all_on_torch[key] = answer
+    return answer
+
+
 def clear_decisions() -> None:
     """Forget every cached decision (the next call of each signature decides again)."""
     _decisions.clear()
+    _all_on_torch.clear()
 
 
 def describe(spec: str, op: str, x: torch.Tensor, args: ConvArgs) -> Optional[str]:

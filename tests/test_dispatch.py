@@ -485,3 +485,57 @@ def test_remembered_validation_still_refuses_bad_calls():
     with pytest.raises(ValueError, match="negative padding"):
         dwconv.depthwise_conv2d(x, w, b, padding=-1)
     assert dwconv.depthwise_conv2d(x, w, b, padding=[3, 3]).shape == x.shape  # a list: checked, not remembered
+
+
+# ---- training calls whose three ops all run PyTorch's convolution
+
+def _train_step(x, w, b, spec):
+    leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+    y = dwconv.depthwise_conv2d(*leaves, padding=3, backend=spec)
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(7))
+    return y, torch.autograd.grad(y, leaves, g), g
+
+
+def _reference_grads(x, w, b, g):
+    leaves = [t.double().requires_grad_() for t in (x, w, b)]
+    y = F.conv2d(leaves[0], leaves[1], leaves[2], padding=3, groups=x.shape[1])
+    return y, torch.autograd.grad(y, leaves, g.double())
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_training_call_on_torch_alone_is_pytorchs_own_conv(channels_last, monkeypatch):
+    """When forward, dgrad and wgrad all resolve to torch:aten (backend "torch", or "auto" where each op's
+    decision is torch's, as on a GPU the table does not list), a training call is F.conv2d under PyTorch's
+    autograd (nn.Conv2d's per-call cost); one dwconv kernel among the three keeps dwconv's Function. Results
+    match float64 either way."""
+    x, w, b, _ = _call(channels_last=channels_last)
+    decided = {"fwd": Plan("torch", "aten"), "dgrad": Plan("torch", "aten"), "wgrad": Plan("torch", "aten")}
+    monkeypatch.setattr(dispatch, "auto_plan", lambda op, x, args: decided[op])
+    for spec, direct in (("torch", False), ("auto", False), ("cpu", True)):
+        y, grads, g = _train_step(x, w, b, spec)
+        assert (type(y.grad_fn).__name__ == "DirectDepthwiseConv2dBackward") == direct, spec
+        ry, rgrads = _reference_grads(x, w, b, g)
+        assert_close(y, ry, torch.float32, f"{spec} y")
+        for got, expected, what in zip(grads, rgrads, ("dx", "dw", "db")):
+            assert_close(got, expected, torch.float32, f"{spec} {what}")
+    decided["wgrad"] = Plan("cpu", CPU_FAMILIES[0])
+    dispatch.clear_decisions()
+    y, grads, g = _train_step(x, w, b, "auto")
+    assert type(y.grad_fn).__name__ == "DirectDepthwiseConv2dBackward", "wgrad on dwconv's kernel"
+    for got, expected, what in zip(grads, _reference_grads(x, w, b, g)[1], ("dx", "dw", "db")):
+        assert_close(got, expected, torch.float32, f"mixed {what}")
+
+
+def test_benchmark_mode_takes_torch_alone_only_once_every_op_was_timed():
+    """In benchmark mode the first training call times every op (dwconv's Function); afterwards the call is
+    PyTorch's own conv exactly when all three timed choices are torch's."""
+    x, w, b, args = _call()
+    with config.override(benchmark=True):
+        assert not dispatch.all_ops_on_torch("auto", x, args), "nothing timed yet"
+        y, _, _ = _train_step(x, w, b, "auto")
+        assert type(y.grad_fn).__name__ == "DirectDepthwiseConv2dBackward"
+        chosen = [dispatch._decisions[dispatch.signature("auto", op, x, args)][1] for op in ("fwd", "dgrad", "wgrad")]
+        on_torch = all(p.backend == "torch" for p in chosen)
+        assert dispatch.all_ops_on_torch("auto", x, args) == on_torch
+        y, _, _ = _train_step(x, w, b, "auto")
+        assert (type(y.grad_fn).__name__ == "DirectDepthwiseConv2dBackward") == (not on_torch)
