@@ -40,7 +40,7 @@ def _memory_format(t: torch.Tensor) -> torch.memory_format:
 def _in_layout_of(grad_out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """grad_out in x's memory layout; a batched gradient (autograd.grad(is_grads_batched=True)) as it is: legacy
     vmap cannot query channels_last contiguity, and the ops run each of its slices on their own."""
-    if torch._C._functorch.is_legacy_batchedtensor(grad_out):
+    if ops.legacy_batched(grad_out):
         return grad_out
     return grad_out.contiguous(memory_format=_memory_format(x))
 

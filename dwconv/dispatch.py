@@ -75,14 +75,16 @@ def auto_plan(op: str, x: torch.Tensor, args: ConvArgs) -> Plan:
     return fallback_rule(op, x, args, candidates)
 
 
+TORCH_PLAN = Plan("torch", "aten")  # PyTorch's own convolution
+
+
 def fallback_rule(op: str, x: torch.Tensor, args: ConvArgs, candidates) -> Plan:
     """The documented rule for calls the table does not cover (module docstring)."""
-    torch_plan = Plan("torch", "aten")
     if x.device.type == "cpu":
         native = next((p for p in candidates if p.backend == "cpu"), None)
         if native is not None and cpu_rule_prefers_native(op, x, args):
             return native
-    return torch_plan
+    return TORCH_PLAN
 
 
 def cpu_rule_prefers_native(op: str, x: torch.Tensor, args: ConvArgs) -> bool:

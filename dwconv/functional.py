@@ -13,9 +13,6 @@ from ._conv_args import IntPair, check_and_resolve_cached
 from .autograd import DirectDepthwiseConv2d
 from . import dispatch
 from .backends import check_backend_name, get_backend
-from .plans import Plan
-
-TORCH_PLAN = Plan("torch", "aten")
 
 
 def depthwise_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: IntPair = 1,
@@ -45,7 +42,7 @@ def depthwise_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = Non
     if weight.dtype == input.dtype and ops.direct_call_possible(input, weight, bias, recording_ok=True):
         if torch.is_grad_enabled() and torch._C._any_requires_grad(input, weight, bias):
             if dispatch.all_ops_on_torch(backend, input, args):
-                out = get_backend("torch").forward(input, weight, bias, args, TORCH_PLAN)
+                out = get_backend("torch").forward(input, weight, bias, args, dispatch.TORCH_PLAN)
             else:
                 out = DirectDepthwiseConv2d.apply(input, weight, bias, args, backend)
         else:

@@ -58,7 +58,7 @@ def direct_call_possible(x: Tensor, weight: Tensor, bias: Optional[Tensor], reco
     if not recording_ok and torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or
                                                          (bias is not None and bias.requires_grad)):
         return False
-    if _batched(x) or _batched(weight):  # batched gradients (autograd.grad(is_grads_batched=True)) use legacy vmap
+    if legacy_batched(x) or legacy_batched(weight):
         return False
     device = x.device.type
     return device in _DIRECT_DEVICES and not (
@@ -67,7 +67,8 @@ def direct_call_possible(x: Tensor, weight: Tensor, bias: Optional[Tensor], reco
         or torch._C._get_tracing_state() is not None)
 
 
-_batched = torch._C._functorch.is_legacy_batchedtensor
+# A batched gradient of autograd.grad(is_grads_batched=True): legacy vmap's wrapper, a plain Tensor by type.
+legacy_batched = torch._C._functorch.is_legacy_batchedtensor
 
 
 def as_kernel_layout(t: Tensor, like: Optional[Tensor] = None) -> Tensor:
