@@ -1,14 +1,6 @@
 // Schemas of the native ops; each backend (csrc/cpu, csrc/cuda) registers its dispatch-key implementations.
-// Python module stub: importing dwconv._C runs the static registrations below and in the other files.
-#include <Python.h>
+// The Python module dwconv._C: python_module.cpp.
 #include <torch/library.h>
-
-extern "C" {
-PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module_def);
-}
-}
 
 TORCH_LIBRARY_FRAGMENT(dwconv, m) {
   // Out-variants: the caller allocates every output (so tests can poison it) in the layout of x / grad_out

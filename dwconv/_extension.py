@@ -23,6 +23,15 @@ def load() -> Optional[str]:
     return _load_error
 
 
+def direct_entry(op: str):
+    """dwconv._C's direct entry to the native op `op` (csrc/python_module.cpp): it runs the op for plain tensors
+    and returns NotImplemented where torch.ops must make the call. None when the loaded extension has none."""
+    if load() is not None:
+        return None
+    from . import _C
+    return getattr(_C, op, None)
+
+
 @functools.lru_cache(maxsize=None)
 def has_cuda_kernels() -> bool:
     return load() is None and torch._C._dispatch_has_kernel_for_dispatch_key("dwconv::native_fwd", "CUDA")

@@ -25,22 +25,26 @@ def new_output(shape, like: torch.Tensor, dtype: Optional[torch.dtype] = None,
     """Allocate a backend output on like's device, in like's layout unless told otherwise."""
     if channels_last is None:
         channels_last = (not like.is_contiguous()) and like.is_contiguous(memory_format=torch.channels_last)
-    channels_last = bool(channels_last) and len(shape) == 4
+    fmt = torch.channels_last if channels_last and len(shape) == 4 else torch.contiguous_format
     dtype = dtype or like.dtype
-    settings = config.get()
-    large = (like.device.type == "cpu"
-             and not torch._C._len_torch_dispatch_stack()  # fake tensors (tracing) have no memory
-             and math.prod(shape) * dtype.itemsize >= LARGE_OUTPUT_BYTES)
-    if large and settings.output_pool_mib > 0 and _extension.has_output_pool():
-        out = torch.ops.dwconv.output_pool_empty(list(shape), dtype, channels_last, settings.huge_pages,
-                                                 settings.output_pool_mib << 20)
+    if (like.is_cpu and math.prod(shape) * dtype.itemsize >= LARGE_OUTPUT_BYTES
+            and not torch._C._len_torch_dispatch_stack()):  # fake tensors (tracing) have no memory
+        out = _new_large_cpu_output(shape, dtype, fmt)
     else:
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
         out = torch.empty(shape, dtype=dtype, device=like.device, memory_format=fmt)
-        if large and settings.huge_pages and _extension.has_huge_page_hint():
-            advise_huge_pages(out)
     if POISON_OUTPUTS:
         out.fill_(float("nan"))
+    return out
+
+
+def _new_large_cpu_output(shape, dtype: torch.dtype, fmt: torch.memory_format) -> torch.Tensor:
+    settings = config.get()
+    if settings.output_pool_mib > 0 and _extension.has_output_pool():
+        return torch.ops.dwconv.output_pool_empty(list(shape), dtype, fmt == torch.channels_last, settings.huge_pages,
+                                                  settings.output_pool_mib << 20)
+    out = torch.empty(shape, dtype=dtype, memory_format=fmt)
+    if settings.huge_pages and _extension.has_huge_page_hint():
+        advise_huge_pages(out)
     return out
 
 

@@ -27,23 +27,38 @@ class _NativeBackend(Backend):
 
     def forward(self, x, weight, bias, args, plan):
         y = new_output(args.output_shape, x)
-        torch.ops.dwconv.native_fwd(x, weight, bias, args.stride, args.padding, args.dilation, plan.family,
+        _native_op("native_fwd")(x, weight, bias, args.stride, args.padding, args.dilation, plan.family,
                                     _variant_number(plan), y)
         return y
 
     def dgrad(self, grad_out, weight, args, plan):
         dx = new_output(args.input_shape, grad_out)
-        torch.ops.dwconv.native_dgrad(grad_out, weight, args.stride, args.padding, args.dilation, plan.family,
+        _native_op("native_dgrad")(grad_out, weight, args.stride, args.padding, args.dilation, plan.family,
                                       _variant_number(plan), dx)
         return dx
 
     def wgrad(self, grad_out, x, args, plan):
         acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         dw = new_output(args.weight_shape, x, dtype=acc_dtype, channels_last=False)
-        torch.ops.dwconv.native_wgrad(grad_out, x, args.stride, args.padding, args.dilation,
+        _native_op("native_wgrad")(grad_out, x, args.stride, args.padding, args.dilation,
                                       torch.are_deterministic_algorithms_enabled(), plan.family,
                                       _variant_number(plan), dw)
         return dw.to(x.dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _native_op(name: str):
+    """A callable running the native op `name`: through dwconv._C's direct entry (no torch.ops argument parsing,
+    about 2 µs less per call) where it serves the call, else through torch.ops."""
+    op = getattr(torch.ops.dwconv, name).default
+    direct = _extension.direct_entry(name)
+    if direct is None:
+        return op
+
+    def call(*args):
+        if direct(*args) is NotImplemented:
+            op(*args)
+    return call
 
 
 def _variant_number(plan: Plan) -> int:
