@@ -113,7 +113,9 @@ bool goes_to_backend_kernel(std::initializer_list<const at::Tensor*> tensors) {
 }
 
 // Releases the GIL while the kernel runs (as torch.ops does), taking it back before an exception leaves; skips
-// autograd's keys, which goes_to_backend_kernel found nothing to do for.
+// autograd's keys, which goes_to_backend_kernel found nothing to do for. (An ATen op the kernel itself calls in
+// place therefore does not bump version counters, as it would below torch.ops; the backends never call a
+// kernel on a path that does: empty tensors return before the call.)
 class KernelCall {
  public:
   KernelCall() : state_(PyEval_SaveThread()) {}

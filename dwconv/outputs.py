@@ -27,8 +27,8 @@ def new_output(shape, like: torch.Tensor, dtype: Optional[torch.dtype] = None,
         channels_last = (not like.is_contiguous()) and like.is_contiguous(memory_format=torch.channels_last)
     fmt = torch.channels_last if channels_last and len(shape) == 4 else torch.contiguous_format
     dtype = dtype or like.dtype
-    if (like.is_cpu and math.prod(shape) * dtype.itemsize >= LARGE_OUTPUT_BYTES
-            and not torch._C._len_torch_dispatch_stack()):  # fake tensors (tracing) have no memory
+    if (like.is_cpu and not torch._C._len_torch_dispatch_stack()  # fake tensors (tracing) have no memory
+            and math.prod(shape) * dtype.itemsize >= LARGE_OUTPUT_BYTES):
         out = _new_large_cpu_output(shape, dtype, fmt)
     else:
         out = torch.empty(shape, dtype=dtype, device=like.device, memory_format=fmt)
@@ -42,7 +42,7 @@ def _new_large_cpu_output(shape, dtype: torch.dtype, fmt: torch.memory_format) -
     if settings.output_pool_mib > 0 and _extension.has_output_pool():
         return torch.ops.dwconv.output_pool_empty(list(shape), dtype, fmt == torch.channels_last, settings.huge_pages,
                                                   settings.output_pool_mib << 20)
-    out = torch.empty(shape, dtype=dtype, memory_format=fmt)
+    out = torch.empty(shape, dtype=dtype, device="cpu", memory_format=fmt)
     if settings.huge_pages and _extension.has_huge_page_hint():
         advise_huge_pages(out)
     return out
