@@ -19,7 +19,6 @@
 #include <torch/csrc/autograd/python_variable.h>
 
 #include <array>
-#include <initializer_list>
 #include <optional>
 
 namespace {
@@ -97,7 +96,8 @@ class Args {
 // Whether the dispatcher would call the backend kernel (CPU or CUDA) of a native op with these tensors directly,
 // but for autograd's fallback, which does nothing for a call that records no gradient (BackendSelect, in every
 // thread's state, passes through for ops without a kernel for it).
-bool goes_to_backend_kernel(std::initializer_list<const at::Tensor*> tensors) {
+template <size_t N>
+bool goes_to_backend_kernel(const std::array<const at::Tensor*, N>& tensors) {
   c10::DispatchKeySet keys;
   bool needs_grad = false;
   for (const at::Tensor* t : tensors) {
@@ -128,86 +128,107 @@ class KernelCall {
   const at::AutoDispatchBelowADInplaceOrView below_autograd_;
 };
 
-PyObject* not_implemented() { Py_RETURN_NOTIMPLEMENTED; }
+// The arguments every native op shares after its tensors: stride, padding, dilation, then (after wgrad's
+// deterministic flag) family and variant.
+struct Geometry {
+  std::array<int64_t, 2> stride{}, dilation{};
+  std::array<int64_t, 4> padding{};
+
+  bool parse(const Args& a, Py_ssize_t first) {
+    return a.ints(first, stride) && a.ints(first + 1, padding) && a.ints(first + 2, dilation);
+  }
+};
+
+struct Kernels {
+  c10::string_view family;
+  int64_t variant = 0;
+
+  bool parse(const Args& a, Py_ssize_t first) { return a.string(first, family) && a.integer(first + 1, variant); }
+};
 
 // native_fwd(x, weight, bias, stride, padding, dilation, family, variant, y)
-PyObject* native_fwd(PyObject*, PyObject* const* argv, Py_ssize_t argc) {
-  HANDLE_TH_ERRORS
-  const Args a(argv, argc);
+struct Fwd {
+  static constexpr const char* name = "dwconv::native_fwd";
   const at::Tensor *x = nullptr, *weight = nullptr, *y = nullptr;
   std::optional<at::Tensor> bias;
-  std::array<int64_t, 2> stride{}, dilation{};
-  std::array<int64_t, 4> padding{};
-  c10::string_view family;
-  int64_t variant = 0;
-  if (at::impl::torch_function_mode_enabled() || !a.count(9) || !a.tensor(0, x) || !a.tensor(1, weight) ||
-      !a.optional_tensor(2, bias) || !a.ints(3, stride) || !a.ints(4, padding) || !a.ints(5, dilation) ||
-      !a.string(6, family) || !a.integer(7, variant) || !a.tensor(8, y) ||
-      !goes_to_backend_kernel({x, weight, bias ? &*bias : x, y}))
-    return not_implemented();
-  static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("dwconv::native_fwd", "").typed<FwdOp>();
-  {
-    const KernelCall kernel_call;
-    op.call(*x, *weight, bias, stride, padding, dilation, family, variant, *y);
+  Geometry geometry;
+  Kernels kernels;
+
+  bool parse(const Args& a) {
+    return a.count(9) && a.tensor(0, x) && a.tensor(1, weight) && a.optional_tensor(2, bias) &&
+           geometry.parse(a, 3) && kernels.parse(a, 6) && a.tensor(8, y);
   }
-  Py_RETURN_NONE;
-  END_HANDLE_TH_ERRORS
-}
+  std::array<const at::Tensor*, 4> tensors() const { return {x, weight, bias ? &*bias : x, y}; }
+  void call() const {
+    static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<FwdOp>();
+    op.call(*x, *weight, bias, geometry.stride, geometry.padding, geometry.dilation, kernels.family,
+            kernels.variant, *y);
+  }
+};
 
 // native_dgrad(grad_out, weight, stride, padding, dilation, family, variant, grad_x)
-PyObject* native_dgrad(PyObject*, PyObject* const* argv, Py_ssize_t argc) {
-  HANDLE_TH_ERRORS
-  const Args a(argv, argc);
+struct Dgrad {
+  static constexpr const char* name = "dwconv::native_dgrad";
   const at::Tensor *grad_out = nullptr, *weight = nullptr, *grad_x = nullptr;
-  std::array<int64_t, 2> stride{}, dilation{};
-  std::array<int64_t, 4> padding{};
-  c10::string_view family;
-  int64_t variant = 0;
-  if (at::impl::torch_function_mode_enabled() || !a.count(8) || !a.tensor(0, grad_out) || !a.tensor(1, weight) ||
-      !a.ints(2, stride) || !a.ints(3, padding) || !a.ints(4, dilation) || !a.string(5, family) ||
-      !a.integer(6, variant) || !a.tensor(7, grad_x) || !goes_to_backend_kernel({grad_out, weight, grad_x}))
-    return not_implemented();
-  static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("dwconv::native_dgrad", "").typed<DgradOp>();
-  {
-    const KernelCall kernel_call;
-    op.call(*grad_out, *weight, stride, padding, dilation, family, variant, *grad_x);
+  Geometry geometry;
+  Kernels kernels;
+
+  bool parse(const Args& a) {
+    return a.count(8) && a.tensor(0, grad_out) && a.tensor(1, weight) && geometry.parse(a, 2) &&
+           kernels.parse(a, 5) && a.tensor(7, grad_x);
   }
-  Py_RETURN_NONE;
-  END_HANDLE_TH_ERRORS
-}
+  std::array<const at::Tensor*, 3> tensors() const { return {grad_out, weight, grad_x}; }
+  void call() const {
+    static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<DgradOp>();
+    op.call(*grad_out, *weight, geometry.stride, geometry.padding, geometry.dilation, kernels.family,
+            kernels.variant, *grad_x);
+  }
+};
 
 // native_wgrad(grad_out, x, stride, padding, dilation, deterministic, family, variant, grad_w)
-PyObject* native_wgrad(PyObject*, PyObject* const* argv, Py_ssize_t argc) {
-  HANDLE_TH_ERRORS
-  const Args a(argv, argc);
+struct Wgrad {
+  static constexpr const char* name = "dwconv::native_wgrad";
   const at::Tensor *grad_out = nullptr, *x = nullptr, *grad_w = nullptr;
-  std::array<int64_t, 2> stride{}, dilation{};
-  std::array<int64_t, 4> padding{};
+  Geometry geometry;
   bool deterministic = false;
-  c10::string_view family;
-  int64_t variant = 0;
-  if (at::impl::torch_function_mode_enabled() || !a.count(9) || !a.tensor(0, grad_out) || !a.tensor(1, x) ||
-      !a.ints(2, stride) || !a.ints(3, padding) || !a.ints(4, dilation) || !a.boolean(5, deterministic) ||
-      !a.string(6, family) || !a.integer(7, variant) || !a.tensor(8, grad_w) ||
-      !goes_to_backend_kernel({grad_out, x, grad_w}))
-    return not_implemented();
-  static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("dwconv::native_wgrad", "").typed<WgradOp>();
+  Kernels kernels;
+
+  bool parse(const Args& a) {
+    return a.count(9) && a.tensor(0, grad_out) && a.tensor(1, x) && geometry.parse(a, 2) &&
+           a.boolean(5, deterministic) && kernels.parse(a, 6) && a.tensor(8, grad_w);
+  }
+  std::array<const at::Tensor*, 3> tensors() const { return {grad_out, x, grad_w}; }
+  void call() const {
+    static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<WgradOp>();
+    op.call(*grad_out, *x, geometry.stride, geometry.padding, geometry.dilation, deterministic, kernels.family,
+            kernels.variant, *grad_w);
+  }
+};
+
+// The entry of one op: its call when goes_to_backend_kernel, else NotImplemented.
+template <typename Op>
+PyObject* entry(PyObject*, PyObject* const* argv, Py_ssize_t argc) {
+  HANDLE_TH_ERRORS
+  Op op;
+  if (at::impl::torch_function_mode_enabled() || !op.parse(Args(argv, argc)) ||
+      !goes_to_backend_kernel(op.tensors()))
+    Py_RETURN_NOTIMPLEMENTED;
   {
     const KernelCall kernel_call;
-    op.call(*grad_out, *x, stride, padding, dilation, deterministic, family, variant, *grad_w);
+    op.call();
   }
   Py_RETURN_NONE;
   END_HANDLE_TH_ERRORS
 }
 
-PyMethodDef methods[] = {
-    {"native_fwd", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(native_fwd)), METH_FASTCALL,
-     "dwconv::native_fwd without torch.ops (NotImplemented where torch.ops must make the call)"},
-    {"native_dgrad", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(native_dgrad)), METH_FASTCALL,
-     "dwconv::native_dgrad without torch.ops (NotImplemented where torch.ops must make the call)"},
-    {"native_wgrad", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(native_wgrad)), METH_FASTCALL,
-     "dwconv::native_wgrad without torch.ops (NotImplemented where torch.ops must make the call)"},
-    {nullptr, nullptr, 0, nullptr}};
+template <typename Op>
+PyMethodDef method(const char* python_name) {
+  return {python_name, reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&entry<Op>)), METH_FASTCALL,
+          "the native op without torch.ops (NotImplemented where torch.ops must make the call)"};
+}
+
+PyMethodDef methods[] = {method<Fwd>("native_fwd"), method<Dgrad>("native_dgrad"), method<Wgrad>("native_wgrad"),
+                         {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace
 
