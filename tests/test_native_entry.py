@@ -249,3 +249,29 @@ def test_large_outputs_stay_on_the_cpu_under_a_default_device():
     with config.override(output_pool_mib=0, huge_pages=False), torch.device("meta"):
         out = new_output(shape, like)
     assert out.device.type == "cpu" and out.shape == shape
+
+
+@pytest.mark.gpu
+def test_cuda_entries_match_torch_ops_and_float64():
+    """The CUDA kernels through the entries: bit-equal to torch.ops, close to float64; declined under a mode."""
+    x, w, b = (t.cuda() for t in operands())
+    dy = torch.randn(2, 3, 5, 6, device="cuda")
+    outputs = {}
+    for route in ("entry", "ops"):
+        y = torch.full((2, 3, 5, 6), float("nan"), device="cuda")
+        dx = torch.full((2, 3, 4, 5), float("nan"), device="cuda")
+        dw = torch.full((3, 1, 3, 3), float("nan"), device="cuda")
+        calls, _ = zip(*_op_calls(x, w, b, dy, y, dx, dw).values())
+        for name, args in zip(("native_fwd", "native_dgrad", "native_wgrad"), calls):
+            if route == "entry":
+                assert entry(name)(*args) is None
+            else:
+                getattr(torch.ops.dwconv, name)(*args)
+        torch.cuda.synchronize()
+        outputs[route] = (y, dx, dw)
+    for got, want in zip(outputs["entry"], outputs["ops"]):
+        assert torch.equal(got, want)
+    assert rel_err(outputs["entry"][0].cpu(), reference(x.cpu(), w.cpu(), b.cpu())) < 1e-5
+    with _CountingDispatchMode():
+        y = torch.full((2, 3, 5, 6), float("nan"), device="cuda")
+        assert entry("native_fwd")(x, w, b, STRIDE, PADDING, DILATION, "", 0, y) is NotImplemented
