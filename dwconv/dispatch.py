@@ -19,6 +19,7 @@ call signature, so the choice costs one dictionary lookup after the first call.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Dict, Optional, Tuple
 
 import torch
@@ -102,35 +103,56 @@ def cpu_rule_prefers_native(op: str, x: torch.Tensor, args: ConvArgs) -> bool:
 
 
 _OPS = ("fwd", "dgrad", "wgrad")
-_all_on_torch: Dict[tuple, bool] = {}
+_NATIVE_BACKENDS = ("cpu", "cuda")
+_training_routes: Dict[tuple, Tuple[str, Optional[Tuple[Plan, Plan, Plan]]]] = {}
+
+
+def training_route(spec: str, x: torch.Tensor, args: ConvArgs) -> Tuple[str, Optional[Tuple[Plan, Plan, Plan]]]:
+    """How the functional records an eager training call (docs/dispatch.md, "How an eager call runs"), with the
+    plans of its forward, dgrad and wgrad where known:
+    - "torch": all three run PyTorch's own convolution, so the call is F.conv2d under PyTorch's autograd (the same
+      kernels at nn.Conv2d's per-call cost; on a GPU the table does not list, every op of "auto" is torch's);
+    - "native": all three run dwconv's native kernels (cpu or cuda backend) and no output or input gradient is
+      large enough (4 MiB) to come from the CPU output pool, which only the Python route allocates:
+      autograd.apply_native records the call as one C++ autograd Function;
+    - "python": anything else (autograd.DirectDepthwiseConv2d). In benchmark mode also until all three ops were
+      timed (after the first backward), and that answer is not remembered."""
+    key = signature(spec, "train", x, args)
+    route = _training_routes.get(key)
+    if route is not None:
+        return route
+    if spec == "auto" and config.get().benchmark:
+        decisions = [_decisions.get(signature(spec, op, x, args)) for op in _OPS]
+        if any(d is None for d in decisions):
+            return ("python", None)
+        plans = tuple(plan for _, plan in decisions)
+    else:
+        try:
+            plans = tuple(plan_for(spec, op, x, args) for op in _OPS)
+        except RuntimeError:  # a named backend that cannot run an op: the op path says why
+            plans = None
+    from .outputs import LARGE_OUTPUT_BYTES
+    large = x.device.type == "cpu" and max(math.prod(args.output_shape), math.prod(args.input_shape)) * \
+        x.dtype.itemsize >= LARGE_OUTPUT_BYTES
+    if plans is not None and all(p.backend == "torch" for p in plans):
+        route = ("torch", plans)
+    elif plans is not None and not large and all(p.backend in _NATIVE_BACKENDS for p in plans):
+        route = ("native", plans)
+    else:
+        route = ("python", plans)
+    _training_routes[key] = route
+    return route
 
 
 def all_ops_on_torch(spec: str, x: torch.Tensor, args: ConvArgs) -> bool:
-    """Whether the forward, dgrad and wgrad of this call all run PyTorch's own convolution. The functional then
-    calls F.conv2d and lets PyTorch's autograd run the backward: the same kernels, at nn.Conv2d's per-call cost
-    (on a GPU the table does not list, every op of "auto" is torch's). In benchmark mode only once all three
-    ops were timed (after the first backward)."""
-    key = signature(spec, "all", x, args)
-    answer = _all_on_torch.get(key)
-    if answer is None:
-        if spec == "auto" and config.get().benchmark:
-            decisions = [_decisions.get(signature(spec, op, x, args)) for op in _OPS]
-            if any(d is None for d in decisions):
-                return False
-            answer = all(plan.backend == "torch" for _, plan in decisions)
-        else:
-            try:
-                answer = all(plan_for(spec, op, x, args).backend == "torch" for op in _OPS)
-            except RuntimeError:  # a named backend that cannot run an op: the op path says why
-                answer = False
-        _all_on_torch[key] = answer
-    return answer
+    """Whether the forward, dgrad and wgrad of this call all run PyTorch's own convolution (training_route)."""
+    return training_route(spec, x, args)[0] == "torch"
 
 
 def clear_decisions() -> None:
     """Forget every cached decision (the next call of each signature decides again)."""
     _decisions.clear()
-    _all_on_torch.clear()
+    _training_routes.clear()
 
 
 def describe(spec: str, op: str, x: torch.Tensor, args: ConvArgs) -> Optional[str]:

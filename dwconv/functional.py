@@ -10,7 +10,7 @@ from torch.overrides import handle_torch_function, has_torch_function_variadic
 from . import ops  # noqa: F401  (registers the dwconv ops)
 from . import onnx_export
 from ._conv_args import IntPair, check_and_resolve_cached
-from .autograd import DirectDepthwiseConv2d
+from .autograd import DirectDepthwiseConv2d, apply_native
 from . import dispatch
 from .backends import check_backend_name, get_backend
 
@@ -41,9 +41,13 @@ def depthwise_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = Non
     check_backend_name(backend)
     if weight.dtype == input.dtype and ops.direct_call_possible(input, weight, bias, recording_ok=True):
         if torch.is_grad_enabled() and torch._C._any_requires_grad(input, weight, bias):
-            if dispatch.all_ops_on_torch(backend, input, args):
+            route, plans = dispatch.training_route(backend, input, args)
+            out = None
+            if route == "torch":
                 out = get_backend("torch").forward(input, weight, bias, args, dispatch.TORCH_PLAN)
-            else:
+            elif route == "native":
+                out = apply_native(input, weight, bias, args, backend, plans)
+            if out is None:
                 out = DirectDepthwiseConv2d.apply(input, weight, bias, args, backend)
         else:
             out = ops.run_forward(input, weight, bias, args, backend)

@@ -277,11 +277,16 @@ def _events(fn):
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
-def test_eager_training_skips_the_dispatcher_with_the_ops_results(channels_last, dtype):
-    """An eager forward that records a gradient runs the op's body under a plain autograd.Function
-    (autograd.DirectDepthwiseConv2d, for the per-call cost): output and gradients equal the custom op's
-    bit for bit, and match float64; the op itself does not run."""
+@pytest.mark.parametrize("direct", ["native", "python"])
+def test_eager_training_skips_the_dispatcher_with_the_ops_results(channels_last, dtype, direct, monkeypatch):
+    """An eager forward that records a gradient runs without the custom op, for the per-call cost: as one C++
+    autograd Function where all three ops run native kernels (autograd.apply_native), else under a Python
+    autograd.Function running the ops' bodies (autograd.DirectDepthwiseConv2d). Output and gradients equal the
+    custom op's bit for bit, and match float64; the op itself does not run."""
     require_backend("cpu", "cpu")
+    if direct == "python":
+        monkeypatch.setattr(dwconv.dispatch, "training_route", lambda *args: ("python", None))
+    node = {"native": "CppNode<dwconv::DirectDepthwiseConv2d>", "python": "DirectDepthwiseConv2dBackward"}[direct]
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x, w, b = (t.to(dtype) for t in _inputs(n=3, c=4, h=11, w=9, kernel=(5, 3)))
     x = x.contiguous(memory_format=fmt)
@@ -291,14 +296,14 @@ def test_eager_training_skips_the_dispatcher_with_the_ops_results(channels_last,
     for route, call in (("direct", _dw("cpu")),
                         ("op", lambda x, w, b: torch.ops.dwconv.depthwise_conv2d(x, w, b, *conv))):
         xs, ws, bs = _requiring_grad(x, w, b)
-        names = _events(lambda: results.__setitem__(
-            route, (lambda y: (y, *torch.autograd.grad(y, (xs, ws, bs), gy)))(call(xs, ws, bs))))
-        assert ("DirectDepthwiseConv2d" in names) == (route == "direct")
-        assert ("dwconv::depthwise_conv2d" in names) == (route == "op")
+        y = call(xs, ws, bs)
+        assert (node in type(y.grad_fn).__name__ or node in y.grad_fn.name()) == (route == "direct")
+        names = _events(lambda: results.__setitem__(route, (y, *torch.autograd.grad(y, (xs, ws, bs), gy))))
         assert "dwconv::dgrad" not in names or route == "op"
-    for direct, op, what in zip(results["direct"], results["op"], ("y", "dx", "dw", "db")):
-        assert torch.equal(direct, op), what
-        assert direct.is_contiguous(memory_format=fmt) == op.is_contiguous(memory_format=fmt), what
+        assert "dwconv::native_dgrad" in names  # the cpu backend's kernel on every route
+    for direct_result, op, what in zip(results["direct"], results["op"], ("y", "dx", "dw", "db")):
+        assert torch.equal(direct_result, op), what
+        assert direct_result.is_contiguous(memory_format=fmt) == op.is_contiguous(memory_format=fmt), what
     expected = _ref()(*(t.double().requires_grad_() for t in (x, w, b)))
     assert_close(results["direct"][0], expected, dtype, "y")
 

@@ -28,13 +28,13 @@ class _NativeBackend(Backend):
     def forward(self, x, weight, bias, args, plan):
         y = new_output(args.output_shape, x)
         _native_op("native_fwd")(x, weight, bias, args.stride, args.padding, args.dilation, plan.family,
-                                    _variant_number(plan), y)
+                                    variant_number(plan), y)
         return y
 
     def dgrad(self, grad_out, weight, args, plan):
         dx = new_output(args.input_shape, grad_out)
         _native_op("native_dgrad")(grad_out, weight, args.stride, args.padding, args.dilation, plan.family,
-                                      _variant_number(plan), dx)
+                                      variant_number(plan), dx)
         return dx
 
     def wgrad(self, grad_out, x, args, plan):
@@ -42,7 +42,7 @@ class _NativeBackend(Backend):
         dw = new_output(args.weight_shape, x, dtype=acc_dtype, channels_last=False)
         _native_op("native_wgrad")(grad_out, x, args.stride, args.padding, args.dilation,
                                       torch.are_deterministic_algorithms_enabled(), plan.family,
-                                      _variant_number(plan), dw)
+                                      variant_number(plan), dw)
         return dw.to(x.dtype)
 
 
@@ -61,7 +61,8 @@ def _native_op(name: str):
     return call
 
 
-def _variant_number(plan: Plan) -> int:
+def variant_number(plan: Plan) -> int:
+    """A plan's variant as the native ops take it (0: the default)."""
     return int(plan.variant) if plan.variant else 0
 
 
