@@ -29,7 +29,7 @@ def _is_native(y):
 def _step(x, w, b, needs, backend="cpu"):
     leaves = [t.clone().requires_grad_(need) for t, need in zip((x, w, b), needs)]
     y = dwconv.depthwise_conv2d(*leaves, 1, (2, 1), backend=backend)
-    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(5), dtype=y.dtype).contiguous(
+    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(5), dtype=y.dtype).to(y.device).contiguous(
         memory_format=torch.channels_last if not x.is_contiguous() else torch.contiguous_format)
     wanted = [t for t in leaves if t.requires_grad]
     return y, torch.autograd.grad(y, wanted, gy), gy
@@ -215,3 +215,18 @@ def test_input_gradients_of_4mib_and_more_take_the_python_route():
     x = torch.randn(1, 64, 256, 128)
     args = check_and_resolve(x, torch.randn(64, 1, 3, 3), None, 2, 1, 1)
     assert dispatch.training_route("cpu", x, args)[0] == "python"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_cuda_native_route_equals_the_python_route(channels_last, monkeypatch):
+    """On a GPU with backend "cuda": the C++ Function's outputs and gradients bit-equal the Python Function's."""
+    require_backend("cuda", "cuda")
+    x, w, b = (t.cuda() for t in _operands(channels_last))
+    y, grads, _ = _step(x, w, b, (True, True, True), backend="cuda")
+    assert _is_native(y)
+    monkeypatch.setattr(dispatch, "training_route", lambda *args: ("python", None))
+    y_py, grads_py, _ = _step(x, w, b, (True, True, True), backend="cuda")
+    assert torch.equal(y, y_py)
+    for got, want in zip(grads, grads_py):
+        assert torch.equal(got, want) and got.stride() == want.stride()
