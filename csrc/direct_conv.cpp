@@ -44,6 +44,14 @@ Geometry geometry_of(AutogradContext* ctx) {
   return g;
 }
 
+bool valid(const Geometry& g) {
+  for (int i = 0; i < 2; ++i)
+    if (g.stride[i] <= 0 || g.dilation[i] <= 0) return false;
+  for (int64_t p : g.padding)
+    if (p < 0) return false;
+  return true;
+}
+
 at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options, bool poison) {
   at::Tensor t = at::empty(sizes, options);
   return poison ? t.fill_(std::numeric_limits<double>::quiet_NaN()) : t;
@@ -162,14 +170,6 @@ struct DirectDepthwiseConv2d : public torch::autograd::Function<DirectDepthwiseC
 }  // namespace dwconv
 
 namespace dwconv::python {
-
-bool valid(const Geometry& g) {
-  for (int i = 0; i < 2; ++i)
-    if (g.stride[i] <= 0 || g.dilation[i] <= 0) return false;
-  for (int64_t p : g.padding)
-    if (p < 0) return false;
-  return true;
-}
 
 // train_conv(x, weight, bias, stride, padding, dilation, fwd_family, fwd_variant, dgrad_family, dgrad_variant,
 //            wgrad_family, wgrad_variant, backend, poison) -> y, or NotImplemented for a call the Python route

@@ -23,6 +23,7 @@ def load() -> Optional[str]:
     return _load_error
 
 
+@functools.lru_cache(maxsize=None)
 def direct_entry(op: str):
     """dwconv._C's direct entry to the native op `op` (csrc/python_module.cpp): it runs the op for plain tensors
     and returns NotImplemented where torch.ops must make the call. None when the loaded extension has none."""

@@ -235,24 +235,18 @@ class DirectDepthwiseConv2d(torch.autograd.Function):
         return dx, dw, db, None, None
 
 
-_train_conv = False  # dwconv._C.train_conv once looked up (None: the extension has none)
-
-
 def apply_native(x: torch.Tensor, weight: torch.Tensor, bias, args, backend: str, plans) -> Optional[torch.Tensor]:
     """depthwise_conv2d recorded as one C++ autograd Function (dwconv._C.train_conv, csrc/direct_conv.cpp) for a
     call whose three ops run the native plans `plans` (dispatch.training_route): the same kernels, results and
     derivatives as DirectDepthwiseConv2d at about a third of its per-call cost. None where the extension has no
     such entry or declines the call (the caller then applies DirectDepthwiseConv2d)."""
-    global _train_conv
-    if _train_conv is False:
-        _train_conv = _extension.direct_entry("train_conv")
-    if _train_conv is None:
+    train_conv = _extension.direct_entry("train_conv")
+    if train_conv is None:
         return None
     fwd, dgrad, wgrad = plans
-    out = _train_conv(x, weight, bias, args.stride, args.padding, args.dilation,
-                     fwd.family, variant_number(fwd), dgrad.family, variant_number(dgrad), wgrad.family,
-                     variant_number(wgrad),
-                     backend, outputs.POISON_OUTPUTS)
+    out = train_conv(x, weight, bias, args.stride, args.padding, args.dilation, fwd.family, variant_number(fwd),
+                     dgrad.family, variant_number(dgrad), wgrad.family, variant_number(wgrad), backend,
+                     outputs.POISON_OUTPUTS)
     return None if out is NotImplemented else out
 
 
