@@ -106,7 +106,7 @@ case "${1:-}" in
     throughput 60 bf16 --channels-last bf16-channels-last-benchmark-mode-inference --mode inference
     throughput 120 bf16 --channels-last bf16-channels-last-benchmark-mode-train --mode train
     throughput 60 fp32 --no-channels-last fp32-nchw-benchmark-mode-inference --mode inference
-    step 60 python -m pytest -q -x -m gpu tests/test_cuda_backend.py tests/test_native_entry.py tests/test_native_training.py -p no:cacheprovider  # with the time left
+    step 60 python -m pytest -q -x -m gpu tests/test_cuda_backend.py tests/test_native_entry.py tests/test_native_training.py tests/test_remembered_calls.py -p no:cacheprovider  # with the time left
     step 60 python benchmarks/overhead.py --device cuda --json "$RESULTS/cuda-$card-overhead.json"
     throughput 120 fp32 --no-channels-last fp32-nchw-benchmark-mode-train --mode train ;;
   tiles)

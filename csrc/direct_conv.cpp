@@ -24,14 +24,6 @@ using namespace dwconv::python;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-constexpr int kFwd = 0, kDgrad = 1, kWgrad = 2;
-
-struct Plans {
-  std::array<std::string, 3> families;
-  std::array<int64_t, 3> variants{};
-  Kernels of(int op) const { return Kernels{families[op], variants[op]}; }
-};
-
 std::vector<int64_t> vec(at::IntArrayRef values) { return values.vec(); }
 
 Geometry geometry_of(AutogradContext* ctx) {
@@ -50,11 +42,6 @@ bool valid(const Geometry& g) {
   for (int64_t p : g.padding)
     if (p < 0) return false;
   return true;
-}
-
-at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options, bool poison) {
-  at::Tensor t = at::empty(sizes, options);
-  return poison ? t.fill_(std::numeric_limits<double>::quiet_NaN()) : t;
 }
 
 // The bias gradient as dwconv/bias_grad.py computes it: the extension's channel sum for plain fp32 / bf16 CPU
@@ -203,10 +190,16 @@ PyObject* train_conv(PyObject*, PyObject* const* argv, Py_ssize_t argc) {
   at::Tensor y;
   {
     pybind11::gil_scoped_release no_gil;
-    y = dwconv::DirectDepthwiseConv2d::apply(*x, *weight, bias, g, plans, std::string(backend), channels_last, poison);
+    y = record_native_conv(*x, *weight, bias, g, plans, std::string(backend), channels_last, poison);
   }
   return THPVariable_Wrap(std::move(y));
   END_HANDLE_TH_ERRORS
+}
+
+at::Tensor record_native_conv(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                              const Geometry& g, const Plans& plans, const std::string& backend, bool channels_last,
+                              bool poison) {
+  return dwconv::DirectDepthwiseConv2d::apply(x, weight, bias, g, plans, backend, channels_last, poison);
 }
 
 PyMethodDef train_conv_method() {

@@ -3,6 +3,7 @@
 #pragma once
 #include <Python.h>
 
+#include <ATen/ATen.h>
 #include <ATen/PythonTorchFunctionTLS.h>
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -12,7 +13,9 @@
 #include <torch/csrc/utils/pybind.h>
 
 #include <array>
+#include <limits>
 #include <optional>
+#include <string>
 
 namespace dwconv::python {
 
@@ -49,12 +52,14 @@ class Args {
     PyObject* seq = args_[i];
     if (!PyTuple_CheckExact(seq) || PyTuple_GET_SIZE(seq) != Py_ssize_t(N)) return false;
     for (size_t k = 0; k < N; ++k) {
-      if (!integer(PyTuple_GET_ITEM(seq, k), out[k])) return false;
+      if (!to_int(PyTuple_GET_ITEM(seq, k), out[k])) return false;
     }
     return true;
   }
 
-  bool integer(Py_ssize_t i, int64_t& out) const { return integer(args_[i], out); }
+  bool integer(Py_ssize_t i, int64_t& out) const { return to_int(args_[i], out); }
+
+  PyObject* object(Py_ssize_t i) const { return args_[i]; }
 
   bool boolean(Py_ssize_t i, bool& out) const {
     if (!PyBool_Check(args_[i])) return false;
@@ -74,14 +79,15 @@ class Args {
     return true;
   }
 
- private:
-  static bool integer(PyObject* obj, int64_t& out) {
+  // obj as an int64 where it is an exact Python int (not a bool) in range.
+  static bool to_int(PyObject* obj, int64_t& out) {
     if (!PyLong_CheckExact(obj)) return false;
     int overflow = 0;
     out = PyLong_AsLongLongAndOverflow(obj, &overflow);
     return overflow == 0 && !(out == -1 && PyErr_Occurred());
   }
 
+ private:
   PyObject* const* args_;
   Py_ssize_t n_;
 };
@@ -139,8 +145,32 @@ struct Kernels {
   bool parse(const Args& a, Py_ssize_t first) { return a.string(first, family) && a.integer(first + 1, variant); }
 };
 
-// dwconv._C.train_conv (direct_conv.cpp).
+constexpr int kFwd = 0, kDgrad = 1, kWgrad = 2;
+
+// The plans (family, variant) of a call's forward, dgrad and wgrad.
+struct Plans {
+  std::array<std::string, 3> families;
+  std::array<int64_t, 3> variants{};
+  Kernels of(int op) const { return Kernels{families[op], variants[op]}; }
+};
+
+// A new output, filled with NaN where the tests ask for poisoned outputs (dwconv/outputs.py: POISON_OUTPUTS).
+inline at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options, bool poison) {
+  at::Tensor t = at::empty(sizes, options);
+  return poison ? t.fill_(std::numeric_limits<double>::quiet_NaN()) : t;
+}
+
+// depthwise_conv2d recorded as the C++ autograd Function of direct_conv.cpp, for a call goes_to_backend_kernel
+// (asked with grad mode off) accepts, with x in a kernel layout and weight and bias contiguous; GIL released.
+at::Tensor record_native_conv(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                              const Geometry& g, const Plans& plans, const std::string& backend, bool channels_last,
+                              bool poison);
+
+// dwconv._C.train_conv (direct_conv.cpp) and the remembered calls' entries (remembered_calls.cpp).
 PyMethodDef train_conv_method();
+PyMethodDef remembered_conv_method();
+PyMethodDef remember_conv_method();
+PyMethodDef forget_convs_method();
 
 // The native ops called through the dispatcher from C++ (the caller has found goes_to_backend_kernel true and holds
 // a KernelCall, or wants the dispatcher's full path).

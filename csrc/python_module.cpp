@@ -85,7 +85,8 @@ PyMethodDef method(const char* python_name) {
 }
 
 PyMethodDef methods[] = {method<Fwd>("native_fwd"), method<Dgrad>("native_dgrad"), method<Wgrad>("native_wgrad"),
-                         train_conv_method(), {nullptr, nullptr, 0, nullptr}};
+                         train_conv_method(), remembered_conv_method(), remember_conv_method(),
+                         forget_convs_method(), {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace
 

@@ -187,9 +187,10 @@ def check_and_resolve_cached(x: torch.Tensor, weight: torch.Tensor, bias, stride
         return check_and_resolve(x, weight, bias, stride, padding, dilation)
     try:
         key = (x.shape, x.dtype, x.device, weight.shape, weight.dtype, weight.device,
-               None if bias is None else (bias.shape, bias.dtype, bias.device), stride, padding, dilation)
+               None if bias is None else (bias.shape, bias.dtype, bias.device), _exact(stride), _exact(padding),
+               _exact(dilation))
         args = _resolved.get(key)
-    except (TypeError, AttributeError):  # unhashable arguments (lists) or non-tensors: the full check says what
+    except (TypeError, AttributeError):  # other forms (lists, bools) or non-tensors: the full check says what
         return check_and_resolve(x, weight, bias, stride, padding, dilation)
     if args is None:
         args = check_and_resolve(x, weight, bias, stride, padding, dilation)
@@ -198,6 +199,15 @@ def check_and_resolve_cached(x: torch.Tensor, weight: torch.Tensor, bias, stride
                 _resolved.clear()
             _resolved[key] = args
     return args
+
+
+def _exact(value):
+    """value where it is a str, an int or a tuple of ints of exactly those types (True and 1.0 are equal to 1 and
+    hash alike, but the checks reject them); else TypeError."""
+    kind = type(value)
+    if kind is int or kind is str or (kind is tuple and all(type(v) is int for v in value)):
+        return value
+    raise TypeError
 
 
 def is_channels_last(x: torch.Tensor) -> bool:

@@ -58,6 +58,12 @@ def run(spec: str, op: str, x: torch.Tensor, args: ConvArgs, call: Runner) -> to
     return call(*decision)
 
 
+def decided_plan(spec: str, op: str, x: torch.Tensor, args: ConvArgs) -> Optional[Plan]:
+    """The plan `run` decided on for this call's signature, None before its first run."""
+    decision = _decisions.get(signature(spec, op, x, args))
+    return None if decision is None else decision[1]
+
+
 def plan_for(spec: str, op: str, x: torch.Tensor, args: ConvArgs) -> Plan:
     """The plan `spec` resolves to outside benchmark mode (what `run` would use)."""
     return auto_plan(op, x, args) if spec == "auto" else complete(plans_.parse(spec), op, x, args)
@@ -150,9 +156,12 @@ def all_ops_on_torch(spec: str, x: torch.Tensor, args: ConvArgs) -> bool:
 
 
 def clear_decisions() -> None:
-    """Forget every cached decision (the next call of each signature decides again)."""
+    """Forget every cached decision (the next call of each signature decides again), and the remembered calls
+    made with them."""
     _decisions.clear()
     _training_routes.clear()
+    from . import remembered
+    remembered.forget()
 
 
 def describe(spec: str, op: str, x: torch.Tensor, args: ConvArgs) -> Optional[str]:

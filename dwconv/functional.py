@@ -7,8 +7,10 @@ import torch
 from torch import Tensor
 from torch.overrides import handle_torch_function, has_torch_function_variadic
 
+from torch.autograd import forward_ad
+
 from . import ops  # noqa: F401  (registers the dwconv ops)
-from . import onnx_export
+from . import onnx_export, outputs, remembered
 from ._conv_args import IntPair, check_and_resolve_cached
 from .autograd import DirectDepthwiseConv2d, apply_native
 from . import dispatch
@@ -24,6 +26,10 @@ def depthwise_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = Non
     backend: "auto" (the fastest that supports the call), "cuda", "triton", "cpu" or "torch"; a named
     backend that cannot serve the call raises BackendUnavailableError with the reason.
     """
+    if not torch.compiler.is_compiling() and forward_ad._current_level < 0:
+        out = remembered.conv(input, weight, bias, stride, padding, dilation, backend, outputs.POISON_OUTPUTS)
+        if out is not NotImplemented:
+            return out
     if has_torch_function_variadic(input, weight, bias):
         # As F.conv2d: torch.fx tracing records one call of this function (its Proxy's __torch_function__),
         # and tensor subclasses see it whole.
@@ -49,8 +55,13 @@ def depthwise_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = Non
                 out = apply_native(input, weight, bias, args, backend, plans)
             if out is None:
                 out = DirectDepthwiseConv2d.apply(input, weight, bias, args, backend)
+            elif not unbatched:
+                remembered.remember_training(backend, input, weight, bias, stride, padding, dilation, args, route,
+                                             plans)
         else:
             out = ops.run_forward(input, weight, bias, args, backend)
+            if not unbatched:
+                remembered.remember_inference(backend, input, weight, bias, stride, padding, dilation, args)
         return out.squeeze(0) if unbatched else out
     stride, padding, dilation = list(args.stride), list(args.padding), list(args.dilation)
     if torch.jit.is_tracing():  # "same" padding computed from traced sizes: the op's schema takes ints

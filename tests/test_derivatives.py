@@ -286,6 +286,7 @@ def test_eager_training_skips_the_dispatcher_with_the_ops_results(channels_last,
     require_backend("cpu", "cpu")
     if direct == "python":
         monkeypatch.setattr(dwconv.dispatch, "training_route", lambda *args: ("python", None))
+        dwconv.remembered.forget()
     node = {"native": "CppNode<dwconv::DirectDepthwiseConv2d>", "python": "DirectDepthwiseConv2dBackward"}[direct]
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x, w, b = (t.to(dtype) for t in _inputs(n=3, c=4, h=11, w=9, kernel=(5, 3)))

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import dwconv
-from dwconv import config, dispatch, outputs
+from dwconv import config, dispatch, outputs, remembered
 from dwconv._conv_args import check_and_resolve
 from conftest import require_backend
 
@@ -26,6 +26,12 @@ def _is_native(y):
     return "dwconv::DirectDepthwiseConv2d" in y.grad_fn.name()
 
 
+def _force_python_route(monkeypatch):
+    """Later calls take the Python Function route (and are not made again from the remembered calls)."""
+    monkeypatch.setattr(dispatch, "training_route", lambda *args: ("python", None))
+    remembered.forget()
+
+
 def _step(x, w, b, needs, backend="cpu"):
     leaves = [t.clone().requires_grad_(need) for t, need in zip((x, w, b), needs)]
     y = dwconv.depthwise_conv2d(*leaves, 1, (2, 1), backend=backend)
@@ -43,7 +49,7 @@ def test_native_route_equals_the_python_route_and_float64(channels_last, needs, 
     x, w, b = _operands(channels_last)
     y, grads, gy = _step(x, w, b, needs)
     assert _is_native(y)
-    monkeypatch.setattr(dispatch, "training_route", lambda *args: ("python", None))
+    _force_python_route(monkeypatch)
     y_py, grads_py, _ = _step(x, w, b, needs)
     assert type(y_py.grad_fn).__name__ == "DirectDepthwiseConv2dBackward"
     assert torch.equal(y, y_py) and y.is_contiguous(memory_format=torch.channels_last) == channels_last
@@ -64,7 +70,7 @@ def test_bias_gradients_of_64k_elements_and_more_match_the_python_route(dtype, m
     x, w, b = _operands(dtype=dtype, n=2, c=32, h=32, w=33)
     y, grads, _ = _step(x, w, b, (True, True, True))
     assert _is_native(y) and y.numel() >= 1 << 16
-    monkeypatch.setattr(dispatch, "training_route", lambda *args: ("python", None))
+    _force_python_route(monkeypatch)
     _, grads_py, _ = _step(x, w, b, (True, True, True))
     for got, want in zip(grads, grads_py):
         assert torch.equal(got, want)
@@ -187,7 +193,7 @@ def test_saved_tensor_hooks_that_change_the_layout(channels_last):
         assert ((got.double() - want).norm() / want.norm()).item() < 1e-5
 
 
-def test_one_pixel_outputs_of_channels_last_inputs():
+def test_one_pixel_outputs_of_channels_last_inputs(monkeypatch):
     """A 1x1 output map is NCHW and channels_last at once; dx then has the Python route's strides."""
     require_backend("cpu", "cpu")
     g = torch.Generator().manual_seed(9)
@@ -196,15 +202,11 @@ def test_one_pixel_outputs_of_channels_last_inputs():
     results = []
     for native in (True, False):
         if not native:
-            original, dispatch.training_route = dispatch.training_route, lambda *args: ("python", None)
-        try:
-            xs, ws, bs = (t.clone().requires_grad_() for t in (x, w, b))
-            y = dwconv.depthwise_conv2d(xs, ws, bs, backend="cpu")
-            assert _is_native(y) == native
-            results.append((y, *torch.autograd.grad(y.sum(), (xs, ws, bs))))
-        finally:
-            if not native:
-                dispatch.training_route = original
+            _force_python_route(monkeypatch)
+        xs, ws, bs = (t.clone().requires_grad_() for t in (x, w, b))
+        y = dwconv.depthwise_conv2d(xs, ws, bs, backend="cpu")
+        assert _is_native(y) == native
+        results.append((y, *torch.autograd.grad(y.sum(), (xs, ws, bs))))
     for got, want in zip(*results):
         assert torch.equal(got, want) and got.stride() == want.stride()
 
@@ -225,7 +227,7 @@ def test_cuda_native_route_equals_the_python_route(channels_last, monkeypatch):
     x, w, b = (t.cuda() for t in _operands(channels_last))
     y, grads, _ = _step(x, w, b, (True, True, True), backend="cuda")
     assert _is_native(y)
-    monkeypatch.setattr(dispatch, "training_route", lambda *args: ("python", None))
+    _force_python_route(monkeypatch)
     y_py, grads_py, _ = _step(x, w, b, (True, True, True), backend="cuda")
     assert torch.equal(y, y_py)
     for got, want in zip(grads, grads_py):
