@@ -36,11 +36,23 @@ Runner = Callable[[Backend, Plan], torch.Tensor]
 _decisions: Dict[tuple, Tuple[Backend, Plan]] = {}
 
 
-def signature(spec: str, op: str, x: torch.Tensor, args: ConvArgs) -> tuple:
-    """What a decision depends on: the request, the op, the call's geometry, device, dtype and layout, the
-    deterministic flag, the CPU thread count, and the settings in force."""
-    return (spec, op, args, x.device, x.dtype, is_channels_last(x), torch.are_deterministic_algorithms_enabled(),
+def signature(spec: str, op: str, x: torch.Tensor, args: ConvArgs, channels_last: Optional[bool] = None) -> tuple:
+    """What a decision depends on: the request, the op, the call's geometry, device, dtype and layout (x's, unless
+    given), the deterministic flag, the CPU thread count, and the settings in force."""
+    if channels_last is None:
+        channels_last = is_channels_last(x)
+    return (spec, op, args, x.device, x.dtype, channels_last, torch.are_deterministic_algorithms_enabled(),
             torch.get_num_threads() if x.device.type == "cpu" else 0, config.generation)
+
+
+def _signature_in_training(spec: str, op: str, x: torch.Tensor, args: ConvArgs) -> tuple:
+    """The signature under which op's decision is kept when a training call of input x runs it. dgrad runs on
+    grad_out, which the backward gives x's layout; an output map of one pixel (or one channel) in channels_last is
+    NCHW-contiguous too, and counts as NCHW (is_channels_last)."""
+    if op != "dgrad" or not is_channels_last(x):
+        return signature(spec, op, x, args)
+    _, c, h, w = args.output_shape
+    return signature(spec, op, x, args, channels_last=not (c == 1 or h * w == 1))
 
 
 def run(spec: str, op: str, x: torch.Tensor, args: ConvArgs, call: Runner) -> torch.Tensor:
@@ -128,7 +140,7 @@ def training_route(spec: str, x: torch.Tensor, args: ConvArgs) -> Tuple[str, Opt
     if route is not None:
         return route
     if spec == "auto" and config.get().benchmark:
-        decisions = [_decisions.get(signature(spec, op, x, args)) for op in _OPS]
+        decisions = [_decisions.get(_signature_in_training(spec, op, x, args)) for op in _OPS]
         if any(d is None for d in decisions):
             return ("python", None)
         plans = tuple(plan for _, plan in decisions)

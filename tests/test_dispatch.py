@@ -549,3 +549,25 @@ def test_benchmark_mode_takes_torch_alone_only_once_every_op_was_timed():
         y, _, _ = _train_step(x, w, b, "auto")
         on_native = all(p.backend == "cpu" for p in chosen)
         assert _route(y) == ("torch" if on_torch else "native" if on_native else "python")
+
+
+def test_benchmark_mode_finds_the_timed_dgrad_of_channels_last_calls_with_one_pixel_outputs():
+    """grad_out of a one-pixel output map is NCHW-contiguous, so dgrad's timed decision is kept under the NCHW
+    layout; the training route finds it there, and the second call leaves the Python Function route."""
+    g = torch.Generator().manual_seed(23)
+    x = torch.randn(2, 4, 7, 7, generator=g).contiguous(memory_format=torch.channels_last)
+    w, b = torch.randn(4, 1, 7, 7, generator=g), torch.randn(4, generator=g)
+    args = check_and_resolve(x, w, b, 1, 0, 1)
+    with config.override(benchmark=True):
+        routes = []
+        for _ in range(2):
+            leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+            y = dwconv.depthwise_conv2d(*leaves)
+            assert y.shape == (2, 4, 1, 1)
+            routes.append(_route(y))
+            torch.autograd.grad(y.sum(), leaves)
+        plans = dispatch.training_route("auto", x, args)[1]
+    assert routes[0] == "python"
+    assert plans is not None, "the timed decisions were not all found"
+    backends = {p.backend for p in plans}
+    assert routes[1] == ("torch" if backends == {"torch"} else "native" if backends == {"cpu"} else "python")
