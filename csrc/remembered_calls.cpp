@@ -10,7 +10,7 @@
 // - with one: PyTorch's convolution under PyTorch's autograd (route "torch"), or the C++ autograd Function of
 //   direct_conv.cpp (route "native").
 // Anything else returns NotImplemented and the functional takes its Python route. forget_convs() empties the
-// memory (settings changed, decisions cleared).
+// memory (decisions cleared, settings changed).
 #include <Python.h>
 
 #include <ATen/ATen.h>
@@ -32,8 +32,9 @@ namespace {
 using namespace dwconv::python;
 
 // Everything a call's validation and route depend on but the backend name: sizes, dtypes, devices and layouts
-// of the tensors, stride / padding / dilation as given, the deterministic flag and the CPU thread count.
-constexpr size_t kKeyInts = 27;
+// of the tensors, stride / padding / dilation as given, the deterministic flag, the CPU thread count and the
+// settings' generation (dwconv/config.py).
+constexpr size_t kKeyInts = 28;
 using KeyInts = std::array<int64_t, kKeyInts>;
 
 struct CallKey {
@@ -117,9 +118,9 @@ void put_tensor(const at::Tensor& t, int64_t* out) {
   out[5] = int64_t(t.device().type()) * 1024 + t.device().index();
 }
 
-// The call's tensors and key from (x, weight, bias, stride, padding, dilation, backend); false where the call is not
-// one the memory serves: tensors of other types or layouts than the kernels take as they are, arguments of other
-// forms.
+// The call's tensors and key from (x, weight, bias, stride, padding, dilation, backend, generation); false where the
+// call is not one the memory serves: tensors of other types or layouts than the kernels take as they are (nested,
+// sparse or other non-strided tensors included), arguments of other forms.
 struct Call {
   const at::Tensor *x = nullptr, *weight = nullptr;
   std::optional<at::Tensor> bias;
@@ -128,7 +129,10 @@ struct Call {
 
   bool parse(const Args& a) {
     c10::string_view backend;
-    if (!a.tensor(0, x) || !a.tensor(1, weight) || !a.optional_tensor(2, bias) || !a.string(6, backend)) return false;
+    int64_t generation = 0;
+    if (!a.tensor(0, x) || !a.tensor(1, weight) || !a.optional_tensor(2, bias) || !a.string(6, backend) ||
+        !a.integer(7, generation) || !plain(*x) || !plain(*weight) || (bias && !plain(*bias)))
+      return false;
     layout = layout_of(*x);
     if (x->dim() != 4 || weight->dim() != 4 || layout < 0 || x->numel() == 0 || !weight->is_contiguous() ||
         (bias && (bias->dim() != 1 || !bias->is_contiguous())))
@@ -148,10 +152,12 @@ struct Call {
       return false;
     k[25] = at::globalContext().deterministicAlgorithms();
     k[26] = x->is_cpu() ? at::get_num_threads() : 0;
+    k[27] = generation;
     key.backend.assign(backend.data(), backend.size());
     return true;
   }
 
+  static bool plain(const at::Tensor& t) { return t.layout() == at::kStrided && !t.is_nested(); }
   std::array<const at::Tensor*, 3> tensors() const { return {x, weight, bias ? &*bias : x}; }
   bool recording() const {
     return at::GradMode::is_enabled() && (x->requires_grad() || weight->requires_grad() ||
@@ -172,14 +178,14 @@ at::Tensor torch_conv(const Call& call, const Geometry& g) {
   return at::conv2d(x, *call.weight, call.bias, g.stride, padding, g.dilation, call.x->size(1));
 }
 
-// remembered_conv(x, weight, bias, stride, padding, dilation, backend, poison) -> y, or NotImplemented
+// remembered_conv(x, weight, bias, stride, padding, dilation, backend, generation, poison) -> y, or NotImplemented
 PyObject* remembered_conv(PyObject*, PyObject* const* argv, Py_ssize_t argc) {
   HANDLE_TH_ERRORS
   const Args a(argv, argc);
   Call call;
   bool poison = false;
   if (remembered.empty() || at::impl::torch_function_mode_enabled() || torch::jit::tracer::isTracing() ||
-      !a.count(8) || !call.parse(a) || !a.boolean(7, poison))
+      !a.count(9) || !call.parse(a) || !a.boolean(8, poison))
     Py_RETURN_NOTIMPLEMENTED;
   const auto found = remembered.find(call.key);
   if (found == remembered.end()) Py_RETURN_NOTIMPLEMENTED;
@@ -210,9 +216,9 @@ PyObject* remembered_conv(PyObject*, PyObject* const* argv, Py_ssize_t argc) {
   END_HANDLE_TH_ERRORS
 }
 
-// remember_conv(x, weight, bias, stride, padding, dilation, backend, training, route, resolved stride, resolved
-//               padding, resolved dilation, output shape, fwd family, fwd variant, dgrad family, dgrad variant,
-//               wgrad family, wgrad variant) -> bool: whether the call's signature is now remembered. route is
+// remember_conv(x, weight, bias, stride, padding, dilation, backend, generation, training, route, resolved stride,
+//               resolved padding, resolved dilation, output shape, fwd family, fwd variant, dgrad family, dgrad
+//               variant, wgrad family, wgrad variant) -> bool: whether the call's signature is now remembered. route is
 // "torch" or "native"; training says whether it is the route of calls that record a gradient.
 PyObject* remember_conv(PyObject*, PyObject* const* argv, Py_ssize_t argc) {
   HANDLE_TH_ERRORS
@@ -223,9 +229,9 @@ PyObject* remember_conv(PyObject*, PyObject* const* argv, Py_ssize_t argc) {
   Geometry g;
   std::array<int64_t, 4> output_sizes{};
   std::array<Kernels, 3> kernels;
-  if (!a.count(19) || !call.parse(a) || !a.boolean(7, training) || !a.string(8, route_name) || !g.parse(a, 9) ||
-      !a.ints(12, output_sizes) || !kernels[kFwd].parse(a, 13) || !kernels[kDgrad].parse(a, 15) ||
-      !kernels[kWgrad].parse(a, 17))
+  if (!a.count(20) || !call.parse(a) || !a.boolean(8, training) || !a.string(9, route_name) || !g.parse(a, 10) ||
+      !a.ints(13, output_sizes) || !kernels[kFwd].parse(a, 14) || !kernels[kDgrad].parse(a, 16) ||
+      !kernels[kWgrad].parse(a, 18))
     Py_RETURN_FALSE;
   RouteOf route;
   if (route_name == "torch") {

@@ -10,7 +10,7 @@ from torch.overrides import handle_torch_function, has_torch_function_variadic
 from torch.autograd import forward_ad
 
 from . import ops  # noqa: F401  (registers the dwconv ops)
-from . import onnx_export, outputs, remembered
+from . import config, onnx_export, outputs, remembered
 from ._conv_args import IntPair, check_and_resolve_cached
 from .autograd import DirectDepthwiseConv2d, apply_native
 from . import dispatch
@@ -27,7 +27,8 @@ def depthwise_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = Non
     backend that cannot serve the call raises BackendUnavailableError with the reason.
     """
     if not torch.compiler.is_compiling() and forward_ad._current_level < 0:
-        out = remembered.conv(input, weight, bias, stride, padding, dilation, backend, outputs.POISON_OUTPUTS)
+        out = remembered.conv(input, weight, bias, stride, padding, dilation, backend, config.generation,
+                              outputs.POISON_OUTPUTS)
         if out is not NotImplemented:
             return out
     if has_torch_function_variadic(input, weight, bias):

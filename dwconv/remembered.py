@@ -1,7 +1,7 @@
 """Remembered calls: the functional's eager calls made again without Python (csrc/remembered_calls.cpp).
 
 The first eager call of a signature (sizes, dtypes, devices and layouts of the tensors, stride, padding and
-dilation as given, backend, deterministic flag, CPU threads) takes the functional's Python route, which validates
+dilation as given, backend, deterministic flag, CPU threads, settings' generation) takes the functional's Python route, which validates
 it and decides how it runs (dwconv/dispatch.py). Where that route is one the extension can take by itself, the
 functional remembers it here: PyTorch's convolution, or native kernels with outputs below the CPU output pool's
 size, separately for calls that record a gradient (dispatch.training_route) and calls that do not (the forward's
@@ -27,8 +27,8 @@ def _declined(*args):
     return NotImplemented
 
 
-# conv(x, weight, bias, stride, padding, dilation, backend, poison): the remembered route's output, or
-# NotImplemented where the call is not remembered or needs the Python route.
+# conv(x, weight, bias, stride, padding, dilation, backend, config.generation, poison): the remembered route's output,
+# or NotImplemented where the call is not remembered or needs the Python route.
 conv = _extension.direct_entry("remembered_conv") or _declined
 _remember = _extension.direct_entry("remember_conv")
 _forget = _extension.direct_entry("forget_convs")
@@ -62,8 +62,8 @@ def _store(x, weight, bias, stride, padding, dilation, spec, training, route, ar
     for i in range(3):
         plan = plans[i] if i < len(plans) else None
         kernels += [plan.family, variant_number(plan)] if plan is not None and plan.backend != "torch" else ["", 0]
-    return _remember(x, weight, bias, stride, padding, dilation, spec, training, route, args.stride, args.padding,
-                     args.dilation, args.output_shape, *kernels)
+    return _remember(x, weight, bias, stride, padding, dilation, spec, config.generation, training, route,
+                     args.stride, args.padding, args.dilation, args.output_shape, *kernels)
 
 
 def forget() -> int:
@@ -71,4 +71,6 @@ def forget() -> int:
     return _forget() if _forget is not None else 0
 
 
+# The settings' generation is part of every signature; forgetting on a change keeps the memory to what the settings
+# in force can use.
 config.on_change(lambda _settings: forget())

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 import dwconv
@@ -243,6 +244,16 @@ class _Subclass(torch.Tensor):
     pass
 
 
+class _DispatchMode(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.seen.append(func)
+        return func(*args, **(kwargs or {}))
+
+
 class _FunctionMode(TorchFunctionMode):
     def __init__(self):
         super().__init__()
@@ -253,8 +264,9 @@ class _FunctionMode(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("case", ["subclass", "function_mode", "flop_counter", "autocast", "vmap", "func_grad",
-                                  "forward_ad", "unbatched", "strided_input", "strided_weight"])
+@pytest.mark.parametrize("case", ["subclass", "function_mode", "dispatch_mode", "flop_counter", "autocast", "vmap",
+                                  "func_grad", "forward_ad", "unbatched", "strided_input", "strided_weight",
+                                  "strided_bias"])
 def test_calls_the_memory_cannot_serve_take_the_python_route(case, monkeypatch):
     """Each such call of a remembered signature is made as before: the mode, transform or wrapper sees the op or
     the function, and the results are those of the Python route."""
@@ -281,8 +293,12 @@ def test_calls_the_memory_cannot_serve_take_the_python_route(case, monkeypatch):
             y = _dw(x, w, b, 1, 1, 1, "auto")
         assert y.dtype == torch.bfloat16
         want = want.bfloat16()
-    elif case == "vmap":
-        y = torch.vmap(lambda xi: _dw(xi, w, b, 1, 1, 1, "auto"))(x.unsqueeze(1)).squeeze(1)
+    elif case == "dispatch_mode":
+        with _DispatchMode() as mode:
+            y = _dw(x, w, b, 1, 1, 1, "auto")
+        assert torch.ops.dwconv.depthwise_conv2d.default in mode.seen
+    elif case == "vmap":  # each sample of the remembered signature's shape
+        y = torch.vmap(lambda xi: _dw(xi, w, b, 1, 1, 1, "auto"))(x.unsqueeze(0)).squeeze(0)
     elif case == "func_grad":
         def loss(xi):
             out = _dw(xi, w, b, 1, 1, 1, "auto")
@@ -303,10 +319,41 @@ def test_calls_the_memory_cannot_serve_take_the_python_route(case, monkeypatch):
         wide = torch.randn(2, 4, 9, 18)
         wide[..., ::2] = x
         y = _dw(wide[..., ::2], w, b, 1, 1, 1, "auto")
-    elif case == "strided_weight":
+    elif case == "strided_weight":  # the key has sizes, not strides: the entry checks contiguity itself
         y = _dw(x, torch.randn(4, 1, 3, 6)[..., ::2].copy_(w), b, 1, 1, 1, "auto")
+    elif case == "strided_bias":
+        y = _dw(x, w, torch.randn(8)[::2].copy_(b), 1, 1, 1, "auto")
     assert routes.calls > 0, "the call ran a remembered route"
     assert_close(y, want, y.dtype, case, factor=1.0)
+
+
+def test_inference_mode_calls_are_served_as_the_python_route_serves_them(monkeypatch):
+    require_backend("cpu", "cpu")
+    x, w, b = make_inputs(2, 4, 9, 9, 3, seed=24)
+    routes = PythonRoutes(monkeypatch)
+    with torch.inference_mode():
+        for _ in range(2):
+            y, python = routes.taken_by(lambda: _dw(x, w, b, 1, 1, 1, "auto"))
+        assert not python
+        remembered.forget()
+        want = _dw(x, w, b, 1, 1, 1, "auto")
+    assert y.is_inference() and want.is_inference() and torch.equal(y, want)
+
+
+def test_nested_and_sparse_inputs_fail_as_without_remembered_calls():
+    x, w, b = make_inputs(2, 4, 9, 9, 3, seed=25)
+    nested = torch.nested.nested_tensor([torch.randn(4, 9, 9), torch.randn(4, 9, 8)])
+    for bad in ((nested, w, b), (x.to_sparse(), w, b), (x, w.to_sparse(), b), (x, w, b.to_sparse())):
+        errors = []
+        for warm in (False, True):
+            remembered.forget()
+            if warm:
+                for _ in range(2):
+                    _dw(x, w, b, 1, 1, 1, "auto")
+            with pytest.raises(Exception) as error:
+                _dw(*bad, 1, 1, 1, "auto")
+            errors.append((type(error.value), str(error.value)))
+        assert errors[0] == errors[1]
 
 
 def test_invalid_calls_of_remembered_shapes_still_raise():
@@ -356,7 +403,7 @@ def test_large_inference_outputs_come_from_the_output_pool_not_a_remembered_rout
 def test_remember_conv_rejects_an_unknown_route():
     x, w, b = make_inputs(1, 2, 4, 4, 3, seed=21)
     with pytest.raises(ValueError, match="route"):
-        dwconv._extension.direct_entry("remember_conv")(x, w, b, 1, 1, 1, "cpu", False, "python", (1, 1),
+        dwconv._extension.direct_entry("remember_conv")(x, w, b, 1, 1, 1, "cpu", 0, False, "python", (1, 1),
                                                         (1, 1, 1, 1), (1, 1), (1, 2, 4, 4), "", 0, "", 0, "", 0)
 
 
