@@ -78,11 +78,17 @@ DWCONV_PLANE_INLINE void row_taps(__m512* acc, const float* x, const float* w, i
 // vector at col0 + 2q * DW holds lane l's taps 2q and 2q + 1. w: [pairs][KH], each filter row's two weights of
 // a pair as one 32-bit broadcast. With an odd filter width (`single_last`) the last pair's second weight is
 // zero and its second tap, a pixel outside the filter, is masked off (0 * Inf would be NaN).
+// acc += the pair products of v with the weight pair *w in every lane, the weight broadcast in vdpbf16ps' own
+// memory operand ({1to16}). From _mm512_dpbf16_ps(acc, v, _mm512_set1_epi32(*w)) GCC emits a separate
+// vpbroadcastd for every product (as it does not for an FMA's broadcast operand).
+DWCONV_PLANE_INLINE void dot_broadcast(__m512& acc, __m512i v, const uint32_t* w) {
+  asm("vdpbf16ps %[w]%{1to16%}, %[v], %[acc]" : [acc] "+v"(acc) : [v] "v"(v), [w] "m"(*w));
+}
+
 template <int KH, class S>
 DWCONV_PLANE_INLINE void pair_taps(__m512* acc, __m512i v, const uint32_t* w) {
 #pragma GCC unroll 16
-  for (int kh = S::lo; kh <= S::hi; ++kh)
-    acc[S::of(kh)] = _mm512_dpbf16_ps(acc[S::of(kh)], (__m512bh)v, (__m512bh)_mm512_set1_epi32(int(w[kh])));
+  for (int kh = S::lo; kh <= S::hi; ++kh) dot_broadcast(acc[S::of(kh)], v, w + kh);
 }
 
 template <int KH, class S>
