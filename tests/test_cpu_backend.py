@@ -67,6 +67,10 @@ CASES = [
     # bf16 wgrad on rows under 10 outputs: pairs of images (512 channels: all three images in one chunk, the
     # third alone)
     (3, 512, 7, 7, (5, 5), 1, (1, 1), (2, 2, 2, 2), (1, 1)),
+    # bf16 NCHW planes of 10-14 rows two at a time (plane_block_dual): an odd number of planes (the last alone),
+    # odd and even filter widths
+    (1, 3, 13, 13, (7, 7), 1, (1, 1), (3, 3, 3, 3), (1, 1)),
+    (1, 5, 14, 12, (5, 6), 1, (1, 1), (2, 2, 3, 2), (1, 1)),
 ]
 
 

@@ -156,6 +156,82 @@ inline const PlaneBlockFn<Src, W>* plane_blocks(int64_t KH) {
   }
 }
 
+#ifdef DWCONV_BF16_DOT
+// Two planes at once (bf16 pairs planes, one source each): plane_block's products for planes a and b interleaved
+// step by step, so every step has twice the independent products. An output row's accumulator takes its products
+// in one dependent chain, and window rows near a block's top or bottom feed few accumulators: one plane alone
+// leaves the products' latency uncovered there. 2 x R accumulators and two input vectors: R <= kDualRowsMax.
+constexpr int kDualRowsMin = 10, kDualRowsMax = 14;
+
+template <int KH, class S>
+DWCONV_PLANE_INLINE void dual_row_taps(__m512* acc_a, __m512* acc_b, const uint32_t* xa, const uint32_t* xb,
+                                       const uint32_t* wa, const uint32_t* wb, int64_t pairs, int64_t DW,
+                                       bool single_last) {
+  const int64_t full = pairs - (single_last ? 1 : 0);
+  for (int64_t q = 0; q < pairs; ++q, xa += 2 * DW, xb += 2 * DW, wa += KH, wb += KH) {
+    __m512i va = _mm512_loadu_si512(xa), vb = _mm512_loadu_si512(xb);
+    if (q == full) {  // the odd last column: its second tap is a pixel outside the filter (0 * Inf would be NaN)
+      va = _mm512_and_si512(va, _mm512_set1_epi32(0xffff));
+      vb = _mm512_and_si512(vb, _mm512_set1_epi32(0xffff));
+    }
+#pragma GCC unroll 16
+    for (int kh = S::lo; kh <= S::hi; ++kh) {
+      dot_broadcast(acc_a[S::of(kh)], va, wa + kh);
+      dot_broadcast(acc_b[S::of(kh)], vb, wb + kh);
+    }
+  }
+}
+
+template <int KH, int R, int... I>
+DWCONV_PLANE_INLINE void dual_window(__m512* acc_a, __m512* acc_b, const uint32_t* a, const uint32_t* b,
+                                     const uint32_t* wa, const uint32_t* wb, int64_t Ws, int64_t Hs, int64_t ih0,
+                                     int64_t pairs, int64_t DW, int64_t col0, bool single_last,
+                                     std::integer_sequence<int, I...>) {
+  ((ih0 + I >= 0 && ih0 + I < Hs
+        ? dual_row_taps<KH, BlockSlots<KH, R, I>>(acc_a, acc_b, a + (ih0 + I) * Ws + col0, b + (ih0 + I) * Ws + col0,
+                                                  wa, wb, pairs, DW, single_last)
+        : void()),
+   ...);
+}
+
+// plane_block of two single-source pairs planes a and b (filters wa, wb [pairs][KH]): out_a, out_b as plane_block's
+// out.
+template <int KH, int R>
+DWCONV_TARGET void plane_block_dual(float* out_a, float* out_b, const uint32_t* a, const uint32_t* b,
+                                    const uint32_t* wa, const uint32_t* wb, int64_t Ws, int64_t Hs, int64_t ih0,
+                                    int64_t pairs, int64_t DW, int64_t col0, bool single_last) {
+  __m512 acc_a[R], acc_b[R];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) acc_a[r] = acc_b[r] = _mm512_setzero_ps();
+  dual_window<KH, R>(acc_a, acc_b, a, b, wa, wb, Ws, Hs, ih0, pairs, DW, col0, single_last,
+                     std::make_integer_sequence<int, R + KH - 1>());
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) {
+    _mm512_storeu_ps(out_a + r * kPlaneLanes, acc_a[r]);
+    _mm512_storeu_ps(out_b + r * kPlaneLanes, acc_b[r]);
+  }
+}
+
+using DualBlockFn = void (*)(float*, float*, const uint32_t*, const uint32_t*, const uint32_t*, const uint32_t*,
+                             int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool);
+
+template <int KH, int... R>
+constexpr std::array<DualBlockFn, kDualRowsMax - kDualRowsMin + 1> dual_blocks_for(std::integer_sequence<int, R...>) {
+  return {plane_block_dual<KH, kDualRowsMin + R>...};
+}
+
+// The two-plane block of filter height KH and R rows; null where none is compiled.
+inline DualBlockFn dual_block(int64_t KH, int64_t R) {
+  constexpr auto rows = std::make_integer_sequence<int, kDualRowsMax - kDualRowsMin + 1>();
+  static constexpr auto k3 = dual_blocks_for<3>(rows), k5 = dual_blocks_for<5>(rows), k7 = dual_blocks_for<7>(rows),
+                        k9 = dual_blocks_for<9>(rows), k11 = dual_blocks_for<11>(rows),
+                        k13 = dual_blocks_for<13>(rows);
+  if (R < kDualRowsMin || R > kDualRowsMax) return nullptr;
+  const auto& of = KH == 3 ? k3 : KH == 5 ? k5 : KH == 7 ? k7 : KH == 9 ? k9 : KH == 11 ? k11 : k13;
+  return KH % 2 == 1 && KH >= 3 && KH <= 13 ? of[R - kDualRowsMin] : nullptr;
+}
+#endif
+
 // Whether a correlation runs on the plane kernels: NCHW, unit stride and row dilation, a compiled filter height,
 // and output rows that fill most of their vectors (7-wide maps waste 9 of 16 lanes: the batched path is better).
 inline bool planes_fit(const Correlation& g, Layout layout) {
@@ -280,6 +356,38 @@ inline PlaneColumnFn<T, Src, W> plane_column_for(int64_t KH) {
 }
 constexpr int64_t kColumnRowsPerTap = 4;  // HO >= 4 * KH
 
+#ifdef DWCONV_BF16_DOT
+// Planes `plane` and `plane + 1` of run_planes_of's bf16 pairs path, one source and one row block (HO rows) each:
+// their pairs planes (converted, two of plane_size), then both through plane_block_dual per segment.
+template <typename T>
+DWCONV_TARGET void run_dual_planes(const BlockedProblem<T, float>& p, DualBlockFn dual, int64_t plane,
+                                   uint32_t* converted, int64_t plane_size, int64_t row, const uint32_t* wk,
+                                   int64_t taps, const float* bias, int64_t segments, bool single_last, float* acc) {
+  const Correlation& g = p.g;
+  const int64_t in_pixels = g.Hs * g.Ws, out_pixels = g.HO * g.WO, R = g.HO;
+  const uint32_t* src[2];
+  const uint32_t* w[2];
+  float b[2];
+  for (int i = 0; i < 2; ++i) {
+    const int64_t n = (plane + i) / p.dst_C, c = (plane + i) % p.dst_C;
+    plane_to_pairs(converted + i * plane_size, p.src + (n * p.src_C + c / p.chan_div * p.chan_mul) * in_pixels, g.Hs,
+                   g.Ws, g.org_w, g.DW, row);
+    src[i] = converted + i * plane_size;
+    w[i] = wk + c * taps * g.KH;
+    b[i] = bias ? bias[c] : 0.f;
+  }
+  for (int64_t sg = 0; sg < segments; ++sg) {
+    const int64_t ow0 = sg * kPlaneLanes;
+    const __mmask16 lanes = __mmask16((1u << std::min<int64_t>(kPlaneLanes, g.WO - ow0)) - 1);
+    dual(acc, acc + R * kPlaneLanes, src[0], src[1], w[0], w[1], row, g.Hs, g.org_h, taps, g.DW, ow0, single_last);
+    for (int i = 0; i < 2; ++i)
+      for (int64_t r = 0; r < R; ++r)
+        store_lanes<T>(p.dst + (plane + i) * out_pixels + r * g.WO + ow0,
+                       _mm512_loadu_ps(acc + (i * R + r) * kPlaneLanes), b[i], lanes);
+  }
+}
+#endif
+
 // dst plane (n, c) = sum_j correlate(src plane (n, chan(c, j)), filter of (c, j)) + bias[c] for every plane of
 // p.dst (BlockedProblem of batched.h, NCHW; p.wt unused: wk holds the filters, p.bias per channel or null).
 // Src: the planes as the blocks read them: fp32 (other dtypes converted per plane), or for vdpbf16ps the pairs
@@ -319,16 +427,25 @@ DWCONV_TARGET void run_planes_of(const BlockedProblem<T, float>& p, const W* wk,
     }
   }
   const int nthreads = thread_count(threads, planes, planes * out_pixels * g.KH * g.KW * p.sources);
-  Scratch<Src> converted_all(convert ? nthreads * p.sources * plane_size : 1);
-  Scratch<float> accs(nthreads * kPlaneRows * kPlaneLanes);
   const int64_t filter_size = taps * g.KH;
   const PlaneColumnFn<T, Src, W> column =
       p.sources == 1 && g.HO >= kColumnRowsPerTap * g.KH ? plane_column_for<T, Src, W>(g.KH) : nullptr;
+  const bool prefetch = in_pixels * int64_t(sizeof(T)) >= kPlanePrefetchBytes;
+#ifdef DWCONV_BF16_DOT
+  // bf16 pairs planes of one block each: two planes at a time (plane_block_dual)
+  const DualBlockFn dual = pairs && !column && p.sources == 1 && !prefetch && nrow_blocks == 1 ? dual_block(g.KH, g.HO)
+                                                                                               : nullptr;
+  const int64_t per_item = dual ? 2 : 1;
+#else
+  const int64_t per_item = 1;
+#endif
+  const int64_t items = ceil_div(planes, per_item);
+  Scratch<Src> converted_all(convert ? nthreads * per_item * p.sources * plane_size : 1);
+  Scratch<float> accs(nthreads * per_item * kPlaneRows * kPlaneLanes);
   // Planes of several KiB (56x56) are read in strided pieces (16 columns of 20 rows at a time, or of the whole
   // plane in columns) that the hardware prefetchers do not see coming: each block (or column) fetches its share
   // of the next plane's input (and the output lines it will write). Small planes are one contiguous stream: no
   // prefetch (measured).
-  const bool prefetch = in_pixels * int64_t(sizeof(T)) >= kPlanePrefetchBytes;
   const int64_t in_lines = ceil_div(in_pixels * int64_t(sizeof(T)), 64) + 1;
   const int64_t out_lines = ceil_div(out_pixels * int64_t(sizeof(T)), 64) + 1;
   const int64_t nq = column ? segments : nrow_blocks * segments;
@@ -344,12 +461,21 @@ DWCONV_TARGET void run_planes_of(const BlockedProblem<T, float>& p, const W* wk,
   };
 #pragma omp parallel num_threads(nthreads)
   {
-    Src* converted = converted_all.get() + (convert ? omp_get_thread_num() * p.sources * plane_size : 0);
-    float* acc = accs.get() + omp_get_thread_num() * kPlaneRows * kPlaneLanes;
+    Src* converted = converted_all.get() + (convert ? omp_get_thread_num() * per_item * p.sources * plane_size : 0);
+    float* acc = accs.get() + omp_get_thread_num() * per_item * kPlaneRows * kPlaneLanes;
     std::vector<const Src*> srcs(p.sources);
     std::vector<const W*> filters(p.sources);
 #pragma omp for schedule(static)
-    for (int64_t plane = 0; plane < planes; ++plane) {
+    for (int64_t item = 0; item < items; ++item) {
+      const int64_t plane = item * per_item;
+#ifdef DWCONV_BF16_DOT
+      if constexpr (pairs) {
+        if (dual && plane + 1 < planes) {
+          run_dual_planes(p, dual, plane, converted, plane_size, row, wk, taps, bias, segments, mask[0] != 0, acc);
+          continue;
+        }
+      }
+#endif
       const int64_t n = plane / p.dst_C, c = plane % p.dst_C;
       for (int64_t j = 0; j < p.sources; ++j) {
         const T* src = p.src + (n * p.src_C + c / p.chan_div * p.chan_mul + j) * in_pixels;
