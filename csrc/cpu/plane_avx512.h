@@ -335,6 +335,72 @@ DWCONV_TARGET void plane_column(T* dst, int64_t WO, int64_t HO, float bias, __mm
                                      std::make_integer_sequence<int, KH>());
 }
 
+#ifdef DWCONV_BF16_DOT
+// plane_column for bf16 pairs planes, two neighbouring segments (col0 and col0 + 16) at once, their products
+// interleaved as plane_block_dual's: 2 x KH accumulators and two input vectors (KH <= 13). The same products in the
+// same order per output as plane_column.
+template <int KH, typename T, int U>
+DWCONV_PLANE_INLINE void dual_column_row(__m512* acc_a, __m512* acc_b, T* dst, int64_t WO, int64_t rows, float bias,
+                                         __mmask16 lanes_b, const uint32_t* src, const uint32_t* w, int64_t Ws,
+                                         int64_t Hs, int64_t org_h, int64_t pairs, int64_t DW, int64_t col0,
+                                         bool single_last, int64_t base) {
+  const int64_t i = base + U;
+  if (i >= rows) return;
+  const int64_t ih = org_h + i;
+  if (ih >= 0 && ih < Hs) {
+    const uint32_t* x = src + ih * Ws + col0;
+    dual_row_taps<KH, RowSlots<0, KH - 1, U, KH>>(acc_a, acc_b, x, x + kPlaneLanes, w, w, pairs, DW, single_last);
+  }
+  constexpr int done = (U + 1) % KH;
+  if (i >= KH - 1) {
+    store_lanes<T>(dst + (i - (KH - 1)) * WO, acc_a[done], bias, __mmask16(0xffff));
+    store_lanes<T>(dst + (i - (KH - 1)) * WO + kPlaneLanes, acc_b[done], bias, lanes_b);
+  }
+  acc_a[done] = acc_b[done] = _mm512_setzero_ps();
+}
+
+template <int KH, typename T, int... U>
+DWCONV_PLANE_INLINE void dual_column_rows(__m512* acc_a, __m512* acc_b, T* dst, int64_t WO, int64_t rows, float bias,
+                                          __mmask16 lanes_b, const uint32_t* src, const uint32_t* w, int64_t Ws,
+                                          int64_t Hs, int64_t org_h, int64_t pairs, int64_t DW, int64_t col0,
+                                          bool single_last, int64_t base, std::integer_sequence<int, U...>) {
+  (dual_column_row<KH, T, U>(acc_a, acc_b, dst, WO, rows, bias, lanes_b, src, w, Ws, Hs, org_h, pairs, DW, col0,
+                             single_last, base),
+   ...);
+}
+
+// dst[o][0, 32) of a whole plane: segments col0 (all 16 lanes) and col0 + 16 (lanes_b).
+template <int KH, typename T>
+DWCONV_TARGET void plane_column_dual(T* dst, int64_t WO, int64_t HO, float bias, __mmask16 lanes_b,
+                                     const uint32_t* src, const uint32_t* w, int64_t Ws, int64_t Hs, int64_t org_h,
+                                     int64_t pairs, int64_t DW, int64_t col0, bool single_last) {
+  __m512 acc_a[KH], acc_b[KH];
+#pragma GCC unroll 16
+  for (int r = 0; r < KH; ++r) acc_a[r] = acc_b[r] = _mm512_setzero_ps();
+  const int64_t rows = HO + KH - 1;
+  for (int64_t base = 0; base < rows; base += KH)
+    dual_column_rows<KH, T>(acc_a, acc_b, dst, WO, rows, bias, lanes_b, src, w, Ws, Hs, org_h, pairs, DW, col0,
+                            single_last, base, std::make_integer_sequence<int, KH>());
+}
+
+template <typename T>
+using DualColumnFn = void (*)(T*, int64_t, int64_t, float, __mmask16, const uint32_t*, const uint32_t*, int64_t,
+                              int64_t, int64_t, int64_t, int64_t, int64_t, bool);
+
+template <typename T>
+inline DualColumnFn<T> dual_column_for(int64_t KH) {
+  switch (KH) {
+    case 3: return plane_column_dual<3, T>;
+    case 5: return plane_column_dual<5, T>;
+    case 7: return plane_column_dual<7, T>;
+    case 9: return plane_column_dual<9, T>;
+    case 11: return plane_column_dual<11, T>;
+    case 13: return plane_column_dual<13, T>;
+    default: return nullptr;
+  }
+}
+#endif
+
 template <typename T, typename Src, typename W>
 using PlaneColumnFn = void (*)(T*, int64_t, int64_t, float, __mmask16, const Src*, const W*, int64_t, int64_t,
                                int64_t, int64_t, int64_t, int64_t, const __mmask16*);
@@ -436,6 +502,8 @@ DWCONV_TARGET void run_planes_of(const BlockedProblem<T, float>& p, const W* wk,
   const DualBlockFn dual = pairs && !column && p.sources == 1 && !prefetch && nrow_blocks == 1 ? dual_block(g.KH, g.HO)
                                                                                                : nullptr;
   const int64_t per_item = dual ? 2 : 1;
+  DualColumnFn<T> dual_column = nullptr;  // bf16 pairs columns: two segments at a time (plane_column_dual)
+  if constexpr (pairs) dual_column = column ? dual_column_for<T>(g.KH) : nullptr;
 #else
   const int64_t per_item = 1;
 #endif
@@ -497,6 +565,18 @@ DWCONV_TARGET void run_planes_of(const BlockedProblem<T, float>& p, const W* wk,
           const int64_t ow0 = sg * kPlaneLanes;
           const __mmask16 lanes = __mmask16((1u << std::min<int64_t>(kPlaneLanes, g.WO - ow0)) - 1);
           if (prefetch && plane + 1 < planes) prefetch_next(plane, sg, nq);
+#ifdef DWCONV_BF16_DOT
+          if constexpr (pairs) {
+            if (dual_column && sg + 1 < segments) {  // this segment and the next
+              if (prefetch && plane + 1 < planes) prefetch_next(plane, sg + 1, nq);
+              const int64_t ow1 = ow0 + kPlaneLanes;
+              dual_column(dst + ow0, g.WO, g.HO, b, __mmask16((1u << std::min<int64_t>(kPlaneLanes, g.WO - ow1)) - 1),
+                          srcs[0], filters[0], row, g.Hs, g.org_h, taps, g.DW, col[sg], mask[sg] != 0);
+              ++sg;
+              continue;
+            }
+          }
+#endif
           column(dst + ow0, g.WO, g.HO, b, lanes, srcs[0], filters[0], pairs ? row : g.Ws, g.Hs, g.org_h, taps, g.DW,
                  col[sg * ncols], mask.data() + sg * ncols);
         }
