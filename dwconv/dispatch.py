@@ -19,7 +19,6 @@ call signature, so the choice costs one dictionary lookup after the first call.
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Dict, Optional, Tuple
 
 import torch
@@ -121,7 +120,7 @@ def cpu_rule_prefers_native(op: str, x: torch.Tensor, args: ConvArgs) -> bool:
 
 
 _OPS = ("fwd", "dgrad", "wgrad")
-_NATIVE_BACKENDS = ("cpu", "cuda")
+NATIVE_BACKENDS = ("cpu", "cuda")  # the backends whose kernels dwconv._C calls
 _training_routes: Dict[tuple, Tuple[str, Optional[Tuple[Plan, Plan, Plan]]]] = {}
 
 
@@ -149,12 +148,11 @@ def training_route(spec: str, x: torch.Tensor, args: ConvArgs) -> Tuple[str, Opt
             plans = tuple(plan_for(spec, op, x, args) for op in _OPS)
         except RuntimeError:  # a named backend that cannot run an op: the op path says why
             plans = None
-    from .outputs import LARGE_OUTPUT_BYTES
-    large = x.device.type == "cpu" and max(math.prod(args.output_shape), math.prod(args.input_shape)) * \
-        x.dtype.itemsize >= LARGE_OUTPUT_BYTES
+    from .outputs import large_cpu_output
+    large = any(large_cpu_output(shape, x.dtype, x.device) for shape in (args.output_shape, args.input_shape))
     if plans is not None and all(p.backend == "torch" for p in plans):
         route = ("torch", plans)
-    elif plans is not None and not large and all(p.backend in _NATIVE_BACKENDS for p in plans):
+    elif plans is not None and not large and all(p.backend in NATIVE_BACKENDS for p in plans):
         route = ("native", plans)
     else:
         route = ("python", plans)

@@ -5,9 +5,8 @@ from typing import Optional, Union
 
 import torch
 from torch import Tensor
-from torch.overrides import handle_torch_function, has_torch_function_variadic
-
 from torch.autograd import forward_ad
+from torch.overrides import handle_torch_function, has_torch_function_variadic
 
 from . import ops  # noqa: F401  (registers the dwconv ops)
 from . import config, onnx_export, outputs, remembered

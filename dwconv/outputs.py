@@ -27,14 +27,19 @@ def new_output(shape, like: torch.Tensor, dtype: Optional[torch.dtype] = None,
         channels_last = (not like.is_contiguous()) and like.is_contiguous(memory_format=torch.channels_last)
     fmt = torch.channels_last if channels_last and len(shape) == 4 else torch.contiguous_format
     dtype = dtype or like.dtype
-    if (like.is_cpu and not torch._C._len_torch_dispatch_stack()  # fake tensors (tracing) have no memory
-            and math.prod(shape) * dtype.itemsize >= LARGE_OUTPUT_BYTES):
+    # (fake tensors, under a dispatch mode while tracing, have no memory to pool)
+    if large_cpu_output(shape, dtype, like.device) and not torch._C._len_torch_dispatch_stack():
         out = _new_large_cpu_output(shape, dtype, fmt)
     else:
         out = torch.empty(shape, dtype=dtype, device=like.device, memory_format=fmt)
     if POISON_OUTPUTS:
         out.fill_(float("nan"))
     return out
+
+
+def large_cpu_output(shape, dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether new_output takes an output of this shape from the output pool (or advises huge pages for it)."""
+    return device.type == "cpu" and math.prod(shape) * dtype.itemsize >= LARGE_OUTPUT_BYTES
 
 
 def _new_large_cpu_output(shape, dtype: torch.dtype, fmt: torch.memory_format) -> torch.Tensor:

@@ -11,7 +11,6 @@ dispatch decisions forgets every remembered call.
 """
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence
 
 import torch
@@ -19,7 +18,7 @@ import torch
 from . import _extension, config, dispatch
 from ._conv_args import ConvArgs
 from .backends.native import variant_number
-from .outputs import LARGE_OUTPUT_BYTES
+from .outputs import large_cpu_output
 from .plans import Plan
 
 
@@ -32,7 +31,6 @@ def _declined(*args):
 conv = _extension.direct_entry("remembered_conv") or _declined
 _remember = _extension.direct_entry("remember_conv")
 _forget = _extension.direct_entry("forget_convs")
-_NATIVE_BACKENDS = ("cpu", "cuda")
 
 
 def remember_inference(spec: str, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride,
@@ -43,8 +41,7 @@ def remember_inference(spec: str, x: torch.Tensor, weight: torch.Tensor, bias: O
         return False
     if plan.backend == "torch":
         return _store(x, weight, bias, stride, padding, dilation, spec, False, "torch", args, (plan,))
-    large = x.is_cpu and math.prod(args.output_shape) * x.dtype.itemsize >= LARGE_OUTPUT_BYTES
-    if plan.backend in _NATIVE_BACKENDS and not large:
+    if plan.backend in dispatch.NATIVE_BACKENDS and not large_cpu_output(args.output_shape, x.dtype, x.device):
         return _store(x, weight, bias, stride, padding, dilation, spec, False, "native", args, (plan,))
     return False
 

@@ -41,6 +41,11 @@ constexpr int kPlaneLanes = 16;  // output columns per vector
 constexpr int kPlaneRows = 16;   // output rows per register block (accumulators)
 constexpr int64_t kPlanePrefetchBytes = 8 * 1024;
 
+// The lanes of the 16-column segment starting at output column ow0 that hold outputs (of WO).
+inline __mmask16 segment_lanes(int64_t WO, int64_t ow0) {
+  return __mmask16((1u << std::min<int64_t>(kPlaneLanes, WO - ow0)) - 1);
+}
+
 // One column segment of a block: per filter column kw, the element offset of lane 0's tap within a source row
 // and the lanes that read inside the row.
 struct SegmentTaps {
@@ -73,11 +78,6 @@ DWCONV_PLANE_INLINE void row_taps(__m512* acc, const float* x, const float* w, i
 }
 
 #ifdef DWCONV_BF16_DOT
-// The same for bf16 with vdpbf16ps, two filter columns per instruction, from a plane of column pairs
-// (plane_to_pairs): element j of a pairs row holds the source row's columns org + j and org + j + DW, so the
-// vector at col0 + 2q * DW holds lane l's taps 2q and 2q + 1. w: [pairs][KH], each filter row's two weights of
-// a pair as one 32-bit broadcast. With an odd filter width (`single_last`) the last pair's second weight is
-// zero and its second tap, a pixel outside the filter, is masked off (0 * Inf would be NaN).
 // acc += the pair products of v with the weight pair *w in every lane, the weight broadcast in vdpbf16ps' own
 // memory operand ({1to16}). From _mm512_dpbf16_ps(acc, v, _mm512_set1_epi32(*w)) GCC emits a separate
 // vpbroadcastd for every product (as it does not for an FMA's broadcast operand).
@@ -85,6 +85,14 @@ DWCONV_PLANE_INLINE void dot_broadcast(__m512& acc, __m512i v, const uint32_t* w
   asm("vdpbf16ps %[w]%{1to16%}, %[v], %[acc]" : [acc] "+v"(acc) : [v] "v"(v), [w] "m"(*w));
 }
 
+// v with the second value of every pair zeroed.
+DWCONV_PLANE_INLINE __m512i first_halves(__m512i v) { return _mm512_and_si512(v, _mm512_set1_epi32(0xffff)); }
+
+// The same for bf16 with vdpbf16ps, two filter columns per instruction, from a plane of column pairs
+// (plane_to_pairs): element j of a pairs row holds the source row's columns org + j and org + j + DW, so the
+// vector at col0 + 2q * DW holds lane l's taps 2q and 2q + 1. w: [pairs][KH], each filter row's two weights of
+// a pair as one 32-bit broadcast. With an odd filter width (`single_last`) the last pair's second weight is
+// zero and its second tap, a pixel outside the filter, is masked off (0 * Inf would be NaN).
 template <int KH, class S>
 DWCONV_PLANE_INLINE void pair_taps(__m512* acc, __m512i v, const uint32_t* w) {
 #pragma GCC unroll 16
@@ -96,7 +104,7 @@ DWCONV_PLANE_INLINE void row_taps(__m512* acc, const uint32_t* x, const uint32_t
                                   const __mmask16* single_last) {
   const int64_t full = pairs - (single_last[0] ? 1 : 0);
   for (int64_t q = 0; q < full; ++q, x += 2 * DW, w += KH) pair_taps<KH, S>(acc, _mm512_loadu_si512(x), w);
-  if (full < pairs) pair_taps<KH, S>(acc, _mm512_and_si512(_mm512_loadu_si512(x), _mm512_set1_epi32(0xffff)), w);
+  if (full < pairs) pair_taps<KH, S>(acc, first_halves(_mm512_loadu_si512(x)), w);
 }
 #endif
 
@@ -170,9 +178,9 @@ DWCONV_PLANE_INLINE void dual_row_taps(__m512* acc_a, __m512* acc_b, const uint3
   const int64_t full = pairs - (single_last ? 1 : 0);
   for (int64_t q = 0; q < pairs; ++q, xa += 2 * DW, xb += 2 * DW, wa += KH, wb += KH) {
     __m512i va = _mm512_loadu_si512(xa), vb = _mm512_loadu_si512(xb);
-    if (q == full) {  // the odd last column: its second tap is a pixel outside the filter (0 * Inf would be NaN)
-      va = _mm512_and_si512(va, _mm512_set1_epi32(0xffff));
-      vb = _mm512_and_si512(vb, _mm512_set1_epi32(0xffff));
+    if (q == full) {  // the odd last column (row_taps)
+      va = first_halves(va);
+      vb = first_halves(vb);
     }
 #pragma GCC unroll 16
     for (int kh = S::lo; kh <= S::hi; ++kh) {
@@ -227,8 +235,15 @@ inline DualBlockFn dual_block(int64_t KH, int64_t R) {
                         k9 = dual_blocks_for<9>(rows), k11 = dual_blocks_for<11>(rows),
                         k13 = dual_blocks_for<13>(rows);
   if (R < kDualRowsMin || R > kDualRowsMax) return nullptr;
-  const auto& of = KH == 3 ? k3 : KH == 5 ? k5 : KH == 7 ? k7 : KH == 9 ? k9 : KH == 11 ? k11 : k13;
-  return KH % 2 == 1 && KH >= 3 && KH <= 13 ? of[R - kDualRowsMin] : nullptr;
+  switch (KH) {
+    case 3: return k3[R - kDualRowsMin];
+    case 5: return k5[R - kDualRowsMin];
+    case 7: return k7[R - kDualRowsMin];
+    case 9: return k9[R - kDualRowsMin];
+    case 11: return k11[R - kDualRowsMin];
+    case 13: return k13[R - kDualRowsMin];
+    default: return nullptr;
+  }
 }
 #endif
 
@@ -444,7 +459,7 @@ DWCONV_TARGET void run_dual_planes(const BlockedProblem<T, float>& p, DualBlockF
   }
   for (int64_t sg = 0; sg < segments; ++sg) {
     const int64_t ow0 = sg * kPlaneLanes;
-    const __mmask16 lanes = __mmask16((1u << std::min<int64_t>(kPlaneLanes, g.WO - ow0)) - 1);
+    const __mmask16 lanes = segment_lanes(g.WO, ow0);
     dual(acc, acc + R * kPlaneLanes, src[0], src[1], w[0], w[1], row, g.Hs, g.org_h, taps, g.DW, ow0, single_last);
     for (int i = 0; i < 2; ++i)
       for (int64_t r = 0; r < R; ++r)
@@ -563,15 +578,14 @@ DWCONV_TARGET void run_planes_of(const BlockedProblem<T, float>& p, const W* wk,
       if (column) {
         for (int64_t sg = 0; sg < segments; ++sg) {
           const int64_t ow0 = sg * kPlaneLanes;
-          const __mmask16 lanes = __mmask16((1u << std::min<int64_t>(kPlaneLanes, g.WO - ow0)) - 1);
+          const __mmask16 lanes = segment_lanes(g.WO, ow0);
           if (prefetch && plane + 1 < planes) prefetch_next(plane, sg, nq);
 #ifdef DWCONV_BF16_DOT
           if constexpr (pairs) {
             if (dual_column && sg + 1 < segments) {  // this segment and the next
               if (prefetch && plane + 1 < planes) prefetch_next(plane, sg + 1, nq);
-              const int64_t ow1 = ow0 + kPlaneLanes;
-              dual_column(dst + ow0, g.WO, g.HO, b, __mmask16((1u << std::min<int64_t>(kPlaneLanes, g.WO - ow1)) - 1),
-                          srcs[0], filters[0], row, g.Hs, g.org_h, taps, g.DW, col[sg], mask[sg] != 0);
+              dual_column(dst + ow0, g.WO, g.HO, b, segment_lanes(g.WO, ow0 + kPlaneLanes), srcs[0], filters[0], row,
+                          g.Hs, g.org_h, taps, g.DW, col[sg], mask[sg] != 0);
               ++sg;
               continue;
             }
@@ -588,7 +602,7 @@ DWCONV_TARGET void run_planes_of(const BlockedProblem<T, float>& p, const W* wk,
         const int R = int(g.HO / nrow_blocks + (rb < g.HO % nrow_blocks ? 1 : 0));
         for (int64_t sg = 0; sg < segments; ++sg) {
           const int64_t ow0 = sg * kPlaneLanes;
-          const __mmask16 lanes = __mmask16((1u << std::min<int64_t>(kPlaneLanes, g.WO - ow0)) - 1);
+          const __mmask16 lanes = segment_lanes(g.WO, ow0);
           if (prefetch && plane + 1 < planes) prefetch_next(plane, rb * segments + sg, nq);
           blocks[R](acc, srcs.data(), filters.data(), int(p.sources), pairs ? row : g.Ws, g.Hs, oh0 * g.SH + g.org_h,
                     taps, g.DW, col[sg * ncols], mask.data() + sg * ncols);
