@@ -4,10 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import dwconv
 from dwconv import _extension
+from utils import RecordingDispatchMode
 
 pytestmark = pytest.mark.skipif(_extension.direct_entry("native_fwd") is None,
                                 reason="dwconv._C not built with the direct entries")
@@ -94,16 +94,6 @@ class _Subclass(torch.Tensor):
     pass
 
 
-class _CountingDispatchMode(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.append(str(func))
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("case", ["subclass", "dispatch_mode", "function_mode", "vmap", "list_stride",
                                   "bool_variant", "wrong_count"])
 def test_calls_torch_ops_must_make_are_declined(case):
@@ -115,7 +105,7 @@ def test_calls_torch_ops_must_make_are_declined(case):
         args[0] = x.as_subclass(_Subclass)
         assert call(*args) is NotImplemented
     elif case == "dispatch_mode":
-        with _CountingDispatchMode():
+        with RecordingDispatchMode():
             assert call(*args) is NotImplemented
     elif case == "function_mode":
         with TorchFunctionMode():
@@ -206,7 +196,7 @@ def test_the_backend_falls_back_to_torch_ops_under_a_dispatch_mode():
     from dwconv.plans import Plan
     x, w, b = operands()
     args = check_and_resolve(x, w, b, 1, 1, 1)
-    with _CountingDispatchMode() as mode:
+    with RecordingDispatchMode() as mode:
         out = get_backend("cpu").forward(x, w, b, args, Plan("cpu", "", ""))
     assert "dwconv.native_fwd.default" in mode.ops
     assert rel_err(out, F.conv2d(x.double(), w.double(), b.double(), 1, 1, 1, 3)) < 1e-6
@@ -272,6 +262,6 @@ def test_cuda_entries_match_torch_ops_and_float64():
     for got, want in zip(outputs["entry"], outputs["ops"]):
         assert torch.equal(got, want)
     assert rel_err(outputs["entry"][0].cpu(), reference(x.cpu(), w.cpu(), b.cpu())) < 1e-5
-    with _CountingDispatchMode():
+    with RecordingDispatchMode():
         y = torch.full((2, 3, 5, 6), float("nan"), device="cuda")
         assert entry("native_fwd")(x, w, b, STRIDE, PADDING, DILATION, "", 0, y) is NotImplemented

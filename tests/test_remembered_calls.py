@@ -6,13 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
-from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 import dwconv
 from dwconv import config, dispatch, ops, remembered
 from conftest import require_backend
-from utils import assert_close, make_inputs, poisoned_outputs, reference_conv, reference_grads
+from utils import (RecordingDispatchMode, assert_close, make_inputs, poisoned_outputs, reference_conv,
+                   reference_grads)
 
 pytestmark = pytest.mark.skipif(dwconv._extension.direct_entry("remembered_conv") is None,
                                 reason="dwconv._C built without remembered calls")
@@ -244,16 +244,6 @@ class _Subclass(torch.Tensor):
     pass
 
 
-class _DispatchMode(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.seen = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.seen.append(func)
-        return func(*args, **(kwargs or {}))
-
-
 class _FunctionMode(TorchFunctionMode):
     def __init__(self):
         super().__init__()
@@ -294,9 +284,9 @@ def test_calls_the_memory_cannot_serve_take_the_python_route(case, monkeypatch):
         assert y.dtype == torch.bfloat16
         want = want.bfloat16()
     elif case == "dispatch_mode":
-        with _DispatchMode() as mode:
+        with RecordingDispatchMode() as mode:
             y = _dw(x, w, b, 1, 1, 1, "auto")
-        assert torch.ops.dwconv.depthwise_conv2d.default in mode.seen
+        assert "dwconv.depthwise_conv2d.default" in mode.ops
     elif case == "vmap":  # each sample of the remembered signature's shape
         y = torch.vmap(lambda xi: _dw(xi, w, b, 1, 1, 1, "auto"))(x.unsqueeze(0)).squeeze(0)
     elif case == "func_grad":

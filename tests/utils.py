@@ -5,6 +5,7 @@ import contextlib
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 # Relative norm error allowed against the float64 reference.
 TOLERANCE = {
@@ -80,3 +81,15 @@ def poisoned_outputs():
         yield
     finally:
         outputs.POISON_OUTPUTS = old
+
+
+class RecordingDispatchMode(TorchDispatchMode):
+    """A dispatch mode that runs every op as it comes and keeps their names (`ops`, e.g. "dwconv.native_fwd.default")."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
