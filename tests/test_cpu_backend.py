@@ -350,6 +350,32 @@ _ROUNDING = {
 
 
 @pytest.mark.parametrize("channels_last", [True, False], ids=["nhwc", "nchw"])
+@pytest.mark.parametrize("shape", [(2, 20, 14, 14, 7), (6, 20, 7, 7, 11), (1, 20, 40, 40, 7), (2, 20, 9, 9, 1)],
+                         ids=["rows_planes", "batched", "plane_columns", "k1"])
+def test_bf16_subnormal_results_round_like_pytorch(shape, channels_last):
+    """Results in bfloat16's subnormal range are rounded, not flushed, on every path that stores bf16 (the
+    avx512bf16 kernels round with VCVTNEPS2BF16, which flushes them, and fall back to the integer rounding for a
+    vector holding one). A filter that is 1 at its centre makes y = x + b exactly in fp32; x just above the
+    smallest normal and b = -2^-126 put most results below it: bit for bit PyTorch's rounding of x + b."""
+    n, c, h, w, k = shape
+    g = torch.Generator().manual_seed(12)
+    tiny = torch.finfo(torch.bfloat16).tiny  # 2^-126
+    x = (tiny * (1 + torch.randint(0, 256, (n, c, h, w), generator=g) / 128.0)).to(torch.bfloat16)  # exact
+    x = x * torch.where(torch.rand(n, c, h, w, generator=g) < 0.5, -1.0, 1.0).to(torch.bfloat16)
+    x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    b = (torch.where(torch.arange(c) % 2 == 0, -tiny, tiny)).to(torch.bfloat16)
+    wt = torch.zeros(c, 1, k, k, dtype=torch.bfloat16)
+    wt[:, :, k // 2, k // 2] = 1
+    expected = (x.float() + b.float().view(1, c, 1, 1)).to(torch.bfloat16)
+    subnormal = (expected.float().abs() < tiny) & (expected.float() != 0)
+    assert subnormal.float().mean() > 0.2
+    for isa in [f for f in FAMILIES if f != "portable"] + ["portable"]:
+        y = _poisoned(x.shape, x.dtype, channels_last)
+        torch.ops.dwconv.native_fwd(x, wt, b, (1, 1), (k // 2,) * 4, (1, 1), isa, 0, y)
+        assert torch.equal(y.view(torch.int16), expected.view(torch.int16)), f"{isa}: y differs from PyTorch's"
+
+
+@pytest.mark.parametrize("channels_last", [True, False], ids=["nhwc", "nchw"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
 def test_half_rounding_matches_portable(dtype, channels_last):
     """bfloat16 / float16 results: the vector conversion of the AVX2 and AVX-512 builds' result stores rounds

@@ -15,6 +15,7 @@
 namespace dwconv::cpu::avx512bf16 {
 using namespace dwconv::cpu::avx512;  // the vectors of vec_avx512.h
 }
+#include "cpu/vec_avx512bf16.h"
 #include "cpu/plane_avx512.h"
 #include "cpu/nhwc_avx512.h"
 #include "cpu/wgrad_bf16dot.h"

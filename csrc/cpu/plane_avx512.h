@@ -294,10 +294,13 @@ DWCONV_PLANE_INLINE void store_lanes(T* out, __m512 acc, float bias, __mmask16 l
   if constexpr (std::is_same_v<T, float>) {
     _mm512_mask_storeu_ps(out, lanes, v);
   } else {
-    alignas(64) T tmp[kPlaneLanes];
-    if constexpr (std::is_same_v<T, bf16>) store_bf16(tmp, v);
-    else store_f16(tmp, v);
-    _mm256_mask_storeu_epi16(out, lanes, _mm256_load_si256(reinterpret_cast<const __m256i*>(tmp)));
+    if constexpr (std::is_same_v<T, bf16>) {
+      _mm256_mask_storeu_epi16(out, lanes, bf16_bits(v));
+    } else {
+      alignas(64) T tmp[kPlaneLanes];
+      store_f16(tmp, v);
+      _mm256_mask_storeu_epi16(out, lanes, _mm256_load_si256(reinterpret_cast<const __m256i*>(tmp)));
+    }
   }
 }
 

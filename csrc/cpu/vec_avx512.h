@@ -38,15 +38,20 @@ struct Vec<double> {
   static DWCONV_AVX512_FN type fma(type a, type b, type c) { return _mm512_fmadd_pd(a, b, c); }
 };
 
-// p[i] = to_bf16(a[i]) for the 16 lanes, bit for bit (kernels.h: round to nearest even, NaN -> quiet NaN).
-DWCONV_AVX512_FN void store_bf16(bf16* p, __m512 a) {
+// to_bf16(a[i]) for the 16 lanes as 16-bit values, bit for bit (kernels.h: round to nearest even, NaN -> quiet
+// NaN). The avx512bf16 kernels use the instruction instead (vec_avx512bf16.h).
+DWCONV_AVX512_FN __m256i bf16_bits(__m512 a) {
   const __m512i u = _mm512_castps_si512(a), hi = _mm512_srli_epi32(u, 16);
   const __m512i bias = _mm512_add_epi32(_mm512_set1_epi32(0x7fff), _mm512_and_si512(hi, _mm512_set1_epi32(1)));
   const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(u, bias), 16);
   const __mmask16 nan = _mm512_cmpgt_epi32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
                                                 _mm512_set1_epi32(0x7f800000));
   const __m512i r = _mm512_mask_blend_epi32(nan, rounded, _mm512_or_si512(hi, _mm512_set1_epi32(0x40)));
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(r));  // 16 x uint32 < 2^16: exact
+  return _mm512_cvtepi32_epi16(r);  // 16 x uint32 < 2^16: exact
+}
+
+DWCONV_AVX512_FN void store_bf16(bf16* p, __m512 a) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), bf16_bits(a));
 }
 
 // p[i] = to_f16(a[i]) for the 16 lanes, bit for bit: the three cases of to_f16 (kernels.h) computed for every
