@@ -458,28 +458,34 @@ DWCONV_TARGET void wgrad(const ConvShape& s, const T* dy, const T* x, acc_t<T>* 
           prefetch_image(s, x, dy, next + 1, blk * L, std::min<int64_t>(L, CO - blk * L));
         for (int64_t band = 0; band < nbands; ++band) {
           const int64_t oh0 = band * TH, th = std::min(TH, s.HO - oh0), rows = (th - 1) * s.SH + row_span;
+          // The x tile's rows r_lo .. r_hi - 1 lie inside the map, and the kernels below read no others (each tap
+          // kh runs only the output rows whose source row lies inside): only they are gathered and paired.
+          const int64_t x_row0 = oh0 * s.SH - s.PT;  // the source row of tile row 0
+          const int64_t r_lo = std::clamp<int64_t>(-x_row0, 0, rows), r_hi = std::clamp<int64_t>(s.H - x_row0, r_lo, rows);
+          const int64_t inside_at = r_lo * cols * L;
           const ImageView<const T> x_image{x + n * s.C * s.H * s.W, s.layout, s.C, s.H, s.W};
           const ImageView<const T> dy_image{dy + n * CO * s.HO * s.WO, s.layout, CO, s.HO, s.WO};
 #ifdef DWCONV_BF16_DOT
           if constexpr (std::is_same_v<T, bf16>) {
             if (direct_pairs && (blk + 1) * L <= CO) {
               if (s.layout == Layout::NHWC) {
-                gather_pairs_nhwc(tile_pairs, rows, cols, x_image, blk * L, oh0 * s.SH - s.PT, -s.PL);
+                gather_pairs_nhwc(tile_pairs + inside_at, r_hi - r_lo, cols, x_image, blk * L, x_row0 + r_lo, -s.PL);
                 gather_pairs_nhwc(dy_pairs, th, s.WO, dy_image, blk * L, oh0, 0);
               } else {
-                gather_pairs_nchw(tile_pairs, rows, cols, x_image, xchan, oh0 * s.SH - s.PT, -s.PL, stage);
+                gather_pairs_nchw(tile_pairs + inside_at, r_hi - r_lo, cols, x_image, xchan, x_row0 + r_lo, -s.PL, stage);
                 gather_pairs_nchw(dy_pairs, th, s.WO, dy_image, ychan, oh0, 0, stage);
               }
             } else if (pairs) {
-              gather_tile<T, A, L>(tile, rows, cols, x_image, xchan, oh0 * s.SH - s.PT, -s.PL, 1, 1, stage);
+              gather_tile<T, A, L>(tile + inside_at, r_hi - r_lo, cols, x_image, xchan, x_row0 + r_lo, -s.PL, 1, 1,
+                                   stage);
               gather_tile<T, A, L>(dyt, th, s.WO, dy_image, ychan, oh0, 0, 1, 1, stage);
-              tile_to_pairs(tile_pairs, tile, rows, cols);
+              tile_to_pairs(tile_pairs + inside_at, tile + inside_at, r_hi - r_lo, cols);
               tile_to_pairs(dy_pairs, dyt, th, s.WO);
             }
           }
 #endif
           if (!pairs) {
-            gather_tile<T, A, L>(tile, rows, cols, x_image, xchan, oh0 * s.SH - s.PT, -s.PL, 1, 1, stage);
+            gather_tile<T, A, L>(tile + inside_at, r_hi - r_lo, cols, x_image, xchan, x_row0 + r_lo, -s.PL, 1, 1, stage);
             gather_tile<T, A, L>(dyt, th, s.WO, dy_image, ychan, oh0, 0, 1, 1, stage);
           }
 #ifdef DWCONV_BF16_DOT
@@ -487,9 +493,10 @@ DWCONV_TARGET void wgrad(const ConvShape& s, const T* dy, const T* x, acc_t<T>* 
             if (image_pair) {
               const ImageView<const T> x_next{x + (n + 1) * s.C * s.H * s.W, s.layout, s.C, s.H, s.W};
               const ImageView<const T> dy_next{dy + (n + 1) * CO * s.HO * s.WO, s.layout, CO, s.HO, s.WO};
-              gather_tile<T, A, L>(tile2, rows, cols, x_next, xchan, oh0 * s.SH - s.PT, -s.PL, 1, 1, stage);
+              gather_tile<T, A, L>(tile2 + inside_at, r_hi - r_lo, cols, x_next, xchan, x_row0 + r_lo, -s.PL, 1, 1,
+                                   stage);
               gather_tile<T, A, L>(dyt2, th, s.WO, dy_next, ychan, oh0, 0, 1, 1, stage);
-              images_to_pairs(tile_pairs, tile, tile2, rows * cols * L);
+              images_to_pairs(tile_pairs + inside_at, tile + inside_at, tile2 + inside_at, (r_hi - r_lo) * cols * L);
               images_to_pairs(dy_pairs, dyt, dyt2, th * s.WO * L);
             }
 #endif
