@@ -408,6 +408,7 @@ DWCONV_TARGET void wgrad(const ConvShape& s, const T* dy, const T* x, acc_t<T>* 
 #endif
   // the pairs tiles straight from the bf16 tensors (full channel blocks; channels_last without a multiplier)
   [[maybe_unused]] const bool direct_pairs = pairs && (s.layout == Layout::NCHW || s.M == 1);
+  [[maybe_unused]] const bool direct_image_pairs = s.layout == Layout::NCHW || s.M == 1;  // (likewise)
   // rows too short for pairs along W: pairs of images, two consecutive images of a chunk per vdpbf16ps
   bool image_pairs = false;
 #ifdef DWCONV_BF16_DOT
@@ -465,9 +466,23 @@ DWCONV_TARGET void wgrad(const ConvShape& s, const T* dy, const T* x, acc_t<T>* 
           const int64_t inside_at = r_lo * cols * L;
           const ImageView<const T> x_image{x + n * s.C * s.H * s.W, s.layout, s.C, s.H, s.W};
           const ImageView<const T> dy_image{dy + n * CO * s.HO * s.WO, s.layout, CO, s.HO, s.WO};
+          bool image_pairs_made = false;  // straight from the bf16 tensors (below)
 #ifdef DWCONV_BF16_DOT
           if constexpr (std::is_same_v<T, bf16>) {
-            if (direct_pairs && (blk + 1) * L <= CO) {
+            if (image_pair && direct_image_pairs && (blk + 1) * L <= CO) {
+              const ImageView<const T> x_next{x + (n + 1) * s.C * s.H * s.W, s.layout, s.C, s.H, s.W};
+              const ImageView<const T> dy_next{dy + (n + 1) * CO * s.HO * s.WO, s.layout, CO, s.HO, s.WO};
+              if (s.layout == Layout::NHWC) {
+                gather_image_pairs_nhwc(tile_pairs + inside_at, r_hi - r_lo, cols, x_image, x_next, blk * L,
+                                        x_row0 + r_lo, -s.PL);
+                gather_image_pairs_nhwc(dy_pairs, th, s.WO, dy_image, dy_next, blk * L, oh0, 0);
+              } else {
+                gather_image_pairs_nchw(tile_pairs + inside_at, r_hi - r_lo, cols, x_image, x_next, xchan,
+                                        x_row0 + r_lo, -s.PL, stage);
+                gather_image_pairs_nchw(dy_pairs, th, s.WO, dy_image, dy_next, ychan, oh0, 0, stage);
+              }
+              image_pairs_made = true;
+            } else if (direct_pairs && (blk + 1) * L <= CO) {
               if (s.layout == Layout::NHWC) {
                 gather_pairs_nhwc(tile_pairs + inside_at, r_hi - r_lo, cols, x_image, blk * L, x_row0 + r_lo, -s.PL);
                 gather_pairs_nhwc(dy_pairs, th, s.WO, dy_image, blk * L, oh0, 0);
@@ -484,13 +499,13 @@ DWCONV_TARGET void wgrad(const ConvShape& s, const T* dy, const T* x, acc_t<T>* 
             }
           }
 #endif
-          if (!pairs) {
+          if (!pairs && !image_pairs_made) {
             gather_tile<T, A, L>(tile + inside_at, r_hi - r_lo, cols, x_image, xchan, x_row0 + r_lo, -s.PL, 1, 1, stage);
             gather_tile<T, A, L>(dyt, th, s.WO, dy_image, ychan, oh0, 0, 1, 1, stage);
           }
 #ifdef DWCONV_BF16_DOT
           if constexpr (std::is_same_v<A, float>)
-            if (image_pair) {
+            if (image_pair && !image_pairs_made) {
               const ImageView<const T> x_next{x + (n + 1) * s.C * s.H * s.W, s.layout, s.C, s.H, s.W};
               const ImageView<const T> dy_next{dy + (n + 1) * CO * s.HO * s.WO, s.layout, CO, s.HO, s.WO};
               gather_tile<T, A, L>(tile2 + inside_at, r_hi - r_lo, cols, x_next, xchan, x_row0 + r_lo, -s.PL, 1, 1,

@@ -146,6 +146,63 @@ DWCONV_TARGET inline void images_to_pairs(uint32_t* dst, const float* a, const f
   for (int64_t i = 0; i < count; i += 16) _mm512_storeu_si512(dst + i, pairs_of_bf16_floats(a + i, b + i));
 }
 
+// What gather_tile of images a and b followed by images_to_pairs make of a channels_last band (lanes: channels
+// chan0 .. chan0 + 15), in one pass from the bf16 pixels: dst[r][c] = (a(r, c), b(r, c)), zero outside the image.
+DWCONV_TARGET inline void gather_image_pairs_nhwc(uint32_t* dst, int64_t rows, int64_t cols,
+                                                  const ImageView<const bf16>& a, const ImageView<const bf16>& b,
+                                                  int64_t chan0, int64_t r0, int64_t c0) {
+  const int64_t c_begin = std::clamp<int64_t>(-c0, 0, cols), c_end = std::clamp<int64_t>(a.W - c0, c_begin, cols);
+  for (int64_t r = 0; r < rows; ++r) {
+    uint32_t* d = dst + r * cols * 16;
+    const int64_t u = r0 + r;
+    if (u < 0 || u >= a.H || c_begin == c_end) {
+      std::memset(d, 0, sizeof(uint32_t) * cols * 16);
+      continue;
+    }
+    std::memset(d, 0, sizeof(uint32_t) * c_begin * 16);
+    std::memset(d + c_end * 16, 0, sizeof(uint32_t) * (cols - c_end) * 16);
+    const bf16 *pa = a.row(u) + chan0 + c0 * a.C, *pb = b.row(u) + chan0 + c0 * b.C;
+    for (int64_t c = c_begin; c < c_end; ++c)
+      _mm512_storeu_si512(d + c * 16, interleave_pairs(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(pa + c * a.C)),
+                                                       _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pb + c * b.C))));
+  }
+}
+
+// The same for an NCHW band whose 16 lanes are the planes chan[l] (all in the image): each plane's band rows of a
+// and b become one row of pairs (a 32-bit word per pixel), transposed 16 x 16 into pixels of 16 lanes (as
+// floats: stored and read as bytes, no value computed), then placed in the tile's rows. stage: 2 * 16 * rows *
+// a.W words.
+DWCONV_TARGET inline void gather_image_pairs_nchw(uint32_t* dst, int64_t rows, int64_t cols,
+                                                  const ImageView<const bf16>& a, const ImageView<const bf16>& b,
+                                                  const int64_t* chan, int64_t r0, int64_t c0, float* stage) {
+  constexpr int L = 16;
+  const int64_t c_begin = std::clamp<int64_t>(-c0, 0, cols), c_end = std::clamp<int64_t>(a.W - c0, c_begin, cols);
+  const int64_t r_lo = std::clamp<int64_t>(-r0, 0, rows), r_hi = std::clamp<int64_t>(a.H - r0, r_lo, rows);
+  const int64_t W = a.W, n = (r_hi - r_lo) * W;
+  float* pixels = stage + L * n;
+  for (int l = 0; l < L && n > 0; ++l) {
+    const bf16* in_a = a.row(r0 + r_lo) + chan[l] * a.channel_step();
+    const bf16* in_b = b.row(r0 + r_lo) + chan[l] * b.channel_step();
+    float* out = stage + l * n;
+    for (int64_t j = 0; j < n; j += 16) {
+      const __mmask16 m = n - j >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - j)) - 1);
+      _mm512_mask_storeu_epi32(out + j, m, interleave_pairs(_mm256_maskz_loadu_epi16(m, in_a + j),
+                                                           _mm256_maskz_loadu_epi16(m, in_b + j)));
+    }
+  }
+  rows_to_pixels<float, L>(pixels, stage, n);
+  for (int64_t r = 0; r < rows; ++r) {
+    uint32_t* trow = dst + r * cols * L;
+    if (r < r_lo || r >= r_hi || c_begin == c_end) {
+      std::memset(trow, 0, sizeof(uint32_t) * cols * L);
+      continue;
+    }
+    std::memset(trow, 0, sizeof(uint32_t) * c_begin * L);
+    std::memset(trow + c_end * L, 0, sizeof(uint32_t) * (cols - c_end) * L);
+    std::memcpy(trow + c_begin * L, pixels + ((r - r_lo) * W + c0 + c_begin) * L, sizeof(uint32_t) * (c_end - c_begin) * L);
+  }
+}
+
 // dw[q] (fp32 [Q][16], accumulated into) += sum over oh < rows, ow < n of x[oh][ow + q] * dy[oh][ow] for two
 // images at once, from tiles of image pairs (images_to_pairs; unit stride and dilation along W): the fp32
 // kernel's sliding window (wgrad_taps_unit), one vdpbf16ps per tap adding both images' products.
