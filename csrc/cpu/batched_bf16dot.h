@@ -50,17 +50,18 @@ inline constexpr BatchDotFn kBatchBlockDot[kMaxBlock + 1] = {
     batch_block_dot<5>, batch_block_dot<6>, batch_block_dot<7>};
 
 // The filter wt ([n][KH][KW][16] fp32 holding bf16 values) as pairs of adjacent columns: pair[...][kh][kw] =
-// (wt[kh][kw], wt[kh][kw + 1] or 0 in the last column), single[...][kh][kw] = (wt[kh][kw], 0).
+// (wt[kh][kw], wt[kh][kw + 1] or 0 in the last column), single[...][kh][kw] = (wt[kh][kw], 0). The values are
+// bf16's, so their high 16 bits are the bf16 bits.
 DWCONV_TARGET inline void filter_column_pairs(uint32_t* pair, uint32_t* single, const float* wt, int64_t n, int64_t KH,
                                               int64_t KW) {
+  const __m512 zero = _mm512_setzero_ps();
   for (int64_t f = 0; f < n * KH; ++f)
-    for (int64_t kw = 0; kw < KW; ++kw)
-      for (int l = 0; l < 16; ++l) {
-        const int64_t at = (f * KW + kw) * 16 + l;
-        const uint32_t lo = to_bf16(wt[at]).bits, hi = kw + 1 < KW ? to_bf16(wt[at + 16]).bits : 0u;
-        pair[at] = lo | hi << 16;
-        single[at] = lo;
-      }
+    for (int64_t kw = 0; kw < KW; ++kw) {
+      const int64_t at = (f * KW + kw) * 16;
+      const __m512 lo = _mm512_loadu_ps(wt + at);
+      _mm512_storeu_si512(pair + at, pairs_of_bf16_floats(lo, kw + 1 < KW ? _mm512_loadu_ps(wt + at + 16) : zero));
+      _mm512_storeu_si512(single + at, _mm512_srli_epi32(_mm512_castps_si512(lo), 16));
+    }
 }
 
 }  // namespace dwconv::cpu::DWCONV_ISA

@@ -204,18 +204,20 @@ constexpr std::array<NhwcBatchDotFn, kNhwcMaxImages + 1> nhwc_batch_dots_for(std
 
 // The blocked filter wt ([block][KH][KW][16] fp32 holding bf16 values) as bf16 pairs of filter rows:
 // pair[...][kh][kw][l] = (wt[kh][kw][l], wt[kh + 1][kw][l] or 0 in the last row), single: (wt[kh][kw][l], 0).
+// The values are bf16's, so their high 16 bits are the bf16 bits.
 struct RowPairFilters {
   Scratch<uint32_t> pair, single;
-  RowPairFilters(const float* wt, int64_t nblocks, int64_t KH, int64_t KW)
+  DWCONV_TARGET RowPairFilters(const float* wt, int64_t nblocks, int64_t KH, int64_t KW)
       : pair(nblocks * KH * KW * kNhwcLanes), single(nblocks * KH * KW * kNhwcLanes) {
     const int64_t row = KW * kNhwcLanes;
+    const __m512 zero = _mm512_setzero_ps();
     for (int64_t blk = 0; blk < nblocks; ++blk)
       for (int64_t kh = 0; kh < KH; ++kh)
-        for (int64_t i = 0; i < row; ++i) {
+        for (int64_t i = 0; i < row; i += kNhwcLanes) {
           const int64_t at = (blk * KH + kh) * row + i;
-          const uint32_t lo = to_bf16(wt[at]).bits, hi = kh + 1 < KH ? to_bf16(wt[at + row]).bits : 0u;
-          pair.get()[at] = lo | hi << 16;
-          single.get()[at] = lo;
+          const __m512 lo = _mm512_loadu_ps(wt + at);
+          _mm512_storeu_si512(pair.get() + at, pairs_of_bf16_floats(lo, kh + 1 < KH ? _mm512_loadu_ps(wt + at + row) : zero));
+          _mm512_storeu_si512(single.get() + at, _mm512_srli_epi32(_mm512_castps_si512(lo), 16));
         }
   }
 };

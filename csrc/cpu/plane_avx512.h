@@ -625,13 +625,15 @@ DWCONV_TARGET void run_planes(const BlockedProblem<T, float>& p, const float* wk
   if constexpr (std::is_same_v<T, bf16>) {
     const int64_t KH = p.g.KH, KW = p.g.KW, pairs = ceil_div(KW, 2), filters = p.dst_C * p.sources;
     Scratch<uint32_t> wp(filters * pairs * KH);  // [filter][pair][KH]: columns 2q (low half), 2q + 1 (high)
+    // (wk holds bf16 values: their high 16 bits are the bf16 bits)
     for (int64_t f = 0; f < filters; ++f)
       for (int64_t q = 0; q < pairs; ++q)
-        for (int64_t kh = 0; kh < KH; ++kh) {
-          const float* w = wk + f * KW * KH;
-          const uint32_t lo = to_bf16(w[2 * q * KH + kh]).bits;
-          const uint32_t hi = 2 * q + 1 < KW ? to_bf16(w[(2 * q + 1) * KH + kh]).bits : 0u;
-          wp.get()[(f * pairs + q) * KH + kh] = lo | hi << 16;
+        for (int64_t kh0 = 0; kh0 < KH; kh0 += 16) {
+          const __mmask16 rows = __mmask16((1u << std::min<int64_t>(16, KH - kh0)) - 1);
+          const float* w = wk + f * KW * KH + kh0;
+          const __m512 lo = _mm512_maskz_loadu_ps(rows, w + 2 * q * KH);
+          const __m512 hi = 2 * q + 1 < KW ? _mm512_maskz_loadu_ps(rows, w + (2 * q + 1) * KH) : _mm512_setzero_ps();
+          _mm512_mask_storeu_epi32(wp.get() + (f * pairs + q) * KH + kh0, rows, pairs_of_bf16_floats(lo, hi));
         }
     return run_planes_of<T, uint32_t, uint32_t>(p, wp.get(), pairs, bias, threads);
   }

@@ -83,9 +83,13 @@ DWCONV_AVX512_FN __m512i interleave_pairs(__m256i a, __m256i b) {
 }
 
 // The same pairs from two vectors of fp32 holding bf16 values (low 16 bits zero, so dropping them is exact).
+DWCONV_AVX512_FN __m512i pairs_of_bf16_floats(__m512 a, __m512 b) {
+  return _mm512_mask_blend_epi16(__mmask32(0xAAAAAAAAu), _mm512_srli_epi32(_mm512_castps_si512(a), 16),
+                                 _mm512_castps_si512(b));
+}
+
 DWCONV_AVX512_FN __m512i pairs_of_bf16_floats(const float* a, const float* b) {
-  return _mm512_mask_blend_epi16(__mmask32(0xAAAAAAAAu), _mm512_srli_epi32(_mm512_castps_si512(_mm512_loadu_ps(a)), 16),
-                                 _mm512_castps_si512(_mm512_loadu_ps(b)));
+  return pairs_of_bf16_floats(_mm512_loadu_ps(a), _mm512_loadu_ps(b));
 }
 
 // dst[j * dst_stride + i] = src[i * src_stride + j] for i, j < L: transposes one L x L block.
