@@ -460,14 +460,17 @@ DWCONV_TARGET void run_dual_planes(const BlockedProblem<T, float>& p, DualBlockF
     w[i] = wk + c * taps * g.KH;
     b[i] = bias ? bias[c] : 0.f;
   }
+  // (locals: the stores below may alias p's fields as far as the compiler knows)
+  T* const dst = p.dst + plane * out_pixels;
+  const int64_t WO = g.WO;
   for (int64_t sg = 0; sg < segments; ++sg) {
     const int64_t ow0 = sg * kPlaneLanes;
-    const __mmask16 lanes = segment_lanes(g.WO, ow0);
+    const __mmask16 lanes = segment_lanes(WO, ow0);
     dual(acc, acc + R * kPlaneLanes, src[0], src[1], w[0], w[1], row, g.Hs, g.org_h, taps, g.DW, ow0, single_last);
     for (int i = 0; i < 2; ++i)
       for (int64_t r = 0; r < R; ++r)
-        store_lanes<T>(p.dst + (plane + i) * out_pixels + r * g.WO + ow0,
-                       _mm512_loadu_ps(acc + (i * R + r) * kPlaneLanes), b[i], lanes);
+        store_lanes<T>(dst + i * out_pixels + r * WO + ow0, _mm512_loadu_ps(acc + (i * R + r) * kPlaneLanes), b[i],
+                       lanes);
   }
 }
 #endif
