@@ -164,6 +164,23 @@ inline const PlaneBlockFn<Src, W>* plane_blocks(int64_t KH) {
   }
 }
 
+// out[lane] (T) = acc[lane] + bias for lanes in `lanes`.
+template <typename T>
+DWCONV_PLANE_INLINE void store_lanes(T* out, __m512 acc, float bias, __mmask16 lanes) {
+  const __m512 v = _mm512_add_ps(acc, _mm512_set1_ps(bias));
+  if constexpr (std::is_same_v<T, float>) {
+    _mm512_mask_storeu_ps(out, lanes, v);
+  } else {
+    if constexpr (std::is_same_v<T, bf16>) {
+      _mm256_mask_storeu_epi16(out, lanes, bf16_bits(v));
+    } else {
+      alignas(64) T tmp[kPlaneLanes];
+      store_f16(tmp, v);
+      _mm256_mask_storeu_epi16(out, lanes, _mm256_load_si256(reinterpret_cast<const __m256i*>(tmp)));
+    }
+  }
+}
+
 #ifdef DWCONV_BF16_DOT
 // Two planes at once (bf16 pairs planes, one source each): plane_block's products for planes a and b interleaved
 // step by step, so every step has twice the independent products. An output row's accumulator takes its products
@@ -202,12 +219,13 @@ DWCONV_PLANE_INLINE void dual_window(__m512* acc_a, __m512* acc_b, const uint32_
    ...);
 }
 
-// plane_block of two single-source pairs planes a and b (filters wa, wb [pairs][KH]): out_a, out_b as plane_block's
-// out.
+// plane_block of two single-source pairs planes a and b (filters wa, wb [pairs][KH]), stored from the registers:
+// row r of the segment's lanes to dst_a / dst_b + r * WO, bias added (store_lanes).
 template <int KH, int R>
-DWCONV_TARGET void plane_block_dual(float* out_a, float* out_b, const uint32_t* a, const uint32_t* b,
-                                    const uint32_t* wa, const uint32_t* wb, int64_t Ws, int64_t Hs, int64_t ih0,
-                                    int64_t pairs, int64_t DW, int64_t col0, bool single_last) {
+DWCONV_TARGET void plane_block_dual(bf16* dst_a, bf16* dst_b, int64_t WO, float bias_a, float bias_b, __mmask16 lanes,
+                                    const uint32_t* a, const uint32_t* b, const uint32_t* wa, const uint32_t* wb,
+                                    int64_t Ws, int64_t Hs, int64_t ih0, int64_t pairs, int64_t DW, int64_t col0,
+                                    bool single_last) {
   __m512 acc_a[R], acc_b[R];
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r) acc_a[r] = acc_b[r] = _mm512_setzero_ps();
@@ -215,13 +233,14 @@ DWCONV_TARGET void plane_block_dual(float* out_a, float* out_b, const uint32_t* 
                      std::make_integer_sequence<int, R + KH - 1>());
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r) {
-    _mm512_storeu_ps(out_a + r * kPlaneLanes, acc_a[r]);
-    _mm512_storeu_ps(out_b + r * kPlaneLanes, acc_b[r]);
+    store_lanes<bf16>(dst_a + r * WO, acc_a[r], bias_a, lanes);
+    store_lanes<bf16>(dst_b + r * WO, acc_b[r], bias_b, lanes);
   }
 }
 
-using DualBlockFn = void (*)(float*, float*, const uint32_t*, const uint32_t*, const uint32_t*, const uint32_t*,
-                             int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool);
+using DualBlockFn = void (*)(bf16*, bf16*, int64_t, float, float, __mmask16, const uint32_t*, const uint32_t*,
+                             const uint32_t*, const uint32_t*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                             bool);
 
 template <int KH, int... R>
 constexpr std::array<DualBlockFn, kDualRowsMax - kDualRowsMin + 1> dual_blocks_for(std::integer_sequence<int, R...>) {
@@ -283,23 +302,6 @@ DWCONV_TARGET inline void plane_to_pairs(uint32_t* dst, const bf16* src, int64_t
       const bf16* x = src + r * Ws;
       _mm512_storeu_si512(dst + r * row + j,
                           interleave_pairs(_mm256_maskz_loadu_epi16(m0, x + c0), _mm256_maskz_loadu_epi16(m1, x + c1)));
-    }
-  }
-}
-
-// out[lane] (T) = acc[lane] + bias for lanes in `lanes`.
-template <typename T>
-DWCONV_PLANE_INLINE void store_lanes(T* out, __m512 acc, float bias, __mmask16 lanes) {
-  const __m512 v = _mm512_add_ps(acc, _mm512_set1_ps(bias));
-  if constexpr (std::is_same_v<T, float>) {
-    _mm512_mask_storeu_ps(out, lanes, v);
-  } else {
-    if constexpr (std::is_same_v<T, bf16>) {
-      _mm256_mask_storeu_epi16(out, lanes, bf16_bits(v));
-    } else {
-      alignas(64) T tmp[kPlaneLanes];
-      store_f16(tmp, v);
-      _mm256_mask_storeu_epi16(out, lanes, _mm256_load_si256(reinterpret_cast<const __m256i*>(tmp)));
     }
   }
 }
@@ -446,9 +448,9 @@ constexpr int64_t kColumnRowsPerTap = 4;  // HO >= 4 * KH
 template <typename T>
 DWCONV_TARGET void run_dual_planes(const BlockedProblem<T, float>& p, DualBlockFn dual, int64_t plane,
                                    uint32_t* converted, int64_t plane_size, int64_t row, const uint32_t* wk,
-                                   int64_t taps, const float* bias, int64_t segments, bool single_last, float* acc) {
+                                   int64_t taps, const float* bias, int64_t segments, bool single_last) {
   const Correlation& g = p.g;
-  const int64_t in_pixels = g.Hs * g.Ws, out_pixels = g.HO * g.WO, R = g.HO;
+  const int64_t in_pixels = g.Hs * g.Ws, out_pixels = g.HO * g.WO;
   const uint32_t* src[2];
   const uint32_t* w[2];
   float b[2];
@@ -460,17 +462,11 @@ DWCONV_TARGET void run_dual_planes(const BlockedProblem<T, float>& p, DualBlockF
     w[i] = wk + c * taps * g.KH;
     b[i] = bias ? bias[c] : 0.f;
   }
-  // (locals: the stores below may alias p's fields as far as the compiler knows)
   T* const dst = p.dst + plane * out_pixels;
-  const int64_t WO = g.WO;
   for (int64_t sg = 0; sg < segments; ++sg) {
     const int64_t ow0 = sg * kPlaneLanes;
-    const __mmask16 lanes = segment_lanes(WO, ow0);
-    dual(acc, acc + R * kPlaneLanes, src[0], src[1], w[0], w[1], row, g.Hs, g.org_h, taps, g.DW, ow0, single_last);
-    for (int i = 0; i < 2; ++i)
-      for (int64_t r = 0; r < R; ++r)
-        store_lanes<T>(dst + i * out_pixels + r * WO + ow0, _mm512_loadu_ps(acc + (i * R + r) * kPlaneLanes), b[i],
-                       lanes);
+    dual(dst + ow0, dst + out_pixels + ow0, g.WO, b[0], b[1], segment_lanes(g.WO, ow0), src[0], src[1], w[0], w[1],
+         row, g.Hs, g.org_h, taps, g.DW, ow0, single_last);
   }
 }
 #endif
@@ -560,7 +556,7 @@ DWCONV_TARGET void run_planes_of(const BlockedProblem<T, float>& p, const W* wk,
 #ifdef DWCONV_BF16_DOT
       if constexpr (pairs) {
         if (dual && plane + 1 < planes) {
-          run_dual_planes(p, dual, plane, converted, plane_size, row, wk, taps, bias, segments, mask[0] != 0, acc);
+          run_dual_planes(p, dual, plane, converted, plane_size, row, wk, taps, bias, segments, mask[0] != 0);
           continue;
         }
       }
