@@ -87,6 +87,40 @@ namespace avx2_sums {
 #define DWCONV_F16_TO_FLOAT(v) _cvtsh_ss((v).bits)  // exact, as to_float
 DWCONV_CHANNEL_SUMS_BODY
 #undef DWCONV_F16_TO_FLOAT
+
+// plane_sum for the 16-bit types with the 16 partial sums in two vectors: the same adds in the same order (GCC
+// left the generic loop's conversions scalar: the bf16 sums took 1.5-3x the fp32 ones' time).
+inline __m256 widen8(const bf16* p) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
+}
+inline __m256 widen8(const f16* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+
+template <typename T>
+float plane_sum_16bit(const T* p, int64_t n) {
+  __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    lo = _mm256_add_ps(lo, widen8(p + i));
+    hi = _mm256_add_ps(hi, widen8(p + i + 8));
+  }
+  alignas(32) float lanes[kLanes];
+  _mm256_store_ps(lanes, lo);
+  _mm256_store_ps(lanes + 8, hi);
+  for (int l = 0; i < n; ++i, ++l) lanes[l] += widen(p[i]);
+  float sum = 0;
+  for (int l = 0; l < kLanes; ++l) sum += lanes[l];
+  return sum;
+}
+
+template <>
+float plane_sum<bf16, float>(const bf16* p, int64_t n) {
+  return plane_sum_16bit(p, n);
+}
+
+template <>
+float plane_sum<f16, float>(const f16* p, int64_t n) {
+  return plane_sum_16bit(p, n);
+}
 }  // namespace avx2_sums
 #pragma GCC pop_options
 #endif
