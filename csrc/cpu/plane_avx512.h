@@ -513,7 +513,8 @@ DWCONV_TARGET void run_planes_of(const BlockedProblem<T, float>& p, const W* wk,
   const int64_t filter_size = taps * g.KH;
   const PlaneColumnFn<T, Src, W> column =
       p.sources == 1 && g.HO >= kColumnRowsPerTap * g.KH ? plane_column_for<T, Src, W>(g.KH) : nullptr;
-  const bool prefetch = in_pixels * int64_t(sizeof(T)) >= kPlanePrefetchBytes;
+  // (bf16 / fp16 planes counted at 4 bytes a pixel: the pairs path reads its plane in column strips too)
+  const bool prefetch = in_pixels * int64_t(sizeof(float)) >= kPlanePrefetchBytes;
 #ifdef DWCONV_BF16_DOT
   // bf16 pairs planes of one block each: two planes at a time (plane_block_dual)
   const DualBlockFn dual = pairs && !column && p.sources == 1 && !prefetch && nrow_blocks == 1 ? dual_block(g.KH, g.HO)
