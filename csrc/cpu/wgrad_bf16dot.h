@@ -55,6 +55,8 @@ DWCONV_TARGET inline void gather_pairs_nhwc(uint32_t* dst, int64_t rows, int64_t
   }
 }
 
+constexpr int64_t kSideBySidePixels = 1024;  // gather_pairs_nchw: a band this large reads its planes side by side
+
 // The same for an NCHW band whose 16 lanes are the planes chan[l] (all of them in the image): each plane's band
 // rows become rows of pairs (one 32-bit word per pixel: the pixel and the next one in its row, zero after the
 // row's last), transposed 16 x 16 into pixels of 16 lanes, then placed in the tile's rows. The column left of
@@ -67,7 +69,26 @@ DWCONV_TARGET inline void gather_pairs_nchw(uint32_t* dst, int64_t rows, int64_t
   const int64_t W = src.W, n = (r_hi - r_lo) * W;
   // The words pass through the fp32 transpose as floats (stored and read as bytes: no value is computed).
   float* pixels = stage + L * n;
-  for (int l = 0; l < L && n > 0; ++l) {
+  if (n >= kSideBySidePixels) {
+    // A large band (56x56 maps: about 7 KiB a plane, beyond wgrad's prefetch) is read 16 planes side by side, 16
+    // memory streams at once, instead of plane after plane (measured 15 % faster at 56x56, slower at 14x14).
+    const bf16* in = src.row(r0 + r_lo);
+    const int64_t plane_step = src.channel_step();
+    for (int64_t j = 0; j < n; j += 16) {
+      // pixels j .. j + 15 (those < n), and those whose next pixel is in their row (not a row's last)
+      const int count = int(std::min<int64_t>(16, n - j));
+      uint32_t ends = 0;
+      for (int64_t e = j + (W - 1 - j % W); e < j + count; e += W) ends |= 1u << (e - j);
+      const __mmask16 first = __mmask16((1u << count) - 1), second = __mmask16(first & ~ends);
+      for (int l = 0; l < L; ++l) {
+        const bf16* at = in + chan[l] * plane_step + j;
+        _mm512_mask_storeu_epi32(stage + l * n + j, first,
+                                 interleave_pairs(_mm256_maskz_loadu_epi16(first, at),
+                                                  _mm256_maskz_loadu_epi16(second, at + 1)));
+      }
+    }
+  }
+  for (int l = 0; l < L && n > 0 && n < kSideBySidePixels; ++l) {
     const bf16* in = src.row(r0 + r_lo) + chan[l] * src.channel_step();
     float* out = stage + l * n;
     int64_t j = 0;
