@@ -55,6 +55,24 @@ DWCONV_TARGET inline void gather_pairs_nhwc(uint32_t* dst, int64_t rows, int64_t
   }
 }
 
+// The tile rows of an NCHW band from its pixels ([band row][column][16] words, W columns a row, the band's rows
+// r_lo .. r_hi - 1 of the tile): tile columns c_begin .. c_end - 1 hold source columns c0 + c, the rest and the
+// rows outside are zero.
+inline void place_pixel_rows(uint32_t* dst, int64_t rows, int64_t cols, const float* pixels, int64_t W, int64_t r_lo,
+                             int64_t r_hi, int64_t c0, int64_t c_begin, int64_t c_end) {
+  constexpr int L = 16;
+  for (int64_t r = 0; r < rows; ++r) {
+    uint32_t* trow = dst + r * cols * L;
+    if (r < r_lo || r >= r_hi || c_begin == c_end) {
+      std::memset(trow, 0, sizeof(uint32_t) * cols * L);
+      continue;
+    }
+    std::memset(trow, 0, sizeof(uint32_t) * c_begin * L);
+    std::memset(trow + c_end * L, 0, sizeof(uint32_t) * (cols - c_end) * L);
+    std::memcpy(trow + c_begin * L, pixels + ((r - r_lo) * W + c0 + c_begin) * L, sizeof(uint32_t) * (c_end - c_begin) * L);
+  }
+}
+
 constexpr int64_t kSideBySidePixels = 1024;  // gather_pairs_nchw: a band this large reads its planes side by side
 
 // The same for an NCHW band whose 16 lanes are the planes chan[l] (all of them in the image): each plane's band
@@ -109,18 +127,11 @@ DWCONV_TARGET inline void gather_pairs_nchw(uint32_t* dst, int64_t rows, int64_t
     }
   }
   rows_to_pixels<float, L>(pixels, stage, n);
-  for (int64_t r = 0; r < rows; ++r) {
+  place_pixel_rows(dst, rows, cols, pixels, W, r_lo, r_hi, c0, c_begin, c_end);
+  for (int64_t r = r_lo; r < r_hi && c_begin < c_end; ++r) {
     uint32_t* trow = dst + r * cols * L;
-    if (r < r_lo || r >= r_hi || c_begin == c_end) {
-      std::memset(trow, 0, sizeof(uint32_t) * cols * L);
-      continue;
-    }
-    const float* prow = pixels + ((r - r_lo) * W + c0 + c_begin) * L;
-    std::memset(trow, 0, sizeof(uint32_t) * c_begin * L);
-    std::memset(trow + c_end * L, 0, sizeof(uint32_t) * (cols - c_end) * L);
-    std::memcpy(trow + c_begin * L, prow, sizeof(uint32_t) * (c_end - c_begin) * L);
     if (c_begin > 0)  // (0, first pixel)
-      _mm512_storeu_si512(trow + (c_begin - 1) * L, _mm512_slli_epi32(_mm512_loadu_si512(prow), 16));
+      _mm512_storeu_si512(trow + (c_begin - 1) * L, _mm512_slli_epi32(_mm512_loadu_si512(trow + c_begin * L), 16));
     if (c0 + c_end < W)  // the tile ends inside the row: its last pair's second half is past the tile
       _mm512_storeu_si512(trow + (c_end - 1) * L,
                           _mm512_and_si512(_mm512_loadu_si512(trow + (c_end - 1) * L), _mm512_set1_epi32(0xffff)));
@@ -212,16 +223,7 @@ DWCONV_TARGET inline void gather_image_pairs_nchw(uint32_t* dst, int64_t rows, i
     }
   }
   rows_to_pixels<float, L>(pixels, stage, n);
-  for (int64_t r = 0; r < rows; ++r) {
-    uint32_t* trow = dst + r * cols * L;
-    if (r < r_lo || r >= r_hi || c_begin == c_end) {
-      std::memset(trow, 0, sizeof(uint32_t) * cols * L);
-      continue;
-    }
-    std::memset(trow, 0, sizeof(uint32_t) * c_begin * L);
-    std::memset(trow + c_end * L, 0, sizeof(uint32_t) * (cols - c_end) * L);
-    std::memcpy(trow + c_begin * L, pixels + ((r - r_lo) * W + c0 + c_begin) * L, sizeof(uint32_t) * (c_end - c_begin) * L);
-  }
+  place_pixel_rows(dst, rows, cols, pixels, W, r_lo, r_hi, c0, c_begin, c_end);
 }
 
 // dw[q] (fp32 [Q][16], accumulated into) += sum over oh < rows, ow < n of x[oh][ow + q] * dy[oh][ow] for two
