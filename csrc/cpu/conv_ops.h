@@ -408,7 +408,8 @@ DWCONV_TARGET void wgrad(const ConvShape& s, const T* dy, const T* x, acc_t<T>* 
 #endif
   // the pairs tiles straight from the bf16 tensors (full channel blocks; channels_last without a multiplier)
   [[maybe_unused]] const bool direct_pairs = pairs && (s.layout == Layout::NCHW || s.M == 1);
-  [[maybe_unused]] const bool direct_image_pairs = s.layout == Layout::NCHW || s.M == 1;  // (likewise)
+  // and the image-pairs tiles likewise (gather_image_pairs_*)
+  [[maybe_unused]] const bool direct_image_pairs = s.layout == Layout::NCHW || s.M == 1;
   // rows too short for pairs along W: pairs of images, two consecutive images of a chunk per vdpbf16ps
   bool image_pairs = false;
 #ifdef DWCONV_BF16_DOT

@@ -49,14 +49,7 @@ DWCONV_NHWC_INLINE void store_pixel(T* p, __m512 v, __mmask16 lanes, bool full) 
     if (full) _mm512_storeu_ps(p, v);
     else _mm512_mask_storeu_ps(p, lanes, v);
   } else {
-    __m256i h;
-    if constexpr (std::is_same_v<T, bf16>) {
-      h = bf16_bits(v);
-    } else {
-      alignas(32) T tmp[kNhwcLanes];
-      store_f16(tmp, v);
-      h = _mm256_load_si256(reinterpret_cast<const __m256i*>(tmp));
-    }
+    const __m256i h = std::is_same_v<T, bf16> ? bf16_bits(v) : f16_bits(v);
     if (full) _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), h);
     else _mm256_mask_storeu_epi16(p, lanes, h);
   }

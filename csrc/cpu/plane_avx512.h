@@ -168,17 +168,8 @@ inline const PlaneBlockFn<Src, W>* plane_blocks(int64_t KH) {
 template <typename T>
 DWCONV_PLANE_INLINE void store_lanes(T* out, __m512 acc, float bias, __mmask16 lanes) {
   const __m512 v = _mm512_add_ps(acc, _mm512_set1_ps(bias));
-  if constexpr (std::is_same_v<T, float>) {
-    _mm512_mask_storeu_ps(out, lanes, v);
-  } else {
-    if constexpr (std::is_same_v<T, bf16>) {
-      _mm256_mask_storeu_epi16(out, lanes, bf16_bits(v));
-    } else {
-      alignas(64) T tmp[kPlaneLanes];
-      store_f16(tmp, v);
-      _mm256_mask_storeu_epi16(out, lanes, _mm256_load_si256(reinterpret_cast<const __m256i*>(tmp)));
-    }
-  }
+  if constexpr (std::is_same_v<T, float>) _mm512_mask_storeu_ps(out, lanes, v);
+  else _mm256_mask_storeu_epi16(out, lanes, std::is_same_v<T, bf16> ? bf16_bits(v) : f16_bits(v));
 }
 
 #ifdef DWCONV_BF16_DOT

@@ -54,9 +54,9 @@ DWCONV_AVX512_FN void store_bf16(bf16* p, __m512 a) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), bf16_bits(a));
 }
 
-// p[i] = to_f16(a[i]) for the 16 lanes, bit for bit: the three cases of to_f16 (kernels.h) computed for every
-// lane, then picked per lane.
-DWCONV_AVX512_FN void store_f16(f16* p, __m512 a) {
+// to_f16(a[i]) for the 16 lanes as 16-bit values, bit for bit: the three cases of to_f16 (kernels.h) computed
+// for every lane, then picked per lane.
+DWCONV_AVX512_FN __m256i f16_bits(__m512 a) {
   const __m512i u = _mm512_castps_si512(a), one = _mm512_set1_epi32(1);
   const __m512i sign = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x8000));
   const __m512i mag = _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff));
@@ -71,7 +71,11 @@ DWCONV_AVX512_FN void store_f16(f16* p, __m512 a) {
   const __mmask16 is_tiny = _mm512_cmpgt_epi32_mask(_mm512_set1_epi32(0x38800000), mag);
   const __m512i r = _mm512_or_si512(
       sign, _mm512_mask_blend_epi32(is_huge, _mm512_mask_blend_epi32(is_tiny, normal, tiny), huge));  // < 2^16
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(r));
+  return _mm512_cvtepi32_epi16(r);
+}
+
+DWCONV_AVX512_FN void store_f16(f16* p, __m512 a) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), f16_bits(a));
 }
 
 // 16 pairs (a[i], b[i]) of 16-bit values, a[i] in the low half of 32-bit lane i: the operand layout of
