@@ -6,7 +6,9 @@
 // the map reads zero through an empty load mask (no memory touched), and the results go to y with the bias
 // added, converted and stored per pixel (a masked store for a partial channel block). The copy into a padded
 // tile and back out (gather_tile / scatter_tile: 35-50% of the forward time on 14x14 maps) is gone; the taps of
-// each output and their order are the channel-blocked kernels', so are the bits.
+// each output and their order are the channel-blocked kernels', so are the bits. bf16 with vdpbf16ps is the
+// exception: its window holds pairs of rows, which are built once per item into a tile (run_nhwc_rows_dot)
+// instead of once per register block and filter-row pair.
 #pragma once
 #include <immintrin.h>
 
@@ -96,26 +98,22 @@ constexpr std::array<NhwcRowFn<T>, kNhwcMaxBlock + 1> nhwc_rows_for(std::integer
 }
 
 #ifdef DWCONV_BF16_DOT
-// bf16 with vdpbf16ps, two filter rows per instruction. A window vector holds one pixel of a source row and of
-// the row row_step after it as pairs (interleave_pairs); with Pair false (the last of an odd number of filter
-// rows) the second halves are zero, and so are those of the weights (w: wsingle below).
+// bf16 with vdpbf16ps, two filter rows per instruction, from a tile of row pairs (pair_rows below: pixel (i, c)
+// with pixel (i + DH, c), zero outside the map), so the register window takes each pair with one plain load. With
+// Pair false (the last of an odd number of filter rows) the second halves are read as zero, and so are those of
+// the weights (w: wsingle below).
 template <bool Pair>
-DWCONV_NHWC_INLINE __m512i pixel_pair(const bf16* x, int64_t row_step, int64_t px_step, int64_t col, int64_t Ws,
-                                      __mmask16 lanes) {
-  const __mmask16 m = uint64_t(col) < uint64_t(Ws) ? lanes : __mmask16(0);
-  const bf16* p = x + col * px_step;
-  return interleave_pairs(_mm256_maskz_loadu_epi16(m, p),
-                          Pair ? _mm256_maskz_loadu_epi16(m, p + row_step) : _mm256_setzero_si256());
+DWCONV_NHWC_INLINE __m512i tile_pair(const uint32_t* p) {
+  return Pair ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi16(__mmask32(0x55555555u), p);
 }
 
 template <int R, bool Pair>
-DWCONV_NHWC_INLINE void nhwc_dot_rows(__m512* acc, const bf16* x, int64_t row_step, int64_t px_step, int64_t col0,
-                                      int64_t Ws, __mmask16 lanes, const uint32_t* w, int64_t nkw) {
+DWCONV_NHWC_INLINE void tile_dot_rows(__m512* acc, const uint32_t* t, const uint32_t* w, int64_t nkw) {
   __m512i win[R];
 #pragma GCC unroll 16
-  for (int r = 0; r < R - 1; ++r) win[r] = pixel_pair<Pair>(x, row_step, px_step, col0 + r, Ws, lanes);
+  for (int r = 0; r < R - 1; ++r) win[r] = tile_pair<Pair>(t + r * kNhwcLanes);
   for (int64_t kw = 0; kw < nkw; ++kw) {
-    win[R - 1] = pixel_pair<Pair>(x, row_step, px_step, col0 + kw + R - 1, Ws, lanes);
+    win[R - 1] = tile_pair<Pair>(t + (kw + R - 1) * kNhwcLanes);
     const __m512bh wv = (__m512bh)_mm512_loadu_si512(w + kw * kNhwcLanes);
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) acc[r] = _mm512_dpbf16_ps(acc[r], (__m512bh)win[r], wv);
@@ -125,28 +123,44 @@ DWCONV_NHWC_INLINE void nhwc_dot_rows(__m512* acc, const bf16* x, int64_t row_st
 }
 
 // nhwc_row_block for bf16 with vdpbf16ps: filter rows (kh, kh + 1) from wpair, a last odd one from wsingle
-// (both [kh][kw][16] pairs, as RowPairFilters packs them).
+// (both [kh][kw][16] pairs, as RowPairFilters packs them); t: the pair tile at the first filter row's source row
+// and the block's first column, filter row kh + 1 t_row_step further.
 template <int R>
-DWCONV_TARGET void nhwc_row_block_dot(bf16* y, int64_t y_step, const float* bias16, __mmask16 lanes, const bf16* x_row,
-                                      int64_t row_step, int64_t px_step, int64_t col0, int64_t Ws, const uint32_t* wpair,
-                                      const uint32_t* wsingle, int64_t w_row_step, int64_t nkh, int64_t nkw) {
+DWCONV_TARGET void nhwc_row_block_dot(bf16* y, int64_t y_step, const float* bias16, __mmask16 lanes, const uint32_t* t,
+                                      int64_t t_row_step, const uint32_t* wpair, const uint32_t* wsingle,
+                                      int64_t w_row_step, int64_t nkh, int64_t nkw) {
   __m512 acc[R];
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
   int64_t kh = 0;
-  for (; kh + 1 < nkh; kh += 2)
-    nhwc_dot_rows<R, true>(acc, x_row + kh * row_step, row_step, px_step, col0, Ws, lanes, wpair + kh * w_row_step, nkw);
-  if (kh < nkh)
-    nhwc_dot_rows<R, false>(acc, x_row + kh * row_step, row_step, px_step, col0, Ws, lanes, wsingle + kh * w_row_step,
-                            nkw);
+  for (; kh + 1 < nkh; kh += 2) tile_dot_rows<R, true>(acc, t + kh * t_row_step, wpair + kh * w_row_step, nkw);
+  if (kh < nkh) tile_dot_rows<R, false>(acc, t + kh * t_row_step, wsingle + kh * w_row_step, nkw);
   const bool full = lanes == __mmask16(0xffff);
   const __m512 bias = _mm512_loadu_ps(bias16);
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r) store_pixel(y + r * y_step, _mm512_add_ps(acc[r], bias), lanes, full);
 }
 
-using NhwcRowDotFn = void (*)(bf16*, int64_t, const float*, __mmask16, const bf16*, int64_t, int64_t, int64_t, int64_t,
-                              const uint32_t*, const uint32_t*, int64_t, int64_t, int64_t);
+// Tile rows [0, rows) = source rows r0 + i, columns [0, Ws) at tile column c + col0 (pad columns untouched):
+// pairs of source pixel (r0 + i, c) and (r0 + i + DH, c), the latter zero below the map; x: channel block's start.
+// Each pixel's next 64 bytes (the next work item's channels) are prefetched: this loop is where an item first
+// touches its pixels, one line 2C bytes from the last, and it stalled on them (docs/perf_cpu.md).
+DWCONV_NHWC_INLINE void pair_rows(uint32_t* tile, int64_t tile_cols, int64_t col0, const bf16* x, int64_t r0,
+                                  int64_t rows, int64_t Hs, int64_t Ws, int64_t C, int64_t DH, __mmask16 lanes) {
+  for (int64_t i = 0; i < rows; ++i) {
+    const bf16* a = x + (r0 + i) * Ws * C;
+    const bool below = r0 + i + DH < Hs;
+    uint32_t* t = tile + (i * tile_cols + col0) * kNhwcLanes;
+    for (int64_t c = 0; c < Ws; ++c, a += C, t += kNhwcLanes) {
+      __builtin_prefetch(a + 64 / sizeof(bf16), 0, 3);
+      const __m256i b = below ? _mm256_maskz_loadu_epi16(lanes, a + DH * Ws * C) : _mm256_setzero_si256();
+      _mm512_storeu_si512(t, interleave_pairs(_mm256_maskz_loadu_epi16(lanes, a), b));
+    }
+  }
+}
+
+using NhwcRowDotFn = void (*)(bf16*, int64_t, const float*, __mmask16, const uint32_t*, int64_t, const uint32_t*,
+                              const uint32_t*, int64_t, int64_t, int64_t);
 
 template <int... R>
 constexpr std::array<NhwcRowDotFn, kNhwcMaxBlock + 1> nhwc_row_dots_for(std::integer_sequence<int, R...>) {
@@ -255,18 +269,75 @@ inline bool nhwc_direct_fits(const Correlation& g, Layout layout, int64_t M, boo
   return layout == Layout::NHWC && M == 1 && (batched || (g.SW == 1 && g.DW == 1));
 }
 
+#ifdef DWCONV_BF16_DOT
+// run_nhwc_rows for bf16 with vdpbf16ps: per item and channel block, the band's source rows are first paired into
+// a tile (pair_rows), with zero columns where the blocks read left or right of the map; the blocks then read it.
+DWCONV_TARGET inline void run_nhwc_rows_dot(const Correlation& g, int64_t N, int64_t C, const bf16* src, bf16* dst,
+                                            const float* wt, const float* bias, int threads) {
+  static constexpr auto dots = nhwc_row_dots_for(std::make_integer_sequence<int, kNhwcMaxBlock>());
+  constexpr int L = kNhwcLanes;
+  const int64_t nblocks = ceil_div(C, L), taps = g.KH * g.KW;
+  const RowPairFilters wdot(wt, nblocks, g.KH, g.KW);
+  const std::vector<Block> blocks = output_blocks(g.WO, g.org_w, g.Ws - 1, 1, 1, g.KW, kNhwcMaxBlock);
+  const std::vector<Range> rtaps = row_taps(g.HO, g.org_h, g.Hs - 1, g.SH, g.DH, g.KH);
+  const int64_t row_span = (g.KH - 1) * g.DH + 1;
+  const int64_t TH = band_rows(Layout::NHWC, g.HO, g.Ws, g.SH, row_span, L * sizeof(uint32_t));
+  const int64_t nbands = ceil_div(g.HO, TH);
+  const int64_t group = blocks_per_item(Layout::NHWC, L * sizeof(bf16)), ngroups = ceil_div(nblocks, group);
+  const int64_t items = N * ngroups * nbands;
+  const int nthreads = thread_count(threads, items, N * C * g.HO * g.WO * taps);
+  const int64_t chunk = items_per_chunk(Layout::NHWC, items, nthreads);
+  // tile columns: source columns [col_lo, col_hi), the map's at [-col_lo, Ws - col_lo)
+  const int64_t col_lo = std::min<int64_t>(0, g.org_w), col_hi = std::max<int64_t>(g.Ws, g.WO + g.org_w + g.KW - 1);
+  const int64_t tile_cols = col_hi - col_lo, tile_rows = std::min(g.Hs, (TH - 1) * g.SH + row_span);
+  const int64_t tile_size = tile_rows * tile_cols * L;
+  Scratch<uint32_t> scratch(nthreads * tile_size);
+  std::fill_n(scratch.get(), nthreads * tile_size, 0u);
+#pragma omp parallel num_threads(nthreads)
+  {
+    uint32_t* tile = scratch.get() + omp_get_thread_num() * tile_size;
+#pragma omp for schedule(dynamic, chunk)
+    for (int64_t item = 0; item < items; ++item) {
+      const int64_t grp = item % ngroups, band = (item / ngroups) % nbands, n = item / (nbands * ngroups);
+      const int64_t oh0 = band * TH, oh1 = std::min(g.HO, oh0 + TH);
+      const int64_t r0 = std::max<int64_t>(0, oh0 * g.SH + g.org_h);
+      const int64_t r1 = std::min(g.Hs, (oh1 - 1) * g.SH + g.org_h + row_span);
+      for (int64_t blk = grp * group; blk < std::min(nblocks, (grp + 1) * group); ++blk) {
+        const __mmask16 lanes = __mmask16((1u << std::min<int64_t>(L, C - blk * L)) - 1);
+        const float* bv = bias + blk * L;
+        bf16* y = dst + n * g.HO * g.WO * C + blk * L;
+        const bf16* x = src + n * g.Hs * g.Ws * C + blk * L;
+        if (r1 > r0) pair_rows(tile, tile_cols, -col_lo, x, r0, r1 - r0, g.Hs, g.Ws, C, g.DH, lanes);
+        for (int64_t oh = oh0; oh < oh1; ++oh) {
+          const Range kh = rtaps[oh];
+          for (int64_t ow = 0; ow < g.WO; ++ow)
+            __builtin_prefetch(reinterpret_cast<const char*>(y + (oh * g.WO + ow) * C) + 64, 1, 3);
+          const int64_t ih = oh * g.SH + g.org_h + kh.lo * g.DH;
+          for (const Block& b : blocks) {
+            const int64_t w_at = blk * taps * L + (kh.lo * g.KW + b.lo) * L;
+            const int64_t col = b.first + g.org_w + b.lo - col_lo;
+            dots[b.size](y + (oh * g.WO + b.first) * C, C, bv, lanes, tile + ((ih - r0) * tile_cols + col) * L,
+                         g.DH * tile_cols * L, wdot.pair.get() + w_at, wdot.single.get() + w_at, g.KW * L,
+                         kh.hi - kh.lo, b.hi - b.lo);
+          }
+        }
+      }
+    }
+  }
+}
+#endif
+
 // Items and threads as in the channel-blocked drivers (plan.h): (image, band, group of blocks) with the
 // group innermost, one contiguous range of items per thread.
 template <typename T>
 DWCONV_TARGET void run_nhwc_rows(const Correlation& g, int64_t N, int64_t C, const T* src, T* dst, const float* wt,
                                  const float* bias, int threads) {
+#ifdef DWCONV_BF16_DOT
+  if constexpr (kDotProducts<T>) return run_nhwc_rows_dot(g, N, C, src, dst, wt, bias, threads);
+#endif
   static constexpr auto kernels = nhwc_rows_for<T>(std::make_integer_sequence<int, kNhwcMaxBlock>());
   constexpr int L = kNhwcLanes;
   const int64_t nblocks = ceil_div(C, L), taps = g.KH * g.KW;
-#ifdef DWCONV_BF16_DOT
-  static constexpr auto dots = nhwc_row_dots_for(std::make_integer_sequence<int, kNhwcMaxBlock>());
-  const RowPairFilters wdot(wt, kDotProducts<T> ? nblocks : 0, g.KH, g.KW);
-#endif
   const std::vector<Block> blocks = output_blocks(g.WO, g.org_w, g.Ws - 1, 1, 1, g.KW, kNhwcMaxBlock);
   const std::vector<Range> rtaps = row_taps(g.HO, g.org_h, g.Hs - 1, g.SH, g.DH, g.KH);
   // bands of output rows whose input rows (the last KH of which the next row reuses) stay in L1 / L2
@@ -292,19 +363,10 @@ DWCONV_TARGET void run_nhwc_rows(const Correlation& g, int64_t N, int64_t C, con
         for (int64_t ow = 0; ow < g.WO; ++ow)
           __builtin_prefetch(reinterpret_cast<const char*>(y + (oh * g.WO + ow) * C) + 64, 1, 3);
         const int64_t ih = oh * g.SH + g.org_h + kh.lo * g.DH;
-        for (const Block& b : blocks) {
-          const int64_t w_at = blk * taps * L + (kh.lo * g.KW + b.lo) * L;
-#ifdef DWCONV_BF16_DOT
-          if constexpr (kDotProducts<T>) {
-            dots[b.size](y + (oh * g.WO + b.first) * C, C, bv, lanes, x + ih * g.Ws * C, g.DH * g.Ws * C, C,
-                         b.first + g.org_w + b.lo, g.Ws, wdot.pair.get() + w_at, wdot.single.get() + w_at, g.KW * L,
-                         kh.hi - kh.lo, b.hi - b.lo);
-            continue;
-          }
-#endif
+        for (const Block& b : blocks)
           kernels[b.size](y + (oh * g.WO + b.first) * C, C, bv, lanes, x + ih * g.Ws * C, g.DH * g.Ws * C, C,
-                          b.first + g.org_w + b.lo, g.Ws, wt + w_at, g.KW * L, kh.hi - kh.lo, b.hi - b.lo);
-        }
+                          b.first + g.org_w + b.lo, g.Ws, wt + blk * taps * L + (kh.lo * g.KW + b.lo) * L, g.KW * L,
+                          kh.hi - kh.lo, b.hi - b.lo);
       }
     }
   }
