@@ -179,13 +179,45 @@ DWCONV_PLANE_INLINE void store_lanes(T* out, __m512 acc, float bias, __mmask16 l
 // leaves the products' latency uncovered there. 2 x R accumulators and two input vectors: R <= kDualRowsMax.
 constexpr int kDualRowsMin = 10, kDualRowsMax = 14;
 
-template <int KH, class S>
-DWCONV_PLANE_INLINE void dual_row_taps(__m512* acc_a, __m512* acc_b, const uint32_t* xa, const uint32_t* xb,
-                                       const uint32_t* wa, const uint32_t* wb, int64_t pairs, int64_t DW,
-                                       bool single_last) {
+// Where the two-plane kernel finds a window row's column pairs (the vector of pair q holds lane l's taps 2q and
+// 2q + 1): a row of a pairs plane (plane_to_pairs), the vector at 2q * DW; or, when the pairs' columns span at
+// most 32 words, the bf16 row itself, one masked load per row (zero outside the row) and one vpermw per pair
+// (word indices `index`: [pairs][32]), so that no pairs plane is written and read back.
+// One per segment (output columns ow0 to ow0 + 15).
+struct PairsPlaneRows {
+  using Plane = uint32_t;
+  int64_t row, DW, ow0;  // a pairs row's elements; the filter's column dilation; the segment
+  struct Row {
+    const uint32_t* x;
+    int64_t DW;
+    DWCONV_PLANE_INLINE __m512i pair(int64_t q) const { return _mm512_loadu_si512(x + 2 * q * DW); }
+  };
+  DWCONV_PLANE_INLINE Row at(const uint32_t* plane, int64_t r) const { return {plane + r * row + ow0, DW}; }
+};
+
+struct Bf16PlaneRows {
+  using Plane = bf16;
+  int64_t Ws, start;  // source row length; source column of the segment's first tap (ow0 + org_w)
+  __mmask32 inside;   // the words of the 32 from `start` that lie in the row
+  const uint16_t* index;
+  struct Row {
+    __m512i words;
+    const uint16_t* index;
+    DWCONV_PLANE_INLINE __m512i pair(int64_t q) const {
+      return _mm512_permutexvar_epi16(_mm512_loadu_si512(index + q * 32), words);
+    }
+  };
+  DWCONV_PLANE_INLINE Row at(const bf16* plane, int64_t r) const {
+    return {_mm512_maskz_loadu_epi16(inside, plane + r * Ws + start), index};
+  }
+};
+
+template <int KH, class S, class Row>
+DWCONV_PLANE_INLINE void dual_row_taps(__m512* acc_a, __m512* acc_b, const Row& xa, const Row& xb, const uint32_t* wa,
+                                       const uint32_t* wb, int64_t pairs, bool single_last) {
   const int64_t full = pairs - (single_last ? 1 : 0);
-  for (int64_t q = 0; q < pairs; ++q, xa += 2 * DW, xb += 2 * DW, wa += KH, wb += KH) {
-    __m512i va = _mm512_loadu_si512(xa), vb = _mm512_loadu_si512(xb);
+  for (int64_t q = 0; q < pairs; ++q, wa += KH, wb += KH) {
+    __m512i va = xa.pair(q), vb = xb.pair(q);
     if (q == full) {  // the odd last column (row_taps)
       va = first_halves(va);
       vb = first_halves(vb);
@@ -198,29 +230,29 @@ DWCONV_PLANE_INLINE void dual_row_taps(__m512* acc_a, __m512* acc_b, const uint3
   }
 }
 
-template <int KH, int R, int... I>
-DWCONV_PLANE_INLINE void dual_window(__m512* acc_a, __m512* acc_b, const uint32_t* a, const uint32_t* b,
-                                     const uint32_t* wa, const uint32_t* wb, int64_t Ws, int64_t Hs, int64_t ih0,
-                                     int64_t pairs, int64_t DW, int64_t col0, bool single_last,
-                                     std::integer_sequence<int, I...>) {
+template <int KH, int R, class Rows, int... I>
+DWCONV_PLANE_INLINE void dual_window(__m512* acc_a, __m512* acc_b, const Rows& rows, const typename Rows::Plane* a,
+                                     const typename Rows::Plane* b, const uint32_t* wa, const uint32_t* wb, int64_t Hs,
+                                     int64_t ih0, int64_t pairs, bool single_last, std::integer_sequence<int, I...>) {
   ((ih0 + I >= 0 && ih0 + I < Hs
-        ? dual_row_taps<KH, BlockSlots<KH, R, I>>(acc_a, acc_b, a + (ih0 + I) * Ws + col0, b + (ih0 + I) * Ws + col0,
-                                                  wa, wb, pairs, DW, single_last)
+        ? dual_row_taps<KH, BlockSlots<KH, R, I>>(acc_a, acc_b, rows.at(a, ih0 + I), rows.at(b, ih0 + I), wa, wb,
+                                                  pairs, single_last)
         : void()),
    ...);
 }
 
-// plane_block of two single-source pairs planes a and b (filters wa, wb [pairs][KH]), stored from the registers:
-// row r of the segment's lanes to dst_a / dst_b + r * WO, bias added (store_lanes).
-template <int KH, int R>
+// plane_block of two single-source planes a and b (filters wa, wb [pairs][KH]; the planes' rows as `rows` reads
+// them), stored from the registers: row r of the segment's lanes to dst_a / dst_b + r * WO, bias added
+// (store_lanes).
+template <int KH, int R, class Rows>
 DWCONV_TARGET void plane_block_dual(bf16* dst_a, bf16* dst_b, int64_t WO, float bias_a, float bias_b, __mmask16 lanes,
-                                    const uint32_t* a, const uint32_t* b, const uint32_t* wa, const uint32_t* wb,
-                                    int64_t Ws, int64_t Hs, int64_t ih0, int64_t pairs, int64_t DW, int64_t col0,
+                                    const Rows& rows, const typename Rows::Plane* a, const typename Rows::Plane* b,
+                                    const uint32_t* wa, const uint32_t* wb, int64_t Hs, int64_t ih0, int64_t pairs,
                                     bool single_last) {
   __m512 acc_a[R], acc_b[R];
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r) acc_a[r] = acc_b[r] = _mm512_setzero_ps();
-  dual_window<KH, R>(acc_a, acc_b, a, b, wa, wb, Ws, Hs, ih0, pairs, DW, col0, single_last,
+  dual_window<KH, R>(acc_a, acc_b, rows, a, b, wa, wb, Hs, ih0, pairs, single_last,
                      std::make_integer_sequence<int, R + KH - 1>());
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r) {
@@ -229,21 +261,24 @@ DWCONV_TARGET void plane_block_dual(bf16* dst_a, bf16* dst_b, int64_t WO, float 
   }
 }
 
-using DualBlockFn = void (*)(bf16*, bf16*, int64_t, float, float, __mmask16, const uint32_t*, const uint32_t*,
-                             const uint32_t*, const uint32_t*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+template <class Rows>
+using DualBlockFn = void (*)(bf16*, bf16*, int64_t, float, float, __mmask16, const Rows&, const typename Rows::Plane*,
+                             const typename Rows::Plane*, const uint32_t*, const uint32_t*, int64_t, int64_t, int64_t,
                              bool);
 
-template <int KH, int... R>
-constexpr std::array<DualBlockFn, kDualRowsMax - kDualRowsMin + 1> dual_blocks_for(std::integer_sequence<int, R...>) {
-  return {plane_block_dual<KH, kDualRowsMin + R>...};
+template <class Rows, int KH, int... R>
+constexpr std::array<DualBlockFn<Rows>, kDualRowsMax - kDualRowsMin + 1> dual_blocks_for(
+    std::integer_sequence<int, R...>) {
+  return {plane_block_dual<KH, kDualRowsMin + R, Rows>...};
 }
 
 // The two-plane block of filter height KH and R rows; null where none is compiled.
-inline DualBlockFn dual_block(int64_t KH, int64_t R) {
+template <class Rows>
+inline DualBlockFn<Rows> dual_block(int64_t KH, int64_t R) {
   constexpr auto rows = std::make_integer_sequence<int, kDualRowsMax - kDualRowsMin + 1>();
-  static constexpr auto k3 = dual_blocks_for<3>(rows), k5 = dual_blocks_for<5>(rows), k7 = dual_blocks_for<7>(rows),
-                        k9 = dual_blocks_for<9>(rows), k11 = dual_blocks_for<11>(rows),
-                        k13 = dual_blocks_for<13>(rows);
+  static constexpr auto k3 = dual_blocks_for<Rows, 3>(rows), k5 = dual_blocks_for<Rows, 5>(rows),
+                        k7 = dual_blocks_for<Rows, 7>(rows), k9 = dual_blocks_for<Rows, 9>(rows),
+                        k11 = dual_blocks_for<Rows, 11>(rows), k13 = dual_blocks_for<Rows, 13>(rows);
   if (R < kDualRowsMin || R > kDualRowsMax) return nullptr;
   switch (KH) {
     case 3: return k3[R - kDualRowsMin];
@@ -360,7 +395,8 @@ DWCONV_PLANE_INLINE void dual_column_row(__m512* acc_a, __m512* acc_b, T* dst, i
   const int64_t ih = org_h + i;
   if (ih >= 0 && ih < Hs) {
     const uint32_t* x = src + ih * Ws + col0;
-    dual_row_taps<KH, RowSlots<0, KH - 1, U, KH>>(acc_a, acc_b, x, x + kPlaneLanes, w, w, pairs, DW, single_last);
+    dual_row_taps<KH, RowSlots<0, KH - 1, U, KH>>(acc_a, acc_b, PairsPlaneRows::Row{x, DW},
+                                                  PairsPlaneRows::Row{x + kPlaneLanes, DW}, w, w, pairs, single_last);
   }
   constexpr int done = (U + 1) % KH;
   if (i >= KH - 1) {
@@ -434,30 +470,65 @@ inline PlaneColumnFn<T, Src, W> plane_column_for(int64_t KH) {
 constexpr int64_t kColumnRowsPerTap = 4;  // HO >= 4 * KH
 
 #ifdef DWCONV_BF16_DOT
-// Planes `plane` and `plane + 1` of run_planes_of's bf16 pairs path, one source and one row block (HO rows) each:
-// their pairs planes (converted, two of plane_size), then both through plane_block_dual per segment.
+// The two-plane kernels of filter height KH and R rows, for planes whose rows are paired in registers (direct:
+// when every pair's columns lie within 32 words of the segment's first tap) or through pairs planes.
+struct DualKernels {
+  DualBlockFn<Bf16PlaneRows> direct = nullptr;
+  DualBlockFn<PairsPlaneRows> paired = nullptr;
+  std::vector<uint16_t> index;  // Bf16PlaneRows::index, [pairs][32]
+  DualKernels() = default;
+  DualKernels(const Correlation& g, int64_t pairs) {
+    const int64_t last_word = 2 * (pairs - 1) * g.DW + g.DW + kPlaneLanes - 1;
+    if (last_word >= 32) {
+      paired = dual_block<PairsPlaneRows>(g.KH, g.HO);
+      return;
+    }
+    direct = dual_block<Bf16PlaneRows>(g.KH, g.HO);
+    index.resize(pairs * 32);
+    for (int64_t q = 0; q < pairs; ++q)
+      for (int l = 0; l < kPlaneLanes; ++l) {
+        index[q * 32 + 2 * l] = uint16_t(2 * q * g.DW + l);
+        index[q * 32 + 2 * l + 1] = uint16_t(2 * q * g.DW + g.DW + l);
+      }
+  }
+  explicit operator bool() const { return direct || paired; }
+};
+
+// Planes `plane` and `plane + 1` of run_planes_of's bf16 pairs path, one source and one row block (HO rows) each,
+// through plane_block_dual per segment (their pairs planes first in `converted`, two of plane_size, when the
+// kernels read pairs planes).
 template <typename T>
-DWCONV_TARGET void run_dual_planes(const BlockedProblem<T, float>& p, DualBlockFn dual, int64_t plane,
+DWCONV_TARGET void run_dual_planes(const BlockedProblem<T, float>& p, const DualKernels& dual, int64_t plane,
                                    uint32_t* converted, int64_t plane_size, int64_t row, const uint32_t* wk,
                                    int64_t taps, const float* bias, int64_t segments, bool single_last) {
   const Correlation& g = p.g;
   const int64_t in_pixels = g.Hs * g.Ws, out_pixels = g.HO * g.WO;
-  const uint32_t* src[2];
+  const bf16* src[2];
   const uint32_t* w[2];
   float b[2];
   for (int i = 0; i < 2; ++i) {
     const int64_t n = (plane + i) / p.dst_C, c = (plane + i) % p.dst_C;
-    plane_to_pairs(converted + i * plane_size, p.src + (n * p.src_C + c / p.chan_div * p.chan_mul) * in_pixels, g.Hs,
-                   g.Ws, g.org_w, g.DW, row);
-    src[i] = converted + i * plane_size;
+    src[i] = p.src + (n * p.src_C + c / p.chan_div * p.chan_mul) * in_pixels;
+    if (dual.paired) plane_to_pairs(converted + i * plane_size, src[i], g.Hs, g.Ws, g.org_w, g.DW, row);
     w[i] = wk + c * taps * g.KH;
     b[i] = bias ? bias[c] : 0.f;
   }
   T* const dst = p.dst + plane * out_pixels;
   for (int64_t sg = 0; sg < segments; ++sg) {
     const int64_t ow0 = sg * kPlaneLanes;
-    dual(dst + ow0, dst + out_pixels + ow0, g.WO, b[0], b[1], segment_lanes(g.WO, ow0), src[0], src[1], w[0], w[1],
-         row, g.Hs, g.org_h, taps, g.DW, ow0, single_last);
+    const __mmask16 lanes = segment_lanes(g.WO, ow0);
+    if (dual.direct) {
+      const int64_t start = ow0 + g.org_w;
+      const int64_t lo = std::clamp<int64_t>(-start, 0, 32), hi = std::clamp<int64_t>(g.Ws - start, 0, 32);
+      const uint64_t bits = hi > lo ? ((uint64_t(1) << hi) - 1) & ~((uint64_t(1) << lo) - 1) : 0;
+      const Bf16PlaneRows rows{g.Ws, start, __mmask32(bits), dual.index.data()};
+      dual.direct(dst + ow0, dst + out_pixels + ow0, g.WO, b[0], b[1], lanes, rows, src[0], src[1], w[0], w[1], g.Hs,
+                  g.org_h, taps, single_last);
+    } else {
+      const PairsPlaneRows rows{row, g.DW, ow0};
+      dual.paired(dst + ow0, dst + out_pixels + ow0, g.WO, b[0], b[1], lanes, rows, converted, converted + plane_size,
+                  w[0], w[1], g.Hs, g.org_h, taps, single_last);
+    }
   }
 }
 #endif
@@ -508,8 +579,8 @@ DWCONV_TARGET void run_planes_of(const BlockedProblem<T, float>& p, const W* wk,
   const bool prefetch = in_pixels * int64_t(sizeof(float)) >= kPlanePrefetchBytes;
 #ifdef DWCONV_BF16_DOT
   // bf16 pairs planes of one block each: two planes at a time (plane_block_dual)
-  const DualBlockFn dual = pairs && !column && p.sources == 1 && !prefetch && nrow_blocks == 1 ? dual_block(g.KH, g.HO)
-                                                                                               : nullptr;
+  const DualKernels dual =
+      pairs && !column && p.sources == 1 && !prefetch && nrow_blocks == 1 ? DualKernels(g, taps) : DualKernels();
   const int64_t per_item = dual ? 2 : 1;
   DualColumnFn<T> dual_column = nullptr;  // bf16 pairs columns: two segments at a time (plane_column_dual)
   if constexpr (pairs) dual_column = column ? dual_column_for<T>(g.KH) : nullptr;
