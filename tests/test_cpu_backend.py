@@ -71,7 +71,8 @@ CASES = [
     # odd and even filter widths
     (1, 3, 13, 13, (7, 7), 1, (1, 1), (3, 3, 3, 3), (1, 1)),
     (1, 5, 14, 12, (5, 6), 1, (1, 1), (2, 2, 3, 2), (1, 1)),
-    # bf16 NCHW wgrad pairs from a band of 1024 pixels or more (the 16 planes read side by side), odd width
+    # bf16 NCHW wgrad pairs gathered by rows of 16 planes (rows of 16 columns and more), 16-column chunks and a
+    # partial one (45 = 16 + 16 + 13), odd width
     (1, 16, 40, 45, (5, 5), 1, (1, 1), (2, 2, 2, 2), (1, 1)),
 ]
 

@@ -73,40 +73,79 @@ inline void place_pixel_rows(uint32_t* dst, int64_t rows, int64_t cols, const fl
   }
 }
 
-constexpr int64_t kSideBySidePixels = 1024;  // gather_pairs_nchw: a band this large reads its planes side by side
+// out[k] = word k of every r[l] (lane l): a 16 x 16 transpose of 16-bit words.
+DWCONV_TARGET inline void transpose_words_16x16(const __m256i* r, __m256i* out) {
+  __m256i t[16], u[16];
+  for (int i = 0; i < 8; ++i) {
+    t[i] = _mm256_unpacklo_epi16(r[2 * i], r[2 * i + 1]);  // words 0-3 (and 8-11) of rows 2i, 2i + 1 interleaved
+    t[i + 8] = _mm256_unpackhi_epi16(r[2 * i], r[2 * i + 1]);  // words 4-7 (12-15)
+  }
+  for (int h = 0; h < 2; ++h)
+    for (int j = 0; j < 4; ++j) {  // u[4g .. 4g + 3]: words 2g, 2g + 1 (and 2g + 8, 2g + 9) of rows 4j .. 4j + 3
+      u[8 * h + j] = _mm256_unpacklo_epi32(t[8 * h + 2 * j], t[8 * h + 2 * j + 1]);
+      u[8 * h + j + 4] = _mm256_unpackhi_epi32(t[8 * h + 2 * j], t[8 * h + 2 * j + 1]);
+    }
+  for (int g = 0; g < 4; ++g) {
+    const __m256i lo_a = _mm256_unpacklo_epi64(u[4 * g], u[4 * g + 1]), lo_b = _mm256_unpackhi_epi64(u[4 * g], u[4 * g + 1]);
+    const __m256i hi_a = _mm256_unpacklo_epi64(u[4 * g + 2], u[4 * g + 3]);
+    const __m256i hi_b = _mm256_unpackhi_epi64(u[4 * g + 2], u[4 * g + 3]);
+    out[2 * g] = _mm256_permute2x128_si256(lo_a, hi_a, 0x20);
+    out[2 * g + 8] = _mm256_permute2x128_si256(lo_a, hi_a, 0x31);
+    out[2 * g + 1] = _mm256_permute2x128_si256(lo_b, hi_b, 0x20);
+    out[2 * g + 9] = _mm256_permute2x128_si256(lo_b, hi_b, 0x31);
+  }
+}
 
-// The same for an NCHW band whose 16 lanes are the planes chan[l] (all of them in the image): each plane's band
-// rows become rows of pairs (one 32-bit word per pixel: the pixel and the next one in its row, zero after the
-// row's last), transposed 16 x 16 into pixels of 16 lanes, then placed in the tile's rows. The column left of
-// the image pairs a zero with the row's first pixel. stage: 2 * 16 * rows * src.W words.
-DWCONV_TARGET inline void gather_pairs_nchw(uint32_t* dst, int64_t rows, int64_t cols, const ImageView<const bf16>& src,
-                                            const int64_t* chan, int64_t r0, int64_t c0, float* stage) {
+// The same for an NCHW band whose 16 lanes are the planes chan[l] (all of them in the image), a tile row per source
+// row: 16 source columns of the 16 planes at a time are loaded (one masked load per plane), transposed as 16-bit
+// words (transpose_words_16x16) into columns of 16 lanes, and neighbouring columns paired (interleave_pairs). The
+// column left of the image pairs a zero with the row's first pixel.
+DWCONV_TARGET inline void gather_pairs_nchw_rows(uint32_t* dst, int64_t rows, int64_t cols,
+                                                 const ImageView<const bf16>& src, const int64_t* chan, int64_t r0,
+                                                 int64_t c0) {
+  constexpr int L = 16;
+  const int64_t c_begin = std::clamp<int64_t>(-c0, 0, cols), c_end = std::clamp<int64_t>(src.W - c0, c_begin, cols);
+  const int64_t first = std::max<int64_t>(0, c_begin - 1);  // the tile columns written: first .. c_end - 1
+  const __m256i zero = _mm256_setzero_si256();
+  for (int64_t r = 0; r < rows; ++r) {
+    uint32_t* trow = dst + r * cols * L;
+    const int64_t u = r0 + r;
+    if (u < 0 || u >= src.H || c_begin == c_end) {
+      std::memset(trow, 0, sizeof(uint32_t) * cols * L);
+      continue;
+    }
+    std::memset(trow, 0, sizeof(uint32_t) * first * L);
+    std::memset(trow + c_end * L, 0, sizeof(uint32_t) * (cols - c_end) * L);
+    const bf16* plane_row[L];
+    for (int l = 0; l < L; ++l) plane_row[l] = src.row(u) + chan[l] * src.channel_step() + c0;
+    __m256i prev = zero;  // the column before the chunk (zero left of the image)
+    for (int64_t c = c_begin; c < c_end; c += L) {
+      const int count = int(std::min<int64_t>(L, c_end - c));
+      const __mmask16 m = __mmask16((1u << count) - 1);
+      __m256i words[L], col[L];
+      for (int l = 0; l < L; ++l) words[l] = _mm256_maskz_loadu_epi16(m, plane_row[l] + c);
+      transpose_words_16x16(words, col);
+      if (c > 0) _mm512_storeu_si512(trow + (c - 1) * L, interleave_pairs(prev, col[0]));
+      for (int k = 0; k + 1 < count; ++k) _mm512_storeu_si512(trow + (c + k) * L, interleave_pairs(col[k], col[k + 1]));
+      prev = col[count - 1];
+    }
+    _mm512_storeu_si512(trow + (c_end - 1) * L, interleave_pairs(prev, zero));  // nothing after the last column
+  }
+}
+
+// The same tile plane by plane: each plane's band rows become rows of pairs (one 32-bit word per pixel: the pixel
+// and the next one in its row, zero after the row's last), transposed 16 x 16 into pixels of 16 lanes, then placed
+// in the tile's rows. stage: 2 * 16 * rows * src.W words.
+DWCONV_TARGET inline void gather_pairs_nchw_planes(uint32_t* dst, int64_t rows, int64_t cols,
+                                                   const ImageView<const bf16>& src, const int64_t* chan, int64_t r0,
+                                                   int64_t c0, float* stage) {
   constexpr int L = 16;
   const int64_t c_begin = std::clamp<int64_t>(-c0, 0, cols), c_end = std::clamp<int64_t>(src.W - c0, c_begin, cols);
   const int64_t r_lo = std::clamp<int64_t>(-r0, 0, rows), r_hi = std::clamp<int64_t>(src.H - r0, r_lo, rows);
   const int64_t W = src.W, n = (r_hi - r_lo) * W;
   // The words pass through the fp32 transpose as floats (stored and read as bytes: no value is computed).
   float* pixels = stage + L * n;
-  if (n >= kSideBySidePixels) {
-    // A large band (56x56 maps: about 7 KiB a plane, beyond wgrad's prefetch) is read 16 planes side by side, 16
-    // memory streams at once, instead of plane after plane (measured 15 % faster at 56x56, slower at 14x14).
-    const bf16* in = src.row(r0 + r_lo);
-    const int64_t plane_step = src.channel_step();
-    for (int64_t j = 0; j < n; j += 16) {
-      // pixels j .. j + 15 (those < n), and those whose next pixel is in their row (not a row's last)
-      const int count = int(std::min<int64_t>(16, n - j));
-      uint32_t ends = 0;
-      for (int64_t e = j + (W - 1 - j % W); e < j + count; e += W) ends |= 1u << (e - j);
-      const __mmask16 first = __mmask16((1u << count) - 1), second = __mmask16(first & ~ends);
-      for (int l = 0; l < L; ++l) {
-        const bf16* at = in + chan[l] * plane_step + j;
-        _mm512_mask_storeu_epi32(stage + l * n + j, first,
-                                 interleave_pairs(_mm256_maskz_loadu_epi16(first, at),
-                                                  _mm256_maskz_loadu_epi16(second, at + 1)));
-      }
-    }
-  }
-  for (int l = 0; l < L && n > 0 && n < kSideBySidePixels; ++l) {
+  for (int l = 0; l < L && n > 0; ++l) {
     const bf16* in = src.row(r0 + r_lo) + chan[l] * src.channel_step();
     float* out = stage + l * n;
     int64_t j = 0;
@@ -136,6 +175,14 @@ DWCONV_TARGET inline void gather_pairs_nchw(uint32_t* dst, int64_t rows, int64_t
       _mm512_storeu_si512(trow + (c_end - 1) * L,
                           _mm512_and_si512(_mm512_loadu_si512(trow + (c_end - 1) * L), _mm512_set1_epi32(0xffff)));
   }
+}
+
+// gather_pairs_nchw_rows where a row fills a 16-column chunk or more (measured 12-32 % faster wgrad from 20 to 56
+// columns), gather_pairs_nchw_planes below that (14 columns: 15 % slower by rows).
+DWCONV_TARGET inline void gather_pairs_nchw(uint32_t* dst, int64_t rows, int64_t cols, const ImageView<const bf16>& src,
+                                            const int64_t* chan, int64_t r0, int64_t c0, float* stage) {
+  if (src.W >= 16) gather_pairs_nchw_rows(dst, rows, cols, src, chan, r0, c0);
+  else gather_pairs_nchw_planes(dst, rows, cols, src, chan, r0, c0, stage);
 }
 
 // dw[q] (fp32 [Q][16], accumulated into) += sum over oh < rows, ow < n of x[oh][ow + q] * dy[oh][ow], from pairs
