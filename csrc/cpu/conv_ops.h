@@ -488,8 +488,8 @@ DWCONV_TARGET void wgrad(const ConvShape& s, const T* dy, const T* x, acc_t<T>* 
                 gather_pairs_nhwc(tile_pairs + inside_at, r_hi - r_lo, cols, x_image, blk * L, x_row0 + r_lo, -s.PL);
                 gather_pairs_nhwc(dy_pairs, th, s.WO, dy_image, blk * L, oh0, 0);
               } else {
-                gather_pairs_nchw(tile_pairs + inside_at, r_hi - r_lo, cols, x_image, xchan, x_row0 + r_lo, -s.PL, stage);
-                gather_pairs_nchw(dy_pairs, th, s.WO, dy_image, ychan, oh0, 0, stage);
+                gather_pairs_nchw(tile_pairs + inside_at, r_hi - r_lo, cols, x_image, xchan, x_row0 + r_lo, -s.PL);
+                gather_pairs_nchw(dy_pairs, th, s.WO, dy_image, ychan, oh0, 0);
               }
             } else if (pairs) {
               gather_tile<T, A, L>(tile + inside_at, r_hi - r_lo, cols, x_image, xchan, x_row0 + r_lo, -s.PL, 1, 1,

@@ -86,7 +86,8 @@ DWCONV_TARGET inline void transpose_words_16x16(const __m256i* r, __m256i* out) 
       u[8 * h + j + 4] = _mm256_unpackhi_epi32(t[8 * h + 2 * j], t[8 * h + 2 * j + 1]);
     }
   for (int g = 0; g < 4; ++g) {
-    const __m256i lo_a = _mm256_unpacklo_epi64(u[4 * g], u[4 * g + 1]), lo_b = _mm256_unpackhi_epi64(u[4 * g], u[4 * g + 1]);
+    const __m256i lo_a = _mm256_unpacklo_epi64(u[4 * g], u[4 * g + 1]);
+    const __m256i lo_b = _mm256_unpackhi_epi64(u[4 * g], u[4 * g + 1]);
     const __m256i hi_a = _mm256_unpacklo_epi64(u[4 * g + 2], u[4 * g + 3]);
     const __m256i hi_b = _mm256_unpackhi_epi64(u[4 * g + 2], u[4 * g + 3]);
     out[2 * g] = _mm256_permute2x128_si256(lo_a, hi_a, 0x20);
@@ -123,7 +124,10 @@ DWCONV_TARGET inline void gather_pairs_nchw_rows(uint32_t* dst, int64_t rows, in
       const int count = int(std::min<int64_t>(L, c_end - c));
       const __mmask16 m = __mmask16((1u << count) - 1);
       __m256i words[L], col[L];
-      for (int l = 0; l < L; ++l) words[l] = _mm256_maskz_loadu_epi16(m, plane_row[l] + c);
+      for (int l = 0; l < L; ++l) {  // (16 streams, too many for the hardware prefetchers: 4-12 % at 28-32 columns)
+        __builtin_prefetch(plane_row[l] + c + 2 * src.W, 0, 3);
+        words[l] = _mm256_maskz_loadu_epi16(m, plane_row[l] + c);
+      }
       transpose_words_16x16(words, col);
       if (c > 0) _mm512_storeu_si512(trow + (c - 1) * L, interleave_pairs(prev, col[0]));
       for (int k = 0; k + 1 < count; ++k) _mm512_storeu_si512(trow + (c + k) * L, interleave_pairs(col[k], col[k + 1]));
@@ -133,56 +137,66 @@ DWCONV_TARGET inline void gather_pairs_nchw_rows(uint32_t* dst, int64_t rows, in
   }
 }
 
-// The same tile plane by plane: each plane's band rows become rows of pairs (one 32-bit word per pixel: the pixel
-// and the next one in its row, zero after the row's last), transposed 16 x 16 into pixels of 16 lanes, then placed
-// in the tile's rows. stage: 2 * 16 * rows * src.W words.
-DWCONV_TARGET inline void gather_pairs_nchw_planes(uint32_t* dst, int64_t rows, int64_t cols,
+// The same for bands whose tile rows span their source rows (c0 <= 0 and c0 + cols >= W) and rows narrower than 16
+// columns: 16 consecutive pixels of the band (a plane's band rows are contiguous) of the 16 planes at a time,
+// transposed as 16-bit words, each pixel paired with the next one unless it ends its row, and stored at its place
+// in the tile; the column left of the image pairs a zero with each row's first pixel.
+DWCONV_TARGET inline void gather_pairs_nchw_pixels(uint32_t* dst, int64_t rows, int64_t cols,
                                                    const ImageView<const bf16>& src, const int64_t* chan, int64_t r0,
-                                                   int64_t c0, float* stage) {
+                                                   int64_t c0) {
   constexpr int L = 16;
-  const int64_t c_begin = std::clamp<int64_t>(-c0, 0, cols), c_end = std::clamp<int64_t>(src.W - c0, c_begin, cols);
+  const int64_t W = src.W, c_begin = -c0, c_end = W - c0;
   const int64_t r_lo = std::clamp<int64_t>(-r0, 0, rows), r_hi = std::clamp<int64_t>(src.H - r0, r_lo, rows);
-  const int64_t W = src.W, n = (r_hi - r_lo) * W;
-  // The words pass through the fp32 transpose as floats (stored and read as bytes: no value is computed).
-  float* pixels = stage + L * n;
-  for (int l = 0; l < L && n > 0; ++l) {
-    const bf16* in = src.row(r0 + r_lo) + chan[l] * src.channel_step();
-    float* out = stage + l * n;
-    int64_t j = 0;
-    for (; j + 17 <= n; j += 16) {  // the pixels j .. j + 16 lie in the band
-      const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + j));
-      const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + j + 1));
-      _mm512_storeu_si512(out + j, interleave_pairs(lo, hi));
-    }
-    for (; j < n; ++j) {
-      const uint32_t word = uint32_t(in[j].bits) | (j + 1 < n ? uint32_t(in[j + 1].bits) << 16 : 0u);
-      std::memcpy(out + j, &word, sizeof word);
-    }
-    for (int64_t e = W - 1; e < n; e += W) {  // a row's last pixel has no next one
-      uint32_t word;
-      std::memcpy(&word, out + e, sizeof word);
-      word &= 0xffffu;
-      std::memcpy(out + e, &word, sizeof word);
-    }
-  }
-  rows_to_pixels<float, L>(pixels, stage, n);
-  place_pixel_rows(dst, rows, cols, pixels, W, r_lo, r_hi, c0, c_begin, c_end);
-  for (int64_t r = r_lo; r < r_hi && c_begin < c_end; ++r) {
+  const int64_t first = std::max<int64_t>(0, c_begin - 1);  // the tile columns written in a row: first .. c_end - 1
+  const __m512i zero16 = _mm512_setzero_si512();
+  const __m256i zero = _mm256_setzero_si256();
+  for (int64_t r = 0; r < rows; ++r) {
     uint32_t* trow = dst + r * cols * L;
-    if (c_begin > 0)  // (0, first pixel)
-      _mm512_storeu_si512(trow + (c_begin - 1) * L, _mm512_slli_epi32(_mm512_loadu_si512(trow + c_begin * L), 16));
-    if (c0 + c_end < W)  // the tile ends inside the row: its last pair's second half is past the tile
-      _mm512_storeu_si512(trow + (c_end - 1) * L,
-                          _mm512_and_si512(_mm512_loadu_si512(trow + (c_end - 1) * L), _mm512_set1_epi32(0xffff)));
+    const bool inside = r >= r_lo && r < r_hi;
+    for (int64_t c = 0; c < cols; ++c)
+      if (!inside || c < first || c >= c_end) _mm512_storeu_si512(trow + c * L, zero16);
+  }
+  const int64_t n = (r_hi - r_lo) * W;
+  if (n == 0) return;
+  const bf16* plane[L];
+  for (int l = 0; l < L; ++l) plane[l] = src.row(r0 + r_lo) + chan[l] * src.channel_step();
+  uint32_t* const band = dst + r_lo * cols * L;
+  const auto at = [&](int64_t y, int64_t x) { return band + (y * cols + x + c_begin) * L; };  // pixel (y, x)
+  __m256i prev = zero;  // pixel j - 1, whose pair waits for pixel j
+  for (int64_t j = 0; j < n; j += L) {
+    const int count = int(std::min<int64_t>(L, n - j));
+    const __mmask16 m = __mmask16((1u << count) - 1);
+    __m256i words[L], px[L + 1];
+    for (int l = 0; l < L; ++l) {  // (16 streams: prefetched two lines ahead, else slower than plane by plane)
+      __builtin_prefetch(plane[l] + j + 64, 0, 3);
+      words[l] = _mm256_maskz_loadu_epi16(m, plane[l] + j);
+    }
+    transpose_words_16x16(words, px);
+    px[L] = zero;
+    int64_t y = j / W, x = j - y * W;  // pixel j's place
+    if (j > 0)
+      _mm512_storeu_si512(x == 0 ? at(y - 1, W - 1) : at(y, x - 1), interleave_pairs(prev, x == 0 ? zero : px[0]));
+    uint32_t* t = at(y, x);
+    for (int k = 0; k < count; ++k, ++x, t += L) {
+      if (x == W) {
+        x = 0;
+        t = at(++y, 0);
+      }
+      if (x == 0 && c_begin > 0) _mm512_storeu_si512(t - L, interleave_pairs(zero, px[k]));
+      if (k + 1 < count || j + count == n)  // else the chunk's last pixel waits for the next chunk's first
+        _mm512_storeu_si512(t, interleave_pairs(px[k], x == W - 1 ? zero : px[k + 1]));
+    }
+    prev = px[count - 1];
   }
 }
 
-// gather_pairs_nchw_rows where a row fills a 16-column chunk or more (measured 12-32 % faster wgrad from 20 to 56
-// columns), gather_pairs_nchw_planes below that (14 columns: 15 % slower by rows).
+// gather_pairs_nchw_rows where a row fills a 16-column chunk or more, or the tile does not span its rows (which
+// wgrad's pairs path, at unit stride, never asks for); gather_pairs_nchw_pixels for narrower rows (14 columns:
+// measured 8-11 % faster wgrad than a plane-by-plane gather, and the rows gather was 15 % slower there).
 DWCONV_TARGET inline void gather_pairs_nchw(uint32_t* dst, int64_t rows, int64_t cols, const ImageView<const bf16>& src,
-                                            const int64_t* chan, int64_t r0, int64_t c0, float* stage) {
-  if (src.W >= 16) gather_pairs_nchw_rows(dst, rows, cols, src, chan, r0, c0);
-  else gather_pairs_nchw_planes(dst, rows, cols, src, chan, r0, c0, stage);
+                                            const int64_t* chan, int64_t r0, int64_t c0) {
+  if (src.W >= 16 || c0 > 0 || c0 + cols < src.W) gather_pairs_nchw_rows(dst, rows, cols, src, chan, r0, c0);
+  else gather_pairs_nchw_pixels(dst, rows, cols, src, chan, r0, c0);
 }
 
 // dw[q] (fp32 [Q][16], accumulated into) += sum over oh < rows, ow < n of x[oh][ow + q] * dy[oh][ow], from pairs
