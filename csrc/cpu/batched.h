@@ -162,7 +162,20 @@ DWCONV_TARGET void run_batched(const BlockedProblem<T, A>& p, int64_t images, in
             const int64_t c = blk * L + l;
             chan[l] = c < p.dst_C ? c / p.chan_div * p.chan_mul + j : -1;
           }
-          for (int r = 0; r < R; ++r) {
+          bool paired = false;  // the pairs tile made straight from the bf16 planes (full NCHW channel blocks)
+#ifdef DWCONV_BF16_DOT
+          uint32_t* tp = tile_pairs.get() + omp_get_thread_num() * tile_size;
+          if constexpr (std::is_same_v<T, bf16>)
+            if (dot && p.layout == Layout::NCHW && (blk + 1) * L <= p.dst_C) {
+              for (int r = 0; r < R; ++r)
+                gather_pairs_nchw_pixels(tp + r * L, g.Hs, g.Ws,
+                                         ImageView<const T>{p.src + (n0 + r) * p.src_C * in_pixels, p.layout, p.src_C,
+                                                            g.Hs, g.Ws},
+                                         chan, 0, 0, R * L);
+              paired = true;
+            }
+#endif
+          for (int r = 0; r < R && !paired; ++r) {
             gather_tile<T, A, L>(single, g.Hs, g.Ws,
                                  ImageView<const T>{p.src + (n0 + r) * p.src_C * in_pixels, p.layout, p.src_C, g.Hs,
                                                     g.Ws},
@@ -173,8 +186,7 @@ DWCONV_TARGET void run_batched(const BlockedProblem<T, A>& p, int64_t images, in
 #ifdef DWCONV_BF16_DOT
           if constexpr (std::is_same_v<T, bf16>)
             if (dot) {
-              uint32_t* tp = tile_pairs.get() + omp_get_thread_num() * tile_size;
-              tile_to_pairs(tp, tile, g.Hs, g.Ws, R);
+              if (!paired) tile_to_pairs(tp, tile, g.Hs, g.Ws, R);
               const int64_t w_at = (j * nblocks + blk) * taps * L;
               correlate_batched_dot(out, j > 0, tp, R, g, row_taps.get(), col_taps.get(), wpair.get() + w_at,
                                     wsingle.get() + w_at);

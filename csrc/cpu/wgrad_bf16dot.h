@@ -140,10 +140,11 @@ DWCONV_TARGET inline void gather_pairs_nchw_rows(uint32_t* dst, int64_t rows, in
 // The same for bands whose tile rows span their source rows (c0 <= 0 and c0 + cols >= W) and rows narrower than 16
 // columns: 16 consecutive pixels of the band (a plane's band rows are contiguous) of the 16 planes at a time,
 // transposed as 16-bit words, each pixel paired with the next one unless it ends its row, and stored at its place
-// in the tile; the column left of the image pairs a zero with each row's first pixel.
+// in the tile; the column left of the image pairs a zero with each row's first pixel. Tile pixels px_step words
+// apart (the batched path's tiles interleave R images: R * 16).
 DWCONV_TARGET inline void gather_pairs_nchw_pixels(uint32_t* dst, int64_t rows, int64_t cols,
                                                    const ImageView<const bf16>& src, const int64_t* chan, int64_t r0,
-                                                   int64_t c0) {
+                                                   int64_t c0, int64_t px_step = 16) {
   constexpr int L = 16;
   const int64_t W = src.W, c_begin = -c0, c_end = W - c0;
   const int64_t r_lo = std::clamp<int64_t>(-r0, 0, rows), r_hi = std::clamp<int64_t>(src.H - r0, r_lo, rows);
@@ -151,17 +152,17 @@ DWCONV_TARGET inline void gather_pairs_nchw_pixels(uint32_t* dst, int64_t rows, 
   const __m512i zero16 = _mm512_setzero_si512();
   const __m256i zero = _mm256_setzero_si256();
   for (int64_t r = 0; r < rows; ++r) {
-    uint32_t* trow = dst + r * cols * L;
+    uint32_t* trow = dst + r * cols * px_step;
     const bool inside = r >= r_lo && r < r_hi;
     for (int64_t c = 0; c < cols; ++c)
-      if (!inside || c < first || c >= c_end) _mm512_storeu_si512(trow + c * L, zero16);
+      if (!inside || c < first || c >= c_end) _mm512_storeu_si512(trow + c * px_step, zero16);
   }
   const int64_t n = (r_hi - r_lo) * W;
   if (n == 0) return;
   const bf16* plane[L];
   for (int l = 0; l < L; ++l) plane[l] = src.row(r0 + r_lo) + chan[l] * src.channel_step();
-  uint32_t* const band = dst + r_lo * cols * L;
-  const auto at = [&](int64_t y, int64_t x) { return band + (y * cols + x + c_begin) * L; };  // pixel (y, x)
+  uint32_t* const band = dst + r_lo * cols * px_step;
+  const auto at = [&](int64_t y, int64_t x) { return band + (y * cols + x + c_begin) * px_step; };  // pixel (y, x)
   __m256i prev = zero;  // pixel j - 1, whose pair waits for pixel j
   for (int64_t j = 0; j < n; j += L) {
     const int count = int(std::min<int64_t>(L, n - j));
@@ -177,12 +178,12 @@ DWCONV_TARGET inline void gather_pairs_nchw_pixels(uint32_t* dst, int64_t rows, 
     if (j > 0)
       _mm512_storeu_si512(x == 0 ? at(y - 1, W - 1) : at(y, x - 1), interleave_pairs(prev, x == 0 ? zero : px[0]));
     uint32_t* t = at(y, x);
-    for (int k = 0; k < count; ++k, ++x, t += L) {
+    for (int k = 0; k < count; ++k, ++x, t += px_step) {
       if (x == W) {
         x = 0;
         t = at(++y, 0);
       }
-      if (x == 0 && c_begin > 0) _mm512_storeu_si512(t - L, interleave_pairs(zero, px[k]));
+      if (x == 0 && c_begin > 0) _mm512_storeu_si512(t - px_step, interleave_pairs(zero, px[k]));
       if (k + 1 < count || j + count == n)  // else the chunk's last pixel waits for the next chunk's first
         _mm512_storeu_si512(t, interleave_pairs(px[k], x == W - 1 ? zero : px[k + 1]));
     }
